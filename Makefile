@@ -1,0 +1,58 @@
+# Flux task runner. `make help` lists the targets.
+# `make run` and `make test` each bring .venv up to date first, so a fresh clone needs nothing else.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PROTOS := $(wildcard protos/flux_api/v1/*.proto)
+# buf breaking compares the contract with the one on this ref (see CONTRIBUTING in README).
+BREAKING_AGAINST ?= ../.git\#branch=main,subdir=protos
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint typecheck proto proto-check buf-lint breaking pytest clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(VENV)/.installed $(VENV)/.generated ## create .venv with Flux, its backends, dev tools and generated code
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e clients/python -e '.[all,dev]'
+	@touch $@
+
+$(VENV)/.generated: $(VENV)/.installed $(PROTOS) tools/protogen.py
+	$(BIN)/python tools/protogen.py
+	@touch $@
+
+proto: $(VENV)/.installed ## regenerate clients/python/src/flux_api from protos/
+	$(BIN)/python tools/protogen.py
+	@touch $(VENV)/.generated
+
+run: install ## serve the demo index on 127.0.0.1:50051 (built on first start)
+	$(BIN)/flux serve
+
+test: install lint typecheck pytest ## lint, type-check and run the test suite
+
+lint: install proto-check buf-lint breaking ## ruff, stale generated code, buf lint and buf breaking
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy (strict) over flux, the backends and the client
+	$(BIN)/mypy
+
+pytest: install ## the test suite
+	$(BIN)/pytest
+
+proto-check: install ## fail when the committed generated code differs from protos/
+	$(BIN)/python tools/protogen.py --check
+
+buf-lint: install ## buf lint (STANDARD) over protos/
+	cd protos && ../$(BIN)/buf lint
+
+breaking: install ## buf breaking against the contract on main (BREAKING_AGAINST=... to change)
+	cd protos && ../$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
+
+clean: ## remove .venv, caches and the demo index
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

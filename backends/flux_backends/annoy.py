@@ -1,0 +1,113 @@
+"""``annoy``: Spotify's Annoy forest, memory-mapped so that processes share one copy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
+
+_METRICS = {Metric.L2: "euclidean", Metric.COSINE: "angular", Metric.IP: "dot"}
+
+
+class AnnoyBackend(Backend):
+    """Annoy's random-projection forest. Immutable once built; ``load`` memory-maps the file.
+
+    Annoy reports Euclidean distance, angular distance sqrt(2 - 2 cos) and the dot
+    product; they are converted to Flux's convention here.
+    """
+
+    name = "annoy"
+    capabilities = Capabilities(mmap_load=True, thread_safe_search=True)
+    build_params = {
+        "n_trees": Param(32, 1, 10_000, doc="more trees give higher recall and a larger index"),
+        "seed": Param(42, 0, 2**31 - 1, doc="random seed, for reproducible builds"),
+    }
+    search_params = {
+        "search_k": Param(-1, -1, 2**31 - 1, doc="nodes inspected per query; -1 means n_trees * k"),
+    }
+
+    def __init__(self, dimension: int, metric: Metric, index: AnnoyIndex) -> None:
+        super().__init__(dimension, metric)
+        self._index = index
+
+    @classmethod
+    def library_version(cls) -> str:
+        return f"annoy {version('annoy')}"
+
+    @classmethod
+    def build(
+        cls,
+        vectors: Matrix,
+        metric: Metric,
+        params: Mapping[str, float],
+        *,
+        threads: int = 1,
+        progress: Progress | None = None,
+    ) -> AnnoyBackend:
+        n, dimension = vectors.shape
+        index = AnnoyIndex(dimension, _METRICS[metric])
+        index.set_seed(int(params["seed"]))
+        report_every = max(1, n // 20)
+        for label, row in enumerate(vectors):
+            index.add_item(label, row)
+            if progress and (label + 1) % report_every == 0:
+                progress(label + 1, n)
+        index.build(int(params["n_trees"]), n_jobs=threads)
+        if progress:
+            progress(n, n)
+        return cls(dimension, metric, index)
+
+    def save(self, directory: Path) -> list[str]:
+        self._index.save(str(directory / "index.ann"))
+        return ["index.ann"]
+
+    @classmethod
+    def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> AnnoyBackend:
+        index = AnnoyIndex(dimension, _METRICS[metric])
+        index.load(str(directory / "index.ann"), prefault=False)
+        if index.get_n_items() != count:
+            raise ValueError(f"index.ann holds {index.get_n_items()} items, expected {count}")
+        return cls(dimension, metric, index)
+
+    def search(
+        self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
+    ) -> tuple[Labels, Matrix]:
+        labels = np.full((len(queries), k), -1, np.int64)
+        distances = np.full((len(queries), k), np.inf, np.float32)
+        search_k = int(params["search_k"])
+
+        def one(row: int) -> None:
+            found, dist = self._index.get_nns_by_vector(queries[row], k, search_k, include_distances=True)
+            labels[row, : len(found)] = found
+            distances[row, : len(found)] = self._to_flux(np.asarray(dist, np.float32))
+
+        if threads > 1 and len(queries) > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(one, range(len(queries))))
+        else:
+            for row in range(len(queries)):
+                one(row)
+        return labels, distances
+
+    def _to_flux(self, dist: Matrix) -> Matrix:
+        if self.metric is Metric.L2:
+            return dist * dist
+        if self.metric is Metric.COSINE:
+            return 1.0 - dist * dist / 2.0
+        return 1.0 - dist
+
+    def get_vectors(self, labels: Labels) -> Matrix:
+        return np.array([self._index.get_item_vector(int(label)) for label in labels], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return int(self._index.get_n_items())
+
+    def stats(self) -> dict[str, Any]:
+        return {"n_trees": int(self._index.get_n_trees())}

@@ -1,0 +1,7 @@
+"""``python -m flux`` is the ``flux`` command."""
+
+import sys
+
+from flux.cli import main
+
+sys.exit(main())

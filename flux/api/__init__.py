@@ -1,0 +1,1 @@
+"""The gRPC layer: thin servicers that decode, call the core and encode."""

@@ -1,0 +1,71 @@
+"""Pure conversions between wire messages and numpy / core values; the only module that knows both."""
+
+from __future__ import annotations
+
+import numpy as np
+from flux_api.v1 import admin_service_pb2, types_pb2
+
+from flux.core.backend import Capabilities, Matrix, Metric
+from flux.core.catalog import IndexState
+from flux.core.index import Hits
+from flux.errors import InvalidArgument
+
+_LITTLE_ENDIAN_F32 = np.dtype("<f4")
+
+METRICS = {
+    Metric.L2: types_pb2.METRIC_L2,
+    Metric.COSINE: types_pb2.METRIC_COSINE,
+    Metric.IP: types_pb2.METRIC_INNER_PRODUCT,
+}
+STATES = {
+    IndexState.LOADING: admin_service_pb2.INDEX_STATE_LOADING,
+    IndexState.SERVING: admin_service_pb2.INDEX_STATE_SERVING,
+    IndexState.FAILED: admin_service_pb2.INDEX_STATE_FAILED,
+}
+
+
+def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
+    """View the message's bytes as a rows x dimension float32 matrix: no copy, no per-element work.
+
+    Rejects a missing dimension, a byte length that is not a whole number of rows,
+    an empty matrix, and NaN or Inf values, each naming ``field``.
+    """
+    dimension = message.dimension
+    if dimension == 0:
+        raise InvalidArgument(f"{field}.dimension must be set to the vector dimension", field=f"{field}.dimension")
+    data = message.data
+    row_bytes = 4 * dimension
+    if len(data) % row_bytes:
+        raise InvalidArgument(
+            f"{field}.data holds {len(data)} bytes, which is not a whole number of "
+            f"{dimension}-dimensional float32 vectors ({row_bytes} bytes each)",
+            field=f"{field}.data",
+        )
+    if not data:
+        raise InvalidArgument(f"{field} holds no vectors; send at least one", field=f"{field}.data")
+    matrix = np.frombuffer(data, dtype=_LITTLE_ENDIAN_F32).reshape(-1, dimension)
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        row = int(np.argmin(finite.all(axis=1)))
+        raise InvalidArgument(f"{field} row {row} contains NaN or Inf; every value must be finite", field=field)
+    return matrix
+
+
+def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
+    """The wire form of a float matrix (one vector is a 1 x d matrix)."""
+    matrix = np.atleast_2d(np.asarray(matrix, dtype=_LITTLE_ENDIAN_F32))
+    return types_pb2.FloatVectors(dimension=matrix.shape[1], data=matrix.tobytes())
+
+
+def neighbors(hits: Hits) -> types_pb2.Neighbors:
+    return types_pb2.Neighbors(ids=hits.ids, distances=hits.distances.tolist())
+
+
+def capabilities(caps: Capabilities) -> admin_service_pb2.Capabilities:
+    return admin_service_pb2.Capabilities(
+        mutable=caps.mutable,
+        supports_delete=caps.supports_delete,
+        filterable=caps.filterable,
+        mmap_load=caps.mmap_load,
+        thread_safe_search=caps.thread_safe_search,
+    )

@@ -1,0 +1,79 @@
+"""Maps exceptions to gRPC statuses, in this one place, for every servicer.
+
+A ``FluxError`` becomes its declared code with its message and, when it names a
+field, a ``google.rpc.BadRequest`` detail. Anything else is a bug: it is logged with
+its traceback under a request id, and the caller sees INTERNAL with that id only,
+never the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from flux.errors import FluxError
+
+log = logging.getLogger(__name__)
+
+
+REASON_KEY = "flux-error-reason"
+
+
+def to_status(error: FluxError) -> grpc.Status:
+    details: list[Message] = []
+    if error.reason:
+        details.append(error_details_pb2.ErrorInfo(reason=error.reason, domain="flux"))
+    if error.field and error.code == "INVALID_ARGUMENT":
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    packed = []
+    for detail in details:
+        packed.append(any_pb2.Any())
+        packed[-1].Pack(detail)
+    status = rpc_status.to_status(
+        status_pb2.Status(code=getattr(code_pb2, error.code), message=error.message, details=packed)
+    )
+    if error.reason:
+        return _Status(status.code, status.details, (*status.trailing_metadata, (REASON_KEY, error.reason)))
+    return status
+
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every unary handler so that raised exceptions become statuses."""
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behaviour = handler.unary_unary
+        method = details.method
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behaviour(request, context)
+            except FluxError as error:
+                status = to_status(error)
+            except Exception:
+                request_id = uuid.uuid4().hex[:16]
+                log.exception("%s failed unexpectedly (request id %s)", method, request_id)
+                message = f"internal error in Flux (request id {request_id}); the server logged the cause"
+                status = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
+            context.abort_with_status(status)
+
+        return handler._replace(unary_unary=guarded)

@@ -1,0 +1,67 @@
+"""The data plane: decode, ask the catalog for the index, search, encode. No error handling here."""
+
+from __future__ import annotations
+
+import grpc
+from flux_api.v1 import vector_service_pb2 as pb
+from flux_api.v1 import vector_service_pb2_grpc
+
+from flux.api import convert
+from flux.core.catalog import Catalog
+from flux.errors import InvalidArgument
+
+
+class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
+        index = self._catalog.get(request.index)
+        index.check_dimension(request.vector.dimension, "vector")
+        vector = convert.decode_vectors(request.vector, "vector")
+        if len(vector) != 1:
+            raise InvalidArgument(
+                f"vector must hold exactly one vector, got {len(vector)}; use BatchSearch for several", field="vector"
+            )
+        index.check_k(request.k)
+        hits = index.search(vector, request.k, index.params(request.params))[0]
+        return pb.SearchResponse(index=index.name, version=index.version, neighbors=convert.neighbors(hits))
+
+    def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
+        index = self._catalog.get(request.index)
+        index.check_dimension(request.queries.dimension, "queries")
+        queries = convert.decode_vectors(request.queries, "queries")
+        if len(queries) > index.limits.max_batch:
+            raise InvalidArgument(
+                f"queries holds {len(queries)} vectors; the limit is {index.limits.max_batch} per call, "
+                "split the batch",
+                field="queries",
+            )
+        index.check_k(request.k)
+        params = index.params(request.params)
+        if not request.overrides:
+            hits = index.search_batch(queries, [request.k] * len(queries), [params] * len(queries))
+        else:
+            if len(request.overrides) != len(queries):
+                raise InvalidArgument(
+                    f"overrides has {len(request.overrides)} entries for {len(queries)} queries; "
+                    "send none or one per query",
+                    field="overrides",
+                )
+            ks, row_params = [], []
+            for row, override in enumerate(request.overrides):
+                k = override.k or request.k
+                index.check_k(k, f"overrides[{row}].k")
+                ks.append(k)
+                merged = {**params, **override.params}
+                row_params.append(index.params(merged, f"overrides[{row}].params") if override.params else params)
+            hits = index.search_batch(queries, ks, row_params)
+        return pb.BatchSearchResponse(
+            index=index.name, version=index.version, results=[convert.neighbors(h) for h in hits]
+        )
+
+    def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> pb.SearchByIdResponse:
+        index = self._catalog.get(request.index)
+        index.check_k(request.k)
+        hits = index.search_by_id(request.id, request.k, index.params(request.params))
+        return pb.SearchByIdResponse(index=index.name, version=index.version, neighbors=convert.neighbors(hits))

@@ -1,0 +1,226 @@
+"""The ``flux`` command: serve, build, inspect, query, health."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from flux import __version__
+from flux.core.backend import Metric
+from flux.errors import FluxError
+
+log = logging.getLogger("flux")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except FluxError as exc:
+        print(f"flux {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flux", description="Flux: gRPC nearest-neighbour serving.")
+    parser.add_argument("--version", action="version", version=f"flux {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server", description=_cmd_serve.__doc__)
+    serve.add_argument("--config", type=Path, help="YAML config; without one, serve the built-in demo index")
+    serve.add_argument("--host", help="address to listen on (overrides the config)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (overrides the config)")
+    serve.add_argument("--demo-dir", type=Path, default=Path("var"), help="where the demo index is built (default: ./var)")
+    serve.set_defaults(run=_cmd_serve)
+
+    build = commands.add_parser("build", help="build an index artifact from vectors", description=_cmd_build.__doc__)
+    build.add_argument("vectors", type=Path, help=".npy matrix, .fvecs file, or .jsonl of {id, vector}")
+    build.add_argument("--out", type=Path, required=True, help="artifact directory to create (must not exist)")
+    build.add_argument("--backend", default="hnsw", help="backend name (default: hnsw)")
+    build.add_argument("--metric", default="l2", choices=[m.value for m in Metric], help="distance (default: l2)")
+    build.add_argument("--ids", type=Path, help="text file with one id per line (default: row numbers)")
+    build.add_argument("--name", help="index name recorded in the manifest (default: the --out folder name)")
+    build.add_argument("--version", type=int, default=1, dest="index_version", help="index version (default: 1)")
+    build.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="build parameter")
+    build.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="build threads (default: all CPUs)")
+    build.set_defaults(run=_cmd_build)
+
+    inspect = commands.add_parser("inspect", help="verify an artifact and print its manifest", description=_cmd_inspect.__doc__)
+    inspect.add_argument("artifact", type=Path)
+    inspect.set_defaults(run=_cmd_inspect)
+
+    query = commands.add_parser("query", help="ask a running server for neighbours", description=_cmd_query.__doc__)
+    query.add_argument("--target", default="127.0.0.1:50051", help="server address (default: 127.0.0.1:50051)")
+    query.add_argument("--index", default="demo", help="index name (default: demo)")
+    what = query.add_mutually_exclusive_group(required=True)
+    what.add_argument("--id", help="neighbours of this stored item")
+    what.add_argument("--vector", help="comma-separated floats")
+    what.add_argument("--vector-file", type=Path, help=".npy file holding one vector")
+    what.add_argument("--random", action="store_true", help="a random query vector (seeded by --seed)")
+    query.add_argument("--seed", type=int, default=0)
+    query.add_argument("-k", type=int, default=10, help="neighbours to return (default: 10)")
+    query.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="search parameter")
+    query.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default: 5)")
+    query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.set_defaults(run=_cmd_query)
+
+    health = commands.add_parser("health", help="print a running server's health", description=_cmd_health.__doc__)
+    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--service", default="", help="health service name; '' is the whole server")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.set_defaults(run=_cmd_health)
+    return parser
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the indexes of a config file until SIGTERM or SIGINT, then drain and exit 0."""
+    from flux import config as flux_config
+    from flux import demo
+    from flux.server import serve
+
+    if args.config:
+        config = flux_config.load(args.config)
+    else:
+        log.info("no --config given: serving the built-in demo index from %s", args.demo_dir / demo.NAME)
+        config = demo.config(args.demo_dir)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    return serve(config)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    """Build an index artifact from a vector file, ready for `flux serve`."""
+    from flux import datasets
+    from flux.core import artifact, builder
+
+    started = time.perf_counter()
+    vectors, ids = datasets.load_vectors(args.vectors)
+    if args.ids:
+        ids = datasets.load_ids(args.ids)
+    name = args.name or args.out.name
+    print(f"building {name!r}: {len(vectors)} x {vectors.shape[1]} with {args.backend} ({args.metric})", file=sys.stderr)
+    manifest = builder.build(
+        args.out,
+        vectors,
+        ids,
+        backend=args.backend,
+        metric=Metric(args.metric),
+        name=name,
+        version=args.index_version,
+        params=_params(args.param),
+        threads=args.threads,
+        progress=_progress_bar(),
+    )
+    elapsed = time.perf_counter() - started
+    size = artifact.size_bytes(manifest)
+    print(
+        f"built {args.out}: {manifest.count} items, version {manifest.version}, "
+        f"{size / 2**20:.1f} MiB, {elapsed:.1f}s ({manifest.count / max(elapsed, 1e-9):,.0f} vectors/s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Verify every checksum of an artifact and print its manifest."""
+    from flux.core import artifact
+
+    manifest = artifact.read_manifest(args.artifact)
+    artifact.verify(args.artifact, manifest)
+    print(manifest.to_json(), end="")
+    print(f"ok: {len(manifest.files)} files verified, {artifact.size_bytes(manifest) / 2**20:.1f} MiB", file=sys.stderr)
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    """Ask a running server for the neighbours of a vector or a stored item; print a table."""
+    from flux_client import FluxClient
+    from flux_client import FluxError as ClientError
+
+    try:
+        with FluxClient(args.target, timeout=args.timeout) as client:
+            params = _params(args.param)
+            if args.id is not None:
+                result = client.search_by_id(args.index, args.id, args.k, params=params)
+            else:
+                if args.random:
+                    dimension = client.describe(args.index).dimension
+                    vector = np.random.default_rng(args.seed).standard_normal(dimension).astype(np.float32)
+                elif args.vector_file:
+                    vector = np.load(args.vector_file, allow_pickle=False).astype(np.float32).ravel()
+                else:
+                    vector = np.array([float(v) for v in args.vector.split(",")], dtype=np.float32)
+                result = client.search(args.index, vector, args.k, params=params)
+    except ClientError as exc:
+        print(f"flux query: {exc}", file=sys.stderr)
+        return 1
+    rows = [(i, d) for i, d in zip(result.ids.tolist(), result.distances.tolist(), strict=True) if i]
+    if args.json:
+        print(json.dumps({"index": result.index, "version": result.version, "neighbors": [{"id": i, "distance": d} for i, d in rows]}))
+        return 0
+    print(f"index {result.index} version {result.version}: {len(rows)} neighbours")
+    width = max([len("id"), *(len(i) for i, _ in rows)])
+    print(f"{'rank':>4}  {'id':<{width}}  distance")
+    for rank, (item, distance) in enumerate(rows, 1):
+        print(f"{rank:>4}  {item:<{width}}  {distance:.6f}")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """Print SERVING or NOT_SERVING for the server (or one service, e.g. flux.index.demo); exit 0 only when SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"flux health: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _params(pairs: Sequence[str]) -> dict[str, float]:
+    params: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            params[name.strip()] = float(value)
+        except ValueError:
+            raise FluxError(f"parameter {pair!r} must look like NAME=NUMBER, e.g. ef=128") from None
+    return params
+
+
+def _progress_bar():  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    bar: tqdm | None = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="vec", unit_scale=True, file=sys.stderr, disable=None, desc="indexing")
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update

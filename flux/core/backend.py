@@ -1,0 +1,211 @@
+"""The backend interface: what an ANN library adapter implements to be served by Flux.
+
+A backend knows vectors and integer labels only. Labels are the row numbers of
+the matrix the index was built from (0 .. n-1); Flux keeps the string ids and
+maps between the two. A backend knows nothing of gRPC, ids, artifacts or config.
+
+Distances follow one convention whatever the library says, so that results from
+different backends compare (smaller is nearer):
+
+* ``l2``: squared Euclidean distance
+* ``cosine``: 1 - cosine similarity
+* ``ip``: 1 - dot product
+
+See ``backends/README.md`` for a guide and ``flux.testing`` for the conformance kit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from flux.errors import InvalidArgument
+
+#: The interface version this Flux implements. A backend declares the version it was
+#: written against; Flux refuses versions it does not support.
+API_VERSION = 1
+SUPPORTED_API_VERSIONS = frozenset({1})
+
+Matrix = npt.NDArray[np.float32]
+Labels = npt.NDArray[np.int64]
+#: Called during long work with (done, total) so callers can show progress.
+Progress = Callable[[int, int], None]
+
+
+class Metric(str, Enum):
+    """How distance is measured. The value is the name used in configs and manifests."""
+
+    L2 = "l2"
+    COSINE = "cosine"
+    IP = "ip"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares it can do. The conformance kit selects its tests by these."""
+
+    mutable: bool = False
+    """Items can be added after build (``add``)."""
+    supports_delete: bool = False
+    """Items can be removed (``delete``)."""
+    filterable: bool = False
+    """``search`` can restrict results to an allowed set of labels natively."""
+    mmap_load: bool = False
+    """``load`` memory-maps the files, so processes share one copy of the pages."""
+    thread_safe_search: bool = True
+    """``search`` may be called from several threads at once on one instance."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A numeric knob a backend accepts at build or search time, with its bounds."""
+
+    default: float
+    minimum: float
+    maximum: float
+    integer: bool = True
+    doc: str = ""
+
+    def coerce(self, name: str, value: float) -> float:
+        """Return ``value`` checked against the bounds, or raise ValueError saying what is allowed."""
+        if value != value or not self.minimum <= value <= self.maximum:  # NaN fails both
+            raise ValueError(f"{name} must be between {_fmt(self.minimum)} and {_fmt(self.maximum)}, got {_fmt(value)}")
+        if self.integer:
+            if value != int(value):
+                raise ValueError(f"{name} must be a whole number, got {value}")
+            return int(value)
+        return float(value)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class Backend(ABC):
+    """An index of float32 vectors under integer labels, adapted from one ANN library.
+
+    Lifecycle: ``build`` (offline) or ``load`` (serving) makes an instance; ``search``
+    answers queries for as long as it is served; ``close`` releases it. Construction
+    through ``__init__`` must stay cheap: expensive work belongs in ``build``/``load``.
+
+    Thread safety: when ``capabilities.thread_safe_search`` is true, ``search``,
+    ``get_vectors``, ``__len__`` and ``stats`` may run concurrently from many threads.
+    Long library calls must release the GIL so that searches run in parallel.
+
+    Errors: raise ``ValueError`` for arguments the caller got wrong and ``OSError`` for
+    unreadable files; Flux validates dimension, finiteness, k and params before calling
+    ``search``, so a backend need not check them again.
+    """
+
+    #: The short name used in configs and on the command line (``hnsw``, ``annoy``, ...).
+    name: ClassVar[str]
+    #: The version of this interface the backend implements (see ``API_VERSION``).
+    api_version: ClassVar[int] = API_VERSION
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: Knobs accepted by ``build``; values arrive validated and with defaults filled in.
+    build_params: ClassVar[Mapping[str, Param]] = {}
+    #: Knobs accepted by ``search``; values arrive validated and with defaults filled in.
+    search_params: ClassVar[Mapping[str, Param]] = {}
+
+    def __init__(self, dimension: int, metric: Metric) -> None:
+        self.dimension = dimension
+        self.metric = metric
+
+    @classmethod
+    @abstractmethod
+    def library_version(cls) -> str:
+        """The name and version of the library behind the backend, e.g. ``hnswlib 0.8.0``."""
+
+    @classmethod
+    @abstractmethod
+    def build(
+        cls,
+        vectors: Matrix,
+        metric: Metric,
+        params: Mapping[str, float],
+        *,
+        threads: int = 1,
+        progress: Progress | None = None,
+    ) -> Backend:
+        """Build an index over ``vectors`` (n x d, C-contiguous float32); row i gets label i.
+
+        ``n`` may be 0. ``threads`` bounds the threads the library may use. Call
+        ``progress(done, n)`` now and then when the library allows it.
+        """
+
+    @abstractmethod
+    def save(self, directory: Path) -> list[str]:
+        """Write the index into the existing, empty ``directory``; return the file names written."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> Backend:
+        """Open an index that ``save`` wrote into ``directory`` and that holds ``count`` items."""
+
+    @abstractmethod
+    def search(
+        self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
+    ) -> tuple[Labels, Matrix]:
+        """Return the labels and distances of the ``k`` nearest items to each query.
+
+        ``queries`` is q x d float32. Both results are q x k, nearest first. Where
+        fewer than k items can be returned, the row is padded with label -1 and
+        distance +inf. ``k`` may exceed ``len(self)``.
+        """
+
+    @abstractmethod
+    def get_vectors(self, labels: Labels) -> Matrix:
+        """Return the stored vectors of ``labels`` (as the index keeps them: cosine
+        backends may return them normalised)."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """The number of items that searches can return."""
+
+    def stats(self) -> dict[str, Any]:
+        """Free-form numbers worth showing an operator (memory, parameters in effect)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release what the instance holds. Searches never run after close."""
+
+
+def pad_results(labels: Labels, distances: Matrix, k: int) -> tuple[Labels, Matrix]:
+    """Pad q x k' results (k' <= k) to q x k with label -1 and distance +inf."""
+    missing = k - labels.shape[1]
+    if missing <= 0:
+        return labels, distances
+    q = labels.shape[0]
+    return (
+        np.hstack([labels.astype(np.int64, copy=False), np.full((q, missing), -1, np.int64)]),
+        np.hstack([distances.astype(np.float32, copy=False), np.full((q, missing), np.inf, np.float32)]),
+    )
+
+
+def resolve_params(
+    spec: Mapping[str, Param], base: Mapping[str, float], overrides: Mapping[str, float], field: str
+) -> dict[str, float]:
+    """Merge ``overrides`` over ``base``, each checked against ``spec``; errors name ``field``."""
+    merged = dict(base)
+    for name, value in overrides.items():
+        param = spec.get(name)
+        if param is None:
+            accepted = ", ".join(sorted(spec)) or "none"
+            raise InvalidArgument(f"{field}: unknown parameter {name!r} (accepted: {accepted})", field=field)
+        try:
+            merged[name] = param.coerce(f"{field}.{name}", value)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), field=f"{field}.{name}") from None
+    return merged
+
+
+def defaults(spec: Mapping[str, Param]) -> dict[str, float]:
+    """The default value of every knob in ``spec``."""
+    return {name: param.default for name, param in spec.items()}

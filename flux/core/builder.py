@@ -1,0 +1,39 @@
+"""Builds an index artifact from vectors and ids with a named backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from flux.core import artifact, registry
+from flux.core.backend import Matrix, Metric, Progress, defaults, resolve_params
+from flux.errors import InvalidArgument
+
+
+def build(
+    out: Path,
+    vectors: Matrix,
+    ids: Sequence[str] | None,
+    *,
+    backend: str,
+    metric: Metric,
+    name: str,
+    version: int = 1,
+    params: Mapping[str, float] | None = None,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> artifact.Manifest:
+    """Build with ``backend`` and write the artifact to ``out``; ids default to the row numbers."""
+    backend_cls = registry.get(backend)
+    resolved = resolve_params(backend_cls.build_params, defaults(backend_cls.build_params), params or {}, "params")
+    if vectors.ndim != 2 or vectors.shape[1] < 1:
+        raise InvalidArgument(f"vectors must be a 2-D matrix with at least one column, got shape {vectors.shape}")
+    id_list = [str(i) for i in range(len(vectors))] if ids is None else list(ids)
+    if len(id_list) != len(vectors):
+        raise InvalidArgument(f"{len(id_list)} ids for {len(vectors)} vectors; give one id per vector")
+    if len(set(id_list)) != len(id_list):
+        seen: set[str] = set()
+        duplicate = next(i for i in id_list if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise InvalidArgument(f"id {duplicate!r} appears more than once; ids must be unique")
+    index = backend_cls.build(vectors, metric, resolved, threads=threads, progress=progress)
+    return artifact.write(out, index, id_list, name=name, version=version, build_params=resolved)

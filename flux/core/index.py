@@ -1,0 +1,124 @@
+"""A served index: a loaded artifact plus the rules every query to it must follow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flux.core.artifact import Artifact
+from flux.core.backend import Backend, Matrix, resolve_params
+from flux.errors import InvalidArgument, ItemNotFound
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask for."""
+
+    max_k: int = 1024
+    max_batch: int = 1024
+
+
+@dataclass(frozen=True)
+class Hits:
+    """The answer to one query: ids and distances, nearest first."""
+
+    ids: list[str]
+    distances: Matrix
+
+
+class ServedIndex:
+    """Answers queries against one loaded artifact, in terms of string ids.
+
+    Thread-safe: it holds no per-request state. A request that holds a reference
+    keeps this version alive until it finishes, whatever is swapped in meanwhile.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        artifact: Artifact,
+        *,
+        default_params: Mapping[str, float] | None = None,
+        limits: Limits = Limits(),
+        batch_threads: int = 1,
+    ) -> None:
+        self.name = name
+        self.artifact = artifact
+        self.manifest = artifact.manifest
+        self.backend: Backend = artifact.backend
+        self.limits = limits
+        self._batch_threads = batch_threads
+        self._ids = artifact.ids
+        self._labels: dict[str, int] | None = None
+        spec = type(self.backend).search_params
+        defaults = {n: p.default for n, p in spec.items()}
+        self.default_params = resolve_params(spec, defaults, default_params or {}, "search_params")
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    def check_dimension(self, dimension: int, field: str) -> None:
+        if dimension != self.dimension:
+            raise InvalidArgument(
+                f"{field}.dimension is {dimension}, but index {self.name!r} has dimension {self.dimension}",
+                field=f"{field}.dimension",
+            )
+
+    def check_k(self, k: int, field: str = "k") -> None:
+        if not 1 <= k <= self.limits.max_k:
+            raise InvalidArgument(f"{field} must be between 1 and {self.limits.max_k}, got {k}", field=field)
+
+    def params(self, overrides: Mapping[str, float], field: str = "params") -> dict[str, float]:
+        """Merge ``overrides`` over this index's defaults, validated against the backend's knobs."""
+        if not overrides:
+            return self.default_params
+        return resolve_params(type(self.backend).search_params, self.default_params, overrides, field)
+
+    def search(self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1) -> list[Hits]:
+        """Search already-validated queries; one ``Hits`` per row."""
+        labels, distances = self.backend.search(queries, k, params, threads=threads)
+        return self._hits(labels, distances)
+
+    def search_batch(self, queries: Matrix, ks: Sequence[int], params: Sequence[Mapping[str, float]]) -> list[Hits]:
+        """Search rows that may each have their own k and params, grouping rows that share params."""
+        if len(set(ks)) == 1 and all(p is params[0] for p in params):
+            return self.search(queries, ks[0], params[0], threads=self._batch_threads)
+        groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
+        for row, p in enumerate(params):
+            groups.setdefault(tuple(sorted(p.items())), []).append(row)
+        results: list[Hits | None] = [None] * len(queries)
+        for key, rows in groups.items():
+            k_max = max(ks[r] for r in rows)
+            hits = self.search(queries[rows], k_max, dict(key), threads=self._batch_threads)
+            for row, hit in zip(rows, hits, strict=True):
+                results[row] = Hits(hit.ids[: ks[row]], hit.distances[: ks[row]])
+        return [r for r in results if r is not None]
+
+    def search_by_id(self, item_id: str, k: int, params: Mapping[str, float]) -> Hits:
+        """The k nearest neighbours of a stored item, the item itself excluded."""
+        label = self.label_of(item_id)
+        vector = self.backend.get_vectors(np.array([label], np.int64))
+        labels, distances = self.backend.search(vector, k + 1, params)
+        keep = labels[0] != label
+        return self._hits(labels[:, keep][:, :k], distances[:, keep][:, :k])[0]
+
+    def label_of(self, item_id: str) -> int:
+        if self._labels is None:  # built on first use; a race builds it twice, harmlessly
+            self._labels = {item_id: label for label, item_id in enumerate(self._ids.tolist())}
+        try:
+            return self._labels[item_id]
+        except KeyError:
+            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id") from None
+
+    def _hits(self, labels: np.ndarray, distances: Matrix) -> list[Hits]:
+        found = (labels >= 0).sum(axis=1)
+        ids = self._ids[np.where(labels >= 0, labels, 0)]
+        return [Hits(ids[row, :n].tolist(), distances[row, :n]) for row, n in enumerate(found.tolist())]
+
