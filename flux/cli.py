@@ -10,11 +10,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Never
 
 import numpy as np
 
 from flux import __version__
-from flux.core.backend import Metric
+from flux.core.backend import Metric, Progress
 from flux.errors import FluxError
 
 log = logging.getLogger("flux")
@@ -23,7 +24,9 @@ log = logging.getLogger("flux")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.run(args))
     except FluxError as exc:
@@ -42,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML config; without one, serve the built-in demo index")
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (overrides the config)")
-    serve.add_argument("--demo-dir", type=Path, default=Path("var"), help="where the demo index is built (default: ./var)")
+    serve.add_argument(
+        "--demo-dir", type=Path, default=Path("var"), help="where the demo index is built (default: ./var)"
+    )
     serve.set_defaults(run=_cmd_serve)
 
     build = commands.add_parser("build", help="build an index artifact from vectors", description=_cmd_build.__doc__)
@@ -57,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="build threads (default: all CPUs)")
     build.set_defaults(run=_cmd_build)
 
-    inspect = commands.add_parser("inspect", help="verify an artifact and print its manifest", description=_cmd_inspect.__doc__)
+    inspect = commands.add_parser(
+        "inspect", help="verify an artifact and print its manifest", description=_cmd_inspect.__doc__
+    )
     inspect.add_argument("artifact", type=Path)
     inspect.set_defaults(run=_cmd_inspect)
 
@@ -111,7 +118,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.ids:
         ids = datasets.load_ids(args.ids)
     name = args.name or args.out.name
-    print(f"building {name!r}: {len(vectors)} x {vectors.shape[1]} with {args.backend} ({args.metric})", file=sys.stderr)
+    print(
+        f"building {name!r}: {len(vectors)} x {vectors.shape[1]} with {args.backend} ({args.metric})", file=sys.stderr
+    )
     manifest = builder.build(
         args.out,
         vectors,
@@ -169,7 +178,15 @@ def _cmd_query(args: argparse.Namespace) -> int:
         return 1
     rows = [(i, d) for i, d in zip(result.ids.tolist(), result.distances.tolist(), strict=True) if i]
     if args.json:
-        print(json.dumps({"index": result.index, "version": result.version, "neighbors": [{"id": i, "distance": d} for i, d in rows]}))
+        print(
+            json.dumps(
+                {
+                    "index": result.index,
+                    "version": result.version,
+                    "neighbors": [{"id": i, "distance": d} for i, d in rows],
+                }
+            )
+        )
         return 0
     print(f"index {result.index} version {result.version}: {len(rows)} neighbours")
     width = max([len("id"), *(len(i) for i, _ in rows)])
@@ -210,17 +227,16 @@ def _params(pairs: Sequence[str]) -> dict[str, float]:
     return params
 
 
-def _progress_bar():  # type: ignore[no-untyped-def]
+def _progress_bar() -> Progress:
     from tqdm import tqdm
 
-    bar: tqdm | None = None
+    bars: list[tqdm[Never]] = []  # created on the first report, when the total is known
 
     def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="vec", unit_scale=True, file=sys.stderr, disable=None, desc="indexing")
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, unit="vec", unit_scale=True, file=sys.stderr, disable=None, desc="indexing"))
+        bars[0].update(done - bars[0].n)
         if done >= total:
-            bar.close()
+            bars[0].close()
 
     return update

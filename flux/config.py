@@ -107,7 +107,9 @@ def parse(raw: Any, *, source: str = "<config>", base: Path | None = None) -> Fl
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
     if base is not None:
-        indexes = [i.model_copy(update={"path": (base / i.path)}) if not i.path.is_absolute() else i for i in config.indexes]
+        indexes = [
+            i.model_copy(update={"path": (base / i.path)}) if not i.path.is_absolute() else i for i in config.indexes
+        ]
         config = config.model_copy(update={"indexes": indexes})
     return config
 

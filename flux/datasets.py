@@ -11,9 +11,7 @@ from flux.core.backend import Matrix
 from flux.errors import InvalidArgument
 
 
-def clustered(
-    n: int, dimension: int, *, clusters: int = 64, spread: float = 0.35, seed: int = 0
-) -> Matrix:
+def clustered(n: int, dimension: int, *, clusters: int = 64, spread: float = 0.35, seed: int = 0) -> Matrix:
     """``n`` vectors around ``clusters`` random centres, like real embeddings: dense regions,
     uneven cluster sizes. A larger ``spread`` makes clusters overlap (harder for ANN)."""
     rng = np.random.default_rng(seed)
@@ -80,7 +78,7 @@ def _read_jsonl(path: Path) -> tuple[Matrix, list[str]]:
                 ids.append(str(record["id"]))
                 rows.append(record["vector"])
             except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidArgument(f"{path}:{number}: expected {{\"id\": ..., \"vector\": [...]}}: {exc}") from None
+                raise InvalidArgument(f'{path}:{number}: expected {{"id": ..., "vector": [...]}}: {exc}') from None
     try:
         matrix = np.array(rows, dtype=np.float32)
     except ValueError as exc:

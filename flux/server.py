@@ -14,9 +14,6 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
-from flux_api.v1 import admin_service_pb2, vector_service_pb2
-from flux_api.v1.admin_service_pb2_grpc import add_AdminServiceServicer_to_server
-from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -26,6 +23,9 @@ from flux.api.vector_service import VectorServicer
 from flux.config import FluxConfig
 from flux.core.catalog import Catalog, IndexState
 from flux.core.index import Limits
+from flux_api.v1 import admin_service_pb2, vector_service_pb2
+from flux_api.v1.admin_service_pb2_grpc import add_AdminServiceServicer_to_server
+from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class FluxServer:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, _SERVING)
         failed = [s.config.name for s in map(self.catalog.slot, self.catalog.names()) if s.state is IndexState.FAILED]
-        log.info("ready: %d indexes serving, %d failed %s", len(self.catalog.names()) - len(failed), len(failed), failed)
+        log.info(
+            "ready: %d indexes serving, %d failed %s", len(self.catalog.names()) - len(failed), len(failed), failed
+        )
         self._ready.set()
 
     def _index_changed(self, name: str, state: IndexState) -> None:

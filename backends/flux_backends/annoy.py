@@ -6,14 +6,15 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from annoy import AnnoyIndex
 
 from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
 
-_METRICS = {Metric.L2: "euclidean", Metric.COSINE: "angular", Metric.IP: "dot"}
+_AnnoyMetric = Literal["angular", "euclidean", "dot"]
+_METRICS: dict[Metric, _AnnoyMetric] = {Metric.L2: "euclidean", Metric.COSINE: "angular", Metric.IP: "dot"}
 
 
 class AnnoyBackend(Backend):
@@ -25,11 +26,11 @@ class AnnoyBackend(Backend):
 
     name = "annoy"
     capabilities = Capabilities(mmap_load=True, thread_safe_search=True)
-    build_params = {
+    build_params: ClassVar[Mapping[str, Param]] = {
         "n_trees": Param(32, 1, 10_000, doc="more trees give higher recall and a larger index"),
         "seed": Param(42, 0, 2**31 - 1, doc="random seed, for reproducible builds"),
     }
-    search_params = {
+    search_params: ClassVar[Mapping[str, Param]] = {
         "search_k": Param(-1, -1, 2**31 - 1, doc="nodes inspected per query; -1 means n_trees * k"),
     }
 

@@ -91,19 +91,22 @@ class ExactBackend(Backend):
 
     def _scores(self, queries: Matrix) -> Matrix:
         """Smaller is nearer; equal to the distance up to a per-query constant and rounding."""
-        dots = queries @ self._vectors.T
+        dots: Matrix = queries @ self._vectors.T
         if self.metric is Metric.L2:
             assert self._sq_norms is not None
-            return self._sq_norms - 2 * dots
-        return -dots
+            scores: Matrix = self._sq_norms - 2 * dots
+            return scores
+        return np.negative(dots)
 
     def _exact_distances(self, queries: Matrix, candidates: Labels) -> Matrix:
         stored = np.asarray(self._vectors[candidates], dtype=np.float64)  # (q, c, d)
         query = queries.astype(np.float64)[:, None, :]
         if self.metric is Metric.L2:
             diff = stored - query
-            return np.einsum("qcd,qcd->qc", diff, diff).astype(np.float32)
-        return (1.0 - np.einsum("qcd,qcd->qc", stored, query)).astype(np.float32)
+            squared: np.ndarray = np.einsum("qcd,qcd->qc", diff, diff)
+            return squared.astype(np.float32)
+        dots: np.ndarray = np.einsum("qcd,qcd->qc", stored, query)
+        return (1.0 - dots).astype(np.float32)
 
     def get_vectors(self, labels: Labels) -> Matrix:
         return np.array(self._vectors[labels], dtype=np.float32)

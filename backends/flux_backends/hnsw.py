@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import hnswlib
 import numpy as np
@@ -28,12 +28,12 @@ class HnswBackend(Backend):
 
     name = "hnsw"
     capabilities = Capabilities(thread_safe_search=True)
-    build_params = {
+    build_params: ClassVar[Mapping[str, Param]] = {
         "M": Param(16, 2, 200, doc="graph degree; more gives higher recall and more memory"),
         "ef_construction": Param(200, 1, 10_000, doc="build-time beam; more gives a better graph, slower build"),
         "seed": Param(100, 0, 2**31 - 1, doc="random seed, for reproducible builds"),
     }
-    search_params = {
+    search_params: ClassVar[Mapping[str, Param]] = {
         "ef": Param(64, 1, 100_000, doc="search beam, at least k is used; more gives higher recall, slower"),
     }
 

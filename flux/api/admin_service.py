@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
-from flux_api.v1 import admin_service_pb2 as pb
-from flux_api.v1 import admin_service_pb2_grpc
 
 from flux.api import convert
 from flux.core import artifact
 from flux.core.catalog import Catalog, Slot
+from flux_api.v1 import admin_service_pb2 as pb
+from flux_api.v1 import admin_service_pb2_grpc
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from flux_api.v1 import admin_service_pb2, types_pb2
 
 from flux.core.backend import Capabilities, Matrix, Metric
 from flux.core.catalog import IndexState
 from flux.core.index import Hits
 from flux.errors import InvalidArgument
+from flux_api.v1 import admin_service_pb2, types_pb2
 
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
 

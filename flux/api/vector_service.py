@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
-from flux_api.v1 import vector_service_pb2 as pb
-from flux_api.v1 import vector_service_pb2_grpc
 
 from flux.api import convert
 from flux.core.catalog import Catalog
 from flux.errors import InvalidArgument
+from flux_api.v1 import vector_service_pb2 as pb
+from flux_api.v1 import vector_service_pb2_grpc
 
 
 class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):

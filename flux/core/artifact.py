@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def write(
             metric=backend.metric,
             count=len(backend),
             build_params=dict(build_params),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             files={f: _describe(staging / f) for f in sorted([*files, IDS])},
         )
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
@@ -150,7 +150,9 @@ def verify(directory: Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
         actual = _describe(path)
         if actual["bytes"] != expected.get("bytes"):
-            raise ArtifactError(f"{path}: {actual['bytes']} bytes, the manifest says {expected.get('bytes')} (truncated?)")
+            raise ArtifactError(
+                f"{path}: {actual['bytes']} bytes, the manifest says {expected.get('bytes')} (truncated?)"
+            )
         if actual["sha256"] != expected.get("sha256"):
             raise ArtifactError(f"{path}: checksum mismatch, the file is corrupt")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,7 +39,7 @@ Labels = npt.NDArray[np.int64]
 Progress = Callable[[int, int], None]
 
 
-class Metric(str, Enum):
+class Metric(StrEnum):
     """How distance is measured. The value is the name used in configs and manifests."""
 
     L2 = "l2"

@@ -121,4 +121,3 @@ class ServedIndex:
         found = (labels >= 0).sum(axis=1)
         ids = self._ids[np.where(labels >= 0, labels, 0)]
         return [Hits(ids[row, :n].tolist(), distances[row, :n]) for row, n in enumerate(found.tolist())]
-

@@ -10,10 +10,15 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from flux_api.v1 import admin_service_pb2, admin_service_pb2_grpc, types_pb2, vector_service_pb2
-from flux_api.v1 import vector_service_pb2_grpc
 from google.protobuf import json_format
 
+from flux_api.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    types_pb2,
+    vector_service_pb2,
+    vector_service_pb2_grpc,
+)
 from flux_client._errors import from_rpc_error
 
 _SERVICES = ("flux_api.v1.VectorService", "flux_api.v1.AdminService")
