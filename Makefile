@@ -54,5 +54,8 @@ buf-lint: install ## buf lint (STANDARD) over protos/
 breaking: install ## buf breaking against the contract on main (BREAKING_AGAINST=... to change)
 	cd protos && ../$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
 
+# Java stubs and example (clients/java).
+-include clients/java/java.mk
+
 clean: ## remove .venv, caches and the demo index
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

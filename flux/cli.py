@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="health service name; '' is the whole server")
     health.add_argument("--timeout", type=float, default=5.0)
     health.set_defaults(run=_cmd_health)
+
+    from flux.bench.cli import add_parser as add_bench
+
+    add_bench(commands)
     return parser
 
 
