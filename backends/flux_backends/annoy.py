@@ -101,7 +101,7 @@ class AnnoyBackend(Backend):
         if self.metric is Metric.L2:
             return dist * dist
         if self.metric is Metric.COSINE:
-            return 1.0 - dist * dist / 2.0
+            return dist * dist / 2.0  # angular distance is sqrt(2 - 2 cos)
         return 1.0 - dist
 
     def get_vectors(self, labels: Labels) -> Matrix:

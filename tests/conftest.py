@@ -1,0 +1,65 @@
+"""Shared fixtures: one dataset, one artifact per backend and metric, one real server serving them all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from flux.server import FluxServer
+from flux_api.v1 import admin_service_pb2_grpc, vector_service_pb2_grpc
+from tests import support
+
+BACKENDS = ("exact", "hnsw", "annoy")
+METRICS = ("l2", "cosine", "ip")
+# Annoy's default search_k (n_trees * k) trades recall for speed; served indexes set their own.
+SEARCH_PARAMS = {"annoy": {"search_k": 2000}}
+
+
+@pytest.fixture(scope="session")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 x 64 base vectors and 200 held-out queries from the same clusters."""
+    return support.dataset(n=5000, dimension=64, queries=200)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.ndarray]) -> dict[str, Path]:
+    """An artifact per backend and metric, named ``<backend>-<metric>``."""
+    root = tmp_path_factory.mktemp("artifacts")
+    base, _ = data
+    return {
+        f"{b}-{m}": support.build_artifact(root / f"{b}-{m}", base, backend=b, metric=m, name=f"{b}-{m}", version=3)
+        for b in BACKENDS
+        for m in METRICS
+    }
+
+
+@pytest.fixture(scope="session")
+def server(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
+    """A real server on 127.0.0.1 serving every artifact, plus one index whose artifact is missing."""
+    indexes = [
+        {"name": name, "path": str(path), "search_params": SEARCH_PARAMS.get(name.split("-")[0], {})}
+        for name, path in artifacts.items()
+    ]
+    indexes.append({"name": "broken", "path": str(tmp_path_factory.mktemp("empty") / "nothing-here")})
+    with support.running_server(support.server_config(indexes, limits={"max_k": 256, "max_batch": 512})) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def channel(server: FluxServer) -> Iterator[grpc.Channel]:
+    with support.channel_to(server) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def vectors_stub(channel: grpc.Channel) -> vector_service_pb2_grpc.VectorServiceStub:
+    return vector_service_pb2_grpc.VectorServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def admin_stub(channel: grpc.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
+    return admin_service_pb2_grpc.AdminServiceStub(channel)

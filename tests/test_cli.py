@@ -1,0 +1,117 @@
+"""The `flux` command end to end: build, inspect, and serve + query + health as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+FLUX = [sys.executable, "-m", "flux"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def flux(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*FLUX, *args], capture_output=True, text=True, timeout=120, env=ENV)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """Run `flux serve` on a free port; yield its address once it reports ready; SIGTERM it afterwards."""
+    process = subprocess.Popen([*FLUX, "serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True, env=ENV)
+    assert process.stderr is not None
+    address, seen = "", []
+    try:
+        for line in process.stderr:  # the server logs its address, then "ready" once indexes are loaded
+            seen.append(line)
+            if match := re.search(r"listening on (\S+)", line):
+                address = match.group(1)
+            if " ready: " in line:
+                break
+        assert address, "".join(seen)
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_build_inspect_serve_query(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(3).standard_normal((500, 16)).astype(np.float32)
+    np.save(tmp_path / "vectors.npy", vectors)
+    (tmp_path / "ids.txt").write_text("".join(f"song:{i}\n" for i in range(500)))
+    built = flux(
+        "build",
+        str(tmp_path / "vectors.npy"),
+        "--ids",
+        str(tmp_path / "ids.txt"),
+        "--out",
+        str(tmp_path / "songs"),
+        "--backend",
+        "annoy",
+        "--metric",
+        "cosine",
+        "-p",
+        "n_trees=8",
+    )
+    assert "built" in built.stderr
+    assert "500 items" in built.stderr
+
+    manifest = json.loads(flux("inspect", str(tmp_path / "songs")).stdout)
+    assert (manifest["name"], manifest["backend"], manifest["count"], manifest["dimension"]) == (
+        "songs",
+        "annoy",
+        500,
+        16,
+    )
+    assert manifest["build_params"]["n_trees"] == 8
+
+    (tmp_path / "flux.yaml").write_text("indexes:\n  - name: songs\n    path: songs\n")
+    with serving("--config", str(tmp_path / "flux.yaml")) as address:
+        assert flux("health", "--target", address).stdout.strip() == "SERVING"
+        result = flux("query", "--target", address, "--index", "songs", "--id", "song:7", "-k", "5", "--json")
+        answer = json.loads(result.stdout)
+        assert answer["index"] == "songs"
+        assert answer["version"] == 1
+        assert len(answer["neighbors"]) == 5
+        assert "song:7" not in [n["id"] for n in answer["neighbors"]]
+        missing = flux("query", "--target", address, "--index", "nope", "--random", check=False)
+        assert missing.returncode == 1
+        assert "NOT_FOUND" in missing.stderr
+
+
+def test_serve_without_a_config_builds_and_serves_the_demo(tmp_path: Path) -> None:
+    with serving("--demo-dir", str(tmp_path)) as address:
+        assert (tmp_path / "demo" / "manifest.json").exists()
+        table = flux("query", "--target", address, "--random", "-k", "10").stdout.splitlines()
+        assert table[0] == "index demo version 1: 10 neighbours"
+        assert len([line for line in table[2:] if line.split()[1].startswith("track:")]) == 10
+        assert flux("health", "--target", address, "--service", "flux.index.demo").stdout.strip() == "SERVING"
+
+
+def test_build_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.ones((10, 4), np.float32))
+    result = flux("build", str(tmp_path / "v.npy"), "--out", str(tmp_path / "x"), "-p", "M=1", check=False)
+    assert result.returncode == 2
+    assert "params.M must be between 2 and 200, got 1" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_inspect_refuses_a_corrupt_artifact(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32))
+    flux("build", str(tmp_path / "v.npy"), "--out", str(tmp_path / "a"), "--backend", "exact")
+    data = bytearray((tmp_path / "a" / "vectors.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "a" / "vectors.npy").write_bytes(bytes(data))
+    result = flux("inspect", str(tmp_path / "a"), check=False)
+    assert result.returncode == 2
+    assert "vectors.npy: checksum mismatch" in result.stderr
