@@ -1,0 +1,172 @@
+"""The servers a benchmark loads, each in its own process: Flux itself, and an echo baseline.
+
+The echo server is the floor of any Python gRPC service: it registers the same method
+names as Flux, parses nothing and answers every call with canned bytes as large as
+Flux's answer. Whatever Flux adds on top of it is Flux's own cost plus the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from concurrent import futures
+from multiprocessing.connection import Connection
+from typing import Any
+
+from flux.bench.procs import Child, children_of, rss_bytes
+
+_MESSAGE_BYTES = 64 * 1024 * 1024
+_OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]
+#: How the echo server runs calls: a thread pool, grpc.aio, or one process per core on one port.
+ECHO_MODELS = ("sync", "aio", "processes")
+
+
+class ServerProcess:
+    """A server in a child process; ``address`` once it answers, ``rss()`` of it and its workers."""
+
+    def __init__(self, child: Child) -> None:
+        self._child = child
+        self.address: str = child.recv(timeout=1800)
+
+    def rss(self) -> int:
+        return sum(rss_bytes(pid) for pid in [self._child.pid, *children_of(self._child.pid)])
+
+    def close(self) -> None:
+        self._child.close()
+
+
+def flux_server(raw_config: Mapping[str, Any]) -> ServerProcess:
+    """Flux serving ``raw_config`` (host 127.0.0.1, port 0 are forced); returns once every index serves."""
+    return ServerProcess(Child(_flux_main, dict(raw_config), name="flux-bench-server"))
+
+
+def echo_server(responses: Mapping[str, bytes], *, model: str = "sync", threads: int = 16) -> ServerProcess:
+    """The baseline: ``responses`` maps a method (``/pkg.Service/Method``) to the bytes it answers."""
+    if model not in ECHO_MODELS:
+        raise ValueError(f"echo model must be one of {', '.join(ECHO_MODELS)}, got {model!r}")
+    return ServerProcess(Child(_echo_main, dict(responses), model, threads, name=f"flux-bench-echo-{model}"))
+
+
+def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    from flux import config as flux_config
+    from flux.core.catalog import IndexState
+    from flux.server import build_server
+
+    raw = {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": 0}}
+    server = build_server(flux_config.parse(raw, source="benchmark config"))
+    server.start()
+    server.wait_ready()
+    failed = [s.error for s in map(server.catalog.slot, server.catalog.names()) if s.state is not IndexState.SERVING]
+    if failed:
+        conn.send(RuntimeError("; ".join(failed)))
+    else:
+        conn.send(server.address)
+        with contextlib.suppress(EOFError):
+            conn.recv()
+    server.stop(grace=0)
+
+
+def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, threads: int) -> None:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    if model == "processes":
+        import multiprocessing
+
+        # Forked before this process touches gRPC; each worker binds the same port (SO_REUSEPORT).
+        fork = multiprocessing.get_context("fork")
+        listening = [fork.Event() for _ in range(os.cpu_count() or 1)]
+        workers = [
+            fork.Process(target=_echo_serve, args=(responses, "sync", threads, address, True, event), daemon=True)
+            for event in listening
+        ]
+        for worker in workers:
+            worker.start()
+        for event in listening:
+            event.wait(60)
+        conn.send(address)
+        with contextlib.suppress(EOFError):
+            conn.recv()
+        for worker in workers:
+            worker.kill()
+            worker.join()
+        return
+    ready = _serve_in_background(responses, model, threads, address)
+    ready()
+    conn.send(address)
+    with contextlib.suppress(EOFError):
+        conn.recv()
+
+
+def _echo_handlers(responses: dict[str, bytes], asynchronous: bool) -> Any:
+    import grpc
+
+    by_service: dict[str, dict[str, Any]] = {}
+    for method, answer in responses.items():
+        service, name = method.strip("/").split("/")
+
+        def reply(request: bytes, context: Any, answer: bytes = answer) -> bytes:
+            return answer
+
+        async def reply_async(request: bytes, context: Any, answer: bytes = answer) -> bytes:
+            return answer
+
+        handler = grpc.unary_unary_rpc_method_handler(reply_async if asynchronous else reply)
+        by_service.setdefault(service, {})[name] = handler
+    return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
+
+
+def _serve_in_background(responses: dict[str, bytes], model: str, threads: int, address: str) -> Any:
+    """Start the echo server in this process; returns a function that blocks until it listens."""
+    import threading
+
+    started = threading.Event()
+    thread = threading.Thread(
+        target=_echo_serve, args=(responses, model, threads, address, False, started), daemon=True
+    )
+    thread.start()
+    return lambda: started.wait(60)
+
+
+def _echo_serve(
+    responses: dict[str, bytes],
+    model: str,
+    threads: int,
+    address: str,
+    reuse_port: bool,
+    started: Any = None,
+) -> None:
+    import grpc
+
+    options = [*_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)]
+    if model == "aio":
+        import asyncio
+
+        async def main() -> None:
+            server = grpc.aio.server(options=options)
+            server.add_generic_rpc_handlers(_echo_handlers(responses, True))
+            server.add_insecure_port(address)
+            await server.start()
+            if started is not None:
+                started.set()
+            await server.wait_for_termination()
+
+        asyncio.run(main())
+        return
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+    server.add_generic_rpc_handlers(_echo_handlers(responses, False))
+    server.add_insecure_port(address)
+    server.start()
+    if started is not None:
+        started.set()
+    server.wait_for_termination()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -1,0 +1,395 @@
+"""``flux bench serving``: Flux against the in-process library and an echo baseline, in one run.
+
+For each data set and backend it measures, at every swept search parameter:
+
+* ``library``: the library in-process, one query per call, from 1 and from N threads;
+* ``library-batch``: the library in-process, B queries per call, N threads;
+* ``echo``: a do-nothing gRPC server answering Flux-sized messages, from 1 and from C client processes;
+* ``flux-unary``: Flux's Search, from 1 and from C client processes;
+* ``flux-batch``: Flux's BatchSearch with B queries per call, from one client.
+
+then prints the table and the issue's target ratios, and writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flux.bench import report
+from flux.bench.data import Dataset, Synthetic, from_files, recall, synthetic
+from flux.bench.library import SWEEP_PARAM, Library, batches
+from flux.bench.load import Job, LoadClients
+from flux.bench.servers import ECHO_MODELS, echo_server, flux_server
+from flux.core import artifact, builder
+from flux.core.backend import Metric
+from flux_api.v1 import types_pb2
+from flux_api.v1 import vector_service_pb2 as pb
+
+SEARCH = "/flux_api.v1.VectorService/Search"
+BATCH_SEARCH = "/flux_api.v1.VectorService/BatchSearch"
+INDEX = "bench"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One data set, the backends to serve it with, their build parameters and search sweeps."""
+
+    data: Synthetic
+    backends: tuple[str, ...] = ("hnsw", "annoy")
+    build: dict[str, dict[str, float]] = field(default_factory=dict)
+    sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preset:
+    settings: tuple[Setting, ...]
+    seconds: float
+    clients: int
+    batch: int
+
+
+_HNSW: dict[str, float] = {"M": 16, "ef_construction": 200}
+PRESETS = {
+    "quick": Preset(
+        (
+            Setting(
+                Synthetic("quick-10k-32d", 10_000, 32, spread=0.35, queries=200),
+                build={"hnsw": _HNSW, "annoy": {"n_trees": 16.0}},
+                sweep={"hnsw": (16, 64), "annoy": (200, 2000)},
+            ),
+        ),
+        seconds=0.5,
+        clients=2,
+        batch=64,
+    ),
+    "full": Preset(
+        (
+            Setting(
+                Synthetic("clustered-200k-128d", 200_000, 128, spread=0.35),
+                build={"hnsw": _HNSW, "annoy": {"n_trees": 50.0}},
+                sweep={"hnsw": (16, 32, 64, 128, 256), "annoy": (1000, 3000, 10_000, 30_000, 100_000)},
+            ),
+            Setting(
+                Synthetic("overlapping-200k-384d", 200_000, 384, spread=1.0),
+                build={"hnsw": _HNSW, "annoy": {"n_trees": 50.0}},
+                sweep={"hnsw": (32, 64, 128, 256, 512), "annoy": (3000, 10_000, 30_000, 100_000, 300_000)},
+            ),
+        ),
+        seconds=4.0,
+        clients=8,
+        batch=256,
+    ),
+}
+
+
+def add_parser(modes: Any) -> None:
+    parser = modes.add_parser(
+        "serving",
+        help="Flux vs the in-process library and an echo gRPC server: table, target ratios, JSON, plot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="quick (seconds) or full (minutes)")
+    parser.add_argument("--data", type=Path, help="your vectors (.hdf5 ann-benchmarks, .npy, .fvecs) instead")
+    parser.add_argument("--queries", type=Path, help="query vectors for --data (default: hold out its last 1000)")
+    parser.add_argument("--metric", default="l2", choices=[m.value for m in Metric], help="metric for --data")
+    parser.add_argument("--count", type=int, help="base vectors per synthetic set (overrides the preset)")
+    parser.add_argument("--backends", help="comma-separated backends (default: hnsw,annoy)")
+    parser.add_argument(
+        "--sweep", action="append", default=[], metavar="BACKEND=V1,V2", help="search values, e.g. hnsw=32,64"
+    )
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
+    parser.add_argument("--seconds", type=float, help="length of each measurement")
+    parser.add_argument("--clients", type=int, help="client processes for the concurrent runs")
+    parser.add_argument("--batch", type=int, help="queries per batch call")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="library threads, and Flux's search_threads"
+    )
+    parser.add_argument("--server-threads", type=int, default=16, help="Flux's gRPC handler threads (server.threads)")
+    parser.add_argument(
+        "--echo-models", default="", help=f"also measure the echo server as {', '.join(ECHO_MODELS)} (comma-separated)"
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("var/bench"), help="built indexes and ground truth")
+    parser.add_argument("--json", type=Path, help="results file (default: WORK_DIR/results.json)")
+    parser.add_argument("--plot", type=Path, help="recall-vs-QPS PNG (default: WORK_DIR/recall-qps.png)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset]
+    settings = _settings(args, preset)
+    seconds = args.seconds or preset.seconds
+    clients = args.clients or preset.clients
+    batch = args.batch or preset.batch
+    progress = _Progress()
+    result = report.Report(command="flux " + " ".join(shlex.quote(a) for a in sys.argv[1:]), environment=_environment())
+    echo_models = _echo_models(args)  # measured once, on the first data set and backend
+    pool = LoadClients(clients)
+    try:
+        for setting, dataset in settings:
+            progress(f"{dataset.name}: {len(dataset.base):,} x {dataset.dimension}, {len(dataset.queries):,} queries")
+            for backend in setting.backends:
+                bench = _Bench(args, setting, dataset, backend, pool, progress, seconds, clients, batch)
+                result.rows.extend(bench.run(echo_models))
+                result.targets.extend(report.targets(result.rows, dataset.name, backend, clients))
+                echo_models = ()
+    finally:
+        pool.close()
+    report.print_table(result.rows, sys.stdout)
+    report.print_targets(result.targets, sys.stdout)
+    json_path = args.json or args.work_dir / "results.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(result.to_json(), encoding="utf-8")
+    print(f"\nwrote {json_path}", file=sys.stdout)
+    plot_path = args.plot or args.work_dir / "recall-qps.png"
+    if report.plot(result.rows, plot_path):
+        print(f"wrote {plot_path}", file=sys.stdout)
+    else:
+        print("no plot: install matplotlib (pip install 'flux-server[bench]')", file=sys.stdout)
+    return 0 if all(t.passed for t in result.targets) else 1
+
+
+class _Progress:
+    """Timestamped progress lines on stderr, so a long run shows where it is."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        elapsed = int(time.monotonic() - self._started)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace, preset: Preset) -> list[tuple[Setting, Dataset]]:
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else None
+    sweeps = _sweeps(args.sweep)
+    if args.data is not None:
+        base = preset.settings[-1]
+        setting = replace(base, backends=backends or base.backends, sweep={**base.sweep, **sweeps})
+        return [(setting, from_files(args.data, args.queries, Metric(args.metric), args.k))]
+    out = []
+    for setting in preset.settings:
+        spec = replace(setting.data, count=args.count) if args.count else setting.data
+        setting = replace(setting, data=spec, backends=backends or setting.backends, sweep={**setting.sweep, **sweeps})
+        out.append((setting, synthetic(spec, args.k, cache=args.work_dir / "truth")))
+    return out
+
+
+def _sweeps(pairs: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    sweeps = {}
+    for pair in pairs:
+        backend, sep, values = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            sweeps[backend.strip()] = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise SystemExit(
+                f"flux bench serving: --sweep {pair!r} must look like BACKEND=V1,V2 (e.g. hnsw=32,64)"
+            ) from None
+    return sweeps
+
+
+def _echo_models(args: argparse.Namespace) -> tuple[str, ...]:
+    models = tuple(m.strip() for m in args.echo_models.split(",") if m.strip())
+    unknown = [m for m in models if m not in ECHO_MODELS]
+    if unknown:
+        raise SystemExit(f"flux bench serving: unknown echo model {unknown[0]!r} (use {', '.join(ECHO_MODELS)})")
+    return models
+
+
+class _Bench:
+    """One backend on one data set: library, echo and Flux runs, as rows."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        setting: Setting,
+        dataset: Dataset,
+        backend: str,
+        pool: LoadClients,
+        progress: Callable[[str], None],
+        seconds: float,
+        clients: int,
+        batch: int,
+    ) -> None:
+        if backend not in SWEEP_PARAM:
+            raise SystemExit(f"flux bench serving: backend {backend!r} has no in-process runner")
+        self.args, self.setting, self.data, self.backend = args, setting, dataset, backend
+        self.pool, self.progress = pool, progress
+        self.seconds, self.clients, self.batch, self.threads = seconds, clients, batch, args.threads
+        self.k = args.k
+        self.param = SWEEP_PARAM[backend]
+        self.values = setting.sweep.get(backend) or (-1.0,)
+        self.rows: list[report.Row] = []
+
+    def run(self, echo_models: Sequence[str] = ()) -> list[report.Row]:
+        path = self._artifact()
+        self._library(path)
+        self._echo("echo", "sync")
+        for model in echo_models:
+            self._echo(f"echo-{model}", model)
+        self._flux(path)
+        return self.rows
+
+    def _artifact(self) -> Path:
+        params = self.setting.build.get(self.backend, {})
+        key = json.dumps([self.data.name, len(self.data.base), self.data.dimension, self.backend, params])
+        path: Path = self.args.work_dir / "indexes" / f"{self.data.name}-{self.backend}-{_digest(key)}"
+        if not (path / artifact.MANIFEST).exists():
+            self.progress(f"{self.data.name}/{self.backend}: building {params} (cached in {path} for later runs)")
+            started = time.monotonic()
+            builder.build(
+                path,
+                self.data.base,
+                None,
+                backend=self.backend,
+                metric=self.data.metric,
+                name=INDEX,
+                params=params,
+                threads=self.threads,
+            )
+            self.progress(f"{self.data.name}/{self.backend}: built in {time.monotonic() - started:.0f}s")
+        return path
+
+    def _add(self, mode: str, load: int, batch: int, value: float | None, queries: int, seconds: float,
+             latencies: np.ndarray, found: np.ndarray | None, rss: int | None = None) -> report.Row:  # fmt: skip
+        quality = None
+        if found is not None:
+            answered = found[:, 0] >= 0
+            quality = recall(found[answered], self.data.truth[answered], self.k)
+        r = report.row(self.data.name, self.backend, mode, load=load, batch=batch, param=self.param, value=value,
+                       queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality, rss=rss)  # fmt: skip
+        self.rows.append(r)
+        self.progress(
+            f"{self.data.name}/{self.backend}: {r.label} {self.param}={report._num(value)}: "
+            f"{r.qps:,.0f} QPS, p50 {r.p50_ms:.3f} ms" + (f", recall {r.recall:.4f}" if r.recall is not None else "")
+        )
+        return r
+
+    def _library(self, path: Path) -> None:
+        library = Library(self.backend, path, self.data.dimension, self.data.metric.value, self.data.queries)
+        try:
+            for value in self.values:
+                for threads in sorted({1, self.threads}):
+                    t = library.single(value, self.k, self.seconds, threads)
+                    self._add("library", threads, 1, value, t.calls, t.seconds, t.latencies_ms, t.labels)
+                t = library.batch(value, self.k, self.seconds, self.batch, self.threads)
+                self._add(
+                    "library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels
+                )
+            rss = library.rss()
+        finally:
+            library.close()
+        self.rows[-1] = replace(self.rows[-1], rss_mib=round(rss / 2**20, 1))
+
+    def _search_requests(self, value: float) -> list[bytes]:
+        params = {} if value < 0 else {self.param: value}
+        return [
+            pb.SearchRequest(index=INDEX, vector=_vectors(q[None, :]), k=self.k, params=params).SerializeToString()
+            for q in self.data.queries
+        ]
+
+    def _echo(self, mode: str, model: str) -> None:
+        neighbors = types_pb2.Neighbors(
+            ids=[str(label) for label in self.data.truth[0][: self.k]], distances=[1.0] * self.k
+        )
+        answer = pb.SearchResponse(index=INDEX, version=1, neighbors=neighbors).SerializeToString()
+        server = echo_server({SEARCH: answer}, model=model, threads=self.args.server_threads)
+        try:
+            requests = self._search_requests(self.values[0])
+            for clients in sorted({1, self.clients}) if model == "sync" else [self.clients]:
+                result = self.pool.run(self._job(server.address, SEARCH, requests), clients)
+                self._add(mode, clients, 1, None, result.calls, result.seconds, result.latencies_ms, None)
+            self.rows[-1] = replace(self.rows[-1], rss_mib=round(server.rss() / 2**20, 1))
+        finally:
+            server.close()
+
+    def _flux(self, path: Path) -> None:
+        config = {
+            "server": {"threads": self.args.server_threads, "search_threads": self.threads},
+            "limits": {"max_batch": max(1024, self.batch), "max_k": max(1024, self.k)},
+            "indexes": [{"name": INDEX, "path": str(path.resolve())}],
+        }
+        server = flux_server(config)
+        try:
+            for value in self.values:
+                requests = self._search_requests(value)
+                for clients in sorted({1, self.clients}):
+                    result = self.pool.run(self._job(server.address, SEARCH, requests), clients)
+                    found = self._found(result.responses)
+                    self._add("flux-unary", clients, 1, value, result.calls, result.seconds, result.latencies_ms, found)
+                groups = batches(len(self.data.queries), self.batch)
+                params = {} if value < 0 else {self.param: value}
+                batch_requests = [
+                    pb.BatchSearchRequest(
+                        index=INDEX, queries=_vectors(self.data.queries[rows]), k=self.k, params=params
+                    ).SerializeToString()
+                    for rows in groups
+                ]
+                result = self.pool.run(self._job(server.address, BATCH_SEARCH, batch_requests), 1)
+                found = self._found_batches(result.responses, groups)
+                self._add("flux-batch", 1, self.batch, value, result.calls * self.batch, result.seconds,
+                          result.latencies_ms, found)  # fmt: skip
+            self.rows[-1] = replace(self.rows[-1], rss_mib=round(server.rss() / 2**20, 1))
+        finally:
+            server.close()
+
+    def _job(self, target: str, method: str, requests: Sequence[bytes]) -> Job:
+        return Job(target, method, requests, seconds=self.seconds, max_calls=2_000_000)
+
+    def _found(self, responses: dict[int, bytes]) -> np.ndarray:
+        found = np.full((len(self.data.queries), self.k), -1, np.int64)
+        for index, raw in responses.items():
+            ids = pb.SearchResponse.FromString(raw).neighbors.ids
+            found[index, : len(ids)] = [int(i) for i in ids]
+        return found
+
+    def _found_batches(self, responses: dict[int, bytes], groups: list[np.ndarray]) -> np.ndarray:
+        found = np.full((len(self.data.queries), self.k), -1, np.int64)
+        for index, raw in responses.items():
+            for row, neighbors in zip(groups[index], pb.BatchSearchResponse.FromString(raw).results, strict=True):
+                found[row, : len(neighbors.ids)] = [int(i) for i in neighbors.ids]
+        return found
+
+
+def _vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
+    matrix = np.ascontiguousarray(matrix, dtype="<f4")
+    return types_pb2.FloatVectors(dimension=matrix.shape[1], data=matrix.tobytes())
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    from google.protobuf.internal import api_implementation
+
+    packages: dict[str, str | None] = {}
+    for name in ("grpcio", "protobuf", "numpy", "hnswlib", "annoy"):
+        try:
+            packages[name] = version(name)
+        except Exception:
+            packages[name] = None
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "protobuf_backend": api_implementation.Type(),
+        "packages": packages,
+    }
