@@ -17,6 +17,11 @@ _AnnoyMetric = Literal["angular", "euclidean", "dot"]
 _METRICS: dict[Metric, _AnnoyMetric] = {Metric.L2: "euclidean", Metric.COSINE: "angular", Metric.IP: "dot"}
 
 
+# Annoy's own default (n_trees * k nodes) gives poor recall for inner product and low
+# dimensions; ten times that keeps recall@10 above 0.95 on the kit's data at modest cost.
+_AUTO_SEARCH_K = 10
+
+
 class AnnoyBackend(Backend):
     """Annoy's random-projection forest. Immutable once built; ``load`` memory-maps the file.
 
@@ -31,7 +36,9 @@ class AnnoyBackend(Backend):
         "seed": Param(42, 0, 2**31 - 1, doc="random seed, for reproducible builds"),
     }
     search_params: ClassVar[Mapping[str, Param]] = {
-        "search_k": Param(-1, -1, 2**31 - 1, doc="nodes inspected per query; -1 means n_trees * k"),
+        "search_k": Param(
+            0, -1, 2**31 - 1, doc="nodes inspected per query; 0 means 10 * n_trees * k, -1 Annoy's own n_trees * k"
+        ),
     }
 
     def __init__(self, dimension: int, metric: Metric, index: AnnoyIndex) -> None:
@@ -82,7 +89,7 @@ class AnnoyBackend(Backend):
     ) -> tuple[Labels, Matrix]:
         labels = np.full((len(queries), k), -1, np.int64)
         distances = np.full((len(queries), k), np.inf, np.float32)
-        search_k = int(params["search_k"])
+        search_k = int(params["search_k"]) or _AUTO_SEARCH_K * self._index.get_n_trees() * k
 
         def one(row: int) -> None:
             found, dist = self._index.get_nns_by_vector(queries[row], k, search_k, include_distances=True)

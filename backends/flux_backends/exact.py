@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +16,34 @@ from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Pro
 _SCORE_BUDGET = 1 << 24
 
 
+@dataclass(frozen=True)
+class _State:
+    """One consistent snapshot: writers build a new one, searches read whichever is current."""
+
+    vectors: Matrix  # normalised for cosine
+    labels: Labels  # label of each row
+    sq_norms: Matrix | None  # for l2
+
+
 class ExactBackend(Backend):
     """Scores every stored vector with one matrix product (BLAS releases the GIL).
 
     Candidates are chosen on the matrix-product scores, then their distances are
     recomputed directly in float64, so reported distances match numpy's to float32
-    precision.
+    precision. Writes copy the arrays (O(n)): fine for a ground truth, not for bulk loads.
     """
 
     name = "exact"
-    capabilities = Capabilities(mmap_load=True, thread_safe_search=True)
+    capabilities = Capabilities(mutable=True, supports_delete=True, mmap_load=True, thread_safe_search=True)
 
-    def __init__(self, dimension: int, metric: Metric, vectors: Matrix) -> None:
+    def __init__(self, dimension: int, metric: Metric, vectors: Matrix, labels: Labels) -> None:
         super().__init__(dimension, metric)
-        self._vectors = vectors  # normalised for cosine
-        self._sq_norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32) if metric is Metric.L2 else None
+        self._state = self._snapshot(vectors, labels)
+        self._write_lock = threading.Lock()
+
+    def _snapshot(self, vectors: Matrix, labels: Labels) -> _State:
+        sq_norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32) if self.metric is Metric.L2 else None
+        return _State(vectors, labels, sq_norms)
 
     @classmethod
     def library_version(cls) -> str:
@@ -47,25 +62,31 @@ class ExactBackend(Backend):
         stored = _normalised(vectors) if metric is Metric.COSINE else np.array(vectors, dtype=np.float32, order="C")
         if progress:
             progress(len(stored), len(stored))
-        return cls(vectors.shape[1], metric, stored)
+        return cls(vectors.shape[1], metric, stored, np.arange(len(stored), dtype=np.int64))
 
     def save(self, directory: Path) -> list[str]:
-        np.save(directory / "vectors.npy", self._vectors, allow_pickle=False)
-        return ["vectors.npy"]
+        state = self._state
+        np.save(directory / "vectors.npy", state.vectors, allow_pickle=False)
+        np.save(directory / "labels.npy", state.labels, allow_pickle=False)
+        return ["vectors.npy", "labels.npy"]
 
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> ExactBackend:
         vectors = np.load(directory / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        labels = np.load(directory / "labels.npy", allow_pickle=False)
         if vectors.dtype != np.float32 or vectors.shape != (count, dimension):
             raise ValueError(
                 f"vectors.npy holds {vectors.dtype} {vectors.shape}, expected float32 ({count}, {dimension})"
             )
-        return cls(dimension, metric, vectors)
+        if labels.dtype != np.int64 or labels.shape != (count,):
+            raise ValueError(f"labels.npy holds {labels.dtype} {labels.shape}, expected int64 ({count},)")
+        return cls(dimension, metric, vectors, labels)
 
     def search(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
-        q, n = len(queries), len(self._vectors)
+        state = self._state
+        q, n = len(queries), len(state.vectors)
         labels = np.full((q, k), -1, np.int64)
         distances = np.full((q, k), np.inf, np.float32)
         if n == 0 or q == 0:
@@ -78,28 +99,27 @@ class ExactBackend(Backend):
         step = max(1, _SCORE_BUDGET // n)
         for start in range(0, q, step):
             chunk = queries[start : start + step]
-            scores = self._scores(chunk)
+            scores = self._scores(state, chunk)
             if shortlist < n:
-                candidates = np.argpartition(scores, shortlist - 1, axis=1)[:, :shortlist]
+                rows = np.argpartition(scores, shortlist - 1, axis=1)[:, :shortlist]
             else:
-                candidates = np.broadcast_to(np.arange(n), (len(chunk), n))
-            exact = self._exact_distances(chunk, candidates)
+                rows = np.broadcast_to(np.arange(n), (len(chunk), n))
+            exact = self._exact_distances(state, chunk, rows)
             order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
-            labels[start : start + len(chunk), :keep] = np.take_along_axis(candidates, order, axis=1)
+            labels[start : start + len(chunk), :keep] = state.labels[np.take_along_axis(rows, order, axis=1)]
             distances[start : start + len(chunk), :keep] = np.take_along_axis(exact, order, axis=1)
         return labels, distances
 
-    def _scores(self, queries: Matrix) -> Matrix:
+    def _scores(self, state: _State, queries: Matrix) -> Matrix:
         """Smaller is nearer; equal to the distance up to a per-query constant and rounding."""
-        dots: Matrix = queries @ self._vectors.T
-        if self.metric is Metric.L2:
-            assert self._sq_norms is not None
-            scores: Matrix = self._sq_norms - 2 * dots
+        dots: Matrix = queries @ state.vectors.T
+        if state.sq_norms is not None:
+            scores: Matrix = state.sq_norms - 2 * dots
             return scores
         return np.negative(dots)
 
-    def _exact_distances(self, queries: Matrix, candidates: Labels) -> Matrix:
-        stored = np.asarray(self._vectors[candidates], dtype=np.float64)  # (q, c, d)
+    def _exact_distances(self, state: _State, queries: Matrix, rows: Labels) -> Matrix:
+        stored = np.asarray(state.vectors[rows], dtype=np.float64)  # (q, c, d)
         query = queries.astype(np.float64)[:, None, :]
         if self.metric is Metric.L2:
             diff = stored - query
@@ -108,14 +128,47 @@ class ExactBackend(Backend):
         dots: np.ndarray = np.einsum("qcd,qcd->qc", stored, query)
         return (1.0 - dots).astype(np.float32)
 
+    def add(self, vectors: Matrix, labels: Labels) -> None:
+        new = _normalised(vectors) if self.metric is Metric.COSINE else np.asarray(vectors, np.float32)
+        with self._write_lock:
+            state = self._state
+            rows = {int(label): row for row, label in enumerate(state.labels)}
+            stored, stored_labels = np.array(state.vectors), state.labels.copy()
+            appended: dict[int, np.ndarray] = {}
+            for vector, label in zip(new, labels.tolist(), strict=True):
+                if label in rows:
+                    stored[rows[label]] = vector
+                else:
+                    appended[label] = vector  # a label given twice keeps its last vector
+            if appended:
+                stored = np.vstack([stored, np.array(list(appended.values()), np.float32).reshape(-1, self.dimension)])
+                stored_labels = np.concatenate([stored_labels, np.array(list(appended), np.int64)])
+            self._state = self._snapshot(np.ascontiguousarray(stored), stored_labels)
+
+    def delete(self, labels: Labels) -> None:
+        with self._write_lock:
+            state = self._state
+            present = np.isin(labels, state.labels)
+            if not present.all():
+                raise KeyError(f"label {int(labels[~present][0])} is not in the index")
+            keep = ~np.isin(state.labels, labels)
+            self._state = self._snapshot(np.ascontiguousarray(state.vectors[keep]), state.labels[keep])
+
     def get_vectors(self, labels: Labels) -> Matrix:
-        return np.array(self._vectors[labels], dtype=np.float32)
+        state = self._state
+        order = np.argsort(state.labels, kind="stable")
+        positions = np.minimum(np.searchsorted(state.labels, labels, sorter=order), max(len(order) - 1, 0))
+        rows = order[positions] if len(order) else positions
+        missing = ~np.isin(labels, state.labels)
+        if missing.any():
+            raise KeyError(f"label {int(labels[missing][0])} is not in the index")
+        return np.array(state.vectors[rows], dtype=np.float32)
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return len(self._state.vectors)
 
     def stats(self) -> dict[str, Any]:
-        return {"vector_bytes": int(self._vectors.nbytes)}
+        return {"vector_bytes": int(self._state.vectors.nbytes)}
 
 
 def _normalised(vectors: Matrix) -> Matrix:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,13 +22,15 @@ _BUILD_CHUNK = 20_000  # rows per add_items call, so that progress can be report
 class HnswBackend(Backend):
     """hnswlib's HNSW graph. Its distances already follow Flux's convention.
 
-    hnswlib keeps ``ef`` as index-wide state, so per-query ``ef`` goes through an
-    ``_EfGate``: searches with the same ``ef`` run together (hnswlib releases the GIL),
-    and a search asking for another ``ef`` waits until those in flight finish.
+    hnswlib keeps ``ef`` as index-wide state and is not safe when inserts and queries
+    overlap, so every call goes through a ``_Gate``: searches with the same ``ef`` run
+    together (hnswlib releases the GIL); a search asking for another ``ef``, and every
+    write, waits until those in flight finish. Deletes are hnswlib's tombstones
+    (``mark_deleted``); the deleted labels are saved beside the index.
     """
 
     name = "hnsw"
-    capabilities = Capabilities(thread_safe_search=True)
+    capabilities = Capabilities(mutable=True, supports_delete=True, thread_safe_search=True)
     build_params: ClassVar[Mapping[str, Param]] = {
         "M": Param(16, 2, 200, doc="graph degree; more gives higher recall and more memory"),
         "ef_construction": Param(200, 1, 10_000, doc="build-time beam; more gives a better graph, slower build"),
@@ -37,10 +40,11 @@ class HnswBackend(Backend):
         "ef": Param(64, 1, 100_000, doc="search beam, at least k is used; more gives higher recall, slower"),
     }
 
-    def __init__(self, dimension: int, metric: Metric, index: hnswlib.Index) -> None:
+    def __init__(self, dimension: int, metric: Metric, index: hnswlib.Index, deleted: set[int] | None = None) -> None:
         super().__init__(dimension, metric)
         self._index = index
-        self._gate = _EfGate(index)
+        self._deleted = deleted or set()
+        self._gate = _Gate(index)
 
     @classmethod
     def library_version(cls) -> str:
@@ -72,16 +76,21 @@ class HnswBackend(Backend):
         return cls(dimension, metric, index)
 
     def save(self, directory: Path) -> list[str]:
-        self._index.save_index(str(directory / "index.hnsw"))
-        return ["index.hnsw"]
+        with self._gate.writing():  # no write may change the graph halfway through
+            self._index.save_index(str(directory / "index.hnsw"))
+            (directory / "deleted.json").write_text(json.dumps(sorted(self._deleted)))
+        return ["index.hnsw", "deleted.json"]
 
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> HnswBackend:
+        deleted = set(json.loads((directory / "deleted.json").read_text()))
         index = hnswlib.Index(space=_SPACES[metric], dim=dimension)
-        index.load_index(str(directory / "index.hnsw"), max_elements=max(count, 1))
-        if index.get_current_count() != count:
-            raise ValueError(f"index.hnsw holds {index.get_current_count()} items, expected {count}")
-        return cls(dimension, metric, index)
+        index.load_index(str(directory / "index.hnsw"), max_elements=max(count + len(deleted), 1))
+        if index.get_current_count() - len(deleted) != count:
+            raise ValueError(
+                f"index.hnsw holds {index.get_current_count()} items of which {len(deleted)} deleted, expected {count}"
+            )
+        return cls(dimension, metric, index, deleted)
 
     def search(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
@@ -89,46 +98,98 @@ class HnswBackend(Backend):
         available = len(self)
         if available == 0 or len(queries) == 0:
             return pad_results(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), k)
-        with self._gate.using(int(params["ef"])):
-            labels, distances = self._index.knn_query(queries, k=min(k, available), num_threads=threads)
+        wanted = min(k, available)
+        with self._gate.searching(int(params["ef"])):
+            while True:
+                try:
+                    labels, distances = self._index.knn_query(queries, k=wanted, num_threads=threads)
+                    break
+                except RuntimeError:
+                    # Tombstones can leave a query with fewer than k reachable items;
+                    # hnswlib then refuses the whole batch. Ask for fewer and pad.
+                    if wanted == 1:
+                        return pad_results(
+                            np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), k
+                        )
+                    wanted //= 2
         return pad_results(labels.astype(np.int64, copy=False), distances, k)
 
+    def add(self, vectors: Matrix, labels: Labels) -> None:
+        with self._gate.writing():
+            needed = self._index.get_current_count() + len(labels)
+            if needed > self._index.get_max_elements():
+                self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
+            self._index.add_items(vectors, labels, num_threads=1)  # replaces, and revives deleted labels
+            self._deleted.difference_update(labels.tolist())
+
+    def delete(self, labels: Labels) -> None:
+        with self._gate.writing():
+            for label in labels.tolist():
+                if label in self._deleted:
+                    raise KeyError(f"label {label} is not in the index (already deleted)")
+                try:
+                    self._index.mark_deleted(label)
+                except RuntimeError as exc:
+                    raise KeyError(f"label {label} is not in the index") from exc
+                self._deleted.add(label)
+
     def get_vectors(self, labels: Labels) -> Matrix:
-        return np.asarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
+        deleted = self._deleted.intersection(labels.tolist())
+        if deleted:
+            raise KeyError(f"label {min(deleted)} is not in the index (deleted)")
+        try:
+            return np.asarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
+        except RuntimeError as exc:
+            raise KeyError(str(exc)) from exc
 
     def __len__(self) -> int:
-        return int(self._index.get_current_count())
+        return int(self._index.get_current_count()) - len(self._deleted)
 
     def stats(self) -> dict[str, Any]:
         return {
             "M": int(self._index.M),
             "ef_construction": int(self._index.ef_construction),
             "max_elements": int(self._index.max_elements),
+            "deleted": len(self._deleted),
         }
 
 
-class _EfGate:
-    """Lets searches that share an ``ef`` run concurrently; changes ``ef`` only when none run."""
+class _Gate:
+    """Searches that share an ``ef`` run together; an ``ef`` change or a write runs alone."""
 
     def __init__(self, index: hnswlib.Index) -> None:
         self._index = index
         self._cond = threading.Condition()
         self._ef = -1
-        self._active = 0
+        self._searches = 0
+        self._writing = False
 
     @contextmanager
-    def using(self, ef: int) -> Iterator[None]:
+    def searching(self, ef: int) -> Iterator[None]:
         with self._cond:
-            while self._ef != ef and self._active:
+            while self._writing or (self._ef != ef and self._searches):
                 self._cond.wait()
             if self._ef != ef:
                 self._index.set_ef(ef)
                 self._ef = ef
-            self._active += 1
+            self._searches += 1
         try:
             yield
         finally:
             with self._cond:
-                self._active -= 1
-                if not self._active:
+                self._searches -= 1
+                if not self._searches:
                     self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._searches:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()

@@ -52,11 +52,11 @@ class Capabilities:
     """What a backend declares it can do. The conformance kit selects its tests by these."""
 
     mutable: bool = False
-    """Items can be added after build (``add``)."""
+    """Items can be added or replaced after build (``add``)."""
     supports_delete: bool = False
     """Items can be removed (``delete``)."""
     filterable: bool = False
-    """``search`` can restrict results to an allowed set of labels natively."""
+    """Reserved for native filtered search; no conformance tests exist for it yet, so declaring it fails the kit."""
     mmap_load: bool = False
     """``load`` memory-maps the files, so processes share one copy of the pages."""
     thread_safe_search: bool = True
@@ -99,9 +99,10 @@ class Backend(ABC):
     ``get_vectors``, ``__len__`` and ``stats`` may run concurrently from many threads.
     Long library calls must release the GIL so that searches run in parallel.
 
-    Errors: raise ``ValueError`` for arguments the caller got wrong and ``OSError`` for
-    unreadable files; Flux validates dimension, finiteness, k and params before calling
-    ``search``, so a backend need not check them again.
+    Errors: raise ``ValueError`` for arguments the caller got wrong, ``KeyError`` for
+    unknown labels, ``OSError`` for unreadable files and ``NotImplementedError`` for an
+    operation the capabilities do not declare. Flux validates dimension, finiteness, k
+    and params before calling ``search``, so a backend need not check them again.
     """
 
     #: The short name used in configs and on the command line (``hnsw``, ``annoy``, ...).
@@ -159,6 +160,21 @@ class Backend(ABC):
         fewer than k items can be returned, the row is padded with label -1 and
         distance +inf. ``k`` may exceed ``len(self)``.
         """
+
+    def add(self, vectors: Matrix, labels: Labels) -> None:
+        """Insert items under ``labels``, replacing the vector of a label already present.
+
+        Only for ``capabilities.mutable`` backends; may run concurrently with ``search``
+        (the backend makes that safe). A deleted label may be added again.
+        """
+        raise NotImplementedError(f"the {self.name} backend is immutable; build and publish a new version instead")
+
+    def delete(self, labels: Labels) -> None:
+        """Remove items so that no search returns them again; a label not present raises KeyError.
+
+        Only for ``capabilities.supports_delete`` backends; may run concurrently with ``search``.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot delete items; build and publish a new version")
 
     @abstractmethod
     def get_vectors(self, labels: Labels) -> Matrix:

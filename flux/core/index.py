@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +54,9 @@ class ServedIndex:
         self._batch_threads = batch_threads
         self._ids = artifact.ids
         self._labels: dict[str, int] | None = None
+        # A backend that does not declare thread-safe search gets one search at a time.
+        thread_safe = type(self.backend).capabilities.thread_safe_search
+        self._serial: AbstractContextManager[object] = nullcontext() if thread_safe else threading.Lock()
         spec = type(self.backend).search_params
         defaults = {n: p.default for n, p in spec.items()}
         self.default_params = resolve_params(spec, defaults, default_params or {}, "search_params")
@@ -83,7 +88,8 @@ class ServedIndex:
 
     def search(self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1) -> list[Hits]:
         """Search already-validated queries; one ``Hits`` per row."""
-        labels, distances = self.backend.search(queries, k, params, threads=threads)
+        with self._serial:
+            labels, distances = self.backend.search(queries, k, params, threads=threads)
         return self._hits(labels, distances)
 
     def search_batch(self, queries: Matrix, ks: Sequence[int], params: Sequence[Mapping[str, float]]) -> list[Hits]:
@@ -105,7 +111,8 @@ class ServedIndex:
         """The k nearest neighbours of a stored item, the item itself excluded."""
         label = self.label_of(item_id)
         vector = self.backend.get_vectors(np.array([label], np.int64))
-        labels, distances = self.backend.search(vector, k + 1, params)
+        with self._serial:
+            labels, distances = self.backend.search(vector, k + 1, params)
         keep = labels[0] != label
         return self._hits(labels[:, keep][:, :k], distances[:, keep][:, :k])[0]
 

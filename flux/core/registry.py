@@ -30,7 +30,7 @@ def register(name: str, backend: type[Backend], *, replace: bool = False) -> Non
     A name that an installed plugin or an earlier registration already uses is refused
     unless ``replace`` is true.
     """
-    _validate(name, backend, origin="register()")
+    validate(name, backend, origin="register()")
     with _lock:
         if not replace and (name in _registered or _entry_points(name)):
             raise BackendError(f"backend name {name!r} is already taken; pass replace=True to override it")
@@ -93,11 +93,12 @@ def _import(ep: EntryPoint) -> type[Backend]:
         raise BackendError(f"{origin} could not be imported: {exc}{hint}") from exc
     except Exception as exc:  # a plugin's import-time bug must not read as Flux's
         raise BackendError(f"{origin} failed while importing: {exc!r}") from exc
-    _validate(ep.name, backend, origin=origin)
+    validate(ep.name, backend, origin=origin)
     return backend  # type: ignore[no-any-return]
 
 
-def _validate(name: str, backend: object, *, origin: str) -> None:
+def validate(name: str, backend: object, *, origin: str) -> None:
+    """Refuse a plugin that is not a complete Backend subclass under its own name and a supported API version."""
     if not isinstance(backend, type) or not issubclass(backend, Backend):
         raise BackendError(f"{origin} is {backend!r}, not a subclass of flux.core.backend.Backend")
     abstract = sorted(getattr(backend, "__abstractmethods__", ()))

@@ -1,0 +1,8 @@
+"""The shipped conformance kit, run against every in-tree backend exactly as a plugin author would."""
+
+from flux.core import registry
+from flux.testing import conformance_suite
+
+TestExact = conformance_suite(registry.get("exact"), min_recall=1.0)
+TestHnsw = conformance_suite(registry.get("hnsw"))
+TestAnnoy = conformance_suite(registry.get("annoy"))
