@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -84,6 +85,9 @@ class HnswBackend(Backend):
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> HnswBackend:
         deleted = set(json.loads((directory / "deleted.json").read_text()))
+        stored = _stored_dimension(directory / "index.hnsw")
+        if stored != dimension:  # hnswlib would load it anyway and read garbage
+            raise ValueError(f"index.hnsw holds {stored}-dimensional vectors, expected {dimension}")
         index = hnswlib.Index(space=_SPACES[metric], dim=dimension)
         index.load_index(str(directory / "index.hnsw"), max_elements=max(count + len(deleted), 1))
         if index.get_current_count() - len(deleted) != count:
@@ -152,6 +156,20 @@ class HnswBackend(Backend):
             "max_elements": int(self._index.max_elements),
             "deleted": len(self._deleted),
         }
+
+
+def _stored_dimension(path: Path) -> int:
+    """The vector dimension recorded in an hnswlib index file's header.
+
+    The header starts with six size_t fields; the fifth (label offset) minus the sixth
+    (data offset) is the size of one float32 vector.
+    """
+    with path.open("rb") as fh:
+        header = fh.read(48)
+    if len(header) < 48:
+        raise ValueError(f"{path.name} is too short to be an hnswlib index")
+    *_, label_offset, data_offset = struct.unpack("<6Q", header)
+    return int(label_offset - data_offset) // 4
 
 
 class _Gate:
