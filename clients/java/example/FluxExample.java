@@ -1,0 +1,197 @@
+package io.flux.example;
+
+import com.google.protobuf.ByteString;
+import io.flux.api.v1.AdminServiceGrpc;
+import io.flux.api.v1.BatchSearchRequest;
+import io.flux.api.v1.BatchSearchResponse;
+import io.flux.api.v1.FloatVectors;
+import io.flux.api.v1.GetIndexRequest;
+import io.flux.api.v1.IndexInfo;
+import io.flux.api.v1.Neighbors;
+import io.flux.api.v1.SearchRequest;
+import io.flux.api.v1.SearchResponse;
+import io.flux.api.v1.VectorServiceGrpc;
+import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
+import io.grpc.Metadata;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.health.v1.HealthCheckRequest;
+import io.grpc.health.v1.HealthCheckResponse;
+import io.grpc.health.v1.HealthGrpc;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Queries a Flux server the way a consuming Java service would: health check, Search,
+ * BatchSearch and one error, with deadlines and retries configured on the channel.
+ *
+ * <pre>
+ * java -cp "$(make -s java-classpath)" io.flux.example.FluxExample TARGET INDEX QUERIES [K]
+ * </pre>
+ *
+ * QUERIES is a file of little-endian float32 values, one query after another (numpy's
+ * {@code queries.astype("<f4").tofile(path)}); the dimension is asked from the server.
+ * Prints one tab-separated line per answer, for people and for Flux's tests alike.
+ */
+public final class FluxExample {
+  private static final long DEADLINE_SECONDS = 5;
+  private static final Metadata.Key<String> REASON =
+      Metadata.Key.of("flux-error-reason", Metadata.ASCII_STRING_MARSHALLER);
+
+  private FluxExample() {}
+
+  public static void main(String[] args) throws IOException, InterruptedException {
+    if (args.length < 3 || args.length > 4) {
+      System.err.println("usage: FluxExample TARGET INDEX QUERIES [K]");
+      System.exit(2);
+    }
+    String target = args[0];
+    String index = args[1];
+    int k = args.length == 4 ? Integer.parseInt(args[3]) : 10;
+
+    ManagedChannel channel =
+        ManagedChannelBuilder.forTarget(target)
+            .usePlaintext() // useTransportSecurity() against a TLS endpoint
+            .defaultServiceConfig(serviceConfig())
+            .enableRetry()
+            .build();
+    try {
+      HealthCheckResponse health =
+          HealthGrpc.newBlockingStub(channel)
+              .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+              .check(HealthCheckRequest.newBuilder().setService("").build());
+      System.out.println("health\t" + health.getStatus());
+
+      IndexInfo info =
+          AdminServiceGrpc.newBlockingStub(channel)
+              .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+              .getIndex(GetIndexRequest.newBuilder().setName(index).build())
+              .getIndex();
+      System.out.printf(
+          "index\t%s\t%d\t%d\t%d%n",
+          info.getName(), info.getDimension(), info.getCount(), info.getVersion());
+      float[][] queries = readQueries(args[2], info.getDimension());
+
+      VectorServiceGrpc.VectorServiceBlockingStub vectors = VectorServiceGrpc.newBlockingStub(channel);
+      for (int row = 0; row < queries.length; row++) {
+        SearchResponse response =
+            vectors
+                .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+                .search(
+                    SearchRequest.newBuilder()
+                        .setIndex(index)
+                        .setVector(encode(new float[][] {queries[row]}))
+                        .setK(k)
+                        .build());
+        print("search", row, response.getVersion(), response.getNeighbors());
+      }
+
+      BatchSearchResponse batch =
+          vectors
+              .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+              .batchSearch(
+                  BatchSearchRequest.newBuilder()
+                      .setIndex(index)
+                      .setQueries(encode(queries))
+                      .setK(k)
+                      .build());
+      for (int row = 0; row < batch.getResultsCount(); row++) {
+        print("batch", row, batch.getVersion(), batch.getResults(row));
+      }
+
+      // An index that does not exist: NOT_FOUND, with the cause in a trailer.
+      try {
+        vectors
+            .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+            .search(
+                SearchRequest.newBuilder()
+                    .setIndex(index + "-missing")
+                    .setVector(encode(new float[][] {queries[0]}))
+                    .setK(k)
+                    .build());
+        System.out.println("error\tnone");
+      } catch (StatusRuntimeException e) {
+        Status status = e.getStatus();
+        Metadata trailers = e.getTrailers();
+        String reason = trailers == null ? null : trailers.get(REASON);
+        System.out.printf(
+            "error\t%s\t%s\t%s%n", status.getCode(), reason, status.getDescription());
+      }
+    } finally {
+      channel.shutdownNow().awaitTermination(DEADLINE_SECONDS, TimeUnit.SECONDS);
+    }
+  }
+
+  /** Round-robin over every address the target resolves to; retry UNAVAILABLE with backoff. */
+  private static Map<String, Object> serviceConfig() {
+    Map<String, Object> retry = new HashMap<>();
+    retry.put("maxAttempts", 5.0);
+    retry.put("initialBackoff", "0.25s");
+    retry.put("maxBackoff", "2s");
+    retry.put("backoffMultiplier", 2.0);
+    retry.put("retryableStatusCodes", Arrays.asList("UNAVAILABLE", "CANCELLED"));
+    List<Object> names = new ArrayList<>();
+    for (String service : Arrays.asList("flux_api.v1.VectorService", "flux_api.v1.AdminService")) {
+      names.add(Collections.singletonMap("service", service));
+    }
+    Map<String, Object> method = new HashMap<>();
+    method.put("name", names);
+    method.put("retryPolicy", retry);
+    Map<String, Object> config = new HashMap<>();
+    config.put(
+        "loadBalancingConfig",
+        Collections.singletonList(Collections.singletonMap("round_robin", new HashMap<>())));
+    config.put("methodConfig", Collections.singletonList(method));
+    return config;
+  }
+
+  /** The wire form of vectors: little-endian float32 values, row after row. */
+  static FloatVectors encode(float[][] rows) {
+    int dimension = rows[0].length;
+    ByteBuffer buffer =
+        ByteBuffer.allocate(4 * dimension * rows.length).order(ByteOrder.LITTLE_ENDIAN);
+    for (float[] row : rows) {
+      buffer.asFloatBuffer().put(row);
+      buffer.position(buffer.position() + 4 * dimension);
+    }
+    buffer.flip();
+    return FloatVectors.newBuilder()
+        .setDimension(dimension)
+        .setData(ByteString.copyFrom(buffer))
+        .build();
+  }
+
+  private static float[][] readQueries(String path, int dimension) throws IOException {
+    ByteBuffer data = ByteBuffer.wrap(Files.readAllBytes(Paths.get(path))).order(ByteOrder.LITTLE_ENDIAN);
+    if (dimension == 0 || data.remaining() % (4 * dimension) != 0) {
+      throw new IOException(path + " does not hold whole " + dimension + "-dimensional float32 vectors");
+    }
+    float[][] rows = new float[data.remaining() / (4 * dimension)][dimension];
+    for (float[] row : rows) {
+      data.asFloatBuffer().get(row);
+      data.position(data.position() + 4 * dimension);
+    }
+    return rows;
+  }
+
+  private static void print(String kind, int row, long version, Neighbors neighbors) {
+    StringBuilder ids = new StringBuilder();
+    StringBuilder distances = new StringBuilder();
+    for (int i = 0; i < neighbors.getIdsCount(); i++) {
+      ids.append(i == 0 ? "" : ",").append(neighbors.getIds(i));
+      distances.append(i == 0 ? "" : ",").append(neighbors.getDistances(i));
+    }
+    System.out.printf("%s\t%d\t%d\t%s\t%s%n", kind, row, version, ids, distances);
+  }
+}

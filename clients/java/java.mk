@@ -1,0 +1,81 @@
+# Java stubs for the flux_api.v1 contract, and an example program that uses them.
+# Included by the top Makefile. Everything comes from Debian packages (no Maven Central):
+# protoc and the grpc-java plugin generate the code, javac compiles it against the
+# packaged protobuf-java and grpc-java jars. Output goes to clients/java/build/.
+
+JAVA_DIR     := clients/java
+JAVA_BUILD   := $(JAVA_DIR)/build
+# The stubs are versioned like the contract: the newest release in protos/CHANGELOG.md.
+JAVA_VERSION := $(shell sed -n 's/^## \([0-9][0-9.]*\).*/\1/p' protos/CHANGELOG.md 2>/dev/null | head -n 1)
+JAVA_JAR     := $(JAVA_BUILD)/flux-api-$(JAVA_VERSION).jar
+JAVA_EXAMPLE := $(JAVA_BUILD)/example/.built
+JAVA_RELEASE := 8
+
+JAVA_DEBS := openjdk-17-jdk-headless protobuf-compiler libprotobuf-dev libprotobuf-java libgrpc-java \
+	protobuf-compiler-grpc-java-plugin libgeronimo-annotation-1.3-spec-java libnetty-java libperfmark-java grpc-proto
+JAVA_SHARE := /usr/share/java
+GRPC_JAVA_PLUGIN := /usr/bin/grpc_java_plugin
+# protobuf's well-known types (google/protobuf/struct.proto) come with libprotobuf-dev.
+PROTOC_INCLUDE := /usr/include
+GRPC_PROTO_ROOT := /usr/share/grpc-proto
+HEALTH_PROTO := $(GRPC_PROTO_ROOT)/grpc/health/v1/health.proto
+
+# Compiling generated code needs protobuf, grpc-stub/-protobuf, guava and javax.annotation;
+# running a client adds grpc-core, the Netty transport and perfmark.
+JAVA_COMPILE_JARS := protobuf grpc-api grpc-stub grpc-protobuf grpc-protobuf-lite guava geronimo-annotation-1.3-spec
+JAVA_RUNTIME_JARS := $(JAVA_COMPILE_JARS) grpc-context grpc-core grpc-netty perfmark-api \
+	netty-buffer netty-codec netty-codec-http netty-codec-http2 netty-common netty-handler netty-resolver netty-transport
+java_empty :=
+java_space := $(java_empty) $(java_empty)
+java_path = $(subst $(java_space),:,$(strip $(1)))
+JAVA_COMPILE_CP := $(call java_path,$(patsubst %,$(JAVA_SHARE)/%.jar,$(JAVA_COMPILE_JARS)))
+JAVA_RUNTIME_CP := $(call java_path,$(patsubst %,$(JAVA_SHARE)/%.jar,$(JAVA_RUNTIME_JARS)))
+
+.PHONY: java java-deps java-build java-classpath java-version java-clean
+
+java: java-deps ## install the Java toolchain (Debian packages) and build the stubs jar and the example
+	@$(MAKE) --no-print-directory java-build
+
+java-deps: ## install the Debian packages the Java build needs, when any is missing (apt-get, as root)
+	@missing=$$(for p in $(JAVA_DEBS); do \
+		dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "java-deps: run as root, or: sudo apt-get install $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+java-build: $(JAVA_JAR) $(JAVA_EXAMPLE) ## build the stubs jar and the example (the packages must be installed)
+
+java-classpath: ## print the class path that runs the example (the jar, grpc-java, Netty)
+	@echo "$(abspath $(JAVA_JAR)):$(abspath $(JAVA_BUILD)/example):$(JAVA_RUNTIME_CP)"
+
+java-version: ## print the version of the stubs jar (the contract's, from protos/CHANGELOG.md)
+	@echo "$(JAVA_VERSION)"
+
+$(JAVA_JAR): $(PROTOS) protos/CHANGELOG.md $(JAVA_DIR)/java.mk
+	@test -n "$(JAVA_VERSION)" || { echo "no release heading (## X.Y.Z) in protos/CHANGELOG.md" >&2; exit 1; }
+	@test -x $(GRPC_JAVA_PLUGIN) || { echo "$(GRPC_JAVA_PLUGIN) is missing: run make java" >&2; exit 1; }
+	rm -rf $(JAVA_BUILD)/stubs $(JAVA_BUILD)/flux-api-*.jar
+	mkdir -p $(JAVA_BUILD)/stubs/src $(JAVA_BUILD)/stubs/classes
+	protoc -Iprotos -I$(PROTOC_INCLUDE) --plugin=protoc-gen-grpc-java=$(GRPC_JAVA_PLUGIN) \
+		--java_out=$(JAVA_BUILD)/stubs/src --grpc-java_out=$(JAVA_BUILD)/stubs/src $(PROTOS)
+	javac -nowarn -Xlint:-options --release $(JAVA_RELEASE) -encoding UTF-8 -cp $(JAVA_COMPILE_CP) \
+		-d $(JAVA_BUILD)/stubs/classes $$(find $(JAVA_BUILD)/stubs/src -name '*.java')
+	printf 'Implementation-Title: flux-api\nImplementation-Version: %s\n' "$(JAVA_VERSION)" > $(JAVA_BUILD)/stubs/MANIFEST.MF
+	jar --create --file $@ --manifest $(JAVA_BUILD)/stubs/MANIFEST.MF \
+		-C $(JAVA_BUILD)/stubs/classes . -C protos flux_api
+
+# The example also needs the standard health-check stubs, which Debian's grpc-java lacks
+# (Maven users get them from io.grpc:grpc-services); they stay out of the stubs jar.
+$(JAVA_EXAMPLE): $(JAVA_JAR) $(wildcard $(JAVA_DIR)/example/*.java)
+	rm -rf $(JAVA_BUILD)/example $(JAVA_BUILD)/health
+	mkdir -p $(JAVA_BUILD)/example $(JAVA_BUILD)/health
+	protoc -I$(GRPC_PROTO_ROOT) --plugin=protoc-gen-grpc-java=$(GRPC_JAVA_PLUGIN) \
+		--java_out=$(JAVA_BUILD)/health --grpc-java_out=$(JAVA_BUILD)/health $(HEALTH_PROTO)
+	javac -nowarn -Xlint:-options --release $(JAVA_RELEASE) -encoding UTF-8 -cp $(JAVA_JAR):$(JAVA_COMPILE_CP) \
+		-d $(JAVA_BUILD)/example $$(find $(JAVA_BUILD)/health -name '*.java') $(JAVA_DIR)/example/*.java
+	@touch $@
+
+java-clean: ## remove clients/java/build
+	rm -rf $(JAVA_BUILD)

@@ -1,0 +1,131 @@
+"""The asyncio client: the same surface as ``FluxClient``, on ``grpc.aio``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy.typing as npt
+
+from flux_api.v1 import admin_service_pb2, admin_service_pb2_grpc, vector_service_pb2_grpc
+from flux_client import _channel, _codec
+from flux_client._channel import TLS
+from flux_client._errors import from_rpc_error, invalid
+from flux_client._types import IndexInfo, SearchResult
+
+
+class AsyncFluxClient:
+    """``FluxClient`` for asyncio code: every method is a coroutine; the arguments are the same.
+
+    Create it inside the event loop that will use it (``async with AsyncFluxClient(...)``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = 4,
+        wait_for_ready: bool = False,
+        load_balancing: str = "round_robin",
+        tls: TLS | bool = False,
+        token: str | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        settings = _channel.settings(
+            target,
+            timeout=timeout,
+            retries=retries,
+            wait_for_ready=wait_for_ready,
+            load_balancing=load_balancing,
+            tls=tls,
+            token=token,
+            channel_options=channel_options,
+        )
+        self.target = target
+        self.timeout = timeout
+        if settings.credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=settings.options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, settings.credentials, options=settings.options)
+        self._metadata = settings.metadata or None
+        self._vectors = vector_service_pb2_grpc.VectorServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+
+    async def search(
+        self,
+        index: str,
+        vectors: npt.ArrayLike,
+        k: int = 10,
+        *,
+        params: Mapping[str, float] | None = None,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """The k nearest neighbours of one vector (1-D) or of each row of a matrix (2-D, one call)."""
+        array = _codec.as_matrix(vectors, "vectors")
+        if array.ndim == 2:
+            return await self.batch_search(index, array, k, params=params, timeout=timeout)
+        response = await self._call(self._vectors.Search, _codec.search_request(index, array, k, params), timeout)
+        return _codec.result(response, k)
+
+    async def batch_search(
+        self,
+        index: str,
+        queries: npt.ArrayLike,
+        k: int = 10,
+        *,
+        params: Mapping[str, float] | None = None,
+        ks: Sequence[int] | None = None,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """The neighbours of every row of ``queries`` in one call; ``ks`` gives each row its own k."""
+        matrix = _codec.as_matrix(queries, "queries")
+        if matrix.ndim != 2:
+            raise invalid(f"queries must be a 2-D matrix with one query per row, got shape {matrix.shape}", "queries")
+        request = _codec.batch_request(index, matrix, k, params, ks)
+        response = await self._call(self._vectors.BatchSearch, request, timeout)
+        return _codec.batch_result(response, max([k, *(ks or ())]))
+
+    async def search_by_id(
+        self,
+        index: str,
+        item_id: str,
+        k: int = 10,
+        *,
+        params: Mapping[str, float] | None = None,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """The k nearest neighbours of an item already in the index, the item itself excluded."""
+        request = _codec.by_id_request(index, item_id, k, params)
+        return _codec.result(await self._call(self._vectors.SearchById, request, timeout), k)
+
+    async def describe(self, index: str, *, timeout: float | None = None) -> IndexInfo:
+        """What the server says of ``index``: backend, dimension, metric, count, version, state."""
+        response = await self._call(self._admin.GetIndex, admin_service_pb2.GetIndexRequest(name=index), timeout)
+        return _codec.index_info(response.index)
+
+    async def list_indexes(self, *, timeout: float | None = None) -> list[IndexInfo]:
+        """Every index the server is configured to serve, by name."""
+        response = await self._call(self._admin.ListIndexes, admin_service_pb2.ListIndexesRequest(), timeout)
+        return [_codec.index_info(i) for i in response.indexes]
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncFluxClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncFluxClient({self.target!r}, timeout={self.timeout})"
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None

@@ -1,0 +1,129 @@
+"""Requests from numpy, answers to numpy: the client-side work of every call, and nothing else.
+
+Vectors travel as little-endian float32 bytes, so encoding is one ``tobytes`` and the
+server views them without touching each element. ``flux bench client`` times these
+functions against the round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf import json_format
+
+from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
+from flux_client._errors import invalid
+from flux_client._types import IndexInfo, SearchResult
+
+_F32 = np.dtype("<f4")
+_METRICS = {types_pb2.METRIC_L2: "l2", types_pb2.METRIC_COSINE: "cosine", types_pb2.METRIC_INNER_PRODUCT: "ip"}
+
+
+def as_matrix(vectors: npt.ArrayLike, field: str) -> npt.NDArray[np.float32]:
+    """``vectors`` as a float32 array of one (1-D) or several (2-D) vectors; no copy when already so."""
+    try:
+        array = np.asarray(vectors, dtype=_F32)
+    except (TypeError, ValueError) as exc:
+        raise invalid(f"{field} must be numbers, one vector or one vector per row ({exc})", field) from None
+    if array.ndim not in (1, 2) or array.shape[-1] == 0:
+        raise invalid(f"{field} must be one vector (1-D) or a matrix of vectors (2-D), got shape {array.shape}", field)
+    return array
+
+
+def search_request(
+    index: str, vector: npt.NDArray[np.float32], k: int, params: Mapping[str, float] | None
+) -> vector_service_pb2.SearchRequest:
+    """A Search for one 1-D float32 vector."""
+    request = vector_service_pb2.SearchRequest(index=index, vector=_vectors(vector), k=_k(k, "k"))
+    if params:
+        request.params.update(_params(params))
+    return request
+
+
+def batch_request(
+    index: str,
+    matrix: npt.NDArray[np.float32],
+    k: int,
+    params: Mapping[str, float] | None,
+    ks: Sequence[int] | None,
+) -> vector_service_pb2.BatchSearchRequest:
+    """A BatchSearch for the rows of a 2-D float32 matrix; ``ks`` gives each row its own k."""
+    request = vector_service_pb2.BatchSearchRequest(index=index, queries=_vectors(matrix), k=_k(k, "k"))
+    if params:
+        request.params.update(_params(params))
+    if ks is not None:
+        if len(ks) != len(matrix):
+            raise invalid(f"ks has {len(ks)} entries for {len(matrix)} queries; give one per query", "ks")
+        request.overrides.extend(
+            vector_service_pb2.QueryOverride(k=_k(row_k, f"ks[{row}]")) for row, row_k in enumerate(ks)
+        )
+    return request
+
+
+def by_id_request(
+    index: str, item_id: str, k: int, params: Mapping[str, float] | None
+) -> vector_service_pb2.SearchByIdRequest:
+    request = vector_service_pb2.SearchByIdRequest(index=index, id=item_id, k=_k(k, "k"))
+    if params:
+        request.params.update(_params(params))
+    return request
+
+
+def result(response: vector_service_pb2.SearchResponse | vector_service_pb2.SearchByIdResponse, k: int) -> SearchResult:
+    """One query's neighbours as 1-D arrays of length k."""
+    ids = np.full(k, "", dtype=object)
+    distances = np.full(k, np.inf, dtype=_F32)
+    _fill(ids, distances, response.neighbors)
+    return SearchResult(ids, distances, response.index, response.version)
+
+
+def batch_result(response: vector_service_pb2.BatchSearchResponse, width: int) -> SearchResult:
+    """A batch's neighbours as 2-D arrays, one row per query, ``width`` columns."""
+    ids = np.full((len(response.results), width), "", dtype=object)
+    distances = np.full((len(response.results), width), np.inf, dtype=_F32)
+    for row, neighbors in enumerate(response.results):
+        _fill(ids[row], distances[row], neighbors)
+    return SearchResult(ids, distances, response.index, response.version)
+
+
+def index_info(info: admin_service_pb2.IndexInfo) -> IndexInfo:
+    return IndexInfo(
+        name=info.name,
+        backend=info.backend,
+        dimension=info.dimension,
+        metric=_METRICS.get(info.metric, ""),
+        count=info.count,
+        version=info.version,
+        state=admin_service_pb2.IndexState.Name(info.state).removeprefix("INDEX_STATE_").lower(),
+        error=info.error,
+        build_params=json_format.MessageToDict(info.build_params),
+        default_search_params=dict(info.default_search_params),
+        capabilities={f.name: getattr(info.capabilities, f.name) for f in info.capabilities.DESCRIPTOR.fields},
+        stats=json_format.MessageToDict(info.stats),
+    )
+
+
+def _vectors(matrix: npt.NDArray[np.float32]) -> types_pb2.FloatVectors:
+    return types_pb2.FloatVectors(dimension=matrix.shape[-1], data=matrix.tobytes())
+
+
+def _fill(ids: npt.NDArray[Any], distances: npt.NDArray[np.float32], neighbors: types_pb2.Neighbors) -> None:
+    n = len(neighbors.ids)
+    ids[:n] = neighbors.ids
+    distances[:n] = neighbors.distances
+
+
+def _k(k: int, field: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise invalid(f"{field} must be a positive integer, got {k!r}", field)
+    return int(k)
+
+
+def _params(params: Mapping[str, float]) -> dict[str, float]:
+    try:
+        return {str(name): float(value) for name, value in params.items()}
+    except (TypeError, ValueError):
+        raise invalid(f"params must map names to numbers, e.g. {{'ef': 128}}, got {dict(params)!r}", "params") from None
