@@ -6,3 +6,4 @@ from flux.testing import conformance_suite
 TestExact = conformance_suite(registry.get("exact"), min_recall=1.0)
 TestHnsw = conformance_suite(registry.get("hnsw"))
 TestAnnoy = conformance_suite(registry.get("annoy"))
+TestVoyager = conformance_suite(registry.get("voyager"))
