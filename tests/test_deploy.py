@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -345,3 +346,7 @@ def test_builder_stage_sources_are_enough_to_build_the_wheels(tmp_path: Path) ->
     assert {"exact", "hnsw", "annoy"} <= {line.split(" =")[0] for line in entry_points.splitlines()}
     assert "flux/server.py" in names
     assert "flux_backends/hnsw.py" in names
+    # setuptools only warns when a license file is missing; the image must still ship it.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for license_file in project.get("license-files", []):
+        assert any(n.endswith(f".dist-info/licenses/{license_file}") for n in names), f"{license_file} not copied"
