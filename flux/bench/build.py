@@ -85,24 +85,27 @@ def run(args: argparse.Namespace) -> int:
     for backend in backends:
         params = defaults(registry.get(backend).build_params)
         library, flux = [], []
+
+        def library_build(folder: Path, backend: str = backend, params: dict[str, float] = params) -> None:
+            RAW[backend](vectors, params, args.threads, folder)
+
+        def flux_build(folder: Path, backend: str = backend, params: dict[str, float] = params) -> None:
+            builder.build(
+                folder / "artifact",
+                vectors,
+                ids,
+                backend=backend,
+                metric=Metric.L2,
+                name="bench",
+                params=params,
+                threads=args.threads,
+            )
+
         for attempt in range(1, args.repeat + 1):
             print(f"[{backend} {attempt}/{args.repeat}] library build ...", file=sys.stderr, flush=True)
-            library.append(_timed(lambda folder, b=backend, p=params: RAW[b](vectors, p, args.threads, folder)))
+            library.append(_timed(library_build))
             print(f"[{backend} {attempt}/{args.repeat}] flux build ...", file=sys.stderr, flush=True)
-            flux.append(
-                _timed(
-                    lambda folder, b=backend, p=params: builder.build(
-                        folder / "artifact",
-                        vectors,
-                        ids,
-                        backend=b,
-                        metric=Metric.L2,
-                        name="bench",
-                        params=p,
-                        threads=args.threads,
-                    )
-                )
-            )
+            flux.append(_timed(flux_build))
         ratio = min(library) / min(flux)
         rows.append(
             {
