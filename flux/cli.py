@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "inspect", help="verify an artifact and print its manifest", description=_cmd_inspect.__doc__
     )
     inspect.add_argument("artifact", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print JSON (manifest and stats)")
     inspect.set_defaults(run=_cmd_inspect)
 
     query = commands.add_parser("query", help="ask a running server for neighbours", description=_cmd_query.__doc__)
@@ -148,13 +149,26 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    """Verify every checksum of an artifact and print its manifest."""
+    """Verify every checksum of an artifact, open it with its backend, and print the manifest and stats."""
     from flux.core import artifact
 
-    manifest = artifact.read_manifest(args.artifact)
-    artifact.verify(args.artifact, manifest)
-    print(manifest.to_json(), end="")
-    print(f"ok: {len(manifest.files)} files verified, {artifact.size_bytes(manifest) / 2**20:.1f} MiB", file=sys.stderr)
+    loaded = artifact.load(args.artifact)
+    manifest = loaded.manifest
+    stats = {"items": len(loaded.backend), "artifact_bytes": artifact.size_bytes(manifest), **loaded.backend.stats()}
+    if args.json:
+        print(json.dumps({"manifest": json.loads(manifest.to_json()), "stats": stats}, indent=2))
+        return 0
+    print(f"{args.artifact}: {manifest.name} version {manifest.version}, verified")
+    for key in ("backend", "library", "metric", "dimension", "count", "created_at", "format_version"):
+        value = getattr(manifest, key)
+        print(f"  {key:<15} {getattr(value, 'value', value)}")
+    print(f"  {'build_params':<15} {json.dumps(manifest.build_params)}")
+    print("  files")
+    for name, described in sorted(manifest.files.items()):
+        print(f"    {name:<20} {described['bytes']:>12,} bytes  sha256 {described['sha256'][:16]}...")
+    print("  stats")
+    for key, value in stats.items():
+        print(f"    {key:<20} {value:,}" if isinstance(value, int) else f"    {key:<20} {value}")
     return 0
 
 

@@ -66,7 +66,11 @@ def test_build_inspect_serve_query(tmp_path: Path) -> None:
     assert "built" in built.stderr
     assert "500 items" in built.stderr
 
-    manifest = json.loads(flux("inspect", str(tmp_path / "songs")).stdout)
+    inspected = json.loads(flux("inspect", "--json", str(tmp_path / "songs")).stdout)
+    manifest = inspected["manifest"]
+    assert inspected["stats"]["items"] == 500
+    assert inspected["stats"]["n_trees"] == 8
+    assert "verified" in flux("inspect", str(tmp_path / "songs")).stdout
     assert (manifest["name"], manifest["backend"], manifest["count"], manifest["dimension"]) == (
         "songs",
         "annoy",
