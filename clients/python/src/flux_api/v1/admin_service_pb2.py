@@ -26,7 +26,7 @@ from flux_api.v1 import types_pb2 as flux__api_dot_v1_dot_types__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lux_api/v1/admin_service.proto\x12\x0b\x66lux_api.v1\x1a\x17\x66lux_api/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x14\n\x12ListIndexesRequest\">\n\x13ListIndexesResponse\x12\'\n\x07indexes\x18\x01 \x03(\x0b\x32\x16.flux_api.v1.IndexInfo\"\x1f\n\x0fGetIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10GetIndexResponse\x12%\n\x05index\x18\x01 \x01(\x0b\x32\x16.flux_api.v1.IndexInfo\"{\n\x0c\x43\x61pabilities\x12\x0f\n\x07mutable\x18\x01 \x01(\x08\x12\x17\n\x0fsupports_delete\x18\x02 \x01(\x08\x12\x12\n\nfilterable\x18\x03 \x01(\x08\x12\x11\n\tmmap_load\x18\x04 \x01(\x08\x12\x1a\n\x12thread_safe_search\x18\x05 \x01(\x08\"\xcd\x03\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12#\n\x06metric\x18\x04 \x01(\x0e\x32\x13.flux_api.v1.Metric\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12-\n\x0c\x62uild_params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12N\n\x15\x64\x65\x66\x61ult_search_params\x18\x08 \x03(\x0b\x32/.flux_api.v1.IndexInfo.DefaultSearchParamsEntry\x12/\n\x0c\x63\x61pabilities\x18\t \x01(\x0b\x32\x19.flux_api.v1.Capabilities\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.flux_api.v1.IndexState\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12&\n\x05stats\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x1a:\n\x18\x44\x65\x66\x61ultSearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*s\n\nIndexState\x12\x1b\n\x17INDEX_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13INDEX_STATE_LOADING\x10\x01\x12\x17\n\x13INDEX_STATE_SERVING\x10\x02\x12\x16\n\x12INDEX_STATE_FAILED\x10\x03\x32\xa9\x01\n\x0c\x41\x64minService\x12P\n\x0bListIndexes\x12\x1f.flux_api.v1.ListIndexesRequest\x1a .flux_api.v1.ListIndexesResponse\x12G\n\x08GetIndex\x12\x1c.flux_api.v1.GetIndexRequest\x1a\x1d.flux_api.v1.GetIndexResponseB%\n\x0eio.flux.api.v1B\x11\x41\x64minServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lux_api/v1/admin_service.proto\x12\x0b\x66lux_api.v1\x1a\x17\x66lux_api/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x14\n\x12ListIndexesRequest\">\n\x13ListIndexesResponse\x12\'\n\x07indexes\x18\x01 \x03(\x0b\x32\x16.flux_api.v1.IndexInfo\"\x1f\n\x0fGetIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10GetIndexResponse\x12%\n\x05index\x18\x01 \x01(\x0b\x32\x16.flux_api.v1.IndexInfo\"{\n\x0c\x43\x61pabilities\x12\x0f\n\x07mutable\x18\x01 \x01(\x08\x12\x17\n\x0fsupports_delete\x18\x02 \x01(\x08\x12\x12\n\nfilterable\x18\x03 \x01(\x08\x12\x11\n\tmmap_load\x18\x04 \x01(\x08\x12\x1a\n\x12thread_safe_search\x18\x05 \x01(\x08\"\xfd\x03\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12#\n\x06metric\x18\x04 \x01(\x0e\x32\x13.flux_api.v1.Metric\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12-\n\x0c\x62uild_params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12N\n\x15\x64\x65\x66\x61ult_search_params\x18\x08 \x03(\x0b\x32/.flux_api.v1.IndexInfo.DefaultSearchParamsEntry\x12/\n\x0c\x63\x61pabilities\x18\t \x01(\x0b\x32\x19.flux_api.v1.Capabilities\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.flux_api.v1.IndexState\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12&\n\x05stats\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0epinned_version\x18\r \x01(\x04\x12\x16\n\x0eversion_policy\x18\x0e \x01(\t\x1a:\n\x18\x44\x65\x66\x61ultSearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x88\x01\n\nGateReport\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x16\n\x0ewarmup_queries\x18\x02 \x01(\r\x12\x16\n\x0e\x63\x61nary_queries\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x0e\n\x06recall\x18\x05 \x01(\x01\x12\x0f\n\x07overlap\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\xbf\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.flux_api.v1.VersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12%\n\x04gate\x18\x04 \x01(\x0b\x32\x17.flux_api.v1.GateReport\x12\x16\n\x0e\x61rtifact_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x06 \x01(\x01\x12\x11\n\tin_flight\x18\x07 \x01(\r\"$\n\x13ListVersionsRequest\x12\r\n\x05index\x18\x01 \x01(\t\"\x81\x01\n\x14ListVersionsResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x02 \x01(\x04\x12\x16\n\x0epinned_version\x18\x03 \x01(\x04\x12*\n\x08versions\x18\x04 \x03(\x0b\x32\x18.flux_api.v1.VersionInfo\"4\n\x12LoadVersionRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"@\n\x13LoadVersionResponse\x12)\n\x07version\x18\x01 \x01(\x0b\x32\x18.flux_api.v1.VersionInfo\"8\n\x16\x41\x63tivateVersionRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"D\n\x17\x41\x63tivateVersionResponse\x12)\n\x07version\x18\x01 \x01(\x0b\x32\x18.flux_api.v1.VersionInfo\"3\n\x11PinVersionRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"?\n\x12PinVersionResponse\x12)\n\x07version\x18\x01 \x01(\x0b\x32\x18.flux_api.v1.VersionInfo\"\'\n\x16RollbackVersionRequest\x12\r\n\x05index\x18\x01 \x01(\t\"^\n\x17RollbackVersionResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\x04\x12)\n\x07version\x18\x02 \x01(\x0b\x32\x18.flux_api.v1.VersionInfo\"6\n\x14UnloadVersionRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"B\n\x15UnloadVersionResponse\x12)\n\x07version\x18\x01 \x01(\x0b\x32\x18.flux_api.v1.VersionInfo\"\x14\n\x12ListAliasesRequest\">\n\x13ListAliasesResponse\x12\'\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x16.flux_api.v1.AliasInfo\">\n\tAliasInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x15.flux_api.v1.AliasArm\"e\n\x08\x41liasArm\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x17\n\x0fmean_latency_ms\x18\x05 \x01(\x01*s\n\nIndexState\x12\x1b\n\x17INDEX_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13INDEX_STATE_LOADING\x10\x01\x12\x17\n\x13INDEX_STATE_SERVING\x10\x02\x12\x16\n\x12INDEX_STATE_FAILED\x10\x03*\xb2\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERSION_STATE_AVAILABLE\x10\x01\x12\x19\n\x15VERSION_STATE_LOADING\x10\x02\x12\x17\n\x13VERSION_STATE_READY\x10\x03\x12\x18\n\x14VERSION_STATE_ACTIVE\x10\x04\x12\x18\n\x14VERSION_STATE_FAILED\x10\x05\x32\x85\x06\n\x0c\x41\x64minService\x12P\n\x0bListIndexes\x12\x1f.flux_api.v1.ListIndexesRequest\x1a .flux_api.v1.ListIndexesResponse\x12G\n\x08GetIndex\x12\x1c.flux_api.v1.GetIndexRequest\x1a\x1d.flux_api.v1.GetIndexResponse\x12S\n\x0cListVersions\x12 .flux_api.v1.ListVersionsRequest\x1a!.flux_api.v1.ListVersionsResponse\x12P\n\x0bLoadVersion\x12\x1f.flux_api.v1.LoadVersionRequest\x1a .flux_api.v1.LoadVersionResponse\x12\\\n\x0f\x41\x63tivateVersion\x12#.flux_api.v1.ActivateVersionRequest\x1a$.flux_api.v1.ActivateVersionResponse\x12M\n\nPinVersion\x12\x1e.flux_api.v1.PinVersionRequest\x1a\x1f.flux_api.v1.PinVersionResponse\x12\\\n\x0fRollbackVersion\x12#.flux_api.v1.RollbackVersionRequest\x1a$.flux_api.v1.RollbackVersionResponse\x12V\n\rUnloadVersion\x12!.flux_api.v1.UnloadVersionRequest\x1a\".flux_api.v1.UnloadVersionResponse\x12P\n\x0bListAliases\x12\x1f.flux_api.v1.ListAliasesRequest\x1a .flux_api.v1.ListAliasesResponseB%\n\x0eio.flux.api.v1B\x11\x41\x64minServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\016io.flux.api.v1B\021AdminServiceProtoP\001'
   _globals['_INDEXINFO_DEFAULTSEARCHPARAMSENTRY']._loaded_options = None
   _globals['_INDEXINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_INDEXSTATE']._serialized_start=870
-  _globals['_INDEXSTATE']._serialized_end=985
+  _globals['_INDEXSTATE']._serialized_start=2301
+  _globals['_INDEXSTATE']._serialized_end=2416
+  _globals['_VERSIONSTATE']._serialized_start=2419
+  _globals['_VERSIONSTATE']._serialized_end=2597
   _globals['_LISTINDEXESREQUEST']._serialized_start=103
   _globals['_LISTINDEXESREQUEST']._serialized_end=123
   _globals['_LISTINDEXESRESPONSE']._serialized_start=125
@@ -49,9 +51,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITIES']._serialized_start=281
   _globals['_CAPABILITIES']._serialized_end=404
   _globals['_INDEXINFO']._serialized_start=407
-  _globals['_INDEXINFO']._serialized_end=868
-  _globals['_INDEXINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_start=810
-  _globals['_INDEXINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_end=868
-  _globals['_ADMINSERVICE']._serialized_start=988
-  _globals['_ADMINSERVICE']._serialized_end=1157
+  _globals['_INDEXINFO']._serialized_end=916
+  _globals['_INDEXINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_start=858
+  _globals['_INDEXINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_end=916
+  _globals['_GATEREPORT']._serialized_start=919
+  _globals['_GATEREPORT']._serialized_end=1055
+  _globals['_VERSIONINFO']._serialized_start=1058
+  _globals['_VERSIONINFO']._serialized_end=1249
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1251
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1287
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1290
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1419
+  _globals['_LOADVERSIONREQUEST']._serialized_start=1421
+  _globals['_LOADVERSIONREQUEST']._serialized_end=1473
+  _globals['_LOADVERSIONRESPONSE']._serialized_start=1475
+  _globals['_LOADVERSIONRESPONSE']._serialized_end=1539
+  _globals['_ACTIVATEVERSIONREQUEST']._serialized_start=1541
+  _globals['_ACTIVATEVERSIONREQUEST']._serialized_end=1597
+  _globals['_ACTIVATEVERSIONRESPONSE']._serialized_start=1599
+  _globals['_ACTIVATEVERSIONRESPONSE']._serialized_end=1667
+  _globals['_PINVERSIONREQUEST']._serialized_start=1669
+  _globals['_PINVERSIONREQUEST']._serialized_end=1720
+  _globals['_PINVERSIONRESPONSE']._serialized_start=1722
+  _globals['_PINVERSIONRESPONSE']._serialized_end=1785
+  _globals['_ROLLBACKVERSIONREQUEST']._serialized_start=1787
+  _globals['_ROLLBACKVERSIONREQUEST']._serialized_end=1826
+  _globals['_ROLLBACKVERSIONRESPONSE']._serialized_start=1828
+  _globals['_ROLLBACKVERSIONRESPONSE']._serialized_end=1922
+  _globals['_UNLOADVERSIONREQUEST']._serialized_start=1924
+  _globals['_UNLOADVERSIONREQUEST']._serialized_end=1978
+  _globals['_UNLOADVERSIONRESPONSE']._serialized_start=1980
+  _globals['_UNLOADVERSIONRESPONSE']._serialized_end=2046
+  _globals['_LISTALIASESREQUEST']._serialized_start=2048
+  _globals['_LISTALIASESREQUEST']._serialized_end=2068
+  _globals['_LISTALIASESRESPONSE']._serialized_start=2070
+  _globals['_LISTALIASESRESPONSE']._serialized_end=2132
+  _globals['_ALIASINFO']._serialized_start=2134
+  _globals['_ALIASINFO']._serialized_end=2196
+  _globals['_ALIASARM']._serialized_start=2198
+  _globals['_ALIASARM']._serialized_end=2299
+  _globals['_ADMINSERVICE']._serialized_start=2600
+  _globals['_ADMINSERVICE']._serialized_end=3373
 # @@protoc_insertion_point(module_scope)

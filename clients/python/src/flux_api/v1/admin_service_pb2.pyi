@@ -49,6 +49,42 @@ INDEX_STATE_FAILED: IndexState.ValueType  # 3
 """Loading failed; `error` says why. Queries get FAILED_PRECONDITION."""
 Global___IndexState: _TypeAlias = IndexState  # noqa: Y015
 
+class _VersionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VersionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VersionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERSION_STATE_UNSPECIFIED: _VersionState.ValueType  # 0
+    """Never set by the server."""
+    VERSION_STATE_AVAILABLE: _VersionState.ValueType  # 1
+    """In the source directory, not loaded."""
+    VERSION_STATE_LOADING: _VersionState.ValueType  # 2
+    """Being verified, loaded, warmed up and checked by the gate."""
+    VERSION_STATE_READY: _VersionState.ValueType  # 3
+    """Loaded and past the gate, not answering queries by default."""
+    VERSION_STATE_ACTIVE: _VersionState.ValueType  # 4
+    """The version that answers queries."""
+    VERSION_STATE_FAILED: _VersionState.ValueType  # 5
+    """Refused: corrupt artifact, failed gate or no memory; `error` says why."""
+
+class VersionState(_VersionState, metaclass=_VersionStateEnumTypeWrapper):
+    """VersionState is where one version of an index is."""
+
+VERSION_STATE_UNSPECIFIED: VersionState.ValueType  # 0
+"""Never set by the server."""
+VERSION_STATE_AVAILABLE: VersionState.ValueType  # 1
+"""In the source directory, not loaded."""
+VERSION_STATE_LOADING: VersionState.ValueType  # 2
+"""Being verified, loaded, warmed up and checked by the gate."""
+VERSION_STATE_READY: VersionState.ValueType  # 3
+"""Loaded and past the gate, not answering queries by default."""
+VERSION_STATE_ACTIVE: VersionState.ValueType  # 4
+"""The version that answers queries."""
+VERSION_STATE_FAILED: VersionState.ValueType  # 5
+"""Refused: corrupt artifact, failed gate or no memory; `error` says why."""
+Global___VersionState: _TypeAlias = VersionState  # noqa: Y015
+
 @_typing.final
 class ListIndexesRequest(_message.Message):
     """ListIndexesRequest has no fields yet."""
@@ -212,6 +248,8 @@ class IndexInfo(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    PINNED_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name queries use."""
     backend: _builtins.str
@@ -228,6 +266,10 @@ class IndexInfo(_message.Message):
     """Where the index is in its life on this server."""
     error: _builtins.str
     """Why loading failed, when state is INDEX_STATE_FAILED."""
+    pinned_version: _builtins.int
+    """The version held active by PinVersion or RollbackVersion; 0 when the policy decides."""
+    version_policy: _builtins.str
+    """The version policy from the config, for example "latest"."""
     @_builtins.property
     def build_params(self) -> _struct_pb2.Struct:
         """The parameters the index was built with, as recorded in its artifact."""
@@ -259,11 +301,522 @@ class IndexInfo(_message.Message):
         state: Global___IndexState.ValueType = ...,
         error: _builtins.str = ...,
         stats: _struct_pb2.Struct | None = ...,
+        pinned_version: _builtins.int = ...,
+        version_policy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["build_params", b"build_params", "capabilities", b"capabilities", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "build_params", b"build_params", "capabilities", b"capabilities", "count", b"count", "default_search_params", b"default_search_params", "dimension", b"dimension", "error", b"error", "metric", b"metric", "name", b"name", "state", b"state", "stats", b"stats", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "build_params", b"build_params", "capabilities", b"capabilities", "count", b"count", "default_search_params", b"default_search_params", "dimension", b"dimension", "error", b"error", "metric", b"metric", "name", b"name", "pinned_version", b"pinned_version", "state", b"state", "stats", b"stats", "version", b"version", "version_policy", b"version_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IndexInfo: _TypeAlias = IndexInfo  # noqa: Y015
+
+@_typing.final
+class GateReport(_message.Message):
+    """GateReport is what the activation gate measured on a new version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    WARMUP_QUERIES_FIELD_NUMBER: _builtins.int
+    CANARY_QUERIES_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    """True when every configured check reached its threshold."""
+    warmup_queries: _builtins.int
+    """Warm-up queries run before any check."""
+    canary_queries: _builtins.int
+    """Canary queries compared."""
+    k: _builtins.int
+    """k of the comparisons."""
+    recall: _builtins.float
+    """Recall@k of the new version against exact search over its own vectors."""
+    overlap: _builtins.float
+    """Mean overlap@k of the new version's answers with the active version's."""
+    reason: _builtins.str
+    """Why the gate failed, when it did."""
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        warmup_queries: _builtins.int = ...,
+        canary_queries: _builtins.int = ...,
+        k: _builtins.int = ...,
+        recall: _builtins.float = ...,
+        overlap: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_queries", b"canary_queries", "k", b"k", "overlap", b"overlap", "passed", b"passed", "reason", b"reason", "recall", b"recall", "warmup_queries", b"warmup_queries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateReport: _TypeAlias = GateReport  # noqa: Y015
+
+@_typing.final
+class VersionInfo(_message.Message):
+    """VersionInfo describes one version of an index."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    ARTIFACT_BYTES_FIELD_NUMBER: _builtins.int
+    LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version number (its directory name in the source directory)."""
+    state: Global___VersionState.ValueType
+    """Where it is."""
+    error: _builtins.str
+    """Why it failed, when state is VERSION_STATE_FAILED."""
+    artifact_bytes: _builtins.int
+    """The artifact's size on disk, the basis of the memory estimate."""
+    load_seconds: _builtins.float
+    """How long verifying, loading and the gate took."""
+    in_flight: _builtins.int
+    """Queries running on this version right now."""
+    @_builtins.property
+    def gate(self) -> Global___GateReport:
+        """The gate's measurements, once it ran."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        state: Global___VersionState.ValueType = ...,
+        error: _builtins.str = ...,
+        gate: Global___GateReport | None = ...,
+        artifact_bytes: _builtins.int = ...,
+        load_seconds: _builtins.float = ...,
+        in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_bytes", b"artifact_bytes", "error", b"error", "gate", b"gate", "in_flight", b"in_flight", "load_seconds", b"load_seconds", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionInfo: _TypeAlias = VersionInfo  # noqa: Y015
+
+@_typing.final
+class ListVersionsRequest(_message.Message):
+    """ListVersionsRequest names the index."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVersionsRequest: _TypeAlias = ListVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListVersionsResponse(_message.Message):
+    """ListVersionsResponse lists versions newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ACTIVE_VERSION_FIELD_NUMBER: _builtins.int
+    PINNED_VERSION_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    active_version: _builtins.int
+    """The active version, 0 when none is."""
+    pinned_version: _builtins.int
+    """The pinned version, 0 when none is."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionInfo]:
+        """Every version known, newest first."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        active_version: _builtins.int = ...,
+        pinned_version: _builtins.int = ...,
+        versions: _abc.Iterable[Global___VersionInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "index", b"index", "pinned_version", b"pinned_version", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVersionsResponse: _TypeAlias = ListVersionsResponse  # noqa: Y015
+
+@_typing.final
+class LoadVersionRequest(_message.Message):
+    """LoadVersionRequest names a version to load."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    version: _builtins.int
+    """The version."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadVersionRequest: _TypeAlias = LoadVersionRequest  # noqa: Y015
+
+@_typing.final
+class LoadVersionResponse(_message.Message):
+    """LoadVersionResponse describes the version after the load."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___VersionInfo:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___VersionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadVersionResponse: _TypeAlias = LoadVersionResponse  # noqa: Y015
+
+@_typing.final
+class ActivateVersionRequest(_message.Message):
+    """ActivateVersionRequest names a version to activate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    version: _builtins.int
+    """The version."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateVersionRequest: _TypeAlias = ActivateVersionRequest  # noqa: Y015
+
+@_typing.final
+class ActivateVersionResponse(_message.Message):
+    """ActivateVersionResponse describes the version after activation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___VersionInfo:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___VersionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateVersionResponse: _TypeAlias = ActivateVersionResponse  # noqa: Y015
+
+@_typing.final
+class PinVersionRequest(_message.Message):
+    """PinVersionRequest names a version to pin, or 0 to unpin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    version: _builtins.int
+    """The version to hold active; 0 returns control to the version policy."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinVersionRequest: _TypeAlias = PinVersionRequest  # noqa: Y015
+
+@_typing.final
+class PinVersionResponse(_message.Message):
+    """PinVersionResponse describes the pinned version (empty when unpinned)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___VersionInfo:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___VersionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinVersionResponse: _TypeAlias = PinVersionResponse  # noqa: Y015
+
+@_typing.final
+class RollbackVersionRequest(_message.Message):
+    """RollbackVersionRequest names the index to roll back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackVersionRequest: _TypeAlias = RollbackVersionRequest  # noqa: Y015
+
+@_typing.final
+class RollbackVersionResponse(_message.Message):
+    """RollbackVersionResponse describes the version now pinned and active."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    """The version rolled back from."""
+    @_builtins.property
+    def version(self) -> Global___VersionInfo:
+        """The version now active."""
+
+    def __init__(
+        self,
+        *,
+        previous_version: _builtins.int = ...,
+        version: Global___VersionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackVersionResponse: _TypeAlias = RollbackVersionResponse  # noqa: Y015
+
+@_typing.final
+class UnloadVersionRequest(_message.Message):
+    """UnloadVersionRequest names a loaded version to release."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index."""
+    version: _builtins.int
+    """The version."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadVersionRequest: _TypeAlias = UnloadVersionRequest  # noqa: Y015
+
+@_typing.final
+class UnloadVersionResponse(_message.Message):
+    """UnloadVersionResponse describes the version after unloading."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___VersionInfo:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___VersionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadVersionResponse: _TypeAlias = UnloadVersionResponse  # noqa: Y015
+
+@_typing.final
+class ListAliasesRequest(_message.Message):
+    """ListAliasesRequest has no fields yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAliasesRequest: _TypeAlias = ListAliasesRequest  # noqa: Y015
+
+@_typing.final
+class ListAliasesResponse(_message.Message):
+    """ListAliasesResponse lists the aliases by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___AliasInfo]:
+        """Sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        aliases: _abc.Iterable[Global___AliasInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAliasesResponse: _TypeAlias = ListAliasesResponse  # noqa: Y015
+
+@_typing.final
+class AliasInfo(_message.Message):
+    """AliasInfo describes an alias and the traffic each of its arms received."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name queries use."""
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___AliasArm]:
+        """One or two targets."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        arms: _abc.Iterable[Global___AliasArm] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasInfo: _TypeAlias = AliasInfo  # noqa: Y015
+
+@_typing.final
+class AliasArm(_message.Message):
+    """AliasArm is one target of an alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    MEAN_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index the arm sends queries to."""
+    version: _builtins.int
+    """When non-zero, the version of that index the arm answers from."""
+    weight: _builtins.float
+    """Share of the traffic, in percent."""
+    requests: _builtins.int
+    """Requests this arm answered since the server started."""
+    mean_latency_ms: _builtins.float
+    """Their mean latency in milliseconds."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        version: _builtins.int = ...,
+        weight: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        mean_latency_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "mean_latency_ms", b"mean_latency_ms", "requests", b"requests", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasArm: _TypeAlias = AliasArm  # noqa: Y015

@@ -45,6 +45,41 @@ class AdminServiceStub:
                 request_serializer=flux__api_dot_v1_dot_admin__service__pb2.GetIndexRequest.SerializeToString,
                 response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.GetIndexResponse.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/flux_api.v1.AdminService/ListVersions',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.LoadVersion = channel.unary_unary(
+                '/flux_api.v1.AdminService/LoadVersion',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.LoadVersionRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.LoadVersionResponse.FromString,
+                _registered_method=True)
+        self.ActivateVersion = channel.unary_unary(
+                '/flux_api.v1.AdminService/ActivateVersion',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.ActivateVersionRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.ActivateVersionResponse.FromString,
+                _registered_method=True)
+        self.PinVersion = channel.unary_unary(
+                '/flux_api.v1.AdminService/PinVersion',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.PinVersionRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.PinVersionResponse.FromString,
+                _registered_method=True)
+        self.RollbackVersion = channel.unary_unary(
+                '/flux_api.v1.AdminService/RollbackVersion',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.RollbackVersionRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.RollbackVersionResponse.FromString,
+                _registered_method=True)
+        self.UnloadVersion = channel.unary_unary(
+                '/flux_api.v1.AdminService/UnloadVersion',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.UnloadVersionRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.UnloadVersionResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/flux_api.v1.AdminService/ListAliases',
+                request_serializer=flux__api_dot_v1_dot_admin__service__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_admin__service__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -68,6 +103,69 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVersions(self, request, context):
+        """ListVersions lists every version of an index: those in its source
+        directory and those loaded, with their states and gate results.
+        Returns NOT_FOUND for an unknown index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadVersion(self, request, context):
+        """LoadVersion loads a version in the background and runs its activation gate,
+        without activating it; it answers when the version is READY or FAILED, or
+        when the call's deadline passes (the load goes on). Returns NOT_FOUND for an
+        unknown index or version, RESOURCE_EXHAUSTED when the version would not fit
+        the memory budget, FAILED_PRECONDITION when its artifact or gate fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateVersion(self, request, context):
+        """ActivateVersion makes a version the one that answers queries, loading it
+        first if needed; queries in flight finish on the version they started on.
+        The version policy may replace it later; PinVersion prevents that. Returns
+        the codes of LoadVersion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinVersion(self, request, context):
+        """PinVersion activates a version and holds it active whatever the version
+        policy says, until unpinned (version 0). Returns the codes of LoadVersion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackVersion(self, request, context):
+        """RollbackVersion pins the newest version older than the active one that has
+        not failed. Returns FAILED_PRECONDITION when there is none, and the codes
+        of LoadVersion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadVersion(self, request, context):
+        """UnloadVersion releases a loaded version that is not active; its memory is
+        freed once the last query using it finishes. Returns FAILED_PRECONDITION
+        for the active version, NOT_FOUND for a version that is not loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """ListAliases describes every alias, with requests and latency per arm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +178,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetIndex,
                     request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.GetIndexRequest.FromString,
                     response_serializer=flux__api_dot_v1_dot_admin__service__pb2.GetIndexResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.ListVersionsRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'LoadVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadVersion,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.LoadVersionRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.LoadVersionResponse.SerializeToString,
+            ),
+            'ActivateVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateVersion,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.ActivateVersionRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.ActivateVersionResponse.SerializeToString,
+            ),
+            'PinVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinVersion,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.PinVersionRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.PinVersionResponse.SerializeToString,
+            ),
+            'RollbackVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackVersion,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.RollbackVersionRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.RollbackVersionResponse.SerializeToString,
+            ),
+            'UnloadVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadVersion,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.UnloadVersionRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.UnloadVersionResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=flux__api_dot_v1_dot_admin__service__pb2.ListAliasesRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_admin__service__pb2.ListAliasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +270,195 @@ class AdminService:
             '/flux_api.v1.AdminService/GetIndex',
             flux__api_dot_v1_dot_admin__service__pb2.GetIndexRequest.SerializeToString,
             flux__api_dot_v1_dot_admin__service__pb2.GetIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/ListVersions',
+            flux__api_dot_v1_dot_admin__service__pb2.ListVersionsRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/LoadVersion',
+            flux__api_dot_v1_dot_admin__service__pb2.LoadVersionRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.LoadVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/ActivateVersion',
+            flux__api_dot_v1_dot_admin__service__pb2.ActivateVersionRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.ActivateVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/PinVersion',
+            flux__api_dot_v1_dot_admin__service__pb2.PinVersionRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.PinVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/RollbackVersion',
+            flux__api_dot_v1_dot_admin__service__pb2.RollbackVersionRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.RollbackVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/UnloadVersion',
+            flux__api_dot_v1_dot_admin__service__pb2.UnloadVersionRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.UnloadVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.AdminService/ListAliases',
+            flux__api_dot_v1_dot_admin__service__pb2.ListAliasesRequest.SerializeToString,
+            flux__api_dot_v1_dot_admin__service__pb2.ListAliasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,40 @@ class AdminServiceStub:
     """GetIndex describes one index. Returns NOT_FOUND when no index has that
     name, UNAVAILABLE while the server shuts down.
     """
+    ListVersions: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListVersionsRequest, _admin_service_pb2.ListVersionsResponse]
+    """ListVersions lists every version of an index: those in its source
+    directory and those loaded, with their states and gate results.
+    Returns NOT_FOUND for an unknown index.
+    """
+    LoadVersion: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.LoadVersionRequest, _admin_service_pb2.LoadVersionResponse]
+    """LoadVersion loads a version in the background and runs its activation gate,
+    without activating it; it answers when the version is READY or FAILED, or
+    when the call's deadline passes (the load goes on). Returns NOT_FOUND for an
+    unknown index or version, RESOURCE_EXHAUSTED when the version would not fit
+    the memory budget, FAILED_PRECONDITION when its artifact or gate fails.
+    """
+    ActivateVersion: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ActivateVersionRequest, _admin_service_pb2.ActivateVersionResponse]
+    """ActivateVersion makes a version the one that answers queries, loading it
+    first if needed; queries in flight finish on the version they started on.
+    The version policy may replace it later; PinVersion prevents that. Returns
+    the codes of LoadVersion.
+    """
+    PinVersion: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PinVersionRequest, _admin_service_pb2.PinVersionResponse]
+    """PinVersion activates a version and holds it active whatever the version
+    policy says, until unpinned (version 0). Returns the codes of LoadVersion.
+    """
+    RollbackVersion: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RollbackVersionRequest, _admin_service_pb2.RollbackVersionResponse]
+    """RollbackVersion pins the newest version older than the active one that has
+    not failed. Returns FAILED_PRECONDITION when there is none, and the codes
+    of LoadVersion.
+    """
+    UnloadVersion: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UnloadVersionRequest, _admin_service_pb2.UnloadVersionResponse]
+    """UnloadVersion releases a loaded version that is not active; its memory is
+    freed once the last query using it finishes. Returns FAILED_PRECONDITION
+    for the active version, NOT_FOUND for a version that is not loaded.
+    """
+    ListAliases: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAliasesRequest, _admin_service_pb2.ListAliasesResponse]
+    """ListAliases describes every alias, with requests and latency per arm."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -57,6 +91,40 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """GetIndex describes one index. Returns NOT_FOUND when no index has that
     name, UNAVAILABLE while the server shuts down.
     """
+    ListVersions: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListVersionsRequest, _admin_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
+    """ListVersions lists every version of an index: those in its source
+    directory and those loaded, with their states and gate results.
+    Returns NOT_FOUND for an unknown index.
+    """
+    LoadVersion: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.LoadVersionRequest, _admin_service_pb2.LoadVersionResponse]  # type: ignore[assignment]
+    """LoadVersion loads a version in the background and runs its activation gate,
+    without activating it; it answers when the version is READY or FAILED, or
+    when the call's deadline passes (the load goes on). Returns NOT_FOUND for an
+    unknown index or version, RESOURCE_EXHAUSTED when the version would not fit
+    the memory budget, FAILED_PRECONDITION when its artifact or gate fails.
+    """
+    ActivateVersion: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ActivateVersionRequest, _admin_service_pb2.ActivateVersionResponse]  # type: ignore[assignment]
+    """ActivateVersion makes a version the one that answers queries, loading it
+    first if needed; queries in flight finish on the version they started on.
+    The version policy may replace it later; PinVersion prevents that. Returns
+    the codes of LoadVersion.
+    """
+    PinVersion: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PinVersionRequest, _admin_service_pb2.PinVersionResponse]  # type: ignore[assignment]
+    """PinVersion activates a version and holds it active whatever the version
+    policy says, until unpinned (version 0). Returns the codes of LoadVersion.
+    """
+    RollbackVersion: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RollbackVersionRequest, _admin_service_pb2.RollbackVersionResponse]  # type: ignore[assignment]
+    """RollbackVersion pins the newest version older than the active one that has
+    not failed. Returns FAILED_PRECONDITION when there is none, and the codes
+    of LoadVersion.
+    """
+    UnloadVersion: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UnloadVersionRequest, _admin_service_pb2.UnloadVersionResponse]  # type: ignore[assignment]
+    """UnloadVersion releases a loaded version that is not active; its memory is
+    freed once the last query using it finishes. Returns FAILED_PRECONDITION
+    for the active version, NOT_FOUND for a version that is not loaded.
+    """
+    ListAliases: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAliasesRequest, _admin_service_pb2.ListAliasesResponse]  # type: ignore[assignment]
+    """ListAliases describes every alias, with requests and latency per arm."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is Flux's control plane: what the server holds and in what state."""
@@ -81,5 +149,81 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetIndex describes one index. Returns NOT_FOUND when no index has that
         name, UNAVAILABLE while the server shuts down.
         """
+
+    @_abc_1.abstractmethod
+    def ListVersions(
+        self,
+        request: _admin_service_pb2.ListVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListVersionsResponse, _abc.Awaitable[_admin_service_pb2.ListVersionsResponse]]:
+        """ListVersions lists every version of an index: those in its source
+        directory and those loaded, with their states and gate results.
+        Returns NOT_FOUND for an unknown index.
+        """
+
+    @_abc_1.abstractmethod
+    def LoadVersion(
+        self,
+        request: _admin_service_pb2.LoadVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.LoadVersionResponse, _abc.Awaitable[_admin_service_pb2.LoadVersionResponse]]:
+        """LoadVersion loads a version in the background and runs its activation gate,
+        without activating it; it answers when the version is READY or FAILED, or
+        when the call's deadline passes (the load goes on). Returns NOT_FOUND for an
+        unknown index or version, RESOURCE_EXHAUSTED when the version would not fit
+        the memory budget, FAILED_PRECONDITION when its artifact or gate fails.
+        """
+
+    @_abc_1.abstractmethod
+    def ActivateVersion(
+        self,
+        request: _admin_service_pb2.ActivateVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ActivateVersionResponse, _abc.Awaitable[_admin_service_pb2.ActivateVersionResponse]]:
+        """ActivateVersion makes a version the one that answers queries, loading it
+        first if needed; queries in flight finish on the version they started on.
+        The version policy may replace it later; PinVersion prevents that. Returns
+        the codes of LoadVersion.
+        """
+
+    @_abc_1.abstractmethod
+    def PinVersion(
+        self,
+        request: _admin_service_pb2.PinVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.PinVersionResponse, _abc.Awaitable[_admin_service_pb2.PinVersionResponse]]:
+        """PinVersion activates a version and holds it active whatever the version
+        policy says, until unpinned (version 0). Returns the codes of LoadVersion.
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackVersion(
+        self,
+        request: _admin_service_pb2.RollbackVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RollbackVersionResponse, _abc.Awaitable[_admin_service_pb2.RollbackVersionResponse]]:
+        """RollbackVersion pins the newest version older than the active one that has
+        not failed. Returns FAILED_PRECONDITION when there is none, and the codes
+        of LoadVersion.
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadVersion(
+        self,
+        request: _admin_service_pb2.UnloadVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UnloadVersionResponse, _abc.Awaitable[_admin_service_pb2.UnloadVersionResponse]]:
+        """UnloadVersion releases a loaded version that is not active; its memory is
+        freed once the last query using it finishes. Returns FAILED_PRECONDITION
+        for the active version, NOT_FOUND for a version that is not loaded.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAliases(
+        self,
+        request: _admin_service_pb2.ListAliasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAliasesResponse, _abc.Awaitable[_admin_service_pb2.ListAliasesResponse]]:
+        """ListAliases describes every alias, with requests and latency per arm."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SearchStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_STRATEGY_UNSPECIFIED: _SearchStrategy.ValueType  # 0
+    """Never set by the server."""
+    SEARCH_STRATEGY_INDEX: _SearchStrategy.ValueType  # 1
+    """The backend's index, with no filter."""
+    SEARCH_STRATEGY_EXACT_SCAN: _SearchStrategy.ValueType  # 2
+    """An exact scan of the items that pass the filter (few items pass)."""
+    SEARCH_STRATEGY_NATIVE_FILTER: _SearchStrategy.ValueType  # 3
+    """The backend's own filtered search."""
+    SEARCH_STRATEGY_OVERFETCH: _SearchStrategy.ValueType  # 4
+    """The backend's index asked for more than k, growing until k items pass."""
+
+class SearchStrategy(_SearchStrategy, metaclass=_SearchStrategyEnumTypeWrapper):
+    """SearchStrategy says how Flux answered a query, chosen per query from the
+    estimated selectivity of its filter.
+    """
+
+SEARCH_STRATEGY_UNSPECIFIED: SearchStrategy.ValueType  # 0
+"""Never set by the server."""
+SEARCH_STRATEGY_INDEX: SearchStrategy.ValueType  # 1
+"""The backend's index, with no filter."""
+SEARCH_STRATEGY_EXACT_SCAN: SearchStrategy.ValueType  # 2
+"""An exact scan of the items that pass the filter (few items pass)."""
+SEARCH_STRATEGY_NATIVE_FILTER: SearchStrategy.ValueType  # 3
+"""The backend's own filtered search."""
+SEARCH_STRATEGY_OVERFETCH: SearchStrategy.ValueType  # 4
+"""The backend's index asked for more than k, growing until k items pass."""
+Global___SearchStrategy: _TypeAlias = SearchStrategy  # noqa: Y015
+
 class _Metric:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -94,6 +128,14 @@ class Neighbors(_message.Message):
 
     IDS_FIELD_NUMBER: _builtins.int
     DISTANCES_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    FEWER_THAN_K_MATCHED_FIELD_NUMBER: _builtins.int
+    strategy: Global___SearchStrategy.ValueType
+    """How the query was answered; SEARCH_STRATEGY_INDEX when it had no filter."""
+    fewer_than_k_matched: _builtins.bool
+    """True when fewer than k items in the whole index pass the query's filter,
+    so the short answer is complete rather than a recall loss.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The ids of the neighbours, as given when the index was built."""
@@ -110,11 +152,114 @@ class Neighbors(_message.Message):
         *,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         distances: _abc.Iterable[_builtins.float] | None = ...,
+        strategy: Global___SearchStrategy.ValueType = ...,
+        fewer_than_k_matched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distances", b"distances", "ids", b"ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distances", b"distances", "fewer_than_k_matched", b"fewer_than_k_matched", "ids", b"ids", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Neighbors: _TypeAlias = Neighbors  # noqa: Y015
+
+@_typing.final
+class Restrict(_message.Message):
+    """Restrict is a set of tokens in one namespace, for example
+    {namespace: "market", tokens: ["US", "SE"]}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The attribute namespace, for example "market" or "explicit"."""
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tokens in that namespace."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Restrict: _TypeAlias = Restrict  # noqa: Y015
+
+@_typing.final
+class ItemAttributes(_message.Message):
+    """ItemAttributes are what filters match on: restrict tokens and one crowding tag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTRICTS_FIELD_NUMBER: _builtins.int
+    CROWDING_TAG_FIELD_NUMBER: _builtins.int
+    crowding_tag: _builtins.str
+    """Results sharing a tag (for example the artist) can be capped per query."""
+    @_builtins.property
+    def restricts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Restrict]:
+        """At most one entry per namespace."""
+
+    def __init__(
+        self,
+        *,
+        restricts: _abc.Iterable[Global___Restrict] | None = ...,
+        crowding_tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crowding_tag", b"crowding_tag", "restricts", b"restricts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemAttributes: _TypeAlias = ItemAttributes  # noqa: Y015
+
+@_typing.final
+class Filter(_message.Message):
+    """Filter narrows one query's results. An item passes when it is not excluded,
+    has no denied token, and, for every namespace in `allow`, has at least one of
+    the allowed tokens (AND across namespaces, OR within one).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_FIELD_NUMBER: _builtins.int
+    DENY_FIELD_NUMBER: _builtins.int
+    EXCLUDE_IDS_FIELD_NUMBER: _builtins.int
+    MAX_PER_CROWDING_TAG_FIELD_NUMBER: _builtins.int
+    max_per_crowding_tag: _builtins.int
+    """When non-zero, at most this many results share a crowding tag."""
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedCompositeFieldContainer[Global___Restrict]:
+        """Namespaces the item must match; an item without the namespace does not pass."""
+
+    @_builtins.property
+    def deny(self) -> _containers.RepeatedCompositeFieldContainer[Global___Restrict]:
+        """Tokens that exclude an item."""
+
+    @_builtins.property
+    def exclude_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids never to return, for example what the user already played; at most 10,000."""
+
+    def __init__(
+        self,
+        *,
+        allow: _abc.Iterable[Global___Restrict] | None = ...,
+        deny: _abc.Iterable[Global___Restrict] | None = ...,
+        exclude_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_per_crowding_tag: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "deny", b"deny", "exclude_ids", b"exclude_ids", "max_per_crowding_tag", b"max_per_crowding_tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Filter: _TypeAlias = Filter  # noqa: Y015

@@ -49,10 +49,22 @@ class SearchRequest(_message.Message):
     VECTOR_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The name of the index, as listed by AdminService.ListIndexes."""
     k: _builtins.int
     """How many neighbours to return: 1 to the server's max_k (1024 by default)."""
+    version: _builtins.int
+    """When non-zero, answer from this loaded version instead of the active one
+    (NOT_FOUND when it is not loaded). Lets a caller stay on one version.
+    """
+    routing_key: _builtins.str
+    """When `index` names an alias that splits traffic, requests with the same
+    routing key (for example a hash of the user id) always reach the same arm.
+    Empty: the arm is drawn at random.
+    """
     @_builtins.property
     def vector(self) -> _types_pb2.FloatVectors:
         """Exactly one vector of the index's dimension."""
@@ -64,6 +76,10 @@ class SearchRequest(_message.Message):
         which AdminService.GetIndex lists. Unknown names are rejected.
         """
 
+    @_builtins.property
+    def filter(self) -> _types_pb2.Filter:
+        """Restricts, exclusions and crowding for this query."""
+
     def __init__(
         self,
         *,
@@ -71,10 +87,13 @@ class SearchRequest(_message.Message):
         vector: _types_pb2.FloatVectors | None = ...,
         k: _builtins.int = ...,
         params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        version: _builtins.int = ...,
+        filter: _types_pb2.Filter | None = ...,
+        routing_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "k", b"k", "params", b"params", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "index", b"index", "k", b"k", "params", b"params", "routing_key", b"routing_key", "vector", b"vector", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -89,10 +108,13 @@ class SearchResponse(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     NEIGHBORS_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
     index: _builtins.str
-    """The index that answered."""
+    """The index that answered (the alias's target when the request named an alias)."""
     version: _builtins.int
     """The version of the index that answered."""
+    alias: _builtins.str
+    """The alias the request named, if it named one."""
     @_builtins.property
     def neighbors(self) -> _types_pb2.Neighbors:
         """The neighbours, nearest first."""
@@ -103,10 +125,11 @@ class SearchResponse(_message.Message):
         index: _builtins.str = ...,
         version: _builtins.int = ...,
         neighbors: _types_pb2.Neighbors | None = ...,
+        alias: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["neighbors", b"neighbors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,10 +166,17 @@ class BatchSearchRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The name of the index."""
     k: _builtins.int
     """The k of every query that does not override it: 1 to max_k."""
+    version: _builtins.int
+    """As in SearchRequest: a loaded version to answer from instead of the active one."""
+    routing_key: _builtins.str
+    """As in SearchRequest; the whole batch reaches one arm."""
     @_builtins.property
     def queries(self) -> _types_pb2.FloatVectors:
         """One query per row: 1 to the server's max_batch (1024 by default) rows."""
@@ -159,6 +189,10 @@ class BatchSearchRequest(_message.Message):
     def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueryOverride]:
         """Either empty, or exactly one entry per row of `queries`."""
 
+    @_builtins.property
+    def filter(self) -> _types_pb2.Filter:
+        """The filter of every query that does not override it."""
+
     def __init__(
         self,
         *,
@@ -167,10 +201,13 @@ class BatchSearchRequest(_message.Message):
         k: _builtins.int = ...,
         params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         overrides: _abc.Iterable[Global___QueryOverride] | None = ...,
+        version: _builtins.int = ...,
+        filter: _types_pb2.Filter | None = ...,
+        routing_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["queries", b"queries"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "queries", b"queries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "k", b"k", "overrides", b"overrides", "params", b"params", "queries", b"queries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "index", b"index", "k", b"k", "overrides", b"overrides", "params", b"params", "queries", b"queries", "routing_key", b"routing_key", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,7 +215,7 @@ Global___BatchSearchRequest: _TypeAlias = BatchSearchRequest  # noqa: Y015
 
 @_typing.final
 class QueryOverride(_message.Message):
-    """QueryOverride changes k or the search params of one query in a batch."""
+    """QueryOverride changes k, the search params or the filter of one query in a batch."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -204,21 +241,27 @@ class QueryOverride(_message.Message):
 
     K_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     """When non-zero, this query's k instead of the batch's."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Merged over the batch's params for this query."""
 
+    @_builtins.property
+    def filter(self) -> _types_pb2.Filter:
+        """When set, this query's filter instead of the batch's."""
+
     def __init__(
         self,
         *,
         k: _builtins.int = ...,
         params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        filter: _types_pb2.Filter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "k", b"k", "params", b"params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,10 +276,13 @@ class BatchSearchResponse(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The index that answered."""
     version: _builtins.int
     """The version of the index that answered every query of the batch."""
+    alias: _builtins.str
+    """The alias the request named, if it named one."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Neighbors]:
         """One entry per row of the request's queries."""
@@ -247,10 +293,11 @@ class BatchSearchResponse(_message.Message):
         index: _builtins.str = ...,
         version: _builtins.int = ...,
         results: _abc.Iterable[_types_pb2.Neighbors] | None = ...,
+        alias: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "results", b"results", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "results", b"results", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,15 +333,26 @@ class SearchByIdRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The name of the index."""
     id: _builtins.str
     """The id of the item, as given when the index was built."""
     k: _builtins.int
     """How many neighbours to return, not counting the item itself: 1 to max_k."""
+    version: _builtins.int
+    """As in SearchRequest: a loaded version to answer from instead of the active one."""
+    routing_key: _builtins.str
+    """As in SearchRequest."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Backend-specific search knobs, as in SearchRequest."""
+
+    @_builtins.property
+    def filter(self) -> _types_pb2.Filter:
+        """Restricts, exclusions and crowding, as in SearchRequest."""
 
     def __init__(
         self,
@@ -303,10 +361,13 @@ class SearchByIdRequest(_message.Message):
         id: _builtins.str = ...,
         k: _builtins.int = ...,
         params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        version: _builtins.int = ...,
+        filter: _types_pb2.Filter | None = ...,
+        routing_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "index", b"index", "k", b"k", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "id", b"id", "index", b"index", "k", b"k", "params", b"params", "routing_key", b"routing_key", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,10 +382,13 @@ class SearchByIdResponse(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     NEIGHBORS_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The index that answered."""
     version: _builtins.int
     """The version of the index that answered."""
+    alias: _builtins.str
+    """The alias the request named, if it named one."""
     @_builtins.property
     def neighbors(self) -> _types_pb2.Neighbors:
         """The neighbours, nearest first; never the queried item itself."""
@@ -335,10 +399,11 @@ class SearchByIdResponse(_message.Message):
         index: _builtins.str = ...,
         version: _builtins.int = ...,
         neighbors: _types_pb2.Neighbors | None = ...,
+        alias: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["neighbors", b"neighbors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,7 +33,7 @@ class VectorServiceStub:
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
-    | NOT_FOUND           | the index (or, for SearchById, the id) does not exist      | check the name with AdminService.ListIndexes |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
     | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
@@ -75,7 +75,7 @@ class VectorServiceServicer:
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
-    | NOT_FOUND           | the index (or, for SearchById, the id) does not exist      | check the name with AdminService.ListIndexes |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
     | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
@@ -156,7 +156,7 @@ class VectorService:
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
-    | NOT_FOUND           | the index (or, for SearchById, the id) does not exist      | check the name with AdminService.ListIndexes |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
     | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |

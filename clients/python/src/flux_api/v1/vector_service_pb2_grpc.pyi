@@ -34,7 +34,7 @@ class VectorServiceStub:
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
-    | NOT_FOUND           | the index (or, for SearchById, the id) does not exist      | check the name with AdminService.ListIndexes |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
     | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
@@ -83,7 +83,7 @@ class VectorServiceAsyncStub(VectorServiceStub):
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
-    | NOT_FOUND           | the index (or, for SearchById, the id) does not exist      | check the name with AdminService.ListIndexes |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
     | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
@@ -128,7 +128,7 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
-    | NOT_FOUND           | the index (or, for SearchById, the id) does not exist      | check the name with AdminService.ListIndexes |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
     | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
