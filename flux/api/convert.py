@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from flux.core.backend import Capabilities, Matrix, Metric
+from flux.core.backend import Capabilities, Labels, Matrix, Metric
 from flux.core.catalog import IndexState
-from flux.core.index import Hits
+from flux.core.index import Hits, ServedIndex
 from flux.errors import InvalidArgument
 from flux_api.v1 import admin_service_pb2, types_pb2
 
@@ -59,6 +59,22 @@ def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
 
 def neighbors(hits: Hits) -> types_pb2.Neighbors:
     return types_pb2.Neighbors(ids=hits.ids, distances=hits.distances.tolist())
+
+
+def neighbors_rows(index: ServedIndex, labels: Labels, distances: Matrix) -> list[types_pb2.Neighbors]:
+    """One Neighbors per row of the backend's answer, padding (label -1) dropped.
+
+    The ids of every row come from one vectorised lookup, and every row converts to
+    Python objects in one ``tolist``; only rows with padding take a slower path.
+    """
+    if labels.size and min(labels[:, -1].tolist()) >= 0:  # every row full: the usual case
+        ids, dists = index.ids_of(labels).tolist(), distances.tolist()
+        return [types_pb2.Neighbors(ids=i, distances=d) for i, d in zip(ids, dists, strict=True)]
+    rows = []
+    for row, dist in zip(labels, distances, strict=True):
+        found = row >= 0
+        rows.append(types_pb2.Neighbors(ids=index.ids_of(row[found]).tolist(), distances=dist[found].tolist()))
+    return rows
 
 
 def capabilities(caps: Capabilities) -> admin_service_pb2.Capabilities:

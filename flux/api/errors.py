@@ -53,16 +53,31 @@ class _Status(NamedTuple):
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary handler so that raised exceptions become statuses."""
+    """Wraps every unary handler so that raised exceptions become statuses.
+
+    gRPC asks the interceptor for the handler on every call; the wrapped handler of each
+    method is built once and remembered, so a call allocates nothing here.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = continuation(details)
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(continuation(details), method)
+            if wrapped is not None:
+                self._wrapped[method] = wrapped  # only registered methods, so the cache stays bounded
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
         if handler is None or handler.unary_unary is None:
             return handler
         behaviour = handler.unary_unary
-        method = details.method
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:

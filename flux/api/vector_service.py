@@ -24,8 +24,9 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
                 f"vector must hold exactly one vector, got {len(vector)}; use BatchSearch for several", field="vector"
             )
         index.check_k(request.k)
-        hits = index.search(vector, request.k, index.params(request.params))[0]
-        return pb.SearchResponse(index=index.name, version=index.version, neighbors=convert.neighbors(hits))
+        labels, distances = index.nearest(vector, request.k, index.params(request.params))
+        neighbors = convert.neighbors_rows(index, labels, distances)[0]
+        return pb.SearchResponse(index=index.name, version=index.version, neighbors=neighbors)
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         index = self._catalog.get(request.index)
@@ -40,7 +41,8 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
         index.check_k(request.k)
         params = index.params(request.params)
         if not request.overrides:
-            hits = index.search_batch(queries, [request.k] * len(queries), [params] * len(queries))
+            labels, distances = index.nearest(queries, request.k, params, threads=index.batch_threads)
+            results = convert.neighbors_rows(index, labels, distances)
         else:
             if len(request.overrides) != len(queries):
                 raise InvalidArgument(
@@ -55,10 +57,8 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
                 ks.append(k)
                 merged = {**params, **override.params}
                 row_params.append(index.params(merged, f"overrides[{row}].params") if override.params else params)
-            hits = index.search_batch(queries, ks, row_params)
-        return pb.BatchSearchResponse(
-            index=index.name, version=index.version, results=[convert.neighbors(h) for h in hits]
-        )
+            results = [convert.neighbors(h) for h in index.search_batch(queries, ks, row_params)]
+        return pb.BatchSearchResponse(index=index.name, version=index.version, results=results)
 
     def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> pb.SearchByIdResponse:
         index = self._catalog.get(request.index)

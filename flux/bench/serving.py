@@ -66,7 +66,7 @@ PRESETS = {
     "quick": Preset(
         (
             Setting(
-                Synthetic("quick-10k-32d", 10_000, 32, spread=0.35, queries=200),
+                Synthetic("quick-10k-32d", 10_000, 32, latent=8, queries=200),
                 build={"hnsw": _HNSW, "annoy": {"n_trees": 16.0}},
                 sweep={"hnsw": (16, 64), "annoy": (200, 2000)},
             ),
@@ -78,14 +78,14 @@ PRESETS = {
     "full": Preset(
         (
             Setting(
-                Synthetic("clustered-200k-128d", 200_000, 128, spread=0.35),
+                Synthetic("embeddings-200k-128d", 200_000, 128, latent=16, spread=0.5, noise=0.05),
                 build={"hnsw": _HNSW, "annoy": {"n_trees": 50.0}},
-                sweep={"hnsw": (16, 32, 64, 128, 256), "annoy": (1000, 3000, 10_000, 30_000, 100_000)},
+                sweep={"hnsw": (16, 24, 32, 64, 128), "annoy": (1000, 2000, 5000, 10_000, 30_000)},
             ),
             Setting(
-                Synthetic("overlapping-200k-384d", 200_000, 384, spread=1.0),
+                Synthetic("overlapping-200k-384d", 200_000, 384, latent=64, spread=1.0, noise=0.2),
                 build={"hnsw": _HNSW, "annoy": {"n_trees": 50.0}},
-                sweep={"hnsw": (32, 64, 128, 256, 512), "annoy": (3000, 10_000, 30_000, 100_000, 300_000)},
+                sweep={"hnsw": (16, 32, 64, 128, 256), "annoy": (3000, 10_000, 30_000, 100_000, 300_000)},
             ),
         ),
         seconds=4.0,
@@ -235,6 +235,7 @@ class _Bench:
         self.param = SWEEP_PARAM[backend]
         self.values = setting.sweep.get(backend) or (-1.0,)
         self.rows: list[report.Row] = []
+        self.library_found: dict[float, np.ndarray] = {}
 
     def run(self, echo_models: Sequence[str] = ()) -> list[report.Row]:
         path = self._artifact()
@@ -267,12 +268,17 @@ class _Bench:
 
     def _add(self, mode: str, load: int, batch: int, value: float | None, queries: int, seconds: float,
              latencies: np.ndarray, found: np.ndarray | None, rss: int | None = None) -> report.Row:  # fmt: skip
-        quality = None
+        quality = same = None
         if found is not None:
             answered = found[:, 0] >= 0
             quality = recall(found[answered], self.data.truth[answered], self.k)
+            if mode == "library" and load == 1 and value is not None:
+                self.library_found[value] = found
+            elif mode.startswith("flux") and value in self.library_found:
+                same = agreement(found, self.library_found[value])
         r = report.row(self.data.name, self.backend, mode, load=load, batch=batch, param=self.param, value=value,
-                       queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality, rss=rss)  # fmt: skip
+                       queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality, rss=rss,
+                       same_as_library=same)  # fmt: skip
         self.rows.append(r)
         self.progress(
             f"{self.data.name}/{self.backend}: {r.label} {self.param}={report._num(value)}: "
@@ -364,6 +370,15 @@ class _Bench:
             for row, neighbors in zip(groups[index], pb.BatchSearchResponse.FromString(raw).results, strict=True):
                 found[row, : len(neighbors.ids)] = [int(i) for i in neighbors.ids]
         return found
+
+
+def agreement(found: np.ndarray, expected: np.ndarray) -> float:
+    """Of the queries answered in both (label >= 0 in column 0), the fraction with the same neighbour set."""
+    both = np.flatnonzero((found[:, 0] >= 0) & (expected[:, 0] >= 0))
+    if not len(both):
+        return 0.0
+    same = np.sort(found[both], axis=1) == np.sort(expected[both], axis=1)
+    return float(same.all(axis=1).mean())
 
 
 def _vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:

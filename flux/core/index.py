@@ -8,10 +8,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from flux.core.artifact import Artifact
-from flux.core.backend import Backend, Matrix, resolve_params
+from flux.core.backend import Backend, Labels, Matrix, resolve_params
 from flux.errors import InvalidArgument, ItemNotFound
+
+#: Distinct search-parameter overrides whose resolution an index remembers.
+_RESOLVED_CACHE = 256
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class ServedIndex:
         self.manifest = artifact.manifest
         self.backend: Backend = artifact.backend
         self.limits = limits
-        self._batch_threads = batch_threads
+        self.batch_threads = batch_threads
         self._ids = artifact.ids
         self._labels: dict[str, int] | None = None
         # A backend that does not declare thread-safe search gets one search at a time.
@@ -60,6 +64,7 @@ class ServedIndex:
         spec = type(self.backend).search_params
         defaults = {n: p.default for n, p in spec.items()}
         self.default_params = resolve_params(spec, defaults, default_params or {}, "search_params")
+        self._resolved: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
 
     @property
     def version(self) -> int:
@@ -84,25 +89,42 @@ class ServedIndex:
         """Merge ``overrides`` over this index's defaults, validated against the backend's knobs."""
         if not overrides:
             return self.default_params
-        return resolve_params(type(self.backend).search_params, self.default_params, overrides, field)
+        # Clients tend to send the same few overrides on every call: resolve each once.
+        key = tuple(overrides.items())
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = resolve_params(type(self.backend).search_params, self.default_params, overrides, field)
+            if len(self._resolved) < _RESOLVED_CACHE:
+                self._resolved[key] = resolved
+        return resolved
 
     def search(self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1) -> list[Hits]:
         """Search already-validated queries; one ``Hits`` per row."""
+        return self._hits(*self.nearest(queries, k, params, threads=threads))
+
+    def nearest(
+        self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
+    ) -> tuple[Labels, Matrix]:
+        """The backend's answer to already-validated queries: q x k labels and distances, padded
+        with label -1 where fewer than k were found. The serving path encodes these directly."""
         with self._serial:
-            labels, distances = self.backend.search(queries, k, params, threads=threads)
-        return self._hits(labels, distances)
+            return self.backend.search(queries, k, params, threads=threads)
+
+    def ids_of(self, labels: Labels) -> npt.NDArray[np.object_]:
+        """The string id of each label, in the shape of ``labels`` (which must all be >= 0)."""
+        return self._ids[labels]
 
     def search_batch(self, queries: Matrix, ks: Sequence[int], params: Sequence[Mapping[str, float]]) -> list[Hits]:
         """Search rows that may each have their own k and params, grouping rows that share params."""
         if len(set(ks)) == 1 and all(p is params[0] for p in params):
-            return self.search(queries, ks[0], params[0], threads=self._batch_threads)
+            return self.search(queries, ks[0], params[0], threads=self.batch_threads)
         groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
         for row, p in enumerate(params):
             groups.setdefault(tuple(sorted(p.items())), []).append(row)
         results: list[Hits | None] = [None] * len(queries)
         for key, rows in groups.items():
             k_max = max(ks[r] for r in rows)
-            hits = self.search(queries[rows], k_max, dict(key), threads=self._batch_threads)
+            hits = self.search(queries[rows], k_max, dict(key), threads=self.batch_threads)
             for row, hit in zip(rows, hits, strict=True):
                 results[row] = Hits(hit.ids[: ks[row]], hit.distances[: ks[row]])
         return [r for r in results if r is not None]
