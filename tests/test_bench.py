@@ -1,0 +1,125 @@
+"""``flux bench serving``: a small end-to-end run, and the data it is measured on.
+
+Timings are never asserted (this machine is shared); what is asserted is that every mode
+ran, the table and JSON are complete and sane, and Flux answered exactly as the library.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flux.bench import data
+from flux.bench.report import Row, operating_value
+from flux.cli import main
+from flux.core.backend import Metric
+from flux.errors import InvalidArgument
+from tests.support import brute_force
+
+MODES = {"library", "library-batch", "echo", "flux-unary", "flux-batch"}
+
+
+def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, plot = tmp_path / "results.json", tmp_path / "recall-qps.png"
+    code = main(
+        ["bench", "serving", "--preset", "quick", "--count", "2000", "--seconds", "0.3", "--clients", "2"]
+        + ["--batch", "16", "--sweep", "hnsw=16,64", "--sweep", "annoy=100", "--threads", "2"]
+        + ["--work-dir", str(tmp_path / "work"), "--json", str(out), "--plot", str(plot)]
+    )
+    printed = capsys.readouterr()
+    assert code in (0, 1)  # 1 means a performance target failed; this test does not judge speed
+
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    for backend in ("hnsw", "annoy"):
+        mine = [r for r in rows if r["backend"] == backend]
+        assert {r["mode"] for r in mine} == MODES
+        assert all(r["qps"] > 0 and r["queries"] > 0 for r in mine)
+        assert all(0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in mine)
+        searched = [r for r in mine if r["mode"] != "echo"]
+        assert all(0.0 <= r["recall"] <= 1.0 for r in searched)
+        assert {r["value"] for r in searched} == ({16.0, 64.0} if backend == "hnsw" else {100.0})
+        assert all(r["same_as_library"] == 1.0 for r in mine if r["mode"].startswith("flux"))
+        assert any(r["rss_mib"] for r in mine if r["mode"].startswith("flux"))
+        assert any(r["rss_mib"] for r in mine if r["mode"].startswith("library"))
+        names = {t["name"] for t in results["targets"] if t["backend"] == backend}
+        assert {"batch 16 QPS", "unary QPS, 2 clients", "unary p50, 1 client", "server memory"} <= names
+    assert max(r["recall"] for r in rows if r["backend"] == "hnsw" and r["mode"] == "library") > 0.9
+
+    assert "flux-unary (2 clients)" in printed.out
+    assert "targets (each ratio from this one run)" in printed.out
+    assert "PASS" in printed.out or "FAIL" in printed.out
+    assert "library" in printed.err  # progress lines
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_embeddings_are_seeded_and_shaped() -> None:
+    first = data.embeddings(500, 24, clusters=8, latent=4, seed=3)
+    assert first.shape == (500, 24) and first.dtype == np.float32
+    assert np.array_equal(first, data.embeddings(500, 24, clusters=8, latent=4, seed=3))
+    assert not np.array_equal(first, data.embeddings(500, 24, clusters=8, latent=4, seed=4))
+
+
+def test_synthetic_ground_truth_is_exact_and_cached(tmp_path: Path) -> None:
+    spec = data.Synthetic("t", 800, 16, latent=4, queries=20)
+    first = data.synthetic(spec, 5, cache=tmp_path)
+    expected, _ = brute_force(first.base, first.queries, Metric.L2, 5)
+    assert np.array_equal(np.sort(first.truth, axis=1), np.sort(expected, axis=1))
+    assert len(list(tmp_path.glob("truth-*.npy"))) == 1
+    again = data.synthetic(spec, 5, cache=tmp_path)
+    assert np.array_equal(again.truth, first.truth)
+
+
+def test_reads_ann_benchmarks_hdf5(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")  # the bench extra, part of dev
+    rng = np.random.default_rng(0)
+    train, test = rng.standard_normal((300, 8)), rng.standard_normal((10, 8))
+    truth, _ = brute_force(train, test, Metric.COSINE, 20)
+    path = tmp_path / "tiny-angular.hdf5"
+    with h5py.File(path, "w") as f:
+        f.attrs["distance"] = "angular"
+        f["train"], f["test"], f["neighbors"] = train, test, truth
+    loaded = data.from_files(path, None, Metric.L2, 10)
+    assert loaded.metric is Metric.COSINE
+    assert loaded.base.shape == (300, 8) and loaded.base.dtype == np.float32
+    assert np.array_equal(loaded.truth, truth[:, :10])
+
+
+def test_hdf5_without_train_names_the_missing_dataset(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "bad.hdf5"
+    with h5py.File(path, "w") as f:
+        f["test"] = np.zeros((2, 3))
+    with pytest.raises(InvalidArgument, match="no train dataset"):
+        data.from_files(path, None, Metric.L2, 10)
+
+
+def test_npy_and_fvecs_hold_out_queries(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(1).standard_normal((1100, 6)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    records = np.hstack([np.full((1100, 1), 6, "<i4").view("<f4"), vectors]).astype("<f4")
+    records.tofile(tmp_path / "v.fvecs")
+    for name in ("v.npy", "v.fvecs"):
+        loaded = data.from_files(tmp_path / name, None, Metric.L2, 10)
+        assert loaded.base.shape == (100, 6) and loaded.queries.shape == (1000, 6)
+        np.testing.assert_array_equal(loaded.queries, vectors[100:])
+    with pytest.raises(InvalidArgument, match="too few"):
+        data.from_files(tmp_path / "v.npy", None, Metric.L2, 10, holdout=1100)
+
+
+def test_recall_counts_true_neighbours_found() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    assert data.recall(np.array([[3, 2, 1], [4, 9, 8]]), truth, 3) == pytest.approx(4 / 6)
+
+
+def test_operating_point_is_the_cheapest_value_reaching_the_recall_target() -> None:
+    def lib(value: float, recall: float) -> Row:
+        return Row("s", "hnsw", "library", 1, 1, "ef", value, 10, 1.0, 10.0, 1.0, 1.0, 1.0, recall)
+
+    assert operating_value([lib(64, 0.99), lib(16, 0.90), lib(32, 0.96)]) == 32
+    assert operating_value([lib(16, 0.80), lib(32, 0.90)]) == 32  # never reached: the best there is
