@@ -26,11 +26,9 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, plot = tmp_path / "results.json", tmp_path / "recall-qps.png"
-    code = main(
-        ["bench", "serving", "--preset", "quick", "--count", "2000", "--seconds", "0.3", "--clients", "2"]
-        + ["--batch", "16", "--sweep", "hnsw=16,64", "--sweep", "annoy=100", "--threads", "2"]
-        + ["--work-dir", str(tmp_path / "work"), "--json", str(out), "--plot", str(plot)]
-    )
+    run = ["bench", "serving", "--preset", "quick", "--count", "2000", "--seconds", "0.3", "--clients", "2"]
+    shape = ["--batch", "16", "--sweep", "hnsw=16,64", "--sweep", "annoy=100", "--threads", "2"]
+    code = main([*run, *shape, "--work-dir", str(tmp_path / "work"), "--json", str(out), "--plot", str(plot)])
     printed = capsys.readouterr()
     assert code in (0, 1)  # 1 means a performance target failed; this test does not judge speed
 
@@ -60,7 +58,8 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
 
 def test_embeddings_are_seeded_and_shaped() -> None:
     first = data.embeddings(500, 24, clusters=8, latent=4, seed=3)
-    assert first.shape == (500, 24) and first.dtype == np.float32
+    assert first.shape == (500, 24)
+    assert first.dtype == np.float32
     assert np.array_equal(first, data.embeddings(500, 24, clusters=8, latent=4, seed=3))
     assert not np.array_equal(first, data.embeddings(500, 24, clusters=8, latent=4, seed=4))
 
@@ -86,7 +85,8 @@ def test_reads_ann_benchmarks_hdf5(tmp_path: Path) -> None:
         f["train"], f["test"], f["neighbors"] = train, test, truth
     loaded = data.from_files(path, None, Metric.L2, 10)
     assert loaded.metric is Metric.COSINE
-    assert loaded.base.shape == (300, 8) and loaded.base.dtype == np.float32
+    assert loaded.base.shape == (300, 8)
+    assert loaded.base.dtype == np.float32
     assert np.array_equal(loaded.truth, truth[:, :10])
 
 
@@ -106,7 +106,8 @@ def test_npy_and_fvecs_hold_out_queries(tmp_path: Path) -> None:
     records.tofile(tmp_path / "v.fvecs")
     for name in ("v.npy", "v.fvecs"):
         loaded = data.from_files(tmp_path / name, None, Metric.L2, 10)
-        assert loaded.base.shape == (100, 6) and loaded.queries.shape == (1000, 6)
+        assert loaded.base.shape == (100, 6)
+        assert loaded.queries.shape == (1000, 6)
         np.testing.assert_array_equal(loaded.queries, vectors[100:])
     with pytest.raises(InvalidArgument, match="too few"):
         data.from_files(tmp_path / "v.npy", None, Metric.L2, 10, holdout=1100)
