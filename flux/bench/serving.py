@@ -80,7 +80,7 @@ PRESETS = {
             Setting(
                 Synthetic("embeddings-200k-128d", 200_000, 128, latent=16, spread=0.5, noise=0.05),
                 build={"hnsw": _HNSW, "annoy": {"n_trees": 50.0}},
-                sweep={"hnsw": (16, 24, 32, 64, 128), "annoy": (1000, 2000, 5000, 10_000, 30_000)},
+                sweep={"hnsw": (16, 24, 32, 64, 128), "annoy": (700, 1000, 1500, 2000, 5000)},
             ),
             Setting(
                 Synthetic("overlapping-200k-384d", 200_000, 384, latent=64, spread=1.0, noise=0.2),
