@@ -10,15 +10,24 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flux.core.backend import Metric
+from flux.core.gate import GateConfig
+from flux.core.manager import IndexSettings
+from flux.core.versions import Policy
 from flux.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
 
 
 class _Strict(BaseModel):
@@ -35,6 +44,9 @@ class ServerConfig(_Strict):
         0, ge=0, le=256, description="library threads for one batch search; 0 means one per CPU"
     )
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight calls may finish on shutdown")
+    memory_budget_bytes: int = Field(
+        0, ge=0, description="loaded versions may take this much (estimated from artifact sizes); 0: no limit"
+    )
 
 
 class LimitsConfig(_Strict):
@@ -45,11 +57,38 @@ class LimitsConfig(_Strict):
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2**31 - 1)
 
 
-class IndexConfig(_Strict):
-    """One index to serve: an artifact directory written by ``flux build``.
+class VersionsConfig(_Strict):
+    """Which versions of an index to serve: the newest, or an explicit list."""
 
-    ``backend``, ``dimension`` and ``metric`` are optional expectations: when given,
-    the artifact must match them or the index is refused at load.
+    policy: Literal["latest", "specific"] = "latest"
+    keep: int = Field(1, ge=1, le=100, description="latest: how many of the newest versions stay loaded")
+    versions: list[int] = Field(default_factory=list, description="specific: the versions to load")
+
+    @model_validator(mode="after")
+    def _versions_match_policy(self) -> VersionsConfig:
+        if self.policy == "specific" and not self.versions:
+            raise ValueError("the specific policy needs a non-empty versions list")
+        if self.policy == "latest" and self.versions:
+            raise ValueError("versions is only for the specific policy")
+        return self
+
+
+class GateSettings(_Strict):
+    """The activation gate a new version must pass before it answers queries."""
+
+    warmup_queries: int = Field(32, ge=0, le=100_000)
+    canary_queries: int = Field(0, ge=0, le=100_000, description="0 turns the canary off")
+    k: int = Field(10, ge=1, le=1000)
+    min_recall: float = Field(0.0, ge=0, le=1, description="recall@k against exact search")
+    min_overlap: float = Field(0.0, ge=0, le=1, description="overlap@k with the version being replaced")
+
+
+class IndexConfig(_Strict):
+    """One index to serve.
+
+    ``path`` is a source directory holding one artifact per version (``<path>/<version>/``),
+    or a single artifact written by ``flux build``. ``backend``, ``dimension`` and ``metric``
+    are optional expectations: when given, a version must match them or it is refused.
     """
 
     name: str
@@ -58,13 +97,45 @@ class IndexConfig(_Strict):
     dimension: int | None = Field(None, ge=1, le=65_536)
     metric: Metric | None = None
     search_params: dict[str, float] = Field(default_factory=dict)
+    versions: VersionsConfig = VersionsConfig()
+    poll_seconds: float = Field(30.0, ge=0, description="how often to look for new versions; 0: never")
+    gate: GateSettings = GateSettings()
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
+        return _check_name(value)
+
+    def settings(self) -> IndexSettings:
+        """The index in the core's terms."""
+        return IndexSettings(
+            name=self.name,
+            source=self.path,
+            policy=Policy(self.versions.policy, self.versions.keep, tuple(self.versions.versions)),
+            gate=GateConfig(**self.gate.model_dump()),
+            search_params=dict(self.search_params),
+            backend=self.backend,
+            dimension=self.dimension,
+            metric=self.metric,
+        )
+
+
+class ArmConfig(_Strict):
+    index: str
+    weight: float = Field(100.0, gt=0)
+    version: int = Field(0, ge=0, description="0: the index's active version")
+
+
+class AliasConfig(_Strict):
+    """A stable name routing to one or two indexes (an experiment), split by weight."""
+
+    name: str
+    arms: list[ArmConfig] = Field(min_length=1, max_length=2)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value)
 
 
 class FluxConfig(_Strict):
@@ -73,6 +144,7 @@ class FluxConfig(_Strict):
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     indexes: list[IndexConfig] = Field(default_factory=list)
+    aliases: list[AliasConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> FluxConfig:
@@ -81,6 +153,14 @@ class FluxConfig(_Strict):
             if index.name in seen:
                 raise ValueError(f"indexes[{i}].name: {index.name!r} is used by an earlier index")
             seen.add(index.name)
+        indexes = set(seen)
+        for i, alias in enumerate(self.aliases):
+            if alias.name in seen:
+                raise ValueError(f"aliases[{i}].name: {alias.name!r} is already the name of an index or alias")
+            seen.add(alias.name)
+            for j, arm in enumerate(alias.arms):
+                if arm.index not in indexes:
+                    raise ValueError(f"aliases[{i}].arms[{j}].index: no index named {arm.index!r} is configured")
         return self
 
 

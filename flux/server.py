@@ -21,6 +21,7 @@ from flux.api.admin_service import AdminServicer
 from flux.api.errors import ErrorInterceptor
 from flux.api.vector_service import VectorServicer
 from flux.config import FluxConfig
+from flux.core.aliases import Alias, Arm
 from flux.core.catalog import Catalog, IndexState
 from flux.core.index import Limits
 from flux_api.v1 import admin_service_pb2, vector_service_pb2
@@ -52,7 +53,16 @@ class FluxServer:
         self.config = config
         limits = Limits(max_k=config.limits.max_k, max_batch=config.limits.max_batch)
         batch_threads = config.server.search_threads or os.cpu_count() or 1
-        self.catalog = Catalog(config.indexes, limits=limits, batch_threads=batch_threads)
+        self.catalog = Catalog(
+            [index.settings() for index in config.indexes],
+            aliases=[
+                Alias(a.name, [Arm(arm.index, arm.weight, arm.version) for arm in a.arms]) for a in config.aliases
+            ],
+            limits=limits,
+            batch_threads=batch_threads,
+            memory_budget=config.server.memory_budget_bytes,
+            poll_seconds={index.name: index.poll_seconds for index in config.indexes},
+        )
         message_bytes = config.limits.max_message_bytes
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.server.threads, thread_name_prefix="flux-rpc"),
@@ -96,20 +106,22 @@ class FluxServer:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        self.catalog.close()
         log.info("stopped")
 
     def _load(self) -> None:
         self.catalog.load_all()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, _SERVING)
-        failed = [s.config.name for s in map(self.catalog.slot, self.catalog.names()) if s.state is IndexState.FAILED]
+        failed = [name for name in self.catalog.names() if self.catalog.state(name) is IndexState.FAILED]
         log.info(
             "ready: %d indexes serving, %d failed %s", len(self.catalog.names()) - len(failed), len(failed), failed
         )
         self._ready.set()
+        self.catalog.poll()  # returns when the catalog closes
 
-    def _index_changed(self, name: str, state: IndexState) -> None:
-        self.health.set(INDEX_HEALTH_PREFIX + name, _SERVING if state is IndexState.SERVING else _NOT_SERVING)
+    def _index_changed(self, name: str, serving: bool) -> None:
+        self.health.set(INDEX_HEALTH_PREFIX + name, _SERVING if serving else _NOT_SERVING)
 
 
 def build_server(config: FluxConfig) -> FluxServer:

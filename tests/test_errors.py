@@ -175,8 +175,8 @@ def test_index_that_failed_to_load(vectors_stub: VectorServiceStub) -> None:
     expect_error(
         lambda: vectors_stub.Search(pb.SearchRequest(index="broken", vector=good_query(), k=5)),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "index 'broken' failed to load",
-        "manifest.json: missing",
+        "index 'broken' has no version to serve",
+        "neither an artifact (with manifest.json) nor a directory of numbered versions",
     )
 
 

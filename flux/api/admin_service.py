@@ -1,4 +1,4 @@
-"""The control plane: what the server holds, read from the catalog."""
+"""The control plane: what the server holds, and the version operations, over the catalog."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import grpc
 
 from flux.api import convert
 from flux.core import artifact
-from flux.core.catalog import Catalog, Slot
+from flux.core.catalog import Catalog
+from flux.core.manager import IndexManager, VersionSlot
 from flux_api.v1 import admin_service_pb2 as pb
 from flux_api.v1 import admin_service_pb2_grpc
 
@@ -16,22 +17,95 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self._catalog = catalog
 
     def ListIndexes(self, request: pb.ListIndexesRequest, context: grpc.ServicerContext) -> pb.ListIndexesResponse:
-        return pb.ListIndexesResponse(indexes=[describe(self._catalog.slot(n)) for n in self._catalog.names()])
+        return pb.ListIndexesResponse(indexes=[self._describe(name) for name in self._catalog.names()])
 
     def GetIndex(self, request: pb.GetIndexRequest, context: grpc.ServicerContext) -> pb.GetIndexResponse:
-        return pb.GetIndexResponse(index=describe(self._catalog.slot(request.name)))
+        return pb.GetIndexResponse(index=self._describe(request.name))
+
+    def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
+        manager = self._catalog.manager(request.index)
+        manager.refresh_source()
+        return pb.ListVersionsResponse(
+            index=manager.name,
+            active_version=manager.active.version if manager.active else 0,
+            pinned_version=manager.pinned or 0,
+            versions=[version_info(s) for s in manager.slots()],
+        )
+
+    def LoadVersion(self, request: pb.LoadVersionRequest, context: grpc.ServicerContext) -> pb.LoadVersionResponse:
+        slot = self._catalog.manager(request.index).load(request.version)
+        return pb.LoadVersionResponse(version=version_info(slot))
+
+    def ActivateVersion(
+        self, request: pb.ActivateVersionRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateVersionResponse:
+        slot = self._catalog.manager(request.index).activate(request.version)
+        return pb.ActivateVersionResponse(version=version_info(slot))
+
+    def PinVersion(self, request: pb.PinVersionRequest, context: grpc.ServicerContext) -> pb.PinVersionResponse:
+        slot = self._catalog.manager(request.index).pin(request.version or None)
+        return pb.PinVersionResponse(version=version_info(slot) if slot else None)
+
+    def RollbackVersion(
+        self, request: pb.RollbackVersionRequest, context: grpc.ServicerContext
+    ) -> pb.RollbackVersionResponse:
+        previous, slot = self._catalog.manager(request.index).rollback()
+        return pb.RollbackVersionResponse(previous_version=previous, version=version_info(slot))
+
+    def UnloadVersion(
+        self, request: pb.UnloadVersionRequest, context: grpc.ServicerContext
+    ) -> pb.UnloadVersionResponse:
+        slot = self._catalog.manager(request.index).unload(request.version)
+        return pb.UnloadVersionResponse(version=version_info(slot))
+
+    def ListAliases(self, request: pb.ListAliasesRequest, context: grpc.ServicerContext) -> pb.ListAliasesResponse:
+        return pb.ListAliasesResponse(
+            aliases=[
+                pb.AliasInfo(
+                    name=alias.name,
+                    arms=[
+                        pb.AliasArm(
+                            index=arm.index,
+                            version=arm.version,
+                            weight=arm.weight,
+                            requests=requests,
+                            mean_latency_ms=seconds * 1000,
+                        )
+                        for arm, requests, seconds in alias.traffic()
+                    ],
+                )
+                for alias in self._catalog.aliases()
+            ]
+        )
+
+    def _describe(self, name: str) -> pb.IndexInfo:
+        manager = self._catalog.manager(name)
+        return describe(manager, convert.STATES[self._catalog.state(name)])
 
 
-def describe(slot: Slot) -> pb.IndexInfo:
-    """An IndexInfo from what is loaded, or else from what the config expects."""
-    config, index = slot.config, slot.index
-    info = pb.IndexInfo(name=config.name, state=convert.STATES[slot.state], error=slot.error)
-    if index is None:
-        info.backend = config.backend or ""
-        info.dimension = config.dimension or 0
-        if config.metric is not None:
-            info.metric = convert.METRICS[config.metric]
+def describe(manager: IndexManager, state: pb.IndexState.ValueType) -> pb.IndexInfo:
+    """An IndexInfo from the active version, or else from what the config expects."""
+    settings = manager.settings
+    info = pb.IndexInfo(
+        name=manager.name,
+        state=state,
+        pinned_version=manager.pinned or 0,
+        version_policy=settings.policy.describe(),
+    )
+    failures = [s for s in manager.slots() if s.error]
+    if failures:
+        info.error = f"version {failures[0].version}: {failures[0].error}"
+    elif state != pb.INDEX_STATE_LOADING:
+        info.error = manager.problem()
+    slot = manager.active
+    loaded = slot.loaded if slot is not None else None
+    if slot is None or loaded is None:
+        info.backend = settings.backend or ""
+        info.dimension = settings.dimension or 0
+        if settings.metric is not None:
+            info.metric = convert.METRICS[settings.metric]
         return info
+    index = loaded.index
     manifest = index.manifest
     info.backend = manifest.backend
     info.dimension = manifest.dimension
@@ -50,4 +124,29 @@ def describe(slot: Slot) -> pb.IndexInfo:
         }
     )
     info.capabilities.CopyFrom(convert.capabilities(type(index.backend).capabilities))
+    return info
+
+
+def version_info(slot: VersionSlot) -> pb.VersionInfo:
+    info = pb.VersionInfo(
+        version=slot.version,
+        state=convert.VERSION_STATES[slot.state],
+        error=slot.error,
+        artifact_bytes=slot.artifact_bytes,
+        load_seconds=slot.load_seconds,
+        in_flight=slot.in_flight,
+    )
+    if slot.report is not None:
+        r = slot.report
+        info.gate.CopyFrom(
+            pb.GateReport(
+                passed=r.passed,
+                warmup_queries=r.warmup_queries,
+                canary_queries=r.canary_queries,
+                k=r.k,
+                recall=r.recall,
+                overlap=r.overlap,
+                reason=r.reason,
+            )
+        )
     return info

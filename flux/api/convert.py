@@ -7,6 +7,7 @@ import numpy as np
 from flux.core.backend import Capabilities, Labels, Matrix, Metric
 from flux.core.catalog import IndexState
 from flux.core.index import Hits, ServedIndex
+from flux.core.versions import State
 from flux.errors import InvalidArgument
 from flux_api.v1 import admin_service_pb2, types_pb2
 
@@ -16,6 +17,13 @@ METRICS = {
     Metric.L2: types_pb2.METRIC_L2,
     Metric.COSINE: types_pb2.METRIC_COSINE,
     Metric.IP: types_pb2.METRIC_INNER_PRODUCT,
+}
+VERSION_STATES = {
+    State.AVAILABLE: admin_service_pb2.VERSION_STATE_AVAILABLE,
+    State.LOADING: admin_service_pb2.VERSION_STATE_LOADING,
+    State.READY: admin_service_pb2.VERSION_STATE_READY,
+    State.ACTIVE: admin_service_pb2.VERSION_STATE_ACTIVE,
+    State.FAILED: admin_service_pb2.VERSION_STATE_FAILED,
 }
 STATES = {
     IndexState.LOADING: admin_service_pb2.INDEX_STATE_LOADING,

@@ -1,4 +1,7 @@
-"""The data plane: decode, ask the catalog for the index, search, encode. No error handling here."""
+"""The data plane: decode, acquire the index version, search, encode. No error handling here.
+
+A request holds its version (``catalog.acquire``) from the first check to the encoded answer,
+so a swap in the middle never mixes versions."""
 
 from __future__ import annotations
 
@@ -16,52 +19,60 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
         self._catalog = catalog
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
-        index = self._catalog.get(request.index)
-        index.check_dimension(request.vector.dimension, "vector")
-        vector = convert.decode_vectors(request.vector, "vector")
-        if len(vector) != 1:
-            raise InvalidArgument(
-                f"vector must hold exactly one vector, got {len(vector)}; use BatchSearch for several", field="vector"
-            )
-        index.check_k(request.k)
-        labels, distances = index.nearest(vector, request.k, index.params(request.params))
-        neighbors = convert.neighbors_rows(index, labels, distances)[0]
-        return pb.SearchResponse(index=index.name, version=index.version, neighbors=neighbors)
+        with self._catalog.acquire(request.index, request.version, request.routing_key) as resolved:
+            index = resolved.index
+            index.check_dimension(request.vector.dimension, "vector")
+            vector = convert.decode_vectors(request.vector, "vector")
+            if len(vector) != 1:
+                raise InvalidArgument(
+                    f"vector must hold exactly one vector, got {len(vector)}; use BatchSearch for several",
+                    field="vector",
+                )
+            index.check_k(request.k)
+            labels, distances = index.nearest(vector, request.k, index.params(request.params))
+            neighbors = convert.neighbors_rows(index, labels, distances)[0]
+            return pb.SearchResponse(index=index.name, version=index.version, neighbors=neighbors, alias=resolved.alias)
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
-        index = self._catalog.get(request.index)
-        index.check_dimension(request.queries.dimension, "queries")
-        queries = convert.decode_vectors(request.queries, "queries")
-        if len(queries) > index.limits.max_batch:
-            raise InvalidArgument(
-                f"queries holds {len(queries)} vectors; the limit is {index.limits.max_batch} per call, "
-                "split the batch",
-                field="queries",
-            )
-        index.check_k(request.k)
-        params = index.params(request.params)
-        if not request.overrides:
-            labels, distances = index.nearest(queries, request.k, params, threads=index.batch_threads)
-            results = convert.neighbors_rows(index, labels, distances)
-        else:
-            if len(request.overrides) != len(queries):
+        with self._catalog.acquire(request.index, request.version, request.routing_key) as resolved:
+            index = resolved.index
+            index.check_dimension(request.queries.dimension, "queries")
+            queries = convert.decode_vectors(request.queries, "queries")
+            if len(queries) > index.limits.max_batch:
                 raise InvalidArgument(
-                    f"overrides has {len(request.overrides)} entries for {len(queries)} queries; "
-                    "send none or one per query",
-                    field="overrides",
+                    f"queries holds {len(queries)} vectors; the limit is {index.limits.max_batch} per call, "
+                    "split the batch",
+                    field="queries",
                 )
-            ks, row_params = [], []
-            for row, override in enumerate(request.overrides):
-                k = override.k or request.k
-                index.check_k(k, f"overrides[{row}].k")
-                ks.append(k)
-                merged = {**params, **override.params}
-                row_params.append(index.params(merged, f"overrides[{row}].params") if override.params else params)
-            results = [convert.neighbors(h) for h in index.search_batch(queries, ks, row_params)]
-        return pb.BatchSearchResponse(index=index.name, version=index.version, results=results)
+            index.check_k(request.k)
+            params = index.params(request.params)
+            if not request.overrides:
+                labels, distances = index.nearest(queries, request.k, params, threads=index.batch_threads)
+                results = convert.neighbors_rows(index, labels, distances)
+            else:
+                if len(request.overrides) != len(queries):
+                    raise InvalidArgument(
+                        f"overrides has {len(request.overrides)} entries for {len(queries)} queries; "
+                        "send none or one per query",
+                        field="overrides",
+                    )
+                ks, row_params = [], []
+                for row, override in enumerate(request.overrides):
+                    k = override.k or request.k
+                    index.check_k(k, f"overrides[{row}].k")
+                    ks.append(k)
+                    merged = {**params, **override.params}
+                    row_params.append(index.params(merged, f"overrides[{row}].params") if override.params else params)
+                results = [convert.neighbors(h) for h in index.search_batch(queries, ks, row_params)]
+            return pb.BatchSearchResponse(
+                index=index.name, version=index.version, results=results, alias=resolved.alias
+            )
 
     def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> pb.SearchByIdResponse:
-        index = self._catalog.get(request.index)
-        index.check_k(request.k)
-        hits = index.search_by_id(request.id, request.k, index.params(request.params))
-        return pb.SearchByIdResponse(index=index.name, version=index.version, neighbors=convert.neighbors(hits))
+        with self._catalog.acquire(request.index, request.version, request.routing_key) as resolved:
+            index = resolved.index
+            index.check_k(request.k)
+            hits = index.search_by_id(request.id, request.k, index.params(request.params))
+            return pb.SearchByIdResponse(
+                index=index.name, version=index.version, neighbors=convert.neighbors(hits), alias=resolved.alias
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Mapping
 from concurrent import futures
@@ -60,7 +61,8 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     server = build_server(flux_config.parse(raw, source="benchmark config"))
     server.start()
     server.wait_ready()
-    failed = [s.error for s in map(server.catalog.slot, server.catalog.names()) if s.state is not IndexState.SERVING]
+    catalog = server.catalog
+    failed = [f"{n}: not serving" for n in catalog.names() if catalog.state(n) is not IndexState.SERVING]
     if failed:
         conn.send(RuntimeError("; ".join(failed)))
     else:
@@ -74,31 +76,49 @@ def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, thread
     port = _free_port()
     address = f"127.0.0.1:{port}"
     if model == "processes":
-        import multiprocessing
-
-        # Forked before this process touches gRPC; each worker binds the same port (SO_REUSEPORT).
-        fork = multiprocessing.get_context("fork")
-        listening = [fork.Event() for _ in range(os.cpu_count() or 1)]
-        workers = [
-            fork.Process(target=_echo_serve, args=(responses, "sync", threads, address, True, event), daemon=True)
-            for event in listening
-        ]
-        for worker in workers:
-            worker.start()
-        for event in listening:
-            event.wait(60)
+        workers = [_fork_worker(responses, threads, address) for _ in range(os.cpu_count() or 1)]
         conn.send(address)
         with contextlib.suppress(EOFError):
             conn.recv()
-        for worker in workers:
-            worker.kill()
-            worker.join()
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         return
     ready = _serve_in_background(responses, model, threads, address)
     ready()
     conn.send(address)
     with contextlib.suppress(EOFError):
         conn.recv()
+
+
+def _fork_worker(responses: dict[str, bytes], threads: int, address: str) -> int:
+    """Fork a worker serving on ``address`` with SO_REUSEPORT; return once it listens.
+
+    The fork happens before this process touches gRPC, as gRPC requires.
+    """
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(ready_read)
+        try:
+            _echo_serve(responses, "sync", threads, address, True, _PipeEvent(ready_write))
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    with os.fdopen(ready_read, "rb") as ready:
+        ready.read(1)
+    return pid
+
+
+class _PipeEvent:
+    """Tells the parent that a forked worker listens, by writing one byte to a pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def set(self) -> None:
+        os.write(self._fd, b"1")
+        os.close(self._fd)
 
 
 def _echo_handlers(responses: dict[str, bytes], asynchronous: bool) -> Any:

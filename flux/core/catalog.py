@@ -1,7 +1,9 @@
-"""The catalog: every configured index by name, with its state (loading, serving, failed).
+"""The catalog: every configured index (as a version manager) and alias, by name.
 
-One index failing to load never stops the others: its slot records why, and its
-queries get FAILED_PRECONDITION with that reason while the rest keep serving.
+One index failing to load never stops the others: its manager records why, and its
+queries get FAILED_PRECONDITION with that reason while the rest keep serving. A
+poller looks at the index sources now and then, so new versions are picked up
+without a restart.
 """
 
 from __future__ import annotations
@@ -9,131 +11,137 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
-from flux.config import IndexConfig
-from flux.core import artifact
+from flux.core.aliases import Alias
 from flux.core.index import Limits, ServedIndex
-from flux.errors import ArtifactError, FailedPrecondition, FluxError, IndexNotFound, Unavailable
+from flux.core.manager import IndexManager, IndexSettings, Listener, MemoryBudget
+from flux.core.versions import State
+from flux.errors import IndexNotFound
 
 log = logging.getLogger(__name__)
 
 
 class IndexState(Enum):
+    """An index as a whole: serving when it has an active version."""
+
     LOADING = "loading"
     SERVING = "serving"
     FAILED = "failed"
 
 
-@dataclass
-class Slot:
-    """One configured index and what became of it."""
+@dataclass(frozen=True)
+class Resolved:
+    """What a request's name resolved to."""
 
-    config: IndexConfig
-    state: IndexState = IndexState.LOADING
-    index: ServedIndex | None = None
-    error: str = ""
-    load_seconds: float = 0.0
-
-
-#: Called with (name, state) whenever an index changes state; health reporting hooks in here.
-Listener = Callable[[str, IndexState], None]
+    index: ServedIndex
+    alias: str = ""
 
 
 class Catalog:
-    """Holds the served indexes. Reads are lock-free: a slot's index is swapped by assignment."""
-
-    def __init__(self, indexes: list[IndexConfig], *, limits: Limits = Limits(), batch_threads: int = 1) -> None:
-        self._slots = {c.name: Slot(c) for c in indexes}
-        self._limits = limits
-        self._batch_threads = batch_threads
+    def __init__(
+        self,
+        indexes: list[IndexSettings],
+        *,
+        aliases: list[Alias] | None = None,
+        limits: Limits = Limits(),
+        batch_threads: int = 1,
+        memory_budget: int = 0,
+        poll_seconds: dict[str, float] | None = None,
+    ) -> None:
+        self.budget = MemoryBudget(memory_budget)
         self._listeners: list[Listener] = []
+        self._managers = {
+            s.name: IndexManager(
+                s, limits=limits, batch_threads=batch_threads, budget=self.budget, listener=self._notify
+            )
+            for s in indexes
+        }
+        self._aliases = {a.name: a for a in aliases or []}
+        self._poll_seconds = {n: p for n, p in (poll_seconds or {}).items() if p > 0}
+        self._stop = threading.Event()
         self.loaded = threading.Event()  # set once every index has been tried
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def names(self) -> list[str]:
-        return sorted(self._slots)
+    def _notify(self, name: str, serving: bool) -> None:
+        for listener in self._listeners:
+            listener(name, serving)
 
-    def slot(self, name: str) -> Slot:
+    # -- names ------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._managers)
+
+    def aliases(self) -> list[Alias]:
+        return [self._aliases[n] for n in sorted(self._aliases)]
+
+    def manager(self, name: str) -> IndexManager:
         try:
-            return self._slots[name]
+            return self._managers[name]
         except KeyError:
-            known = ", ".join(sorted(self._slots)) or "none"
+            known = ", ".join(sorted(self._managers)) or "none"
             raise IndexNotFound(f"no index named {name!r} (indexes: {known})", field="index") from None
 
+    def state(self, name: str) -> IndexState:
+        manager = self.manager(name)
+        if manager.active is not None:
+            return IndexState.SERVING
+        states = {s.state for s in manager.slots()}
+        if not self.loaded.is_set() or states & {State.LOADING, State.READY}:
+            return IndexState.LOADING
+        return IndexState.FAILED
+
+    # -- the request path -------------------------------------------------------------------
+
+    @contextmanager
+    def acquire(self, name: str, version: int = 0, routing_key: str = "") -> Iterator[Resolved]:
+        """The index version a request runs on, through an alias if ``name`` is one."""
+        alias = self._aliases.get(name)
+        if alias is None:
+            with self.manager(name).acquire(version) as index:
+                yield Resolved(index)
+            return
+        arm_number = alias.route(routing_key)
+        arm = alias.arms[arm_number]
+        started = time.perf_counter()
+        with self.manager(arm.index).acquire(version or arm.version) as index:
+            try:
+                yield Resolved(index, alias.name)
+            finally:
+                alias.record(arm_number, time.perf_counter() - started)
+
     def get(self, name: str) -> ServedIndex:
-        """The index to answer a query with, or the error that explains why there is none."""
-        slot = self.slot(name)
-        index = slot.index
-        if index is not None:
-            return index
-        if slot.state is IndexState.FAILED:
-            raise FailedPrecondition(f"index {name!r} failed to load: {slot.error}", field="index")
-        raise Unavailable(f"index {name!r} is still loading; retry shortly", field="index")
+        """The active version of ``name``, without holding it (for tools and tests)."""
+        with self.acquire(name) as resolved:
+            return resolved.index
+
+    # -- lifecycle --------------------------------------------------------------------------
 
     def load_all(self) -> None:
-        """Load every index in turn; failures are recorded, never raised."""
+        """Bring every index to what its policy asks, in turn; failures are recorded, never raised."""
         try:
             for name in self.names():
-                self._load(self._slots[name])
+                self._managers[name].refresh()
         finally:
             self.loaded.set()
 
-    def _load(self, slot: Slot) -> None:
-        config = slot.config
-        started = time.perf_counter()
-        try:
-            loaded = artifact.load(config.path)
-            _check_expectations(config, loaded.manifest)
-            slot.index = ServedIndex(
-                config.name,
-                loaded,
-                default_params=config.search_params,
-                limits=self._limits,
-                batch_threads=self._batch_threads,
-            )
-        except FluxError as exc:
-            self._fail(slot, exc.message)
-        except Exception as exc:  # a backend bug must not take the other indexes down
-            log.exception("index %r: unexpected error while loading %s", config.name, config.path)
-            self._fail(slot, f"unexpected error: {exc!r}")
-        else:
-            slot.state, slot.error = IndexState.SERVING, ""
-            slot.load_seconds = time.perf_counter() - started
-            log.info(
-                "index %r: serving version %d (%s, %d items) after %.2fs",
-                config.name,
-                slot.index.version,
-                slot.index.manifest.backend,
-                slot.index.manifest.count,
-                slot.load_seconds,
-            )
-            self._notify(config.name, slot.state)
+    def poll(self) -> None:
+        """Refresh each index whose source is polled, every ``poll_seconds``, until ``close``."""
+        due = {name: time.monotonic() + seconds for name, seconds in self._poll_seconds.items()}
+        while due and not self._stop.is_set():
+            name = min(due, key=due.__getitem__)
+            if self._stop.wait(max(0.0, due[name] - time.monotonic())):
+                return
+            self._managers[name].refresh()
+            due[name] = time.monotonic() + self._poll_seconds[name]
 
-    def _fail(self, slot: Slot, reason: str) -> None:
-        slot.state, slot.error = IndexState.FAILED, reason
-        log.error("index %r: not served: %s", slot.config.name, reason)
-        self._notify(slot.config.name, slot.state)
-
-    def _notify(self, name: str, state: IndexState) -> None:
-        for listener in self._listeners:
-            listener(name, state)
-
-
-def _check_expectations(config: IndexConfig, manifest: artifact.Manifest) -> None:
-    expected = {"backend": config.backend, "dimension": config.dimension, "metric": config.metric}
-    actual = {"backend": manifest.backend, "dimension": manifest.dimension, "metric": manifest.metric}
-    for key, want in expected.items():
-        if want is not None and want != actual[key]:
-            raise ArtifactError(
-                f"{config.path / artifact.MANIFEST}: {key} is {_show(actual[key])}, "
-                f"but the config expects {_show(want)} for index {config.name!r}"
-            )
-
-
-def _show(value: object) -> str:
-    return repr(getattr(value, "value", value))
+    def close(self) -> None:
+        """Stop polling and release every loaded version."""
+        self._stop.set()
+        for manager in self._managers.values():
+            manager.close()

@@ -1,0 +1,438 @@
+"""Carries out version steps for one index: load, gate, swap, release. Requests never wait on a load.
+
+Every request ``acquire``s the version it will use for its whole life; a swap only
+changes which version the next request gets. A version taken out of service is closed
+when its last request releases it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flux import metrics
+from flux.core import artifact, gate, versions
+from flux.core.backend import Metric
+from flux.core.index import Limits, ServedIndex
+from flux.core.versions import State
+from flux.errors import (
+    ArtifactError,
+    FailedPrecondition,
+    FluxError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_PASSES = 8
+
+
+class MemoryBudget:
+    """Bytes that loaded versions may take, estimated from their artifacts' size; 0 means no limit."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int, what: str) -> None:
+        with self._lock:
+            if self.limit and self._used + nbytes > self.limit:
+                raise ResourceExhausted(
+                    f"{what} needs about {nbytes / 2**20:.1f} MiB, but only "
+                    f"{(self.limit - self._used) / 2**20:.1f} MiB of the {self.limit / 2**20:.1f} MiB "
+                    "memory budget are free; unload a version or raise server.memory_budget_bytes"
+                )
+            self._used += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._used -= nbytes
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+
+@dataclass
+class _Loaded:
+    """One loaded instance of a version, and the requests using it."""
+
+    index: ServedIndex
+    nbytes: int
+    in_flight: int = 0
+    retired: bool = False
+
+
+@dataclass
+class VersionSlot:
+    version: int
+    path: Path
+    state: State = State.AVAILABLE
+    error: str = ""
+    report: gate.GateReport | None = None
+    artifact_bytes: int = 0
+    load_seconds: float = 0.0
+    loaded: _Loaded | None = field(default=None, repr=False)
+
+    @property
+    def in_flight(self) -> int:
+        return self.loaded.in_flight if self.loaded else 0
+
+
+#: Called with (index name, serving?) whenever an index gains or loses its active version.
+Listener = Callable[[str, bool], None]
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """What the manager needs from the config, in core terms."""
+
+    name: str
+    source: Path
+    policy: versions.Policy = field(default_factory=versions.Policy)
+    gate: gate.GateConfig = field(default_factory=gate.GateConfig)
+    search_params: dict[str, float] = field(default_factory=dict)
+    # What every version's artifact must say, when set (a guard against serving the wrong data).
+    backend: str | None = None
+    dimension: int | None = None
+    metric: Metric | None = None
+
+
+class IndexManager:
+    """The versions of one index: which exist, which are loaded, which one answers."""
+
+    def __init__(
+        self,
+        settings: IndexSettings,
+        *,
+        limits: Limits = Limits(),
+        batch_threads: int = 1,
+        budget: MemoryBudget | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._limits = limits
+        self._batch_threads = batch_threads
+        self._budget = budget or MemoryBudget()
+        self._listener = listener
+        self._slots: dict[int, VersionSlot] = {}
+        self._active: VersionSlot | None = None
+        self.pinned: int | None = None
+        self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
+        self._ops = threading.RLock()  # serialises loads, swaps and unloads: held for long work
+
+    # -- the request path -------------------------------------------------------------
+
+    @contextmanager
+    def acquire(self, version: int = 0) -> Iterator[ServedIndex]:
+        """The version a request runs on, held until the request ends."""
+        with self._lock:
+            slot = self._active if version == 0 else self._slots.get(version)
+            loaded = slot.loaded if slot is not None and slot.state in (State.ACTIVE, State.READY) else None
+            if loaded is None:
+                raise self._why_not_serving(version)
+            loaded.in_flight += 1
+        try:
+            yield loaded.index
+        finally:
+            with self._lock:
+                loaded.in_flight -= 1
+                close = loaded.retired and loaded.in_flight == 0
+            if close:
+                self._close(loaded)
+
+    def _why_not_serving(self, version: int) -> FluxError:
+        if version:
+            return NotFound(
+                f"index {self.name!r} has no loaded version {version} (loaded: {self._loaded_versions() or 'none'})",
+                field="version",
+            )
+        states = {s.state for s in self._slots.values()}
+        if State.LOADING in states or State.AVAILABLE in states:
+            return Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+        failed = [s for s in self._slots.values() if s.state is State.FAILED]
+        if failed:
+            newest = max(failed, key=lambda s: s.version)
+            return FailedPrecondition(f"index {self.name!r} failed to load: {newest.error}", field="index")
+        return FailedPrecondition(
+            f"index {self.name!r} has no version to serve: {self.settings.source} is neither an artifact "
+            "(with manifest.json) nor a directory of numbered versions",
+            field="index",
+        )
+
+    def problem(self) -> str:
+        """Why no version is active, or "" when one is."""
+        with self._lock:
+            return "" if self._active is not None else self._why_not_serving(0).message
+
+    def _loaded_versions(self) -> str:
+        return ", ".join(str(v) for v, s in sorted(self._slots.items()) if s.loaded is not None)
+
+    # -- what the control plane reads --------------------------------------------------
+
+    @property
+    def active(self) -> VersionSlot | None:
+        return self._active
+
+    def slots(self) -> list[VersionSlot]:
+        with self._lock:
+            return sorted(self._slots.values(), key=lambda s: -s.version)
+
+    def slot(self, version: int) -> VersionSlot:
+        with self._lock:
+            found = self._slots.get(version)
+        if found is None:
+            raise NotFound(f"index {self.name!r} has no version {version}", field="version")
+        return found
+
+    # -- background reconciliation ---------------------------------------------------
+
+    def refresh(self) -> None:
+        """Look at the source again and take the policy's next steps. Never raises."""
+        with self._ops:
+            try:
+                self.refresh_source()
+                # Each pass's steps change the states the next pass plans from (a load makes a
+                # version READY, which the next pass activates); stop when there is nothing left.
+                for _ in range(_MAX_PASSES):
+                    steps = versions.plan(self._available(), self._states(), self.settings.policy, self.pinned)
+                    if not steps:
+                        break
+                    for step in steps:
+                        self._do(step)
+            except FluxError as exc:  # recorded on the version already (a memory refusal, say)
+                log.warning("index %r: %s", self.name, exc.message)
+            except Exception:  # the poller must outlive any one failure
+                log.exception("index %r: refreshing versions failed", self.name)
+
+    def refresh_source(self) -> None:
+        """Record versions that appeared in the source, without acting on them."""
+        found = versions.scan(self.settings.source)
+        with self._lock:
+            for version, path in found.items():
+                if version not in self._slots:
+                    self._slots[version] = VersionSlot(version, path)
+                    log.info("index %r: found version %d at %s", self.name, version, path)
+
+    def _available(self) -> set[int]:
+        return set(versions.scan(self.settings.source))
+
+    def _states(self) -> dict[int, State]:
+        with self._lock:
+            return {v: s.state for v, s in self._slots.items()}
+
+    def _do(self, step: versions.Step) -> None:
+        slot = self._slots[step.version]
+        if step.action == "load":
+            self._load(slot)
+        elif step.action == "activate":
+            self._activate(slot)
+        else:
+            self._unload(slot)
+
+    # -- operations (also called by the control plane) ----------------------------------
+
+    def load(self, version: int) -> VersionSlot:
+        """Load (and gate) a version without activating it; a failed version is tried again."""
+        with self._ops:
+            self.refresh_source()
+            slot = self.slot(version)
+            if slot.state in (State.AVAILABLE, State.FAILED):
+                self._load(slot)
+            self._raise_if_failed(slot)
+            return slot
+
+    def activate(self, version: int) -> VersionSlot:
+        """Load if needed, then make ``version`` the one that answers queries."""
+        with self._ops:
+            slot = self.load(version)
+            if slot.state is State.READY:
+                self._activate(slot)
+            return slot
+
+    def pin(self, version: int | None) -> VersionSlot | None:
+        """Hold ``version`` active whatever the policy says; None gives control back to the policy."""
+        with self._ops:
+            if version is None:
+                self.pinned = None
+                log.info("index %r: unpinned; the %s policy decides", self.name, self.settings.policy.describe())
+                self.refresh()
+                return None
+            slot = self.activate(version)
+            self.pinned = version
+            log.info("index %r: pinned version %d", self.name, version)
+            self.refresh()
+            return slot
+
+    def rollback(self) -> tuple[int, VersionSlot]:
+        """Pin the newest version older than the active one that has not failed."""
+        with self._ops:
+            self.refresh_source()
+            current = self._active.version if self._active else None
+            if current is None:
+                raise FailedPrecondition(f"index {self.name!r} has no active version to roll back from")
+            older = [s for s in self.slots() if s.version < current and s.state is not State.FAILED]
+            if not older:
+                raise FailedPrecondition(f"index {self.name!r} has no version older than {current} to roll back to")
+            target = older[0]
+            slot = self.pin(target.version)
+            assert slot is not None
+            metrics.VERSION_TRANSITIONS.labels(self.name, "rollback", "").inc()
+            log.warning("index %r: rolled back from version %d to %d", self.name, current, target.version)
+            return current, slot
+
+    def unload(self, version: int) -> VersionSlot:
+        with self._ops:
+            slot = self.slot(version)
+            if slot is self._active:
+                raise FailedPrecondition(
+                    f"version {version} of index {self.name!r} is active; activate another version first",
+                    field="version",
+                )
+            if slot.loaded is None:
+                raise NotFound(f"version {version} of index {self.name!r} is not loaded", field="version")
+            self._unload(slot)
+            return slot
+
+    def close(self) -> None:
+        """Release every loaded version (server shutdown)."""
+        with self._ops:
+            for slot in self.slots():
+                if slot.loaded is not None:
+                    self._unload(slot)
+
+    # -- the steps themselves ---------------------------------------------------------------
+
+    def _load(self, slot: VersionSlot) -> None:
+        started = time.perf_counter()
+        with self._lock:
+            slot.state, slot.error, slot.report = State.LOADING, "", None
+        self._transition(slot, "")
+        reserved = 0
+        try:
+            manifest = artifact.read_manifest(slot.path)
+            slot.artifact_bytes = artifact.size_bytes(manifest)
+            self._budget.reserve(slot.artifact_bytes, f"version {slot.version} of index {self.name!r}")
+            reserved = slot.artifact_bytes
+            loaded = artifact.load(slot.path)
+            self._check_expectations(slot, loaded.manifest)
+            index = ServedIndex(
+                self.name,
+                loaded,
+                default_params=self.settings.search_params,
+                limits=self._limits,
+                batch_threads=self._batch_threads,
+            )
+            with self.acquire() if self._active is not None else _nothing() as current:
+                report = gate.run(index, current, self.settings.gate)
+        except ResourceExhausted as exc:
+            self._fail(slot, exc.message, "memory", started)
+            raise
+        except FluxError as exc:
+            self._budget.release(reserved)
+            self._fail(slot, exc.message, "artifact", started)
+            return
+        except Exception as exc:  # a backend bug must not take the manager down
+            self._budget.release(reserved)
+            log.exception("index %r: version %d failed unexpectedly", self.name, slot.version)
+            self._fail(slot, f"unexpected error: {exc!r}", "error", started)
+            return
+        slot.report = report
+        if not report.passed:
+            index.backend.close()
+            self._budget.release(reserved)
+            self._fail(slot, f"activation gate: {report.reason}", "gate", started)
+            return
+        with self._lock:
+            slot.loaded = _Loaded(index, reserved)
+            slot.state = State.READY
+            slot.load_seconds = time.perf_counter() - started
+        metrics.VERSION_LOAD_SECONDS.labels(self.name).observe(slot.load_seconds)
+        self._transition(slot, "")
+        log.info(
+            "index %r: version %d ready after %.2fs (%s, %d items)",
+            self.name,
+            slot.version,
+            slot.load_seconds,
+            loaded.manifest.backend,
+            loaded.manifest.count,
+        )
+
+    def _activate(self, slot: VersionSlot) -> None:
+        with self._lock:
+            previous = self._active
+            if previous is not None:
+                previous.state = State.READY
+            slot.state = State.ACTIVE
+            self._active = slot
+        self._transition(slot, "")
+        metrics.INDEX_VERSION.labels(self.name).set(slot.version)
+        if previous is None:
+            log.info("index %r: serving version %d", self.name, slot.version)
+            if self._listener:
+                self._listener(self.name, True)
+        else:
+            log.info("index %r: swapped version %d for %d", self.name, slot.version, previous.version)
+
+    def _unload(self, slot: VersionSlot) -> None:
+        with self._lock:
+            loaded, slot.loaded = slot.loaded, None
+            slot.state = State.AVAILABLE
+            if loaded is None:
+                return
+            loaded.retired = True
+            close = loaded.in_flight == 0
+        self._transition(slot, "unloaded")
+        log.info("index %r: unloaded version %d", self.name, slot.version)
+        if close:
+            self._close(loaded)
+
+    def _close(self, loaded: _Loaded) -> None:
+        loaded.index.backend.close()
+        self._budget.release(loaded.nbytes)
+
+    def _fail(self, slot: VersionSlot, reason: str, kind: str, started: float) -> None:
+        with self._lock:
+            slot.state, slot.error = State.FAILED, reason
+            slot.load_seconds = time.perf_counter() - started
+        self._transition(slot, kind)
+        log.error("index %r: version %d refused: %s", self.name, slot.version, reason)
+
+    def _transition(self, slot: VersionSlot, reason: str) -> None:
+        metrics.VERSION_TRANSITIONS.labels(self.name, slot.state.value, reason).inc()
+
+    def _raise_if_failed(self, slot: VersionSlot) -> None:
+        if slot.state is State.FAILED:
+            raise FailedPrecondition(f"version {slot.version} of index {self.name!r} failed: {slot.error}")
+
+    def _check_expectations(self, slot: VersionSlot, manifest: artifact.Manifest) -> None:
+        actual = {"backend": manifest.backend, "dimension": manifest.dimension, "metric": manifest.metric}
+        wanted = {
+            "backend": self.settings.backend,
+            "dimension": self.settings.dimension,
+            "metric": self.settings.metric,
+        }
+        for key, want in wanted.items():
+            if want is not None and want != actual[key]:
+                raise ArtifactError(
+                    f"{slot.path / artifact.MANIFEST}: {key} is {_show(actual[key])}, "
+                    f"but the config expects {_show(want)} for index {self.name!r}"
+                )
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def _show(value: object) -> str:
+    return repr(getattr(value, "value", value))

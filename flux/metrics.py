@@ -1,0 +1,31 @@
+"""Prometheus metrics, defined once here so that every module records into the same families.
+
+Names follow Prometheus conventions (``flux_`` prefix, base units, ``_total`` counters).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+#: Latency buckets for queries: 0.1 ms to 10 s.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+VERSION_TRANSITIONS = Counter(
+    "flux_version_transitions_total",
+    "Index version state changes; reason says why a version failed (artifact, gate, memory, error).",
+    ["index", "state", "reason"],
+)
+VERSION_LOAD_SECONDS = Histogram(
+    "flux_version_load_seconds",
+    "Time to verify, load, warm up and gate a version.",
+    ["index"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+INDEX_VERSION = Gauge("flux_index_active_version", "The version each index answers from.", ["index"])
+ALIAS_REQUESTS = Counter("flux_alias_requests_total", "Requests routed through an alias, per arm.", ["alias", "arm"])
+ALIAS_LATENCY = Histogram(
+    "flux_alias_request_seconds",
+    "Latency of requests routed through an alias, per arm.",
+    ["alias", "arm"],
+    buckets=LATENCY_BUCKETS,
+)
