@@ -20,7 +20,7 @@ CASES = [
 
 
 def test_there_is_a_fixture_for_the_current_format_and_each_in_tree_backend() -> None:
-    assert {b for v, b in CASES if v == f"v{artifact.FORMAT_VERSION}"} >= {"exact", "hnsw", "annoy"}
+    assert {b for v, b in CASES if v == f"v{artifact.FORMAT_VERSION}"} >= {"exact", "hnsw", "annoy", "voyager"}
 
 
 @pytest.mark.parametrize(("version", "backend"), CASES)

@@ -21,7 +21,7 @@ from flux.core.backend import Metric, defaults
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "artifacts"
 #: The backends that ship with Flux; a format change in any of them must be deliberate.
-IN_TREE = ("annoy", "exact", "hnsw")
+IN_TREE = ("annoy", "exact", "hnsw", "voyager")
 
 
 def data() -> tuple[np.ndarray, np.ndarray, list[str]]:
