@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (overrides the config)")
     serve.add_argument(
+        "--workers", type=int, help="server processes sharing the port (overrides server.workers in the config)"
+    )
+    serve.add_argument(
         "--demo-dir", type=Path, default=Path("var"), help="where the demo index is built (default: ./var)"
     )
     serve.set_defaults(run=_cmd_serve)
@@ -91,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     health.set_defaults(run=_cmd_health)
 
     from flux.bench.cli import add_parser as add_bench
+    from flux.versions_cli import add_parsers as add_version_commands
 
+    add_version_commands(commands)
     add_bench(commands)
     return parser
 
@@ -107,7 +112,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     else:
         log.info("no --config given: serving the built-in demo index from %s", args.demo_dir / demo.NAME)
         config = demo.config(args.demo_dir)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {
+        k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None
+    }
     if overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
     return serve(config)

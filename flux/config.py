@@ -44,6 +44,13 @@ class ServerConfig(_Strict):
         0, ge=0, le=256, description="library threads for one batch search; 0 means one per CPU"
     )
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight calls may finish on shutdown")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="server processes sharing the port (SO_REUSEPORT, Linux); each loads its own copy of "
+        "indexes that are not memory-mapped, and clients need several connections to use them all",
+    )
     memory_budget_bytes: int = Field(
         0, ge=0, description="loaded versions may take this much (estimated from artifact sizes); 0: no limit"
     )

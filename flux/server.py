@@ -7,11 +7,17 @@ picks a free one), so tests and embedders control when it starts and stops.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import socket
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -70,6 +76,8 @@ class FluxServer:
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
+                # Workers share one port on purpose; a lone server must own its port.
+                ("grpc.so_reuseport", int(config.server.workers > 1)),
             ],
         )
         add_VectorServiceServicer_to_server(VectorServicer(self.catalog), self.grpc_server)
@@ -130,7 +138,16 @@ def build_server(config: FluxConfig) -> FluxServer:
 
 
 def serve(config: FluxConfig) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code.
+
+    With ``server.workers`` above 1, runs that many worker processes on one port instead.
+    """
+    if config.server.workers > 1:
+        return _supervise(config)
+    return _serve_one(config)
+
+
+def _serve_one(config: FluxConfig, ready: Callable[[], object] | None = None) -> int:
     server = build_server(config)
     stop = threading.Event()
 
@@ -141,6 +158,103 @@ def serve(config: FluxConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    if ready is not None:
+        threading.Thread(target=lambda: server.wait_ready() and ready(), name="flux-ready", daemon=True).start()
     stop.wait()
     server.stop()
     return 0
+
+
+class Workers:
+    """``server.workers`` processes, each a whole Flux server, listening on one port.
+
+    The kernel spreads incoming connections over the workers (SO_REUSEPORT), so
+    throughput grows with processes where one process is held back by Python's GIL.
+    Workers are spawned, never forked, so no gRPC state crosses a fork. Each worker
+    loads its own indexes: memory-mapped ones (Annoy, exact) share the page cache,
+    hnswlib indexes take their memory once per worker.
+    """
+
+    def __init__(self, config: FluxConfig) -> None:
+        host, port = config.server.host, config.server.port or _free_port(config.server.host)
+        self.config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
+        self.address = f"{host}:{port}"
+        context = multiprocessing.get_context("spawn")
+        self._ready = [context.Event() for _ in range(config.server.workers)]
+        self._processes = [
+            context.Process(target=_worker, args=(self.config, ready), name=f"flux-worker-{number}")
+            for number, ready in enumerate(self._ready)
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def start(self) -> None:
+        for process in self._processes:
+            process.start()
+        log.info("listening on %s with %d worker processes", self.address, len(self._processes))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every worker has loaded its indexes; False on timeout or if a worker died."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for ready, process in zip(self._ready, self._processes, strict=True):
+            while not ready.wait(0.2):
+                if not process.is_alive() or (deadline is not None and time.monotonic() > deadline):
+                    return False
+        return True
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every worker (each drains as a lone server does), then wait for them."""
+        grace = self.config.server.grace_seconds if grace is None else grace
+        for process in self._processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in self._processes:
+            process.join(grace + 10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        log.info("stopped %d workers", len(self._processes))
+
+    def wait(self) -> int:
+        """Block until any worker exits; its exit code (a worker never exits on its own when healthy)."""
+        sentinels = {p.sentinel: p for p in self._processes}
+        done = multiprocessing.connection.wait(list(sentinels))
+        return sentinels[done[0]].exitcode or 0  # type: ignore[index]
+
+
+def _supervise(config: FluxConfig) -> int:
+    workers = Workers(config)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping %d workers", signal.Signals(signum).name, config.server.workers)
+        stopping.set()
+        threading.Thread(target=workers.stop, name="flux-stop").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workers.start()
+    code = workers.wait()
+    if not stopping.is_set():
+        log.error("a worker exited with code %s; stopping the others", code)
+        workers.stop()
+        return code or 1
+    return 0
+
+
+def _worker(config: FluxConfig, ready: Any) -> None:
+    logging.basicConfig(
+        level=os.environ.get("FLUX_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s",
+    )
+    raise SystemExit(_serve_one(config, ready.set))
+
+
+def _free_port(host: str) -> int:
+    """A port free right now, for workers that must all bind the same one (port 0 would give each its own)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port

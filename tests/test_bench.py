@@ -7,6 +7,9 @@ ran, the table and JSON are complete and sane, and Flux answered exactly as the 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,8 @@ from flux.bench.report import Row, operating_value
 from flux.cli import main
 from flux.core.backend import Metric
 from flux.errors import InvalidArgument
-from tests.support import brute_force
+from tests.support import brute_force, build_artifact
+from tests.test_cli import ENV, FLUX, flux
 
 MODES = {"library", "library-batch", "echo", "flux-unary", "flux-batch"}
 
@@ -27,7 +31,7 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
 ) -> None:
     out, plot = tmp_path / "results.json", tmp_path / "recall-qps.png"
     run = ["bench", "serving", "--preset", "quick", "--count", "2000", "--seconds", "0.3", "--clients", "2"]
-    shape = ["--batch", "16", "--sweep", "hnsw=16,64", "--sweep", "annoy=100", "--threads", "2"]
+    shape = ["--batch", "16", "--sweep", "hnsw=16,64", "--sweep", "annoy=100", "--threads", "2", "--workers", "2"]
     code = main([*run, *shape, "--work-dir", str(tmp_path / "work"), "--json", str(out), "--plot", str(plot)])
     printed = capsys.readouterr()
     assert code in (0, 1)  # 1 means a performance target failed; this test does not judge speed
@@ -39,6 +43,7 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert {r["mode"] for r in mine} == MODES
         assert all(r["qps"] > 0 and r["queries"] > 0 for r in mine)
         assert all(0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in mine)
+        assert {r["workers"] for r in mine if r["mode"] == "flux-unary"} == {1, 2}
         searched = [r for r in mine if r["mode"] != "echo"]
         assert all(0.0 <= r["recall"] <= 1.0 for r in searched)
         assert {r["value"] for r in searched} == ({16.0, 64.0} if backend == "hnsw" else {100.0})
@@ -46,10 +51,10 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert any(r["rss_mib"] for r in mine if r["mode"].startswith("flux"))
         assert any(r["rss_mib"] for r in mine if r["mode"].startswith("library"))
         names = {t["name"] for t in results["targets"] if t["backend"] == backend}
-        assert {"batch 16 QPS", "unary QPS, 2 clients", "unary p50, 1 client", "server memory"} <= names
+        assert {"batch 16 QPS", "unary QPS, 2 clients", "unary p50, 1 client", "server memory, 1 worker"} <= names
     assert max(r["recall"] for r in rows if r["backend"] == "hnsw" and r["mode"] == "library") > 0.9
 
-    assert "flux-unary (2 clients)" in printed.out
+    assert "flux-unary (2 clients, 2 workers)" in printed.out
     assert "targets (each ratio from this one run)" in printed.out
     assert "PASS" in printed.out or "FAIL" in printed.out
     assert "library" in printed.err  # progress lines
@@ -124,3 +129,30 @@ def test_operating_point_is_the_cheapest_value_reaching_the_recall_target() -> N
 
     assert operating_value([lib(64, 0.99), lib(16, 0.90), lib(32, 0.96)]) == 32
     assert operating_value([lib(16, 0.80), lib(32, 0.90)]) == 32  # never reached: the best there is
+
+
+def test_serve_with_two_workers_answers_on_one_port_and_stops_cleanly(tmp_path: Path) -> None:
+    """`flux serve --workers 2`: both workers load, queries get answers, SIGTERM stops all of them."""
+    vectors = np.random.default_rng(5).standard_normal((300, 8)).astype(np.float32)
+    build_artifact(tmp_path / "idx", vectors, backend="annoy", metric="l2", name="idx")
+    (tmp_path / "flux.yaml").write_text(f"indexes:\n  - name: idx\n    path: {tmp_path / 'idx'}\n")
+    command = [*FLUX, "serve", "--config", str(tmp_path / "flux.yaml"), "--port", "0", "--workers", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert process.stderr is not None
+    address, ready, seen = "", 0, []
+    try:
+        for line in process.stderr:  # the supervisor logs the address; each worker logs "ready" once loaded
+            seen.append(line)
+            if match := re.search(r"listening on (\S+) with 2 worker processes", line):
+                address = match.group(1)
+            ready += " ready: " in line
+            if ready == 2:
+                break
+        assert address, "".join(seen)
+        for seed in (1, 2):  # separate processes, so separate connections
+            answer = json.loads(flux("query", "--target", address, "--index", "idx", "--random", "--seed", str(seed),
+                                     "--json").stdout)  # fmt: skip
+            assert len(answer["neighbors"]) == 10
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0

@@ -110,7 +110,8 @@ def _annoy(artifact: str, dimension: int, metric: str) -> Search:
     def rows(q: np.ndarray, k: int, search_k: int) -> np.ndarray:
         out = np.full((len(q), k), -1, np.int64)
         for row, vector in enumerate(q):
-            found = index.get_nns_by_vector(vector, k, search_k)
+            # With distances, as a server must answer: the library's cost of a full answer.
+            found, _ = index.get_nns_by_vector(vector, k, search_k, include_distances=True)
             out[row, : len(found)] = found
         return out
 

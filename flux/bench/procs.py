@@ -17,11 +17,15 @@ _CONTEXT = multiprocessing.get_context("spawn")
 
 
 class Child:
-    """A process running ``main(conn, *args)``; the parent talks to it through ``send``/``recv``."""
+    """A process running ``main(conn, *args)``; the parent talks to it through ``send``/``recv``.
+
+    Not a daemon, so that a server child may start worker processes of its own; a child
+    whose parent dies sees its pipe close and exits.
+    """
 
     def __init__(self, main: Callable[..., None], *args: Any, name: str) -> None:
         self.conn, child_end = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(target=main, args=(child_end, *args), name=name, daemon=True)
+        self.process = _CONTEXT.Process(target=main, args=(child_end, *args), name=name)
         self.process.start()
         child_end.close()
 
@@ -87,9 +91,19 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct child process ids (Linux /proc), for servers that run several workers."""
+    """Child process ids (Linux /proc) of a server that runs workers, leaving out
+    multiprocessing's resource tracker, which is no part of the server."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            return [int(p) for p in f.read().split()]
+            children = [int(p) for p in f.read().split()]
     except OSError:
         return []
+    return [child for child in children if b"resource_tracker" not in _cmdline(child)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

@@ -33,6 +33,7 @@ class ServerProcess:
         self.address: str = child.recv(timeout=1800)
 
     def rss(self) -> int:
+        """Summed over the server's processes (a page shared by workers counts once per worker)."""
         return sum(rss_bytes(pid) for pid in [self._child.pid, *children_of(self._child.pid)])
 
     def close(self) -> None:
@@ -44,21 +45,39 @@ def flux_server(raw_config: Mapping[str, Any]) -> ServerProcess:
     return ServerProcess(Child(_flux_main, dict(raw_config), name="flux-bench-server"))
 
 
-def echo_server(responses: Mapping[str, bytes], *, model: str = "sync", threads: int = 16) -> ServerProcess:
-    """The baseline: ``responses`` maps a method (``/pkg.Service/Method``) to the bytes it answers."""
+def echo_server(
+    responses: Mapping[str, bytes], *, model: str = "sync", threads: int = 16, processes: int = 0
+) -> ServerProcess:
+    """The baseline: ``responses`` maps a method (``/pkg.Service/Method``) to the bytes it answers.
+
+    The ``processes`` model runs ``processes`` workers (default: one per CPU) on one port.
+    """
     if model not in ECHO_MODELS:
         raise ValueError(f"echo model must be one of {', '.join(ECHO_MODELS)}, got {model!r}")
-    return ServerProcess(Child(_echo_main, dict(responses), model, threads, name=f"flux-bench-echo-{model}"))
+    count = processes or os.cpu_count() or 1
+    return ServerProcess(Child(_echo_main, dict(responses), model, threads, count, name=f"flux-bench-echo-{model}"))
 
 
 def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     from flux import config as flux_config
     from flux.core.catalog import IndexState
-    from flux.server import build_server
+    from flux.server import Workers, build_server
 
     raw = {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": 0}}
-    server = build_server(flux_config.parse(raw, source="benchmark config"))
+    config = flux_config.parse(raw, source="benchmark config")
+    if config.server.workers > 1:
+        workers = Workers(config)
+        workers.start()
+        if workers.wait_ready():
+            conn.send(workers.address)
+            with contextlib.suppress(EOFError):
+                conn.recv()
+        else:
+            conn.send(RuntimeError("a Flux worker process died while loading"))
+        workers.stop(grace=0)
+        return
+    server = build_server(config)
     server.start()
     server.wait_ready()
     catalog = server.catalog
@@ -72,11 +91,11 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     server.stop(grace=0)
 
 
-def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, threads: int) -> None:
+def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, threads: int, processes: int) -> None:
     port = _free_port()
     address = f"127.0.0.1:{port}"
     if model == "processes":
-        workers = [_fork_worker(responses, threads, address) for _ in range(os.cpu_count() or 1)]
+        workers = [_fork_worker(responses, threads, address) for _ in range(processes)]
         conn.send(address)
         with contextlib.suppress(EOFError):
             conn.recv()

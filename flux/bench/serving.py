@@ -120,6 +120,12 @@ def add_parser(modes: Any) -> None:
     )
     parser.add_argument("--server-threads", type=int, default=16, help="Flux's gRPC handler threads (server.threads)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="Flux worker processes for the many-client runs (server.workers; default: one per CPU)",
+    )
+    parser.add_argument(
         "--echo-models", default="", help=f"also measure the echo server as {', '.join(ECHO_MODELS)} (comma-separated)"
     )
     parser.add_argument("--work-dir", type=Path, default=Path("var/bench"), help="built indexes and ground truth")
@@ -231,6 +237,7 @@ class _Bench:
         self.args, self.setting, self.data, self.backend = args, setting, dataset, backend
         self.pool, self.progress = pool, progress
         self.seconds, self.clients, self.batch, self.threads = seconds, clients, batch, args.threads
+        self.workers = args.workers
         self.k = args.k
         self.param = SWEEP_PARAM[backend]
         self.values = setting.sweep.get(backend) or (-1.0,)
@@ -240,9 +247,13 @@ class _Bench:
     def run(self, echo_models: Sequence[str] = ()) -> list[report.Row]:
         path = self._artifact()
         self._library(path)
-        self._echo("echo", "sync")
+        if self.workers == 1:
+            self._echo("echo", "sync", [1, self.clients])
+        else:  # each ceiling under the model Flux runs: one process for one client, workers for many
+            self._echo("echo", "sync", [1])
+            self._echo("echo", "processes", [self.clients])
         for model in echo_models:
-            self._echo(f"echo-{model}", model)
+            self._echo(f"echo-{model}", model, [self.clients])
         self._flux(path)
         return self.rows
 
@@ -267,7 +278,7 @@ class _Bench:
         return path
 
     def _add(self, mode: str, load: int, batch: int, value: float | None, queries: int, seconds: float,
-             latencies: np.ndarray, found: np.ndarray | None, rss: int | None = None) -> report.Row:  # fmt: skip
+             latencies: np.ndarray, found: np.ndarray | None, workers: int = 1) -> report.Row:  # fmt: skip
         quality = same = None
         if found is not None:
             answered = found[:, 0] >= 0
@@ -277,8 +288,8 @@ class _Bench:
             elif mode.startswith("flux") and value in self.library_found:
                 same = agreement(found, self.library_found[value])
         r = report.row(self.data.name, self.backend, mode, load=load, batch=batch, param=self.param, value=value,
-                       queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality, rss=rss,
-                       same_as_library=same)  # fmt: skip
+                       queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality,
+                       same_as_library=same, workers=workers)  # fmt: skip
         self.rows.append(r)
         self.progress(
             f"{self.data.name}/{self.backend}: {r.label} {self.param}={report._num(value)}: "
@@ -297,10 +308,9 @@ class _Bench:
                 self._add(
                     "library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels
                 )
-            rss = library.rss()
+            self._rss(library.rss())
         finally:
             library.close()
-        self.rows[-1] = replace(self.rows[-1], rss_mib=round(rss / 2**20, 1))
 
     def _search_requests(self, value: float) -> list[bytes]:
         params = {} if value < 0 else {self.param: value}
@@ -309,50 +319,72 @@ class _Bench:
             for q in self.data.queries
         ]
 
-    def _echo(self, mode: str, model: str) -> None:
+    def _echo(self, mode: str, model: str, loads: Sequence[int]) -> None:
         neighbors = types_pb2.Neighbors(
             ids=[str(label) for label in self.data.truth[0][: self.k]], distances=[1.0] * self.k
         )
         answer = pb.SearchResponse(index=INDEX, version=1, neighbors=neighbors).SerializeToString()
-        server = echo_server({SEARCH: answer}, model=model, threads=self.args.server_threads)
+        workers = self.workers if model == "processes" else 1
+        server = echo_server({SEARCH: answer}, model=model, threads=self.args.server_threads, processes=workers)
         try:
             requests = self._search_requests(self.values[0])
-            for clients in sorted({1, self.clients}) if model == "sync" else [self.clients]:
+            for clients in loads:
                 result = self.pool.run(self._job(server.address, SEARCH, requests), clients)
-                self._add(mode, clients, 1, None, result.calls, result.seconds, result.latencies_ms, None)
-            self.rows[-1] = replace(self.rows[-1], rss_mib=round(server.rss() / 2**20, 1))
+                self._add(mode, clients, 1, None, result.calls, result.seconds, result.latencies_ms, None, workers)
+            self._rss(server.rss())
         finally:
             server.close()
 
     def _flux(self, path: Path) -> None:
-        config = {
-            "server": {"threads": self.args.server_threads, "search_threads": self.threads},
+        """One worker for the single-client latency, batches and memory; ``--workers`` for many clients."""
+        server = flux_server(self._config(path, 1))
+        try:
+            for value in self.values:
+                for clients in [1] if self.workers > 1 else sorted({1, self.clients}):
+                    self._unary(server.address, value, clients, 1)
+                self._batches(server.address, value)
+            self._rss(server.rss())
+        finally:
+            server.close()
+        if self.workers == 1:
+            return
+        server = flux_server(self._config(path, self.workers))
+        try:
+            for value in self.values:
+                self._unary(server.address, value, self.clients, self.workers)
+            self._rss(server.rss())
+        finally:
+            server.close()
+
+    def _config(self, path: Path, workers: int) -> dict[str, Any]:
+        return {
+            "server": {"threads": self.args.server_threads, "search_threads": self.threads, "workers": workers},
             "limits": {"max_batch": max(1024, self.batch), "max_k": max(1024, self.k)},
             "indexes": [{"name": INDEX, "path": str(path.resolve())}],
         }
-        server = flux_server(config)
-        try:
-            for value in self.values:
-                requests = self._search_requests(value)
-                for clients in sorted({1, self.clients}):
-                    result = self.pool.run(self._job(server.address, SEARCH, requests), clients)
-                    found = self._found(result.responses)
-                    self._add("flux-unary", clients, 1, value, result.calls, result.seconds, result.latencies_ms, found)
-                groups = batches(len(self.data.queries), self.batch)
-                params = {} if value < 0 else {self.param: value}
-                batch_requests = [
-                    pb.BatchSearchRequest(
-                        index=INDEX, queries=_vectors(self.data.queries[rows]), k=self.k, params=params
-                    ).SerializeToString()
-                    for rows in groups
-                ]
-                result = self.pool.run(self._job(server.address, BATCH_SEARCH, batch_requests), 1)
-                found = self._found_batches(result.responses, groups)
-                self._add("flux-batch", 1, self.batch, value, result.calls * self.batch, result.seconds,
-                          result.latencies_ms, found)  # fmt: skip
-            self.rows[-1] = replace(self.rows[-1], rss_mib=round(server.rss() / 2**20, 1))
-        finally:
-            server.close()
+
+    def _unary(self, address: str, value: float, clients: int, workers: int) -> None:
+        result = self.pool.run(self._job(address, SEARCH, self._search_requests(value)), clients)
+        found = self._found(result.responses)
+        self._add("flux-unary", clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers)
+
+    def _batches(self, address: str, value: float) -> None:
+        groups = batches(len(self.data.queries), self.batch)
+        params = {} if value < 0 else {self.param: value}
+        requests = [
+            pb.BatchSearchRequest(
+                index=INDEX, queries=_vectors(self.data.queries[rows]), k=self.k, params=params
+            ).SerializeToString()
+            for rows in groups
+        ]
+        result = self.pool.run(self._job(address, BATCH_SEARCH, requests), 1)
+        found = self._found_batches(result.responses, groups)
+        self._add("flux-batch", 1, self.batch, value, result.calls * self.batch, result.seconds,
+                  result.latencies_ms, found)  # fmt: skip
+
+    def _rss(self, rss: int) -> None:
+        """Record a process's memory on the last row measured on it."""
+        self.rows[-1] = replace(self.rows[-1], rss_mib=round(rss / 2**20, 1))
 
     def _job(self, target: str, method: str, requests: Sequence[bytes]) -> Job:
         return Job(target, method, requests, seconds=self.seconds, max_calls=2_000_000)
