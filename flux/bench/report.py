@@ -15,6 +15,10 @@ import numpy as np
 TARGET_RECALL = 0.95
 
 
+#: How the table lists modes: the ceilings first, then Flux.
+MODE_ORDER = ("library", "library-batch", "echo", "flux-unary", "flux-batch")
+
+
 @dataclass(frozen=True)
 class Row:
     """One measured configuration: who answered (mode), under what load, how fast and how well."""
@@ -142,7 +146,7 @@ def targets(rows: Sequence[Row], setting: str, backend: str, clients: int) -> li
 
     out: list[Target] = []
     lib1, lib2, lib_batch = pick("library", 1), pick("library", 2), pick("library-batch", 2)
-    echo1, echo_n = pick("echo", 1, False), pick("echo", clients, False)
+    echo1, echo_n = pick("echo", 1), pick("echo", clients)  # measured alongside, at the same value
     flux1, flux_n, flux_batch = pick("flux-unary", 1), pick("flux-unary", clients), pick("flux-batch", 1)
     where = f"at {lib1.param}={_num(value)} (recall {lib1.recall})" if lib1 else ""
 
@@ -197,7 +201,14 @@ def print_table(rows: Sequence[Row], out: TextIO) -> None:
         f"{'mode':<46} {'param':>14} {'recall':>7} {'QPS':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RSS MiB':>8}"
     )
     group: tuple[str, str] | None = None
-    for r in rows:
+    order = {mode: n for n, mode in enumerate(MODE_ORDER)}
+    groups = list(dict.fromkeys((r.setting, r.backend) for r in rows))
+    ordered = sorted(
+        rows,
+        key=lambda r: (groups.index((r.setting, r.backend)), order.get(r.mode, len(order)), r.mode, r.load,
+                       r.workers, r.value or 0.0),
+    )  # fmt: skip
+    for r in ordered:
         if (r.setting, r.backend) != group:
             group = (r.setting, r.backend)
             print(f"\n{r.setting} / {r.backend}", file=out)

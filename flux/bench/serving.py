@@ -32,7 +32,7 @@ from flux.bench import report
 from flux.bench.data import Dataset, Synthetic, from_files, recall, synthetic
 from flux.bench.library import SWEEP_PARAM, Library, batches
 from flux.bench.load import Job, LoadClients
-from flux.bench.servers import ECHO_MODELS, echo_server, flux_server
+from flux.bench.servers import ECHO_MODELS, ServerProcess, echo_server, flux_server
 from flux.core import artifact, builder
 from flux.core.backend import Metric
 from flux_api.v1 import types_pb2
@@ -245,16 +245,40 @@ class _Bench:
         self.library_found: dict[float, np.ndarray] = {}
 
     def run(self, echo_models: Sequence[str] = ()) -> list[report.Row]:
+        """Measure every swept value in two phases, each alternating between the ceilings and Flux,
+        so that a ratio compares runs made seconds apart on a machine whose load may drift."""
         path = self._artifact()
-        self._library(path)
-        if self.workers == 1:
-            self._echo("echo", "sync", [1, self.clients])
-        else:  # each ceiling under the model Flux runs: one process for one client, workers for many
-            self._echo("echo", "sync", [1])
-            self._echo("echo", "processes", [self.clients])
-        for model in echo_models:
-            self._echo(f"echo-{model}", model, [self.clients])
-        self._flux(path)
+        library = Library(self.backend, path, self.data.dimension, self.data.metric.value, self.data.queries)
+        echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1))
+        try:
+            for value in self.values:  # one worker: latency, batches, and memory
+                self._library(library, value)
+                many = [] if self.workers > 1 else [self.clients]
+                for clients in [1, *many]:
+                    self._unary(echo.address, "echo", value, clients, 1)
+                    self._unary(flux.address, "flux-unary", value, clients, 1)
+                self._batches(flux.address, value)
+            self._rss(library.rss(), "library")
+            self._rss(flux.rss(), "flux-batch")
+        finally:
+            for closing in (library, echo, flux):
+                closing.close()
+        if self.workers > 1:  # many clients: Flux and the echo each with one process per worker
+            echo, flux = self._echo_server("processes", self.workers), flux_server(self._config(path, self.workers))
+            try:
+                for value in self.values:
+                    self._unary(echo.address, "echo", value, self.clients, self.workers)
+                    self._unary(flux.address, "flux-unary", value, self.clients, self.workers)
+                self._rss(flux.rss(), "flux-unary")
+            finally:
+                echo.close()
+                flux.close()
+        for model in echo_models:  # the concurrency-model study: one process each
+            echo = self._echo_server(model, 1)
+            try:
+                self._unary(echo.address, f"echo-{model}", self.values[0], self.clients, 1)
+            finally:
+                echo.close()
         return self.rows
 
     def _artifact(self) -> Path:
@@ -297,20 +321,12 @@ class _Bench:
         )
         return r
 
-    def _library(self, path: Path) -> None:
-        library = Library(self.backend, path, self.data.dimension, self.data.metric.value, self.data.queries)
-        try:
-            for value in self.values:
-                for threads in sorted({1, self.threads}):
-                    t = library.single(value, self.k, self.seconds, threads)
-                    self._add("library", threads, 1, value, t.calls, t.seconds, t.latencies_ms, t.labels)
-                t = library.batch(value, self.k, self.seconds, self.batch, self.threads)
-                self._add(
-                    "library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels
-                )
-            self._rss(library.rss())
-        finally:
-            library.close()
+    def _library(self, library: Library, value: float) -> None:
+        for threads in sorted({1, self.threads}):
+            t = library.single(value, self.k, self.seconds, threads)
+            self._add("library", threads, 1, value, t.calls, t.seconds, t.latencies_ms, t.labels)
+        t = library.batch(value, self.k, self.seconds, self.batch, self.threads)
+        self._add("library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels)
 
     def _search_requests(self, value: float) -> list[bytes]:
         params = {} if value < 0 else {self.param: value}
@@ -319,42 +335,13 @@ class _Bench:
             for q in self.data.queries
         ]
 
-    def _echo(self, mode: str, model: str, loads: Sequence[int]) -> None:
+    def _echo_server(self, model: str, processes: int) -> ServerProcess:
+        """An echo server answering Search with bytes as large as Flux's answer."""
         neighbors = types_pb2.Neighbors(
             ids=[str(label) for label in self.data.truth[0][: self.k]], distances=[1.0] * self.k
         )
         answer = pb.SearchResponse(index=INDEX, version=1, neighbors=neighbors).SerializeToString()
-        workers = self.workers if model == "processes" else 1
-        server = echo_server({SEARCH: answer}, model=model, threads=self.args.server_threads, processes=workers)
-        try:
-            requests = self._search_requests(self.values[0])
-            for clients in loads:
-                result = self.pool.run(self._job(server.address, SEARCH, requests), clients)
-                self._add(mode, clients, 1, None, result.calls, result.seconds, result.latencies_ms, None, workers)
-            self._rss(server.rss())
-        finally:
-            server.close()
-
-    def _flux(self, path: Path) -> None:
-        """One worker for the single-client latency, batches and memory; ``--workers`` for many clients."""
-        server = flux_server(self._config(path, 1))
-        try:
-            for value in self.values:
-                for clients in [1] if self.workers > 1 else sorted({1, self.clients}):
-                    self._unary(server.address, value, clients, 1)
-                self._batches(server.address, value)
-            self._rss(server.rss())
-        finally:
-            server.close()
-        if self.workers == 1:
-            return
-        server = flux_server(self._config(path, self.workers))
-        try:
-            for value in self.values:
-                self._unary(server.address, value, self.clients, self.workers)
-            self._rss(server.rss())
-        finally:
-            server.close()
+        return echo_server({SEARCH: answer}, model=model, threads=self.args.server_threads, processes=processes)
 
     def _config(self, path: Path, workers: int) -> dict[str, Any]:
         return {
@@ -363,10 +350,10 @@ class _Bench:
             "indexes": [{"name": INDEX, "path": str(path.resolve())}],
         }
 
-    def _unary(self, address: str, value: float, clients: int, workers: int) -> None:
+    def _unary(self, address: str, mode: str, value: float, clients: int, workers: int) -> None:
         result = self.pool.run(self._job(address, SEARCH, self._search_requests(value)), clients)
-        found = self._found(result.responses)
-        self._add("flux-unary", clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers)
+        found = self._found(result.responses) if mode == "flux-unary" else None  # the echo does not search
+        self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers)
 
     def _batches(self, address: str, value: float) -> None:
         groups = batches(len(self.data.queries), self.batch)
@@ -382,9 +369,10 @@ class _Bench:
         self._add("flux-batch", 1, self.batch, value, result.calls * self.batch, result.seconds,
                   result.latencies_ms, found)  # fmt: skip
 
-    def _rss(self, rss: int) -> None:
-        """Record a process's memory on the last row measured on it."""
-        self.rows[-1] = replace(self.rows[-1], rss_mib=round(rss / 2**20, 1))
+    def _rss(self, rss: int, mode: str) -> None:
+        """Record a process's memory on the last row of ``mode`` (the last run it served)."""
+        last = max(i for i, r in enumerate(self.rows) if r.mode == mode)
+        self.rows[last] = replace(self.rows[last], rss_mib=round(rss / 2**20, 1))
 
     def _job(self, target: str, method: str, requests: Sequence[bytes]) -> Job:
         return Job(target, method, requests, seconds=self.seconds, max_calls=2_000_000)
