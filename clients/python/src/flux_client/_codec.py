@@ -8,7 +8,6 @@ functions against the round trip.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +18,7 @@ from flux_client._errors import invalid
 from flux_client._types import IndexInfo, SearchResult
 
 _F32 = np.dtype("<f4")
+_INTEGERS = (int, np.integer)
 _METRICS = {types_pb2.METRIC_L2: "l2", types_pb2.METRIC_COSINE: "cosine", types_pb2.METRIC_INNER_PRODUCT: "ip"}
 
 
@@ -74,18 +74,16 @@ def by_id_request(
 
 def result(response: vector_service_pb2.SearchResponse | vector_service_pb2.SearchByIdResponse, k: int) -> SearchResult:
     """One query's neighbours as 1-D arrays of length k."""
-    ids = np.full(k, "", dtype=object)
-    distances = np.full(k, np.inf, dtype=_F32)
-    _fill(ids, distances, response.neighbors)
-    return SearchResult(ids, distances, response.index, response.version)
+    ids, distances = _row(response.neighbors, k)
+    return SearchResult(np.array(ids, dtype=object), np.array(distances, dtype=_F32), response.index, response.version)
 
 
 def batch_result(response: vector_service_pb2.BatchSearchResponse, width: int) -> SearchResult:
     """A batch's neighbours as 2-D arrays, one row per query, ``width`` columns."""
-    ids = np.full((len(response.results), width), "", dtype=object)
-    distances = np.full((len(response.results), width), np.inf, dtype=_F32)
-    for row, neighbors in enumerate(response.results):
-        _fill(ids[row], distances[row], neighbors)
+    rows = [_row(neighbors, width) for neighbors in response.results]
+    shape = (len(rows), width)
+    ids = np.array([r[0] for r in rows], dtype=object).reshape(shape)
+    distances = np.array([r[1] for r in rows], dtype=_F32).reshape(shape)
     return SearchResult(ids, distances, response.index, response.version)
 
 
@@ -110,14 +108,18 @@ def _vectors(matrix: npt.NDArray[np.float32]) -> types_pb2.FloatVectors:
     return types_pb2.FloatVectors(dimension=matrix.shape[-1], data=matrix.tobytes())
 
 
-def _fill(ids: npt.NDArray[Any], distances: npt.NDArray[np.float32], neighbors: types_pb2.Neighbors) -> None:
-    n = len(neighbors.ids)
-    ids[:n] = neighbors.ids
-    distances[:n] = neighbors.distances
+def _row(neighbors: types_pb2.Neighbors, width: int) -> tuple[list[str], list[float]]:
+    # Plain lists first and one numpy call each: far cheaper than filling preallocated arrays.
+    ids, distances = list(neighbors.ids), list(neighbors.distances)
+    if len(ids) < width:
+        missing = width - len(ids)
+        ids += [""] * missing
+        distances += [np.inf] * missing
+    return ids, distances
 
 
 def _k(k: int, field: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, _INTEGERS) or k < 1:
         raise invalid(f"{field} must be a positive integer, got {k!r}", field)
     return int(k)
 

@@ -1,0 +1,192 @@
+"""The Python client against a live server: numpy in and out, every call, typed errors, asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from flux.server import FluxServer
+from flux_api.v1 import types_pb2, vector_service_pb2
+from flux_client import (
+    AsyncFluxClient,
+    FailedPrecondition,
+    FluxClient,
+    IndexNotFound,
+    InvalidArgument,
+    ItemNotFound,
+    NotFound,
+    _codec,
+    _status,
+)
+from tests import support
+
+Data = tuple[np.ndarray, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def client(server: FluxServer) -> Iterator[FluxClient]:
+    with FluxClient(server.address) as flux:
+        yield flux
+
+
+def test_one_vector_in_gives_1d_arrays_of_the_true_neighbours(client: FluxClient, data: Data) -> None:
+    base, queries = data
+    truth, distances = support.brute_force(base, queries[:1], "l2", 10)
+    ids, found = client.search("exact-l2", queries[0], k=10)
+    assert ids.shape == (10,)
+    assert found.shape == (10,)
+    assert found.dtype == np.float32
+    assert ids.tolist() == [support.ids_for(len(base))[i] for i in truth[0]]
+    np.testing.assert_allclose(found, distances[0], rtol=1e-4)
+
+
+def test_a_matrix_goes_in_one_batch_and_matches_single_searches(client: FluxClient, data: Data) -> None:
+    _, queries = data
+    result = client.search("hnsw-cosine", queries[:7].tolist(), k=5)  # lists of floats are fine too
+    assert result.ids.shape == (7, 5)
+    assert result.distances.shape == (7, 5)
+    assert (result.index, result.version) == ("hnsw-cosine", 3)
+    for row in range(7):
+        single = client.search("hnsw-cosine", queries[row], k=5)
+        assert single.ids.tolist() == result.ids[row].tolist()
+        np.testing.assert_allclose(single.distances, result.distances[row], rtol=1e-6)
+
+
+def test_batch_search_with_a_k_per_query_pads_the_shorter_rows(client: FluxClient, data: Data) -> None:
+    _, queries = data
+    result = client.batch_search("exact-ip", queries[:3], k=4, ks=[1, 4, 2])
+    assert result.ids.shape == (3, 4)
+    assert [sum(1 for i in row if i) for row in result.ids] == [1, 4, 2]
+    assert result.ids[0, 1:].tolist() == ["", "", ""]
+    assert np.isinf(result.distances[0, 1:]).all()
+    assert np.isfinite(result.distances[1]).all()
+
+
+def test_search_by_id_leaves_the_item_out(client: FluxClient) -> None:
+    ids, distances = client.search_by_id("exact-l2", "item:000042", k=5)
+    assert len(ids) == 5
+    assert "item:000042" not in ids.tolist()
+    assert (np.diff(distances) >= 0).all()
+
+
+def test_search_params_reach_the_backend(client: FluxClient) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        client.search("hnsw-l2", np.ones(64), k=5, params={"ef": 0})
+    assert caught.value.field.startswith("params")
+    assert len(client.search("hnsw-l2", np.ones(64), k=5, params={"ef": 200}).ids) == 5
+
+
+def test_describe_and_list_indexes(client: FluxClient) -> None:
+    info = client.describe("hnsw-l2")
+    assert (info.name, info.backend, info.dimension, info.metric) == ("hnsw-l2", "hnsw", 64, "l2")
+    assert (info.count, info.version, info.state) == (5000, 3, "serving")
+    assert "ef" in info.default_search_params
+    assert info.capabilities["thread_safe_search"] is True
+    indexes = {i.name: i for i in client.list_indexes()}
+    assert {"exact-l2", "annoy-ip", "broken"} <= set(indexes)
+    assert indexes["broken"].state == "failed"
+    assert indexes["broken"].error
+
+
+def test_errors_are_typed_and_carry_code_message_reason_and_field(client: FluxClient) -> None:
+    with pytest.raises(IndexNotFound) as missing:
+        client.search("no-such-index", np.ones(64))
+    assert missing.value.code is grpc.StatusCode.NOT_FOUND
+    assert missing.value.reason == "INDEX_NOT_FOUND"
+    assert "no-such-index" in missing.value.message
+
+    with pytest.raises(InvalidArgument) as wrong:
+        client.search("exact-l2", np.ones(32))
+    assert wrong.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(wrong.value, ValueError)
+    assert wrong.value.field == "vector.dimension"
+    assert "dimension 64" in wrong.value.message
+
+    with pytest.raises(ItemNotFound) as item:
+        client.search_by_id("exact-l2", "item:nope")
+    assert isinstance(item.value, NotFound | KeyError)
+    assert item.value.reason == "ITEM_NOT_FOUND"
+    assert str(item.value).startswith("NOT_FOUND: ")
+
+    with pytest.raises(FailedPrecondition) as broken:
+        client.search("broken", np.ones(64))
+    assert broken.value.code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.search("exact-l2", np.ones(64), k=0), "k"),
+        (lambda c: c.search("exact-l2", np.ones((2, 2, 64))), "vectors"),
+        (lambda c: c.search("exact-l2", ["a", "b"]), "vectors"),
+        (lambda c: c.batch_search("exact-l2", np.ones(64)), "queries"),
+        (lambda c: c.batch_search("exact-l2", np.ones((2, 64)), ks=[1]), "ks"),
+        (lambda c: c.search("exact-l2", np.ones(64), params={"ef": "high"}), "params"),
+    ],
+)
+def test_input_that_cannot_be_encoded_is_refused_before_sending(
+    client: FluxClient, call: Callable[[FluxClient], object], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        call(client)
+    assert caught.value.field == field
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_nan_is_refused_by_the_server_naming_the_field(client: FluxClient) -> None:
+    vector = np.ones(64)
+    vector[3] = np.nan
+    with pytest.raises(InvalidArgument) as caught:
+        client.search("exact-l2", vector)
+    assert "NaN" in caught.value.message
+    assert caught.value.field == "vector"
+
+
+def test_short_answers_are_padded_to_k() -> None:
+    neighbors = types_pb2.Neighbors(ids=["a", "b"], distances=[0.5, 1.5])
+    result = _codec.result(vector_service_pb2.SearchResponse(index="i", version=2, neighbors=neighbors), 4)
+    assert result.ids.tolist() == ["a", "b", "", ""]
+    assert result.distances.tolist() == [0.5, 1.5, np.inf, np.inf]
+
+
+def test_the_reason_falls_back_to_the_trailer_when_details_are_absent() -> None:
+    assert _status.details([(_status.REASON_KEY, "INDEX_NOT_FOUND")]).reason == "INDEX_NOT_FOUND"
+    assert _status.details([(_status.DETAILS_KEY, b"\xff\xff not a status")]) == _status.Details()
+    assert _status.details(None) == _status.Details()
+
+
+def test_the_asyncio_client_has_the_same_answers(server: FluxServer, client: FluxClient, data: Data) -> None:
+    _, queries = data
+
+    async def run() -> None:
+        async with AsyncFluxClient(server.address) as flux:
+            one, batch, by_id, info = await asyncio.gather(
+                flux.search("hnsw-l2", queries[0], k=5),
+                flux.batch_search("hnsw-l2", queries[:4], k=5),
+                flux.search_by_id("hnsw-l2", "item:000007", k=5),
+                flux.describe("hnsw-l2"),
+            )
+            assert one.ids.tolist() == client.search("hnsw-l2", queries[0], k=5).ids.tolist()
+            assert batch.ids.tolist() == client.batch_search("hnsw-l2", queries[:4], k=5).ids.tolist()
+            assert by_id.ids.tolist() == client.search_by_id("hnsw-l2", "item:000007", k=5).ids.tolist()
+            assert info == client.describe("hnsw-l2")
+            assert len(await flux.list_indexes()) == len(client.list_indexes())
+            with pytest.raises(IndexNotFound):
+                await flux.search("no-such-index", queries[0])
+
+    asyncio.run(run())
+
+
+def test_constructor_arguments_are_checked() -> None:
+    for kwargs, fragment in [
+        ({"retries": 5}, "retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"load_balancing": "random"}, "load_balancing"),
+        ({"token": ""}, "token"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            FluxClient("127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
