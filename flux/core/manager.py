@@ -126,6 +126,7 @@ class IndexManager:
         self._listener = listener
         self._slots: dict[int, VersionSlot] = {}
         self._active: VersionSlot | None = None
+        self._scanned = False  # until the source is first read, "no version" means "not yet"
         self.pinned: int | None = None
         self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
         self._ops = threading.RLock()  # serialises loads, swaps and unloads: held for long work
@@ -157,7 +158,7 @@ class IndexManager:
                 field="version",
             )
         states = {s.state for s in self._slots.values()}
-        if State.LOADING in states or State.AVAILABLE in states:
+        if not self._scanned or states & {State.AVAILABLE, State.LOADING, State.READY}:  # READY: not yet active
             return Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
         failed = [s for s in self._slots.values() if s.state is State.FAILED]
         if failed:
@@ -222,6 +223,7 @@ class IndexManager:
                 if version not in self._slots:
                     self._slots[version] = VersionSlot(version, path)
                     log.info("index %r: found version %d at %s", self.name, version, path)
+            self._scanned = True
 
     def _available(self) -> set[int]:
         return set(versions.scan(self.settings.source))
