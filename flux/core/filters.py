@@ -1,0 +1,356 @@
+"""The filter planner: answers queries that carry a filter, choosing how per query.
+
+A filter keeps items by their restrict tokens (allow, deny), leaves ids out, and caps how
+many results share a crowding tag. An approximate index searched first and filtered after
+loses recall when few items pass, so each query is planned from the number of items that
+pass its filter, counted exactly from the posting lists (a boolean mask over labels):
+
+* ``EXACT_SCAN``: distances to every passing item. Chosen when that is the cheaper way (few
+  items pass), and whenever over-fetching comes back short, so recall never collapses.
+* ``OVERFETCH``: ask the index for k' = 2 k / selectivity neighbours, keep those that pass
+  (and the crowding cap), and ask again for four times as many until k remain.
+
+The two strategies' costs differ by two orders of magnitude between backends (Annoy's work
+grows with k', hnswlib's barely does), so each index learns them from its own searches:
+seconds per scanned item and per fetched candidate, as moving averages. docs/filters.md has
+the measurements, and why hnswlib's own filter (a Python call per candidate) is not used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from flux.core.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
+from flux.core.backend import Backend, Labels, Matrix, Metric
+from flux.errors import InvalidArgument
+
+#: Ids one query may exclude.
+MAX_EXCLUDE_IDS = 10_000
+#: Over-fetch asks for this many times the neighbours that should pass, at the filter's selectivity.
+MARGIN = 2.0
+#: Each further over-fetch asks for this many times more.
+GROWTH = 4
+#: Filter masks of one batch pass stay under this many bytes; larger batches go in several passes.
+_MASK_BUDGET = 1 << 26
+#: Measurements smaller than these are dominated by fixed costs and not learnt from.
+_LEARN_SCAN_ITEMS = 1024
+_LEARN_FETCH_CANDIDATES = 256
+_LEARNING_RATE = 0.2
+
+
+class Strategy(Enum):
+    """How a query was answered."""
+
+    INDEX = "index"  # no filter: the backend's index alone
+    EXACT_SCAN = "exact_scan"
+    OVERFETCH = "overfetch"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One query's filter, validated; ``create`` returns None for a filter that keeps everything."""
+
+    allow: Mapping[str, tuple[str, ...]]
+    deny: Mapping[str, tuple[str, ...]]
+    exclude_ids: tuple[str, ...] = ()
+    max_per_tag: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        allow: Iterable[tuple[str, Iterable[str]]] = (),
+        deny: Iterable[tuple[str, Iterable[str]]] = (),
+        exclude_ids: Sequence[str] = (),
+        max_per_tag: int = 0,
+        field: str = "filter",
+    ) -> Filter | None:
+        """Errors are InvalidArgument naming the field at fault, under ``field``."""
+        if len(exclude_ids) > MAX_EXCLUDE_IDS:
+            raise InvalidArgument(
+                f"{field}.exclude_ids holds {len(exclude_ids):,} ids; at most {MAX_EXCLUDE_IDS:,} per query",
+                field=f"{field}.exclude_ids",
+            )
+        if max_per_tag < 0:
+            raise InvalidArgument(f"{field}.max_per_crowding_tag must be >= 0", field=f"{field}.max_per_crowding_tag")
+        allowed = parse_restricts(allow, f"{field}.allow")
+        denied = parse_restricts(deny, f"{field}.deny")
+        if not (allowed or denied or exclude_ids or max_per_tag):
+            return None
+        return cls(allowed, denied, tuple(exclude_ids), max_per_tag)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One query's result, nearest first, and how it was found."""
+
+    labels: Labels
+    distances: Matrix
+    strategy: Strategy
+    #: Fewer than k items pass the filter (with the crowding cap) in the whole index:
+    #: the short answer is complete, not a recall loss.
+    fewer_than_k: bool
+
+
+class Nearest(Protocol):
+    """The index's own search (``ServedIndex.nearest``): q x k labels and distances, padded with -1."""
+
+    def __call__(
+        self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
+    ) -> tuple[Labels, Matrix]: ...
+
+
+@dataclass
+class Costs:
+    """Seconds per item exactly scanned and per candidate fetched from the index, learnt as
+    moving averages from this index's own searches. Races between threads lose an update, harmlessly."""
+
+    scan: float
+    fetch: float
+
+    def learn_scan(self, seconds: float, items: int) -> None:
+        if items >= _LEARN_SCAN_ITEMS:
+            self.scan += _LEARNING_RATE * (seconds / items - self.scan)
+
+    def learn_fetch(self, seconds: float, candidates: int) -> None:
+        if candidates >= _LEARN_FETCH_CANDIDATES:
+            self.fetch += _LEARNING_RATE * (seconds / candidates - self.fetch)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    mask: Mask | None  # None: every live item passes
+    count: int  # items that pass
+    cap: int  # results per crowding tag, 0 for no cap
+
+
+class Planner:
+    """Answers one served index version's filtered queries. Thread-safe; holds no per-query state.
+
+    ``vectors`` is the artifact's float32 copy of the vectors (or None): exact scans read it
+    instead of ``Backend.get_vectors``, which is a call per item for hnswlib and Annoy, except
+    for labels written since the artifact was loaded.
+    """
+
+    def __init__(
+        self,
+        nearest: Nearest,
+        backend: Backend,
+        store: AttributeStore,
+        labels_of: Callable[[Sequence[str]], Labels],
+        vectors: Matrix | None = None,
+    ) -> None:
+        self._nearest = nearest
+        self._backend = backend
+        self._store = store
+        self._labels_of = labels_of
+        self._vectors = vectors
+        # First guesses, from measurements at 128 dimensions (docs/filters.md); then learnt.
+        per_dimension = 1e-9 if vectors is not None else 2e-7
+        self.costs = Costs(scan=backend.dimension * per_dimension, fetch=backend.dimension * 1e-8)
+
+    def search(
+        self,
+        queries: Matrix,
+        ks: Sequence[int],
+        params: Sequence[Mapping[str, float]],
+        filters: Sequence[Filter | None],
+        *,
+        threads: int = 1,
+    ) -> list[Answer]:
+        """One answer per query, each with its own k, params and filter (None: no filter)."""
+        table = self._store.table
+        answers: list[Answer | None] = [None] * len(queries)
+        plain: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
+        filtered = []
+        for row, query_filter in enumerate(filters):
+            if query_filter is None:
+                plain.setdefault((ks[row], _key(params[row])), []).append(row)
+            else:
+                filtered.append(row)
+        for (k, _), rows in plain.items():
+            labels, distances = self._nearest(queries[rows], k, params[rows[0]], threads=threads)
+            for row, found, dist in zip(rows, labels, distances, strict=True):
+                keep = found >= 0
+                answers[row] = Answer(found[keep], dist[keep], Strategy.INDEX, not keep.all())
+        per_pass = max(1, _MASK_BUDGET // max(table.size, 1))
+        for start in range(0, len(filtered), per_pass):
+            rows = filtered[start : start + per_pass]
+            plans = {row: self._plan(table, filters[row]) for row in rows}  # type: ignore[arg-type]
+            self._filtered(queries, ks, params, plans, table, threads, answers)
+        return [a for a in answers if a is not None]
+
+    def _plan(self, table: Table, query_filter: Filter) -> _Plan:
+        mask = (
+            table.matching(query_filter.allow, query_filter.deny) if query_filter.allow or query_filter.deny else None
+        )
+        if query_filter.exclude_ids:
+            excluded = self._labels_of(query_filter.exclude_ids)
+            if mask is None:
+                mask = table.live.copy()
+            mask[excluded[excluded < table.size]] = False
+        count = table.live_count if mask is None else int(np.count_nonzero(mask))
+        return _Plan(mask, count, query_filter.max_per_tag)
+
+    def _filtered(
+        self,
+        queries: Matrix,
+        ks: Sequence[int],
+        params: Sequence[Mapping[str, float]],
+        plans: dict[int, _Plan],
+        table: Table,
+        threads: int,
+        answers: list[Answer | None],
+    ) -> None:
+        available = len(self._backend)
+        fetch: dict[int, int] = {}
+        for row, plan in plans.items():
+            k = ks[row]
+            size = min(available, max(k, math.ceil(MARGIN * k * max(table.live_count, 1) / max(plan.count, 1))))
+            if plan.count <= k or self._cheaper_to_scan(plan, size):
+                answers[row] = self._scan(queries[row], plan, k, table)
+            else:
+                fetch[row] = size
+        while fetch:
+            groups: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
+            for row, size in fetch.items():
+                groups.setdefault((size, _key(params[row])), []).append(row)
+            fetch = {}
+            for (size, _), rows in groups.items():
+                started = time.perf_counter()
+                labels, distances = self._nearest(queries[rows], size, params[rows[0]], threads=threads)
+                self.costs.learn_fetch(time.perf_counter() - started, size * len(rows))
+                for row, found, dist in zip(rows, labels, distances, strict=True):
+                    plan, k = plans[row], ks[row]
+                    kept, kept_distances = _passing(found, dist, plan, table)
+                    if len(kept) >= k:
+                        answers[row] = Answer(kept[:k], kept_distances[:k], Strategy.OVERFETCH, False)
+                    elif size >= available or self._cheaper_to_scan(plan, size * GROWTH):
+                        answers[row] = self._scan(queries[row], plan, k, table)
+                    else:
+                        fetch[row] = min(available, size * GROWTH)
+
+    def _cheaper_to_scan(self, plan: _Plan, fetch: int) -> bool:
+        return plan.count * self.costs.scan <= fetch * self.costs.fetch
+
+    def _scan(self, query: Matrix, plan: _Plan, k: int, table: Table) -> Answer:
+        """The exact answer over every passing item."""
+        labels = np.flatnonzero(table.live if plan.mask is None else plan.mask)
+        if not len(labels):
+            return Answer(labels, np.empty(0, np.float32), Strategy.EXACT_SCAN, True)
+        started = time.perf_counter()
+        vectors = self._gather(labels, table)
+        scores = _scores(vectors, query, self._backend.metric)
+        # Pick a shortlist on the fast scores, then rank it on exact distances: a few spare
+        # candidates absorb the rounding of the fast ones.
+        spare = 2 * k + 8
+        if plan.cap:
+            order = _crowded_order(scores, table.tags[labels], plan.cap, spare)
+        elif len(scores) > spare:
+            order = np.argpartition(scores, spare - 1)[:spare]
+        else:
+            order = np.arange(len(scores))
+        exact = _distances(vectors[order], query, self._backend.metric)
+        ranked = np.argsort(exact, kind="stable")[:k]
+        self.costs.learn_scan(time.perf_counter() - started, len(labels))
+        return Answer(labels[order[ranked]], exact[ranked], Strategy.EXACT_SCAN, len(ranked) < k)
+
+    def _gather(self, labels: Labels, table: Table) -> Matrix:
+        """The vectors of ascending ``labels``: from the copy where it is current, else the backend."""
+        copy = self._vectors
+        if copy is None:
+            return self._backend.get_vectors(labels)
+        if not table.any_changed and labels[-1] < len(copy):
+            return np.asarray(copy[labels])
+        current = labels < len(copy)
+        current[current] = ~table.changed[labels[current]]
+        out = np.empty((len(labels), self._backend.dimension), np.float32)
+        out[current] = copy[labels[current]]
+        if not current.all():
+            out[~current] = self._backend.get_vectors(labels[~current])
+        return out
+
+
+def crowd(tags: npt.NDArray[np.int32], cap: int) -> Mask:
+    """Which of a nearest-first sequence to keep so that at most ``cap`` share a tag; untagged items always stay."""
+    order = np.argsort(tags, kind="stable")
+    grouped = tags[order]
+    starts = np.ones(len(grouped), np.bool_)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(grouped)), 0))
+    seen = np.empty(len(tags), np.int64)
+    seen[order] = np.arange(len(grouped)) - first  # how many earlier items share the tag
+    keep: Mask = (seen < cap) | (tags == NO_TAG)
+    return keep
+
+
+def _passing(labels: Labels, distances: Matrix, plan: _Plan, table: Table) -> tuple[Labels, Matrix]:
+    """The candidates (nearest first) that pass the filter and the crowding cap."""
+    keep = labels >= 0
+    if plan.mask is not None:
+        keep &= labels < len(plan.mask)  # a label the store was not told about yet does not pass
+        keep[keep] = plan.mask[labels[keep]]
+    labels, distances = labels[keep], distances[keep]
+    if plan.cap:
+        within = crowd(_tags(table, labels), plan.cap)
+        labels, distances = labels[within], distances[within]
+    return labels, distances
+
+
+def _crowded_order(scores: Matrix, tags: npt.NDArray[np.int32], cap: int, wanted: int) -> Labels:
+    """Positions of the ``wanted`` best ``scores`` that respect the crowding cap, best first."""
+    shortlist = min(len(scores), 4 * wanted)
+    while True:
+        top = np.argpartition(scores, shortlist - 1)[:shortlist] if shortlist < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(scores[top], kind="stable")]
+        kept = top[crowd(tags[top], cap)]
+        if len(kept) >= wanted or shortlist == len(scores):
+            return kept[:wanted]
+        shortlist = min(len(scores), shortlist * GROWTH)
+
+
+def _tags(table: Table, labels: Labels) -> npt.NDArray[np.int32]:
+    inside = labels < table.size
+    if inside.all():
+        return table.tags[labels]
+    out = np.full(len(labels), NO_TAG, np.int32)
+    out[inside] = table.tags[labels[inside]]
+    return out
+
+
+def _scores(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:
+    """Float32 scores that order items as their distances do (up to rounding), cheaply."""
+    dots: Matrix = vectors @ query
+    if metric is Metric.L2:
+        squared: Matrix = np.einsum("ij,ij->i", vectors, vectors) - 2 * dots
+        return squared
+    if metric is Metric.COSINE:
+        norms: Matrix = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        return np.negative(dots / np.maximum(norms, np.float32(1e-30)))
+    return np.negative(dots)
+
+
+def _distances(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:
+    """Distances in Flux's convention, computed in float64."""
+    v, q = vectors.astype(np.float64), query.astype(np.float64)
+    if metric is Metric.L2:
+        diff = v - q
+        squared: Matrix = np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+        return squared
+    dots = v @ q
+    if metric is Metric.COSINE:
+        dots = dots / (np.maximum(np.linalg.norm(v, axis=1), 1e-30) * max(float(np.linalg.norm(q)), 1e-30))
+    out: Matrix = (1.0 - dots).astype(np.float32)
+    return out
+
+
+def _key(params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(params.items()))
