@@ -8,6 +8,7 @@ JAVA_BUILD   := $(JAVA_DIR)/build
 # The stubs are versioned like the contract: the newest release in protos/CHANGELOG.md.
 JAVA_VERSION := $(shell sed -n 's/^## \([0-9][0-9.]*\).*/\1/p' protos/CHANGELOG.md 2>/dev/null | head -n 1)
 JAVA_JAR     := $(JAVA_BUILD)/flux-api-$(JAVA_VERSION).jar
+JAVA_HEALTH  := $(JAVA_BUILD)/health/classes
 JAVA_EXAMPLE := $(JAVA_BUILD)/example/.built
 JAVA_RELEASE := 8
 
@@ -31,14 +32,16 @@ java_path = $(subst $(java_space),:,$(strip $(1)))
 JAVA_COMPILE_CP := $(call java_path,$(patsubst %,$(JAVA_SHARE)/%.jar,$(JAVA_COMPILE_JARS)))
 JAVA_RUNTIME_CP := $(call java_path,$(patsubst %,$(JAVA_SHARE)/%.jar,$(JAVA_RUNTIME_JARS)))
 
-.PHONY: java java-deps java-build java-classpath java-version java-clean
+java_missing = $(shell for p in $(JAVA_DEBS); do \
+	dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done)
+
+.PHONY: java java-deps java-build java-missing java-classpath java-version java-clean
 
 java: java-deps ## install the Java toolchain (Debian packages) and build the stubs jar and the example
 	@$(MAKE) --no-print-directory java-build
 
 java-deps: ## install the Debian packages the Java build needs, when any is missing (apt-get, as root)
-	@missing=$$(for p in $(JAVA_DEBS); do \
-		dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	@missing="$(java_missing)"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		if [ "$$(id -u)" != 0 ]; then echo "java-deps: run as root, or: sudo apt-get install $$missing" >&2; exit 1; fi; \
@@ -47,8 +50,11 @@ java-deps: ## install the Debian packages the Java build needs, when any is miss
 
 java-build: $(JAVA_JAR) $(JAVA_EXAMPLE) ## build the stubs jar and the example (the packages must be installed)
 
-java-classpath: ## print the class path that runs the example (the jar, grpc-java, Netty)
-	@echo "$(abspath $(JAVA_JAR)):$(abspath $(JAVA_BUILD)/example):$(JAVA_RUNTIME_CP)"
+java-missing: ## print the Debian packages the Java build needs that are not installed (nothing: ready)
+	@echo "$(java_missing)"
+
+java-classpath: ## print the class path a program using the stubs runs with (jar, health stubs, grpc-java, Netty)
+	@echo "$(abspath $(JAVA_JAR)):$(abspath $(JAVA_HEALTH)):$(JAVA_RUNTIME_CP)"
 
 java-version: ## print the version of the stubs jar (the contract's, from protos/CHANGELOG.md)
 	@echo "$(JAVA_VERSION)"
@@ -68,13 +74,20 @@ $(JAVA_JAR): $(PROTOS) protos/CHANGELOG.md $(JAVA_DIR)/java.mk
 
 # The example also needs the standard health-check stubs, which Debian's grpc-java lacks
 # (Maven users get them from io.grpc:grpc-services); they stay out of the stubs jar.
-$(JAVA_EXAMPLE): $(JAVA_JAR) $(wildcard $(JAVA_DIR)/example/*.java)
-	rm -rf $(JAVA_BUILD)/example $(JAVA_BUILD)/health
-	mkdir -p $(JAVA_BUILD)/example $(JAVA_BUILD)/health
+$(JAVA_HEALTH)/.built: $(HEALTH_PROTO) $(JAVA_DIR)/java.mk
+	rm -rf $(JAVA_BUILD)/health
+	mkdir -p $(JAVA_BUILD)/health/src $(JAVA_HEALTH)
 	protoc -I$(GRPC_PROTO_ROOT) --plugin=protoc-gen-grpc-java=$(GRPC_JAVA_PLUGIN) \
-		--java_out=$(JAVA_BUILD)/health --grpc-java_out=$(JAVA_BUILD)/health $(HEALTH_PROTO)
-	javac -nowarn -Xlint:-options --release $(JAVA_RELEASE) -encoding UTF-8 -cp $(JAVA_JAR):$(JAVA_COMPILE_CP) \
-		-d $(JAVA_BUILD)/example $$(find $(JAVA_BUILD)/health -name '*.java') $(JAVA_DIR)/example/*.java
+		--java_out=$(JAVA_BUILD)/health/src --grpc-java_out=$(JAVA_BUILD)/health/src $(HEALTH_PROTO)
+	javac -nowarn -Xlint:-options --release $(JAVA_RELEASE) -encoding UTF-8 -cp $(JAVA_COMPILE_CP) \
+		-d $(JAVA_HEALTH) $$(find $(JAVA_BUILD)/health/src -name '*.java')
+	@touch $@
+
+$(JAVA_EXAMPLE): $(JAVA_JAR) $(JAVA_HEALTH)/.built $(wildcard $(JAVA_DIR)/example/*.java)
+	rm -rf $(JAVA_BUILD)/example
+	mkdir -p $(JAVA_BUILD)/example
+	javac -Xlint:all -Xlint:-options -Werror --release $(JAVA_RELEASE) -encoding UTF-8 \
+		-cp $(JAVA_JAR):$(JAVA_HEALTH):$(JAVA_COMPILE_CP) -d $(JAVA_BUILD)/example $(JAVA_DIR)/example/*.java
 	@touch $@
 
 java-clean: ## remove clients/java/build
