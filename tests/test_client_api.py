@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from flux import config as flux_config
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2, vector_service_pb2
 from flux_client import (
     AsyncFluxClient,
     FailedPrecondition,
+    Filter,
     FluxClient,
     IndexNotFound,
     InvalidArgument,
@@ -78,6 +81,53 @@ def test_search_params_reach_the_backend(client: FluxClient) -> None:
         client.search("hnsw-l2", np.ones(64), k=5, params={"ef": 0})
     assert caught.value.field.startswith("params")
     assert len(client.search("hnsw-l2", np.ones(64), k=5, params={"ef": 200}).ids) == 5
+
+
+def test_a_filter_excludes_ids_in_single_and_batch_searches(client: FluxClient, data: Data) -> None:
+    _, queries = data
+    plain = client.search("exact-l2", queries[:2], k=6)
+    unwanted = [*plain.ids[0, :2], *plain.ids[1, :2]]
+    one = client.search("exact-l2", queries[0], k=4, filter=Filter(exclude_ids=unwanted))
+    assert one.ids.tolist() == plain.ids[0, 2:6].tolist()  # exact search: the next ones move up
+    both = client.batch_search("exact-l2", queries[:2], k=4, filter=Filter(exclude_ids=unwanted))
+    assert both.ids.tolist() == plain.ids[:, 2:6].tolist()
+    by_id = client.search_by_id("exact-l2", "item:000042", k=3, filter=Filter(exclude_ids=unwanted))
+    assert not set(by_id.ids.tolist()) & set(unwanted)
+
+
+def test_filters_that_cannot_be_encoded_are_refused_before_sending(client: FluxClient) -> None:
+    for bad in (Filter(allow={"market": "SE"}), Filter(exclude_ids="item:000001"), Filter(max_per_crowding_tag=-1)):
+        with pytest.raises(InvalidArgument) as caught:
+            client.search("exact-l2", np.ones(64), filter=bad)
+        assert caught.value.field.startswith("filter")
+
+
+def test_a_request_can_name_the_version_that_answers(client: FluxClient) -> None:
+    assert client.search("exact-l2", np.ones(64), k=3, version=3).version == 3
+    with pytest.raises(NotFound) as caught:
+        client.search("exact-l2", np.ones(64), k=3, version=99)
+    assert "version 99" in caught.value.message
+    with pytest.raises(InvalidArgument):
+        client.search("exact-l2", np.ones(64), k=3, version=-1)
+
+
+def test_an_alias_answers_under_its_name_and_a_routing_key_sticks_to_one_arm(
+    artifacts: dict[str, Path],
+) -> None:
+    indexes = [{"name": n, "path": str(artifacts[n])} for n in ("exact-l2", "hnsw-l2")]
+    alias = {"name": "experiment", "arms": [{"index": "exact-l2", "weight": 50}, {"index": "hnsw-l2", "weight": 50}]}
+    raw = {"server": {"host": "127.0.0.1", "port": 0}, "indexes": indexes, "aliases": [alias]}
+    with (
+        support.running_server(flux_config.parse(raw, source="alias test")) as server,
+        FluxClient(server.address) as flux,
+    ):
+        sticky = {flux.search("experiment", np.ones(64), k=3, routing_key="user-1").index for _ in range(20)}
+        spread = {flux.search("experiment", np.ones(64), k=3, routing_key=f"user-{i}").index for i in range(40)}
+        answer = flux.search("experiment", np.ones(64), k=3)
+    assert len(sticky) == 1
+    assert spread == {"exact-l2", "hnsw-l2"}
+    assert answer.alias == "experiment"
+    assert answer.index in {"exact-l2", "hnsw-l2"}
 
 
 def test_describe_and_list_indexes(client: FluxClient) -> None:

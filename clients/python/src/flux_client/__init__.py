@@ -28,7 +28,7 @@ from flux_client._errors import (
     Unauthenticated,
     Unavailable,
 )
-from flux_client._types import IndexInfo, SearchResult
+from flux_client._types import Filter, IndexInfo, SearchResult
 
 try:
     __version__ = version("flux-client")
@@ -44,6 +44,7 @@ __all__ = [
     "AsyncFluxClient",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Filter",
     "FluxClient",
     "FluxError",
     "IndexInfo",

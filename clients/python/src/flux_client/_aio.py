@@ -13,7 +13,7 @@ from flux_api.v1 import admin_service_pb2, admin_service_pb2_grpc, vector_servic
 from flux_client import _channel, _codec
 from flux_client._channel import TLS
 from flux_client._errors import from_rpc_error, invalid
-from flux_client._types import IndexInfo, SearchResult
+from flux_client._types import Filter, IndexInfo, SearchResult
 
 
 class AsyncFluxClient:
@@ -61,13 +61,22 @@ class AsyncFluxClient:
         k: int = 10,
         *,
         params: Mapping[str, float] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
         timeout: float | None = None,
     ) -> SearchResult:
         """The k nearest neighbours of one vector (1-D) or of each row of a matrix (2-D, one call)."""
         array = _codec.as_matrix(vectors, "vectors")
         if array.ndim == 2:
-            return await self.batch_search(index, array, k, params=params, timeout=timeout)
-        response = await self._call(self._vectors.Search, _codec.search_request(index, array, k, params), timeout)
+            return await self.batch_search(
+                index, array, k, params=params, filter=filter, version=version, routing_key=routing_key, timeout=timeout
+            )
+        response = await self._call(
+            self._vectors.Search,
+            _codec.search_request(index, array, k, params, filter=filter, version=version, routing_key=routing_key),
+            timeout,
+        )
         return _codec.result(response, k)
 
     async def batch_search(
@@ -78,13 +87,18 @@ class AsyncFluxClient:
         *,
         params: Mapping[str, float] | None = None,
         ks: Sequence[int] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
         timeout: float | None = None,
     ) -> SearchResult:
         """The neighbours of every row of ``queries`` in one call; ``ks`` gives each row its own k."""
         matrix = _codec.as_matrix(queries, "queries")
         if matrix.ndim != 2:
             raise invalid(f"queries must be a 2-D matrix with one query per row, got shape {matrix.shape}", "queries")
-        request = _codec.batch_request(index, matrix, k, params, ks)
+        request = _codec.batch_request(
+            index, matrix, k, params, ks, filter=filter, version=version, routing_key=routing_key
+        )
         response = await self._call(self._vectors.BatchSearch, request, timeout)
         return _codec.batch_result(response, max([k, *(ks or ())]))
 
@@ -95,10 +109,15 @@ class AsyncFluxClient:
         k: int = 10,
         *,
         params: Mapping[str, float] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
         timeout: float | None = None,
     ) -> SearchResult:
         """The k nearest neighbours of an item already in the index, the item itself excluded."""
-        request = _codec.by_id_request(index, item_id, k, params)
+        request = _codec.by_id_request(
+            index, item_id, k, params, filter=filter, version=version, routing_key=routing_key
+        )
         return _codec.result(await self._call(self._vectors.SearchById, request, timeout), k)
 
     async def describe(self, index: str, *, timeout: float | None = None) -> IndexInfo:

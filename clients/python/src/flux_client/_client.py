@@ -12,7 +12,7 @@ from flux_api.v1 import admin_service_pb2, admin_service_pb2_grpc, vector_servic
 from flux_client import _channel, _codec
 from flux_client._channel import TLS
 from flux_client._errors import from_rpc_error, invalid
-from flux_client._types import IndexInfo, SearchResult
+from flux_client._types import Filter, IndexInfo, SearchResult
 
 
 class FluxClient:
@@ -71,16 +71,29 @@ class FluxClient:
         k: int = 10,
         *,
         params: Mapping[str, float] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
         timeout: float | None = None,
     ) -> SearchResult:
         """The k nearest neighbours of one vector (1-D in, 1-D out) or of each row of a matrix (2-D, one call).
 
-        ``params`` are the backend's search knobs, e.g. ``{"ef": 128}`` for hnsw.
+        ``params`` are the backend's search knobs, e.g. ``{"ef": 128}`` for hnsw. ``filter``
+        narrows the results (see ``Filter``). ``version`` answers from that loaded version
+        instead of the active one. ``routing_key`` (e.g. a hash of the user id) sends requests
+        with the same key to the same arm when ``index`` names an alias that splits traffic.
+        The other search methods take the same keywords.
         """
         array = _codec.as_matrix(vectors, "vectors")
         if array.ndim == 2:
-            return self.batch_search(index, array, k, params=params, timeout=timeout)
-        response = self._call(self._vectors.Search, _codec.search_request(index, array, k, params), timeout)
+            return self.batch_search(
+                index, array, k, params=params, filter=filter, version=version, routing_key=routing_key, timeout=timeout
+            )
+        response = self._call(
+            self._vectors.Search,
+            _codec.search_request(index, array, k, params, filter=filter, version=version, routing_key=routing_key),
+            timeout,
+        )
         return _codec.result(response, k)
 
     def batch_search(
@@ -91,6 +104,9 @@ class FluxClient:
         *,
         params: Mapping[str, float] | None = None,
         ks: Sequence[int] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
         timeout: float | None = None,
     ) -> SearchResult:
         """The neighbours of every row of ``queries`` in one call; ``ks`` gives each row its own k.
@@ -100,7 +116,9 @@ class FluxClient:
         matrix = _codec.as_matrix(queries, "queries")
         if matrix.ndim != 2:
             raise invalid(f"queries must be a 2-D matrix with one query per row, got shape {matrix.shape}", "queries")
-        request = _codec.batch_request(index, matrix, k, params, ks)
+        request = _codec.batch_request(
+            index, matrix, k, params, ks, filter=filter, version=version, routing_key=routing_key
+        )
         response = self._call(self._vectors.BatchSearch, request, timeout)
         return _codec.batch_result(response, max([k, *(ks or ())]))
 
@@ -111,10 +129,17 @@ class FluxClient:
         k: int = 10,
         *,
         params: Mapping[str, float] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
         timeout: float | None = None,
     ) -> SearchResult:
         """The k nearest neighbours of an item already in the index, the item itself excluded."""
-        response = self._call(self._vectors.SearchById, _codec.by_id_request(index, item_id, k, params), timeout)
+        response = self._call(
+            self._vectors.SearchById,
+            _codec.by_id_request(index, item_id, k, params, filter=filter, version=version, routing_key=routing_key),
+            timeout,
+        )
         return _codec.result(response, k)
 
     def describe(self, index: str, *, timeout: float | None = None) -> IndexInfo:

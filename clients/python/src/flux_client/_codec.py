@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_client._errors import invalid
-from flux_client._types import IndexInfo, SearchResult
+from flux_client._types import Filter, IndexInfo, SearchResult
 
 _F32 = np.dtype("<f4")
 _INTEGERS = (int, np.integer)
@@ -34,12 +34,18 @@ def as_matrix(vectors: npt.ArrayLike, field: str) -> npt.NDArray[np.float32]:
 
 
 def search_request(
-    index: str, vector: npt.NDArray[np.float32], k: int, params: Mapping[str, float] | None
+    index: str,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    params: Mapping[str, float] | None = None,
+    *,
+    filter: Filter | None = None,
+    version: int = 0,
+    routing_key: str = "",
 ) -> vector_service_pb2.SearchRequest:
     """A Search for one 1-D float32 vector."""
     request = vector_service_pb2.SearchRequest(index=index, vector=_vectors(vector), k=_k(k, "k"))
-    if params:
-        request.params.update(_params(params))
+    _options(request, params, filter, version, routing_key)
     return request
 
 
@@ -47,13 +53,16 @@ def batch_request(
     index: str,
     matrix: npt.NDArray[np.float32],
     k: int,
-    params: Mapping[str, float] | None,
-    ks: Sequence[int] | None,
+    params: Mapping[str, float] | None = None,
+    ks: Sequence[int] | None = None,
+    *,
+    filter: Filter | None = None,
+    version: int = 0,
+    routing_key: str = "",
 ) -> vector_service_pb2.BatchSearchRequest:
     """A BatchSearch for the rows of a 2-D float32 matrix; ``ks`` gives each row its own k."""
     request = vector_service_pb2.BatchSearchRequest(index=index, queries=_vectors(matrix), k=_k(k, "k"))
-    if params:
-        request.params.update(_params(params))
+    _options(request, params, filter, version, routing_key)
     if ks is not None:
         if len(ks) != len(matrix):
             raise invalid(f"ks has {len(ks)} entries for {len(matrix)} queries; give one per query", "ks")
@@ -64,18 +73,26 @@ def batch_request(
 
 
 def by_id_request(
-    index: str, item_id: str, k: int, params: Mapping[str, float] | None
+    index: str,
+    item_id: str,
+    k: int,
+    params: Mapping[str, float] | None = None,
+    *,
+    filter: Filter | None = None,
+    version: int = 0,
+    routing_key: str = "",
 ) -> vector_service_pb2.SearchByIdRequest:
     request = vector_service_pb2.SearchByIdRequest(index=index, id=item_id, k=_k(k, "k"))
-    if params:
-        request.params.update(_params(params))
+    _options(request, params, filter, version, routing_key)
     return request
 
 
 def result(response: vector_service_pb2.SearchResponse | vector_service_pb2.SearchByIdResponse, k: int) -> SearchResult:
     """One query's neighbours as 1-D arrays of length k."""
     ids, distances = _row(response.neighbors, k)
-    return SearchResult(np.array(ids, dtype=object), np.array(distances, dtype=_F32), response.index, response.version)
+    return SearchResult(
+        np.array(ids, dtype=object), np.array(distances, dtype=_F32), response.index, response.version, response.alias
+    )
 
 
 def batch_result(response: vector_service_pb2.BatchSearchResponse, width: int) -> SearchResult:
@@ -84,7 +101,7 @@ def batch_result(response: vector_service_pb2.BatchSearchResponse, width: int) -
     shape = (len(rows), width)
     ids = np.array([r[0] for r in rows], dtype=object).reshape(shape)
     distances = np.array([r[1] for r in rows], dtype=_F32).reshape(shape)
-    return SearchResult(ids, distances, response.index, response.version)
+    return SearchResult(ids, distances, response.index, response.version, response.alias)
 
 
 def index_info(info: admin_service_pb2.IndexInfo) -> IndexInfo:
@@ -116,6 +133,52 @@ def _row(neighbors: types_pb2.Neighbors, width: int) -> tuple[list[str], list[fl
         ids += [""] * missing
         distances += [np.inf] * missing
     return ids, distances
+
+
+_Request = (
+    vector_service_pb2.SearchRequest | vector_service_pb2.BatchSearchRequest | vector_service_pb2.SearchByIdRequest
+)
+
+
+def _options(
+    request: _Request, params: Mapping[str, float] | None, filter: Filter | None, version: int, routing_key: str
+) -> None:
+    """Set what every kind of search may carry; unset fields cost nothing on the wire."""
+    if params:
+        request.params.update(_params(params))
+    if filter is not None:
+        request.filter.CopyFrom(_filter(filter))
+    if version:
+        if isinstance(version, bool) or not isinstance(version, _INTEGERS) or version < 0:
+            raise invalid(f"version must be a version number, or 0 for the active one; got {version!r}", "version")
+        request.version = int(version)
+    if routing_key:
+        request.routing_key = routing_key
+
+
+def _filter(spec: Filter) -> types_pb2.Filter:
+    def restricts(field: str, namespaces: Mapping[str, Sequence[str]]) -> list[types_pb2.Restrict]:
+        out = []
+        for namespace, tokens in namespaces.items():
+            if isinstance(tokens, str):
+                raise invalid(f"filter.{field}[{namespace!r}] must be a list of tokens, e.g. [{tokens!r}]", "filter")
+            out.append(types_pb2.Restrict(namespace=namespace, tokens=list(tokens)))
+        return out
+
+    if isinstance(spec.exclude_ids, str):
+        raise invalid("filter.exclude_ids must be a list of ids, not one string", "filter")
+    return types_pb2.Filter(
+        allow=restricts("allow", spec.allow),
+        deny=restricts("deny", spec.deny),
+        exclude_ids=list(spec.exclude_ids),
+        max_per_crowding_tag=_count(spec.max_per_crowding_tag, "filter.max_per_crowding_tag"),
+    )
+
+
+def _count(value: int, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, _INTEGERS) or value < 0:
+        raise invalid(f"{field} must be a whole number >= 0, got {value!r}", field)
+    return int(value)
 
 
 def _k(k: int, field: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,18 +14,36 @@ import numpy.typing as npt
 class SearchResult:
     """Neighbours of one query (1-D arrays of length k) or of a batch (2-D, one row per query).
 
-    Nearest first. Rows shorter than k (an index with fewer items) are padded with id ``""``
-    and distance ``inf``. Unpacks like hnswlib's answer: ``ids, distances = client.search(...)``.
-    ``index`` and ``version`` name the index version that answered.
+    Nearest first. Rows shorter than k (an index with fewer items, or fewer that pass the
+    filter) are padded with id ``""`` and distance ``inf``. Unpacks like hnswlib's answer:
+    ``ids, distances = client.search(...)``. ``index`` and ``version`` name the index version
+    that answered; ``alias`` the alias the request named, if it named one.
     """
 
     ids: npt.NDArray[np.object_]
     distances: npt.NDArray[np.float32]
     index: str
     version: int
+    alias: str = ""
 
     def __iter__(self) -> Iterator[npt.NDArray[Any]]:
         return iter((self.ids, self.distances))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Narrows a query's results, e.g. ``Filter(allow={"market": ["SE", "NO"]}, exclude_ids=played)``.
+
+    An item passes when it is not in ``exclude_ids``, has none of the ``deny`` tokens, and,
+    for every namespace in ``allow``, has at least one of its tokens (AND across namespaces,
+    OR within one). ``max_per_crowding_tag`` caps results sharing a crowding tag (0: no cap).
+    The server picks how to search (exact scan or the index) from how many items pass.
+    """
+
+    allow: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    deny: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    exclude_ids: Sequence[str] = ()
+    max_per_crowding_tag: int = 0
 
 
 @dataclass(frozen=True)
