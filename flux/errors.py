@@ -77,6 +77,12 @@ class ArtifactError(FluxError):
     code = "FAILED_PRECONDITION"
 
 
+class LogCorrupt(FluxError):
+    """A write-ahead log record is damaged where a crash cannot have left it; recovery stops there."""
+
+    code = "DATA_LOSS"
+
+
 class BackendError(FluxError):
     """A backend plugin is missing, broken or incompatible. The message names the plugin."""
 

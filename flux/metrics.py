@@ -29,3 +29,22 @@ ALIAS_LATENCY = Histogram(
     ["alias", "arm"],
     buckets=LATENCY_BUCKETS,
 )
+WAL_SYNC_SECONDS = Histogram(
+    "flux_wal_sync_seconds",
+    "Time to write and fdatasync one group of write-ahead log records.",
+    ["index"],
+    buckets=LATENCY_BUCKETS,
+)
+WAL_GROUP_RECORDS = Histogram(
+    "flux_wal_group_records",
+    "Records made durable by one fdatasync (group commit).",
+    ["index"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+WRITES = Counter("flux_writes_total", "Upserted and deleted items applied, per index.", ["index", "op"])
+SNAPSHOT_SECONDS = Histogram(
+    "flux_snapshot_seconds",
+    "Time to write a writable index's snapshot as a new version, writes paused.",
+    ["index"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
