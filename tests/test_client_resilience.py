@@ -117,8 +117,8 @@ def test_a_server_restarted_mid_run_is_ridden_through_by_the_retries(tmp_path: P
     errors = [o for o in caller.outcomes.values() if isinstance(o, str)]
     assert errors == []
     answers = [caller.outcomes[n] for n in sorted(caller.outcomes)]
-    assert all(ids == expected for _, ids in answers)  # type: ignore[misc]
-    versions = [version for version, _ in answers]  # type: ignore[misc]
+    assert all(ids == expected for _, ids in answers)
+    versions = [version for version, _ in answers]
     assert versions == sorted(versions)
     assert set(versions) == {1, 2, 3}
 
