@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from flux import config as flux_config
 from flux.server import FluxServer
-from flux_api.v1 import types_pb2, vector_service_pb2
+from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_client import (
     AsyncFluxClient,
     FailedPrecondition,
@@ -22,6 +23,7 @@ from flux_client import (
     InvalidArgument,
     ItemNotFound,
     NotFound,
+    _channel,
     _codec,
     _status,
 )
@@ -229,6 +231,18 @@ def test_the_asyncio_client_has_the_same_answers(server: FluxServer, client: Flu
                 await flux.search("no-such-index", queries[0])
 
     asyncio.run(run())
+
+
+def test_only_calls_that_read_are_retried() -> None:
+    config = json.loads(_channel.service_config(retries=4, load_balancing="round_robin", wait_for_ready=False))
+    [method] = config["methodConfig"]
+    assert method["retryPolicy"]["maxAttempts"] == 5
+    names = method["name"]
+    assert {"service": "flux_api.v1.VectorService"} in names
+    admin = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    retried = {n["method"] for n in names if n["service"] == admin.full_name}
+    assert retried <= set(admin.methods_by_name)  # no stale names
+    assert retried == {m for m in admin.methods_by_name if m.startswith(("List", "Get"))}
 
 
 def test_constructor_arguments_are_checked() -> None:

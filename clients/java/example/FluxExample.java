@@ -133,7 +133,11 @@ public final class FluxExample {
     }
   }
 
-  /** Round-robin over every address the target resolves to; retry UNAVAILABLE with backoff. */
+  /**
+   * Round-robin over every address the target resolves to; retry UNAVAILABLE (and CANCELLED, which
+   * a gRPC Python server shutting down sends) with backoff, for searches and the control plane's
+   * reads only: they change nothing, so re-sending them is safe.
+   */
   private static Map<String, Object> serviceConfig() {
     Map<String, Object> retry = new HashMap<>();
     retry.put("maxAttempts", 5.0);
@@ -142,8 +146,12 @@ public final class FluxExample {
     retry.put("backoffMultiplier", 2.0);
     retry.put("retryableStatusCodes", Arrays.asList("UNAVAILABLE", "CANCELLED"));
     List<Object> names = new ArrayList<>();
-    for (String service : Arrays.asList("flux_api.v1.VectorService", "flux_api.v1.AdminService")) {
-      names.add(Collections.singletonMap("service", service));
+    names.add(Collections.singletonMap("service", "flux_api.v1.VectorService"));
+    for (String read : Arrays.asList("ListIndexes", "GetIndex", "ListVersions", "ListAliases")) {
+      Map<String, Object> name = new HashMap<>();
+      name.put("service", "flux_api.v1.AdminService");
+      name.put("method", read);
+      names.add(name);
     }
     Map<String, Object> method = new HashMap<>();
     method.put("name", names);

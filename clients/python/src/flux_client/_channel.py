@@ -16,7 +16,15 @@ from typing import Any
 
 import grpc
 
-SERVICES = ("flux_api.v1.VectorService", "flux_api.v1.AdminService")
+#: The calls gRPC may re-send: every search, and the control plane's reads. Calls that change
+#: state (AdminService.RollbackVersion, say, or WriteService) are never re-sent behind the caller's back.
+RETRIED: tuple[dict[str, str], ...] = (
+    {"service": "flux_api.v1.VectorService"},
+    *(
+        {"service": "flux_api.v1.AdminService", "method": method}
+        for method in ("ListIndexes", "GetIndex", "ListVersions", "ListAliases")
+    ),
+)
 #: gRPC caps a call's attempts at 5 whatever the service config says.
 MAX_RETRIES = 4
 LOAD_BALANCING = ("round_robin", "pick_first")
@@ -30,7 +38,7 @@ RETRY_MULTIPLIER = 2
 RECONNECT_INITIAL_MS = 250
 RECONNECT_MAX_MS = 2000
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default limit
-# Every Flux RPC only reads, so re-sending is always safe. UNAVAILABLE: the server is down,
+# The calls in RETRIED only read, so re-sending them is always safe. UNAVAILABLE: the server is down,
 # restarting or still loading the index. CANCELLED: a gRPC Python server that shuts down
 # cancels the calls it had received but not yet handed to a handler (grpc/grpc#41785); a
 # call the caller cancels ends there and is never retried.
@@ -85,7 +93,7 @@ class ChannelSettings:
 
 def service_config(*, retries: int, load_balancing: str, wait_for_ready: bool) -> str:
     """The channel's service config: balance over resolved addresses, retry failed attempts with backoff."""
-    method: dict[str, Any] = {"name": [{"service": s} for s in SERVICES]}
+    method: dict[str, Any] = {"name": list(RETRIED)}
     if wait_for_ready:
         method["waitForReady"] = True
     if retries > 0:
