@@ -21,7 +21,7 @@ from flux_client import FluxClient
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "clients" / "java" / "example" / "FluxExample.java"
-INDEX = "hnsw-l2"  # served by the session's server (tests/conftest.py)
+INDEX = "hnsw-l2"  # served by the shared test server (tests/conftest.py)
 K = 10
 
 
