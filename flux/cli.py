@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo-dir", type=Path, default=Path("var"), help="where the demo index is built (default: ./var)"
     )
+    serve.add_argument("--log-format", choices=["text", "json"], help="log format (overrides logging.format)")
+    serve.add_argument(
+        "--log-requests", action="store_true", default=None, help="log one record per call (logging.requests)"
+    )
     serve.set_defaults(run=_cmd_serve)
 
     build = commands.add_parser("build", help="build an index artifact from vectors", description=_cmd_build.__doc__)
@@ -94,9 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     health.set_defaults(run=_cmd_health)
 
     from flux.bench.cli import add_parser as add_bench
+    from flux.ops_cli import add_parsers as add_ops_commands
     from flux.versions_cli import add_parsers as add_version_commands
 
     add_version_commands(commands)
+    add_ops_commands(commands)
     add_bench(commands)
     return parser
 
@@ -117,6 +123,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    logging_overrides = {
+        k: v for k, v in (("format", args.log_format), ("requests", args.log_requests)) if v is not None
+    }
+    if logging_overrides:
+        config = config.model_copy(update={"logging": config.logging.model_copy(update=logging_overrides)})
     return serve(config)
 
 

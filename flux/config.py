@@ -3,18 +3,22 @@
 Every error names the file and the key at fault, e.g.
 ``flux.yaml: indexes[0].metric: Input should be 'l2', 'cosine' or 'ip'``.
 Unknown keys are errors too, so a typo never silently falls back to a default.
+``FLUX_SERVER__PORT=6000``-style environment variables override keys (flux.config_env).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flux import config_env
+from flux.core import confine
 from flux.core.backend import Metric
 from flux.core.gate import GateConfig
 from flux.core.manager import IndexSettings
@@ -54,6 +58,18 @@ class ServerConfig(_Strict):
     memory_budget_bytes: int = Field(
         0, ge=0, description="loaded versions may take this much (estimated from artifact sizes); 0: no limit"
     )
+    max_concurrent_calls: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="calls admitted at once (running or waiting for a thread); beyond it a call gets "
+        "RESOURCE_EXHAUSTED at once instead of queueing; 0: no limit",
+    )
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; 0 picks a free port")
+    health_port: int | None = Field(
+        None, ge=0, le=65535, description="a plaintext port answering only grpc.health.v1 (probes when TLS is on)"
+    )
+    data_root: Path | None = Field(None, description="every index path and version must resolve inside it")
 
 
 class LimitsConfig(_Strict):
@@ -113,8 +129,8 @@ class IndexConfig(_Strict):
     def _valid_name(cls, value: str) -> str:
         return _check_name(value)
 
-    def settings(self) -> IndexSettings:
-        """The index in the core's terms."""
+    def settings(self, data_root: Path | None = None) -> IndexSettings:
+        """The index in the core's terms; its versions must stay inside ``data_root`` when one is set."""
         return IndexSettings(
             name=self.name,
             source=self.path,
@@ -124,6 +140,7 @@ class IndexConfig(_Strict):
             backend=self.backend,
             dimension=self.dimension,
             metric=self.metric,
+            data_root=data_root,
         )
 
 
@@ -145,6 +162,55 @@ class AliasConfig(_Strict):
         return _check_name(value)
 
 
+class TLSConfig(_Strict):
+    """TLS on the gRPC port; with ``client_ca_file``, mutual TLS (clients must present a certificate)."""
+
+    cert_file: Path = Field(description="PEM certificate chain of the server")
+    key_file: Path = Field(description="PEM private key of the server")
+    client_ca_file: Path | None = Field(None, description="PEM CA certificates that sign client certificates")
+
+
+class TokenConfig(_Strict):
+    """A bearer token, by its SHA-256 digest (``flux token hash``); the token itself is never configured."""
+
+    name: str = Field(description="names the token in logs and errors")
+    role: Literal["reader", "writer", "admin"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="lowercase hex SHA-256 of the token")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value)
+
+
+class AuthConfig(_Strict):
+    """Token authentication: on when at least one token is listed."""
+
+    tokens: list[TokenConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuthConfig:
+        for i, token in enumerate(self.tokens):
+            if any(t.name == token.name for t in self.tokens[:i]):
+                raise ValueError(f"tokens[{i}].name: {token.name!r} is used by an earlier token")
+            if any(t.sha256 == token.sha256 for t in self.tokens[:i]):
+                raise ValueError(f"tokens[{i}].sha256: the same token is listed twice")
+        return self
+
+
+class LoggingConfig(_Strict):
+    format: Literal["text", "json"] = Field("text", description="json: one JSON object per line on stderr")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
+        None, description="default: $FLUX_LOG_LEVEL, else INFO"
+    )
+    requests: bool = Field(False, description="one record per call: request id, method, index, code, latency")
+
+
+class TracingConfig(_Strict):
+    enabled: bool = Field(False, description="OpenTelemetry spans per call (the tracing extra)")
+    service_name: str = "flux"
+
+
 class FluxConfig(_Strict):
     """The whole configuration file."""
 
@@ -152,6 +218,10 @@ class FluxConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     indexes: list[IndexConfig] = Field(default_factory=list)
     aliases: list[AliasConfig] = Field(default_factory=list)
+    tls: TLSConfig | None = None
+    auth: AuthConfig = AuthConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> FluxConfig:
@@ -171,8 +241,9 @@ class FluxConfig(_Strict):
         return self
 
 
-def load(path: str | os.PathLike[str]) -> FluxConfig:
-    """Read and validate a YAML config file. Relative index paths resolve against the file's folder."""
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> FluxConfig:
+    """Read and validate a YAML config file, with ``FLUX_A__B`` overrides from ``environ`` (default: the
+    process environment; see flux.config_env). Relative paths resolve against the file's folder."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -182,30 +253,69 @@ def load(path: str | os.PathLike[str]) -> FluxConfig:
         raise ConfigError(f"{path}: unreadable: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse(raw if raw is not None else {}, source=str(path), base=path.parent)
+    raw = raw if raw is not None else {}
+    origins: dict[str, str] = {}
+    if isinstance(raw, dict):
+        raw, origins = config_env.apply(raw, os.environ if environ is None else environ)
+    return parse(raw, source=str(path), base=path.parent, origins=origins)
 
 
-def parse(raw: Any, *, source: str = "<config>", base: Path | None = None) -> FluxConfig:
-    """Validate an already-parsed mapping; ``source`` names it in errors."""
+def parse(
+    raw: Any, *, source: str = "<config>", base: Path | None = None, origins: Mapping[str, str] | None = None
+) -> FluxConfig:
+    """Validate an already-parsed mapping; ``source`` names it in errors, ``origins`` the variables that set keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with keys server, limits, indexes")
     try:
         config = FluxConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e, origins or {}) for e in exc.errors())) from None
     if base is not None:
-        indexes = [
-            i.model_copy(update={"path": (base / i.path)}) if not i.path.is_absolute() else i for i in config.indexes
-        ]
-        config = config.model_copy(update={"indexes": indexes})
+        config = _relative_to(base, config)
+    _confine(config, source)
     return config
 
 
-def _describe(error: Any) -> str:
+def _relative_to(base: Path, config: FluxConfig) -> FluxConfig:
+    """Relative paths (indexes, data root, TLS files) taken from ``base``, the config file's folder."""
+
+    def where(path: Path) -> Path:
+        return path if path.is_absolute() else base / path
+
+    indexes = [i.model_copy(update={"path": where(i.path)}) for i in config.indexes]
+    server = config.server
+    if server.data_root is not None:
+        server = server.model_copy(update={"data_root": where(server.data_root)})
+    tls = config.tls
+    if tls is not None:
+        files = {"cert_file": where(tls.cert_file), "key_file": where(tls.key_file)}
+        if tls.client_ca_file is not None:
+            files["client_ca_file"] = where(tls.client_ca_file)
+        tls = tls.model_copy(update=files)
+    return config.model_copy(update={"indexes": indexes, "server": server, "tls": tls})
+
+
+def _confine(config: FluxConfig, source: str) -> None:
+    """Every index path must lead (after symlinks) into server.data_root, when it is set."""
+    root = config.server.data_root
+    if root is None:
+        return
+    for i, index in enumerate(config.indexes):
+        real = confine.escape(index.path, root)
+        if real is not None:
+            raise ConfigError(
+                f"{source}: indexes[{i}].path: {index.path} resolves to {real}, outside server.data_root {root}"
+            )
+
+
+def _describe(error: Any, origins: Mapping[str, str]) -> str:
     key = ""
     for part in error["loc"]:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key (check its spelling)"
+    origin = next((v for k, v in origins.items() if key == k or key.startswith((k + ".", k + "["))), None)
+    if origin:
+        message += f" (set by the environment variable {origin})"
     return f"{key}: {message}" if key else message

@@ -48,3 +48,21 @@ SNAPSHOT_SECONDS = Histogram(
     ["index"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
+VERSION_SWAP_SECONDS = Histogram(
+    "flux_version_swap_seconds",
+    "Time to make a loaded version the active one (a writable index catches up its log meanwhile).",
+    ["index"],
+    buckets=LATENCY_BUCKETS,
+)
+# Calls, recorded by flux.api.observability. method: "flux_api.v1.VectorService/Search" or
+# "unknown"; index: a configured index or alias, else "".
+REQUEST_SECONDS = Histogram(
+    "flux_request_seconds",
+    "Time from the first interceptor to the answer, per method and index.",
+    ["method", "index"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUESTS = Counter(
+    "flux_requests_total", "Calls answered, per method, index and status code.", ["method", "index", "code"]
+)
+REQUESTS_IN_FLIGHT = Gauge("flux_requests_in_flight", "Calls being handled now.")

@@ -23,13 +23,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flux import logs
+from flux.api import interceptors
 from flux.api.admin_service import AdminServicer
-from flux.api.errors import ErrorInterceptor
+from flux.api.health_port import HealthPort
+from flux.api.tls import server_credentials
 from flux.api.vector_service import VectorServicer
 from flux.config import FluxConfig
 from flux.core.aliases import Alias, Arm
 from flux.core.catalog import Catalog, IndexState
 from flux.core.index import Limits
+from flux.metrics_endpoint import MetricsEndpoint
 from flux_api.v1 import admin_service_pb2, vector_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import add_AdminServiceServicer_to_server
 from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
@@ -60,7 +64,7 @@ class FluxServer:
         limits = Limits(max_k=config.limits.max_k, max_batch=config.limits.max_batch)
         batch_threads = config.server.search_threads or os.cpu_count() or 1
         self.catalog = Catalog(
-            [index.settings() for index in config.indexes],
+            [index.settings(config.server.data_root) for index in config.indexes],
             aliases=[
                 Alias(a.name, [Arm(arm.index, arm.weight, arm.version) for arm in a.arms]) for a in config.aliases
             ],
@@ -72,7 +76,13 @@ class FluxServer:
         message_bytes = config.limits.max_message_bytes
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.server.threads, thread_name_prefix="flux-rpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=interceptors.chain(
+                config,
+                services=(*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                indexes=[*self.catalog.names(), *(a.name for a in config.aliases)],
+            ),
+            # Beyond this many calls, gRPC answers RESOURCE_EXHAUSTED at once instead of queueing.
+            maximum_concurrent_rpcs=config.server.max_concurrent_calls or None,
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
@@ -93,17 +103,39 @@ class FluxServer:
             self.health.set(INDEX_HEALTH_PREFIX + name, _NOT_SERVING)
         self.catalog.add_listener(self._index_changed)
         address = f"{config.server.host}:{config.server.port}"
-        self.port = self.grpc_server.add_insecure_port(address)
+        if config.tls is None:
+            self.port = self.grpc_server.add_insecure_port(address)
+        else:
+            self.port = self.grpc_server.add_secure_port(address, server_credentials(config.tls))
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         self.address = f"{config.server.host}:{self.port}"
+        server = config.server
+        self.health_port = (
+            HealthPort(self.health, server.host, server.health_port, reuse_port=server.workers > 1)
+            if server.health_port is not None
+            else None
+        )
+        self.metrics = (
+            MetricsEndpoint(server.host, server.metrics_port, self.catalog, server.max_concurrent_calls)
+            if server.metrics_port is not None
+            else None
+        )
         self._ready = threading.Event()
 
     def start(self) -> None:
         """Start answering calls; indexes load in the background (queries get UNAVAILABLE until then)."""
         self.grpc_server.start()
+        if self.health_port is not None:
+            self.health_port.start()
+            log.info("health on %s:%d (plaintext, grpc.health.v1 only)", self.config.server.host, self.health_port.port)
+        if self.metrics is not None:
+            self.metrics.start()
         threading.Thread(target=self._load, name="flux-loader", daemon=True).start()
-        log.info("listening on %s", self.address)
+        tls = self.config.tls
+        security = "plaintext" if tls is None else ("mutual TLS" if tls.client_ca_file else "TLS")
+        tokens = len(self.config.auth.tokens)
+        log.info("listening on %s (%s, %s)", self.address, security, f"{tokens} tokens" if tokens else "no auth")
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every configured index has been tried and health says so; False on timeout."""
@@ -114,6 +146,10 @@ class FluxServer:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.health_port is not None:
+            self.health_port.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.catalog.close()
         log.info("stopped")
 
@@ -142,6 +178,7 @@ def serve(config: FluxConfig) -> int:
 
     With ``server.workers`` above 1, runs that many worker processes on one port instead.
     """
+    logs.configure(config.logging.format, config.logging.level)
     if config.server.workers > 1:
         return _supervise(config)
     return _serve_one(config)
@@ -182,7 +219,7 @@ class Workers:
         context = multiprocessing.get_context("spawn")
         self._ready = [context.Event() for _ in range(config.server.workers)]
         self._processes = [
-            context.Process(target=_worker, args=(self.config, ready), name=f"flux-worker-{number}")
+            context.Process(target=_worker, args=(_nth(self.config, number), ready), name=f"flux-worker-{number}")
             for number, ready in enumerate(self._ready)
         ]
 
@@ -245,11 +282,16 @@ def _supervise(config: FluxConfig) -> int:
 
 
 def _worker(config: FluxConfig, ready: Any) -> None:
-    logging.basicConfig(
-        level=os.environ.get("FLUX_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s",
-    )
+    logs.configure(config.logging.format, config.logging.level, worker=os.getpid())
     raise SystemExit(_serve_one(config, ready.set))
+
+
+def _nth(config: FluxConfig, number: int) -> FluxConfig:
+    """Worker ``number``'s config: its metrics on ``metrics_port + number`` (each worker counts its own calls)."""
+    port = config.server.metrics_port
+    if not port:
+        return config
+    return config.model_copy(update={"server": config.server.model_copy(update={"metrics_port": port + number})})
 
 
 def _free_port(host: str) -> int:

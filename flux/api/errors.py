@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from flux.api import callcontext
 from flux.errors import FluxError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             except FluxError as error:
                 status = to_status(error)
             except Exception:
-                request_id = uuid.uuid4().hex[:16]
+                if context.code() is not None:  # aborted on purpose (context.abort), e.g. a malformed stream message
+                    raise
+                request_id = callcontext.request_id.get() or uuid.uuid4().hex[:16]
                 log.exception("%s failed unexpectedly (request id %s)", method, request_id)
                 message = f"internal error in Flux (request id {request_id}); the server logged the cause"
                 status = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))

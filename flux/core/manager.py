@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flux import metrics
-from flux.core import artifact, gate, versions
+from flux.core import artifact, confine, gate, versions
 from flux.core.backend import Metric
 from flux.core.index import Limits, ServedIndex
 from flux.core.versions import State
@@ -104,6 +104,8 @@ class IndexSettings:
     backend: str | None = None
     dimension: int | None = None
     metric: Metric | None = None
+    #: When set, every version directory and artifact file must resolve inside it (flux.core.confine).
+    data_root: Path | None = None
 
 
 class IndexManager:
@@ -321,6 +323,7 @@ class IndexManager:
         self._transition(slot, "")
         reserved = 0
         try:
+            confine.check_artifact(slot.path, self.settings.data_root)
             manifest = artifact.read_manifest(slot.path)
             slot.artifact_bytes = artifact.size_bytes(manifest)
             self._budget.reserve(slot.artifact_bytes, f"version {slot.version} of index {self.name!r}")
@@ -370,12 +373,14 @@ class IndexManager:
         )
 
     def _activate(self, slot: VersionSlot) -> None:
+        started = time.perf_counter()
         with self._lock:
             previous = self._active
             if previous is not None:
                 previous.state = State.READY
             slot.state = State.ACTIVE
             self._active = slot
+        metrics.VERSION_SWAP_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         self._transition(slot, "")
         metrics.INDEX_VERSION.labels(self.name).set(slot.version)
         if previous is None:

@@ -1,0 +1,127 @@
+"""Bearer-token authentication with three roles, one per service.
+
+A call to VectorService needs the reader role, to WriteService the writer role, to
+AdminService the admin role; each role includes the ones below it (admin > writer >
+reader). Health and reflection stay open, so that probes and tools work without a token.
+Any other service needs admin: what is not listed is denied, never let through.
+
+Tokens are configured as SHA-256 hex digests, never in the clear. The digest of the
+token a caller presents is compared with every configured digest in constant time. The
+decision is made from the method's name alone, before gRPC looks the method up, so a
+caller without the role learns nothing about which methods exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import grpc
+
+from flux.api import callcontext
+
+
+class Role(IntEnum):
+    """Ordered: a role may do everything the lower ones may."""
+
+    READER = 1
+    WRITER = 2
+    ADMIN = 3
+
+
+#: The role each service needs; None: open to anyone.
+SERVICE_ROLES: Mapping[str, Role | None] = {
+    "flux_api.v1.VectorService": Role.READER,
+    "flux_api.v1.WriteService": Role.WRITER,
+    "flux_api.v1.AdminService": Role.ADMIN,
+    "grpc.health.v1.Health": None,
+    "grpc.reflection.v1alpha.ServerReflection": None,
+    "grpc.reflection.v1.ServerReflection": None,
+}
+_SCHEME = "bearer "
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest a config lists for ``token``."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Token:
+    """A configured token: a name for logs and errors, its role, and its digest (never the token)."""
+
+    name: str
+    role: Role
+    sha256: str
+
+
+def required_role(method: str) -> Role | None:
+    """The role a full method name (``/package.Service/Method``) needs; admin for unknown services."""
+    service = method[1:].partition("/")[0]
+    return SERVICE_ROLES.get(service, Role.ADMIN)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuses a call with UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (role too low).
+
+    ``shapes`` gives the (request streaming, response streaming) shape of known methods, so
+    that a refusal answers a streaming call as a stream; unknown methods are refused as unary.
+    """
+
+    def __init__(self, tokens: Iterable[Token], shapes: Mapping[str, tuple[bool, bool]]) -> None:
+        self._tokens = [(bytes.fromhex(t.sha256), t) for t in tokens]
+        self._shapes = dict(shapes)
+        self._roles = {method: required_role(method) for method in shapes}
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        needed = self._roles[method] if method in self._roles else required_role(method)
+        if needed is None:
+            return continuation(details)
+        token = self._match(details.invocation_metadata)
+        if token is None:
+            return self._refusal(
+                method,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{method} needs a token with the {needed.name.lower()} role: "
+                "send the metadata 'authorization: Bearer <token>'",
+            )
+        callcontext.principal.set(token.name)
+        if token.role < needed:
+            return self._refusal(
+                method,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token {token.name!r} has the {token.role.name.lower()} role; "
+                f"{method} needs the {needed.name.lower()} role",
+            )
+        return continuation(details)
+
+    def _match(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Token | None:
+        presented = next((value for key, value in metadata or () if key == "authorization"), None)
+        if not isinstance(presented, str) or presented[: len(_SCHEME)].lower() != _SCHEME:
+            return None
+        digest = hashlib.sha256(presented[len(_SCHEME) :].strip().encode("utf-8")).digest()
+        found = None
+        for expected, token in self._tokens:  # every digest is compared, so timing tells nothing
+            if hmac.compare_digest(digest, expected):
+                found = token
+        return found
+
+    def _refusal(self, method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+        def refuse(request: Any, context: grpc.ServicerContext, *_: Any) -> Any:
+            context.abort(code, message)
+
+        requests, responses = self._shapes.get(method, (False, False))
+        if requests and responses:
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        if requests:
+            return grpc.stream_unary_rpc_method_handler(refuse)
+        if responses:
+            return grpc.unary_stream_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse)

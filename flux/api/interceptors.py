@@ -1,0 +1,48 @@
+"""The server's interceptors, outermost first, chosen from the config.
+
+1. tracing (``tracing.enabled``): a span per call, joined to the caller's trace;
+2. observability: request id, metrics, request log (sees refusals by the ones below);
+3. auth (when tokens are configured): refuses by role before the method is looked up;
+4. deadlines: a call whose caller gave up is not started;
+5. malformed requests: INVALID_ARGUMENT for bytes that do not parse;
+6. errors: ``flux.errors`` to statuses, INTERNAL with a request id for anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+import grpc
+from google.protobuf import descriptor_pool
+
+from flux.api.auth import AuthInterceptor, Role, Token
+from flux.api.deadlines import DeadlineInterceptor
+from flux.api.errors import ErrorInterceptor
+from flux.api.malformed import MalformedRequestInterceptor
+from flux.api.observability import ObservabilityInterceptor
+from flux.config import FluxConfig
+
+
+def method_shapes(services: Iterable[str]) -> dict[str, tuple[bool, bool]]:
+    """Every method of ``services`` by full name (``/pkg.Service/Method``): (request streams, response streams)."""
+    pool = descriptor_pool.Default()
+    return {
+        f"/{service}/{method.name}": (method.client_streaming, method.server_streaming)
+        for service in services
+        for method in pool.FindServiceByName(service).methods
+    }
+
+
+def chain(config: FluxConfig, *, services: Iterable[str], indexes: Collection[str]) -> list[grpc.ServerInterceptor]:
+    shapes = method_shapes(services)
+    interceptors: list[grpc.ServerInterceptor] = []
+    if config.tracing.enabled:
+        from flux.api.tracing import TracingInterceptor
+
+        interceptors.append(TracingInterceptor(config.tracing, shapes, indexes))
+    interceptors.append(ObservabilityInterceptor(shapes, indexes, log_requests=config.logging.requests))
+    if config.auth.tokens:
+        tokens = [Token(t.name, Role[t.role.upper()], t.sha256) for t in config.auth.tokens]
+        interceptors.append(AuthInterceptor(tokens, shapes))
+    interceptors += [DeadlineInterceptor(), MalformedRequestInterceptor(), ErrorInterceptor()]
+    return interceptors

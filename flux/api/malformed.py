@@ -1,0 +1,76 @@
+"""Requests whose bytes are not the message the method takes get INVALID_ARGUMENT.
+
+Left to gRPC, a request that fails to parse ends with INTERNAL ("Exception deserializing
+request!"), which says the server is at fault. Here the parse failure becomes a marker
+that the handler turns into INVALID_ARGUMENT naming the message type, for every kind of
+method (unary and streaming).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+
+class _Malformed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = _wrap(continuation(details), details.method)
+            if wrapped is not None:
+                self._wrapped[details.method] = wrapped  # only served methods, so the cache stays bounded
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+    if handler is None or handler.request_deserializer is None:
+        return handler
+    deserialize = handler.request_deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf raises DecodeError, and others for some inputs
+            return _Malformed(exc)
+
+    def refuse(context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message for {method}")
+
+    if handler.request_streaming:
+        kind = "stream_stream" if handler.response_streaming else "stream_unary"
+        behaviour = getattr(handler, kind)
+
+        def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            for request in requests:
+                if type(request) is _Malformed:
+                    refuse(context)
+                yield request
+
+        def streamed(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return behaviour(checked(requests, context), context)
+
+        return handler._replace(request_deserializer=parse, **{kind: streamed})
+
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    behaviour = getattr(handler, kind)
+
+    def single(request: Any, context: grpc.ServicerContext) -> Any:
+        if type(request) is _Malformed:
+            refuse(context)
+        return behaviour(request, context)
+
+    return handler._replace(request_deserializer=parse, **{kind: single})

@@ -1,0 +1,143 @@
+"""Every call's request id, metrics and (optionally) log record, in the outermost interceptor.
+
+Being outermost, it also sees the calls the auth interceptor refuses. Calls that gRPC
+itself refuses because ``server.max_concurrent_calls`` are running never reach it: they
+are answered RESOURCE_EXHAUSTED before any handler runs (see docs/operations.md).
+
+The request id comes from the caller's ``x-request-id`` metadata when it looks like one,
+else is made up here; it goes back to the caller in the trailing metadata under the same
+key, into the log record, and into the message of an INTERNAL error.
+
+Label values are bounded: a method that is not served is labelled ``unknown`` and an index
+or alias that is not configured ``""``, so no caller can grow the number of time series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from flux import metrics
+from flux.api import callcontext
+
+log = logging.getLogger("flux.requests")
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Times each call and counts it by method, index and status code; logs it when ``log_requests``."""
+
+    def __init__(self, methods: Collection[str], indexes: Collection[str], *, log_requests: bool) -> None:
+        self._methods = frozenset(methods)
+        self._indexes = frozenset(indexes)
+        self._log_requests = log_requests
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._series: dict[tuple[str, str], tuple[Histogram, dict[str, Counter]]] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method if method in self._methods else "unknown")
+        if method in self._methods:  # only served methods, so the cache stays bounded
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        label = method.lstrip("/")
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                streams = kind.endswith("_stream")
+                return handler._replace(**{kind: self._observed(behaviour, label, streams)})
+        return handler
+
+    def _observed(self, behaviour: Callable[..., Any], method: str, streams: bool) -> Callable[..., Any]:
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            request_id = _request_id(context)
+            callcontext.request_id.set(request_id)
+            index = getattr(request, "index", None) or getattr(request, "name", "")
+            index = index if index in self._indexes else ""
+            metrics.REQUESTS_IN_FLIGHT.inc()
+            try:
+                result = behaviour(request, context)
+            except BaseException:
+                self._finish(context, method, index, request_id, started, failed=True)
+                raise
+            if streams:
+                return self._stream(result, context, method, index, request_id, started)
+            self._finish(context, method, index, request_id, started, failed=False)
+            return result
+
+        return observed
+
+    def _stream(
+        self, responses: Iterator[Any], context: grpc.ServicerContext, method: str, index: str, rid: str, started: float
+    ) -> Iterator[Any]:
+        failed = True
+        try:
+            yield from responses
+            failed = False
+        finally:
+            self._finish(context, method, index, rid, started, failed=failed)
+
+    def _finish(
+        self, context: grpc.ServicerContext, method: str, index: str, request_id: str, started: float, *, failed: bool
+    ) -> None:
+        seconds = time.perf_counter() - started
+        metrics.REQUESTS_IN_FLIGHT.dec()
+        status = context.code()
+        if status is not None:
+            code = status.name
+        else:
+            code = "OK" if not failed else ("UNKNOWN" if context.is_active() else "CANCELLED")
+        series = self._series.get((method, index))
+        if series is None:
+            series = self._series[(method, index)] = (metrics.REQUEST_SECONDS.labels(method, index), {})
+        histogram, counters = series
+        histogram.observe(seconds)
+        counter = counters.get(code)
+        if counter is None:
+            counter = counters[code] = metrics.REQUESTS.labels(method, index, code)
+        counter.inc()
+        context.set_trailing_metadata((*(context.trailing_metadata() or ()), (callcontext.REQUEST_ID_KEY, request_id)))
+        if self._log_requests:
+            log.info(
+                "%s %s %s %.2fms id=%s",
+                method,
+                index or "-",
+                code,
+                seconds * 1000,
+                request_id,
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "index": index,
+                    "code": code,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "principal": callcontext.principal.get(),
+                    "peer": context.peer(),
+                },
+            )
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == callcontext.REQUEST_ID_KEY and isinstance(value, str) and _VALID_ID.match(value):
+            return value
+    return os.urandom(8).hex()

@@ -1,0 +1,94 @@
+"""OpenTelemetry spans per call (``tracing.enabled``; needs the ``tracing`` extra).
+
+Each unary-response call gets a SERVER span named after its method, a child of the caller's
+span when the call carries W3C trace context (``traceparent`` metadata). Attributes follow
+the RPC conventions (rpc.system, rpc.service, rpc.method, rpc.grpc.status_code) plus
+flux.index and flux.request_id, so a trace leads to the call's log record. Streaming calls
+(health Watch, reflection) are not traced.
+
+When the process has no tracer provider yet, one is set up that exports spans over OTLP
+to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default ``localhost:4317``); one set up beforehand
+(``opentelemetry-instrument``, or a test) is used as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import grpc
+
+from flux.api import callcontext
+from flux.config import TracingConfig
+from flux.errors import ConfigError
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError:  # pragma: no cover - the tracing extra is part of the dev install
+    trace = None  # type: ignore[assignment]
+
+
+def _set_up_provider(service_name: str) -> None:
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return  # the process already has one
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self, settings: TracingConfig, shapes: Mapping[str, tuple[bool, bool]], indexes: Collection[str]
+    ) -> None:
+        if trace is None:
+            raise ConfigError("tracing.enabled: needs the tracing extra: pip install 'flux-server[tracing]'")
+        _set_up_provider(settings.service_name)
+        self._tracer = trace.get_tracer("flux")
+        self._methods = frozenset(shapes)
+        self._indexes = frozenset(indexes)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(continuation(details), method)
+            if wrapped is not None and method in self._methods:  # only served methods, so the cache stays bounded
+                self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+        if handler is None or handler.response_streaming:
+            return handler
+        kind = "stream_unary" if handler.request_streaming else "unary_unary"
+        behaviour = getattr(handler, kind)
+        service, _, name = method.lstrip("/").partition("/")
+        tracer, indexes = self._tracer, self._indexes
+
+        def traced(request: Any, context: grpc.ServicerContext) -> Any:
+            carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            index = getattr(request, "index", None) or getattr(request, "name", "")
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+            if index in indexes:
+                attributes["flux.index"] = index
+            with tracer.start_as_current_span(
+                method.lstrip("/"), context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+            ) as span:
+                try:
+                    return behaviour(request, context)
+                finally:
+                    code = context.code() or grpc.StatusCode.OK
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    span.set_attribute("flux.request_id", callcontext.request_id.get())
+                    if code is not grpc.StatusCode.OK:
+                        span.set_status(Status(StatusCode.ERROR, code.name))
+
+        return handler._replace(**{kind: traced})

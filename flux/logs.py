@@ -1,0 +1,55 @@
+"""Log output: text lines for people, or one JSON object per line for log collectors.
+
+In JSON each record carries its ``extra`` fields (a request record: request_id, method,
+index, code, latency_ms, principal, peer) and, for anything logged while a call is
+handled, that call's request id. Tokens never reach a log record: the auth interceptor
+keeps only a token's configured name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from flux.api import callcontext
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_STANDARD = {*vars(logging.LogRecord("", 0, "", 0, "", (), None)), "message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, fields: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._fields = fields or {}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self._fields,
+        }
+        out.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        if "request_id" not in out and (request_id := callcontext.request_id.get()):
+            out["request_id"] = request_id
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(log_format: str, level: str | None = None, *, worker: int | None = None) -> None:
+    """Send every record to stderr in ``log_format`` (text or json) at ``level`` (default: $FLUX_LOG_LEVEL or INFO)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter({"worker": worker} if worker is not None else None))
+    else:
+        prefix = f"[worker {worker}]" if worker is not None else ""
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT.replace("%(name)s", f"%(name)s{prefix}")))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or os.environ.get("FLUX_LOG_LEVEL", "INFO"))
