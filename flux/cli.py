@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_cmd_serve)
 
     build = commands.add_parser("build", help="build an index artifact from vectors", description=_cmd_build.__doc__)
-    build.add_argument("vectors", type=Path, help=".npy matrix, .fvecs file, or .jsonl of {id, vector}")
+    build.add_argument(
+        "vectors", type=Path, help=".npy matrix, .fvecs file, or .jsonl of {id, vector[, restricts, crowding_tag]}"
+    )
     build.add_argument("--out", type=Path, required=True, help="artifact directory to create (must not exist)")
     build.add_argument("--backend", default="hnsw", help="backend name (default: hnsw)")
     build.add_argument("--metric", default="l2", choices=[m.value for m in Metric], help="distance (default: l2)")
@@ -137,7 +139,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from flux.core import artifact, builder
 
     started = time.perf_counter()
-    vectors, ids = datasets.load_vectors(args.vectors)
+    vectors, ids, attributes = datasets.load_items(args.vectors)
     if args.ids:
         ids = datasets.load_ids(args.ids)
     name = args.name or args.out.name
@@ -155,6 +157,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         params=_params(args.param),
         threads=args.threads,
         progress=_progress_bar(),
+        attributes=attributes,
     )
     elapsed = time.perf_counter() - started
     size = artifact.size_bytes(manifest)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flux.core.attributes import ItemAttributes
 from flux.core.backend import Matrix
 from flux.errors import InvalidArgument
 
@@ -27,12 +28,23 @@ def load_vectors(path: Path) -> tuple[Matrix, list[str] | None]:
 
     A .jsonl file holds one object per line: ``{"id": "...", "vector": [...]}``.
     """
+    vectors, ids, _ = load_items(path)
+    return vectors, ids
+
+
+def load_items(path: Path) -> tuple[Matrix, list[str] | None, list[ItemAttributes] | None]:
+    """As ``load_vectors``, plus the items' attributes where the format carries them.
+
+    A .jsonl line may add ``"restricts": {"market": ["US", "SE"]}`` and ``"crowding_tag": "artist:1"``;
+    a token or tag that is not a string (``false``, ``2024``) is taken as its JSON text. The
+    attributes are None when no line has either key (docs/filters.md).
+    """
     suffix = path.suffix.lower()
     if suffix == ".npy":
         matrix = np.load(path, allow_pickle=False)
-        return _as_matrix(matrix, path), None
+        return _as_matrix(matrix, path), None, None
     if suffix == ".fvecs":
-        return _read_fvecs(path), None
+        return _read_fvecs(path), None, None
     if suffix in {".jsonl", ".ndjson"}:
         return _read_jsonl(path)
     raise InvalidArgument(f"{path}: unsupported vector file type {suffix!r}; use .npy, .fvecs or .jsonl")
@@ -66,9 +78,11 @@ def _read_fvecs(path: Path) -> Matrix:
     return _as_matrix(records[:, 1:].view("<f4"), path)
 
 
-def _read_jsonl(path: Path) -> tuple[Matrix, list[str]]:
+def _read_jsonl(path: Path) -> tuple[Matrix, list[str], list[ItemAttributes] | None]:
     ids: list[str] = []
     rows: list[list[float]] = []
+    attributes: list[ItemAttributes] = []
+    any_attributes = False
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
@@ -79,8 +93,28 @@ def _read_jsonl(path: Path) -> tuple[Matrix, list[str]]:
                 rows.append(record["vector"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise InvalidArgument(f'{path}:{number}: expected {{"id": ..., "vector": [...]}}: {exc}') from None
+            any_attributes = any_attributes or "restricts" in record or "crowding_tag" in record
+            attributes.append(_attributes(record, f"{path}:{number}"))
     try:
         matrix = np.array(rows, dtype=np.float32)
     except ValueError as exc:
         raise InvalidArgument(f"{path}: vectors have different lengths: {exc}") from None
-    return _as_matrix(matrix.reshape(len(rows), -1), path), ids
+    return _as_matrix(matrix.reshape(len(rows), -1), path), ids, attributes if any_attributes else None
+
+
+def _attributes(record: dict[str, object], where: str) -> ItemAttributes:
+    """A .jsonl line's ``restricts`` and ``crowding_tag``; errors name the line."""
+    restricts = record.get("restricts") or {}
+    if not isinstance(restricts, dict) or not all(isinstance(t, list) for t in restricts.values()):
+        raise InvalidArgument(f'{where}: "restricts" must be an object of namespace: [tokens, ...]')
+    tag = record.get("crowding_tag")
+    pairs = [(str(ns), [_token(t, where) for t in tokens]) for ns, tokens in restricts.items()]
+    return ItemAttributes.create(pairs, "" if tag is None else _token(tag, where), field=where)
+
+
+def _token(value: object, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    raise InvalidArgument(f"{where}: a restrict token or crowding tag must be a string, number or boolean")

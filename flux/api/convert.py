@@ -6,6 +6,7 @@ import numpy as np
 
 from flux.core.backend import Capabilities, Labels, Matrix, Metric
 from flux.core.catalog import IndexState
+from flux.core.filters import Answer, Filter, Strategy
 from flux.core.index import Hits, ServedIndex
 from flux.core.versions import State
 from flux.errors import InvalidArgument
@@ -65,8 +66,19 @@ def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
     return types_pb2.FloatVectors(dimension=matrix.shape[1], data=matrix.tobytes())
 
 
-def neighbors(hits: Hits) -> types_pb2.Neighbors:
-    return types_pb2.Neighbors(ids=hits.ids, distances=hits.distances.tolist())
+_INDEX = types_pb2.SEARCH_STRATEGY_INDEX
+STRATEGIES = {
+    Strategy.INDEX: _INDEX,
+    Strategy.EXACT_SCAN: types_pb2.SEARCH_STRATEGY_EXACT_SCAN,
+    Strategy.OVERFETCH: types_pb2.SEARCH_STRATEGY_OVERFETCH,
+}
+
+
+def neighbors(hits: Hits, k: int = 0) -> types_pb2.Neighbors:
+    """An unfiltered answer; ``k`` (when known) tells whether it came back short."""
+    return types_pb2.Neighbors(
+        ids=hits.ids, distances=hits.distances.tolist(), strategy=_INDEX, fewer_than_k_matched=len(hits.ids) < k
+    )
 
 
 def neighbors_rows(index: ServedIndex, labels: Labels, distances: Matrix) -> list[types_pb2.Neighbors]:
@@ -77,12 +89,41 @@ def neighbors_rows(index: ServedIndex, labels: Labels, distances: Matrix) -> lis
     """
     if labels.size and min(labels[:, -1].tolist()) >= 0:  # every row full: the usual case
         ids, dists = index.ids_of(labels).tolist(), distances.tolist()
-        return [types_pb2.Neighbors(ids=i, distances=d) for i, d in zip(ids, dists, strict=True)]
+        return [types_pb2.Neighbors(ids=i, distances=d, strategy=_INDEX) for i, d in zip(ids, dists, strict=True)]
     rows = []
     for row, dist in zip(labels, distances, strict=True):
         found = row >= 0
-        rows.append(types_pb2.Neighbors(ids=index.ids_of(row[found]).tolist(), distances=dist[found].tolist()))
+        ids = index.ids_of(row[found]).tolist()
+        rows.append(
+            types_pb2.Neighbors(
+                ids=ids, distances=dist[found].tolist(), strategy=_INDEX, fewer_than_k_matched=len(ids) < len(row)
+            )
+        )
     return rows
+
+
+def decode_filter(message: types_pb2.Filter, field: str) -> Filter | None:
+    """A request's filter in core form, validated; None when it filters nothing."""
+    return Filter.create(
+        allow=[(r.namespace, r.tokens) for r in message.allow],
+        deny=[(r.namespace, r.tokens) for r in message.deny],
+        exclude_ids=message.exclude_ids,
+        max_per_tag=message.max_per_crowding_tag,
+        field=field,
+    )
+
+
+def answers(index: ServedIndex, found: list[Answer]) -> list[types_pb2.Neighbors]:
+    """Filtered answers, with the strategy that found each."""
+    return [
+        types_pb2.Neighbors(
+            ids=index.ids_of(a.labels).tolist(),
+            distances=a.distances.tolist(),
+            strategy=STRATEGIES[a.strategy],
+            fewer_than_k_matched=a.fewer_than_k,
+        )
+        for a in found
+    ]
 
 
 def capabilities(caps: Capabilities) -> admin_service_pb2.Capabilities:

@@ -29,8 +29,14 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
                     field="vector",
                 )
             index.check_k(request.k)
-            labels, distances = index.nearest(vector, request.k, index.params(request.params))
-            neighbors = convert.neighbors_rows(index, labels, distances)[0]
+            params = index.params(request.params)
+            query_filter = convert.decode_filter(request.filter, "filter") if request.HasField("filter") else None
+            if query_filter is None:
+                labels, distances = index.nearest(vector, request.k, params)
+                neighbors = convert.neighbors_rows(index, labels, distances)[0]
+            else:
+                found = index.search_filtered(vector, [request.k], [params], [query_filter])
+                neighbors = convert.answers(index, found)[0]
             return pb.SearchResponse(index=index.name, version=index.version, neighbors=neighbors, alias=resolved.alias)
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
@@ -46,9 +52,16 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
                 )
             index.check_k(request.k)
             params = index.params(request.params)
-            if not request.overrides:
+            batch_filter = convert.decode_filter(request.filter, "filter") if request.HasField("filter") else None
+            if not request.overrides and batch_filter is None:
                 labels, distances = index.nearest(queries, request.k, params, threads=index.batch_threads)
                 results = convert.neighbors_rows(index, labels, distances)
+            elif not request.overrides:
+                rows = len(queries)
+                found = index.search_filtered(
+                    queries, [request.k] * rows, [params] * rows, [batch_filter] * rows, threads=index.batch_threads
+                )
+                results = convert.answers(index, found)
             else:
                 if len(request.overrides) != len(queries):
                     raise InvalidArgument(
@@ -56,14 +69,23 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
                         "send none or one per query",
                         field="overrides",
                     )
-                ks, row_params = [], []
+                ks, row_params, filters = [], [], []
                 for row, override in enumerate(request.overrides):
                     k = override.k or request.k
                     index.check_k(k, f"overrides[{row}].k")
                     ks.append(k)
                     merged = {**params, **override.params}
                     row_params.append(index.params(merged, f"overrides[{row}].params") if override.params else params)
-                results = [convert.neighbors(h) for h in index.search_batch(queries, ks, row_params)]
+                    own = override.HasField("filter")
+                    filters.append(
+                        convert.decode_filter(override.filter, f"overrides[{row}].filter") if own else batch_filter
+                    )
+                if any(filters):
+                    found = index.search_filtered(queries, ks, row_params, filters, threads=index.batch_threads)
+                    results = convert.answers(index, found)
+                else:
+                    hits = index.search_batch(queries, ks, row_params)
+                    results = [convert.neighbors(h, k) for h, k in zip(hits, ks, strict=True)]
             return pb.BatchSearchResponse(
                 index=index.name, version=index.version, results=results, alias=resolved.alias
             )
@@ -72,7 +94,13 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
         with self._catalog.acquire(request.index, request.version, request.routing_key) as resolved:
             index = resolved.index
             index.check_k(request.k)
-            hits = index.search_by_id(request.id, request.k, index.params(request.params))
+            params = index.params(request.params)
+            query_filter = convert.decode_filter(request.filter, "filter") if request.HasField("filter") else None
+            if query_filter is None:
+                neighbors = convert.neighbors(index.search_by_id(request.id, request.k, params), request.k)
+            else:
+                found = index.search_by_id_filtered(request.id, request.k, params, query_filter)
+                neighbors = convert.answers(index, [found])[0]
             return pb.SearchByIdResponse(
-                index=index.name, version=index.version, neighbors=convert.neighbors(hits), alias=resolved.alias
+                index=index.name, version=index.version, neighbors=neighbors, alias=resolved.alias
             )

@@ -11,7 +11,13 @@ import importlib
 from typing import Any
 
 #: Modules that each add one ``flux bench MODE`` sub-command.
-MODES: tuple[str, ...] = ("flux.bench.serving", "flux.bench.build", "flux.bench.client", "flux.bench.swap")
+MODES: tuple[str, ...] = (
+    "flux.bench.serving",
+    "flux.bench.build",
+    "flux.bench.client",
+    "flux.bench.swap",
+    "flux.bench.filters",
+)
 
 
 def add_parser(commands: Any) -> None:

@@ -5,6 +5,8 @@ Layout::
     <dir>/manifest.json   what the index is, and a checksum of every other file
     <dir>/ids.json        the string id of each label, in label order
     <dir>/<backend files> whatever the backend's ``save`` wrote
+    <dir>/attributes.npz  the items' restricts and crowding tags (flux.core.attributes), if given
+    <dir>/filter_vectors.npy  a float32 copy of the vectors for exact filtered scans, if given
 
 An artifact is written into a temporary sibling directory and renamed into place,
 so a reader never sees a half-written one.
@@ -26,12 +28,15 @@ from typing import Any
 import numpy as np
 
 from flux.core import registry
-from flux.core.backend import Backend, Metric
+from flux.core.attributes import AttributeStore
+from flux.core.backend import Backend, Matrix, Metric
 from flux.errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IDS = "ids.json"
+ATTRIBUTES = "attributes.npz"
+FILTER_VECTORS = "filter_vectors.npy"
 _CHUNK = 1 << 20
 
 
@@ -84,6 +89,11 @@ class Artifact:
     manifest: Manifest
     backend: Backend
     ids: np.ndarray  # object array of str, indexed by label
+    #: The items' attributes by label (``load`` gives every artifact a store, empty without the file).
+    attributes: AttributeStore | None = None
+    #: The float32 copy of the vectors, memory-mapped; None when the artifact has none.
+    filter_vectors: Matrix | None = None
+
 
 
 def write(
@@ -94,8 +104,13 @@ def write(
     name: str,
     version: int,
     build_params: Mapping[str, float],
+    attributes: AttributeStore | None = None,
+    vectors: Matrix | None = None,
 ) -> Manifest:
-    """Save ``backend`` and ``ids`` as an artifact at ``directory``, which must not exist yet."""
+    """Save ``backend`` and ``ids`` as an artifact at ``directory``, which must not exist yet.
+
+    ``attributes`` and ``vectors`` (row i: label i's vector, as built) serve filtered searches.
+    """
     if directory.exists():
         raise ArtifactError(f"{directory} already exists; artifacts are immutable, write a new version instead")
     if len(ids) != len(backend):
@@ -104,6 +119,7 @@ def write(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         files = backend.save(staging)
+        files = [*files, *_write_filtering(staging, files, attributes, vectors)]
         (staging / IDS).write_text(json.dumps(list(ids), ensure_ascii=False), encoding="utf-8")
         manifest = Manifest(
             name=name,
@@ -176,7 +192,59 @@ def load(directory: Path) -> Artifact:
         raise ArtifactError(f"{directory}: the {manifest.backend} backend could not load it: {exc}") from exc
     if len(backend) != manifest.count:
         raise ArtifactError(f"{directory}: the backend holds {len(backend)} items, the manifest says {manifest.count}")
-    return Artifact(directory, manifest, backend, np.array(ids, dtype=object))
+    return Artifact(
+        directory,
+        manifest,
+        backend,
+        np.array(ids, dtype=object),
+        attributes=_load_attributes(directory, manifest, ids),
+        filter_vectors=_load_filter_vectors(directory, manifest, len(ids)),
+    )
+
+
+
+def _write_filtering(
+    staging: Path, taken: Sequence[str], attributes: AttributeStore | None, vectors: Matrix | None
+) -> list[str]:
+    """Write the attributes and the vector copy, those given; return the names written."""
+    clash = {ATTRIBUTES, FILTER_VECTORS}.intersection(taken)
+    if clash:
+        raise ArtifactError(f"the backend wrote {min(clash)}, a file name Flux keeps for itself")
+    written = []
+    if attributes is not None:
+        attributes.save(staging / ATTRIBUTES)
+        written.append(ATTRIBUTES)
+    if vectors is not None:
+        np.save(staging / FILTER_VECTORS, np.ascontiguousarray(vectors, np.float32), allow_pickle=False)
+        written.append(FILTER_VECTORS)
+    return written
+
+
+def _load_attributes(directory: Path, manifest: Manifest, ids: Sequence[str | None]) -> AttributeStore:
+    """The artifact's attributes; without the file, every label that holds an item has none."""
+    live = np.array([i is not None for i in ids], np.bool_)
+    if ATTRIBUTES not in manifest.files:
+        return AttributeStore.empty(len(ids), live)
+    store = AttributeStore.load(directory / ATTRIBUTES, len(ids))
+    store.clear(np.flatnonzero(~live))  # ids.json has the last word on which labels hold items
+    return store
+
+
+def _load_filter_vectors(directory: Path, manifest: Manifest, rows: int) -> Matrix | None:
+    if FILTER_VECTORS not in manifest.files:
+        return None
+    path = directory / FILTER_VECTORS
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable: {exc}") from exc
+    if vectors.dtype != np.float32 or vectors.shape != (rows, manifest.dimension):
+        raise ArtifactError(
+            f"{path}: holds {vectors.dtype} {vectors.shape}, expected float32 ({rows}, {manifest.dimension})"
+        )
+    copy: Matrix = vectors
+    return copy
+
 
 
 def size_bytes(manifest: Manifest) -> int:

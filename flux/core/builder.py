@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flux.core import artifact, registry
+from flux.core.attributes import AttributeStore, ItemAttributes
 from flux.core.backend import Matrix, Metric, Progress, defaults, resolve_params
 from flux.errors import InvalidArgument
 
@@ -22,8 +23,13 @@ def build(
     params: Mapping[str, float] | None = None,
     threads: int = 1,
     progress: Progress | None = None,
+    attributes: Sequence[ItemAttributes] | None = None,
 ) -> artifact.Manifest:
-    """Build with ``backend`` and write the artifact to ``out``; ids default to the row numbers."""
+    """Build with ``backend`` and write the artifact to ``out``; ids default to the row numbers.
+
+    With ``attributes`` (one per vector) the artifact can answer filtered searches: it then
+    also holds a float32 copy of the vectors, which exact filtered scans read (docs/filters.md).
+    """
     backend_cls = registry.get(backend)
     resolved = resolve_params(backend_cls.build_params, defaults(backend_cls.build_params), params or {}, "params")
     if vectors.ndim != 2 or vectors.shape[1] < 1:
@@ -35,5 +41,17 @@ def build(
         seen: set[str] = set()
         duplicate = next(i for i in id_list if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise InvalidArgument(f"id {duplicate!r} appears more than once; ids must be unique")
+    if attributes is not None and len(attributes) != len(vectors):
+        raise InvalidArgument(f"{len(attributes)} attribute sets for {len(vectors)} vectors; give one per vector")
     index = backend_cls.build(vectors, metric, resolved, threads=threads, progress=progress)
-    return artifact.write(out, index, id_list, name=name, version=version, build_params=resolved)
+    store = AttributeStore.build(attributes) if attributes is not None else None
+    return artifact.write(
+        out,
+        index,
+        id_list,
+        name=name,
+        version=version,
+        build_params=resolved,
+        attributes=store,
+        vectors=vectors if store is not None else None,
+    )

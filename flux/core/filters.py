@@ -40,10 +40,11 @@ MARGIN = 2.0
 GROWTH = 4
 #: Filter masks of one batch pass stay under this many bytes; larger batches go in several passes.
 _MASK_BUDGET = 1 << 26
-#: Measurements smaller than these are dominated by fixed costs and not learnt from.
-_LEARN_SCAN_ITEMS = 1024
-_LEARN_FETCH_CANDIDATES = 256
+#: How far one measurement moves a learnt cost; measurements smaller than the sizes below, whose
+#: time is mostly fixed overhead, move it less in proportion.
 _LEARNING_RATE = 0.2
+_FULL_WEIGHT_SCAN = 4096
+_FULL_WEIGHT_FETCH = 256
 
 
 class Strategy(Enum):
@@ -117,12 +118,14 @@ class Costs:
     fetch: float
 
     def learn_scan(self, seconds: float, items: int) -> None:
-        if items >= _LEARN_SCAN_ITEMS:
-            self.scan += _LEARNING_RATE * (seconds / items - self.scan)
+        self.scan += _rate(items, _FULL_WEIGHT_SCAN) * (seconds / items - self.scan)
 
     def learn_fetch(self, seconds: float, candidates: int) -> None:
-        if candidates >= _LEARN_FETCH_CANDIDATES:
-            self.fetch += _LEARNING_RATE * (seconds / candidates - self.fetch)
+        self.fetch += _rate(candidates, _FULL_WEIGHT_FETCH) * (seconds / candidates - self.fetch)
+
+
+def _rate(size: int, full: int) -> float:
+    return _LEARNING_RATE * min(1.0, size / full)
 
 
 @dataclass(frozen=True)

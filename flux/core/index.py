@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from flux.core.artifact import Artifact
+from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Labels, Matrix, resolve_params
+from flux.core.filters import Answer, Filter, Planner
 from flux.errors import InvalidArgument, ItemNotFound
 
 #: Distinct search-parameter overrides whose resolution an index remembers.
@@ -65,6 +67,11 @@ class ServedIndex:
         defaults = {n: p.default for n, p in spec.items()}
         self.default_params = resolve_params(spec, defaults, default_params or {}, "search_params")
         self._resolved: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
+        #: The items' attributes, by label; the write path changes them (``set``, ``clear``).
+        self.attributes = artifact.attributes or AttributeStore.empty(len(artifact.ids))
+        #: Plans the filtered queries (flux.core.filters); its learnt costs are public, for tools and tests.
+        self.planner = Planner(self.nearest, self.backend, self.attributes, self.labels_of, artifact.filter_vectors)
+
 
     @property
     def version(self) -> int:
@@ -137,6 +144,39 @@ class ServedIndex:
             labels, distances = self.backend.search(vector, k + 1, params)
         keep = labels[0] != label
         return self._hits(labels[:, keep][:, :k], distances[:, keep][:, :k])[0]
+
+    def search_filtered(
+        self,
+        queries: Matrix,
+        ks: Sequence[int],
+        params: Sequence[Mapping[str, float]],
+        filters: Sequence[Filter | None],
+        *,
+        threads: int = 1,
+    ) -> list[Answer]:
+        """Search already-validated queries, each with its own k, params and filter (None for none);
+        the planner (flux.core.filters) chooses per query how."""
+        return self.planner.search(queries, ks, params, filters, threads=threads)
+
+    def search_by_id_filtered(self, item_id: str, k: int, params: Mapping[str, float], query_filter: Filter) -> Answer:
+        """The k nearest neighbours of a stored item that pass ``query_filter``, the item itself excluded."""
+        label = self.label_of(item_id)
+        try:
+            vector = self.backend.get_vectors(np.array([label], np.int64))
+        except KeyError:  # deleted since the lookup
+            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id") from None
+        itself = replace(query_filter, exclude_ids=(*query_filter.exclude_ids, item_id))
+        return self.planner.search(vector, [k], [params], [itself])[0]
+
+    def labels_of(self, ids: Iterable[str]) -> Labels:
+        """The labels of those of ``ids`` the index holds; the others are left out."""
+        labels = []
+        for item_id in ids:
+            try:
+                labels.append(self.label_of(item_id))
+            except ItemNotFound:
+                continue
+        return np.array(labels, np.int64)
 
     def label_of(self, item_id: str) -> int:
         if self._labels is None:  # built on first use; a race builds it twice, harmlessly

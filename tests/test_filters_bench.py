@@ -1,0 +1,46 @@
+"""``flux bench filters`` on a small set: the issue's recall check at every selectivity, as in the full run.
+
+Latencies are printed and written but not judged here (this machine is shared); recall is,
+against exact filtered search, for every backend and filter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flux.bench.filters import SELECTIVITIES, TARGET_RECALL
+from flux.cli import main
+
+FILTERS = {f"{s:.1%}" for s in SELECTIVITIES} | {"mixed"}
+
+
+def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "filters.json"
+    run = ["bench", "filters", "--preset", "quick", "--count", "10000", "--queries", "60"]
+    code = main([*run, "--work-dir", str(tmp_path / "work"), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code in (0, 1)  # 1 means a target failed; recall is judged below, latency is not
+
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    for backend in ("hnsw", "annoy"):
+        flux = {r["scenario"]: r for r in rows if r["backend"] == backend and r["who"] == "flux"}
+        assert set(flux) == FILTERS | {"none"}
+        for name in FILTERS:
+            assert flux[name]["recall"] >= TARGET_RECALL, f"{backend} {name}: recall {flux[name]['recall']}"
+            assert sum(flux[name]["strategies"].values()) == 60
+        served = {r["scenario"] for r in rows if r["backend"] == backend and r["who"] == "flux-grpc"}
+        assert served == FILTERS | {"none"}
+        assert all(r["p50_ms"] > 0 for r in rows if r["backend"] == backend)
+        selectivity = {name: flux[name]["selectivity"] for name in FILTERS - {"mixed"}}
+        for wanted in SELECTIVITIES:
+            assert abs(selectivity[f"{wanted:.1%}"] - wanted) <= wanted * 0.25
+    assert {r["who"] for r in rows if r["backend"] == "hnsw"} == {"flux", "flux-grpc", "library", "library-filter"}
+    names = {(t["backend"], t["name"]) for t in results["targets"]}
+    assert ("hnsw", "p50 at 1% / unfiltered (flux)") in names
+    assert all(t["passed"] for t in results["targets"] if t["name"].startswith("recall"))
+    assert "targets (each from this one run)" in printed
+    assert "PASS" in printed
