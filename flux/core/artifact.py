@@ -95,7 +95,6 @@ class Artifact:
     filter_vectors: Matrix | None = None
 
 
-
 def write(
     directory: Path,
     backend: Backend,
@@ -202,7 +201,6 @@ def load(directory: Path) -> Artifact:
     )
 
 
-
 def _write_filtering(
     staging: Path, taken: Sequence[str], attributes: AttributeStore | None, vectors: Matrix | None
 ) -> list[str]:
@@ -244,7 +242,6 @@ def _load_filter_vectors(directory: Path, manifest: Manifest, rows: int) -> Matr
         )
     copy: Matrix = vectors
     return copy
-
 
 
 def size_bytes(manifest: Manifest) -> int:

@@ -72,7 +72,6 @@ class ServedIndex:
         #: Plans the filtered queries (flux.core.filters); its learnt costs are public, for tools and tests.
         self.planner = Planner(self.nearest, self.backend, self.attributes, self.labels_of, artifact.filter_vectors)
 
-
     @property
     def version(self) -> int:
         return self.manifest.version
