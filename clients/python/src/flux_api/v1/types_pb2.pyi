@@ -32,13 +32,17 @@ class _SearchStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Search
     SEARCH_STRATEGY_EXACT_SCAN: _SearchStrategy.ValueType  # 2
     """An exact scan of the items that pass the filter (few items pass)."""
     SEARCH_STRATEGY_NATIVE_FILTER: _SearchStrategy.ValueType  # 3
-    """The backend's own filtered search."""
+    """The backend's own filtered search. Reserved: no backend offers one that
+    beats the other strategies yet, so no server sets it today.
+    """
     SEARCH_STRATEGY_OVERFETCH: _SearchStrategy.ValueType  # 4
-    """The backend's index asked for more than k, growing until k items pass."""
+    """The backend's index asked for more than k, growing until k items pass
+    (falling back to an exact scan when it cannot find them).
+    """
 
 class SearchStrategy(_SearchStrategy, metaclass=_SearchStrategyEnumTypeWrapper):
     """SearchStrategy says how Flux answered a query, chosen per query from the
-    estimated selectivity of its filter.
+    number of items that pass its filter, counted from the attribute posting lists.
     """
 
 SEARCH_STRATEGY_UNSPECIFIED: SearchStrategy.ValueType  # 0
@@ -48,9 +52,13 @@ SEARCH_STRATEGY_INDEX: SearchStrategy.ValueType  # 1
 SEARCH_STRATEGY_EXACT_SCAN: SearchStrategy.ValueType  # 2
 """An exact scan of the items that pass the filter (few items pass)."""
 SEARCH_STRATEGY_NATIVE_FILTER: SearchStrategy.ValueType  # 3
-"""The backend's own filtered search."""
+"""The backend's own filtered search. Reserved: no backend offers one that
+beats the other strategies yet, so no server sets it today.
+"""
 SEARCH_STRATEGY_OVERFETCH: SearchStrategy.ValueType  # 4
-"""The backend's index asked for more than k, growing until k items pass."""
+"""The backend's index asked for more than k, growing until k items pass
+(falling back to an exact scan when it cannot find them).
+"""
 Global___SearchStrategy: _TypeAlias = SearchStrategy  # noqa: Y015
 
 class _Metric:
@@ -133,8 +141,10 @@ class Neighbors(_message.Message):
     strategy: Global___SearchStrategy.ValueType
     """How the query was answered; SEARCH_STRATEGY_INDEX when it had no filter."""
     fewer_than_k_matched: _builtins.bool
-    """True when fewer than k items in the whole index pass the query's filter,
-    so the short answer is complete rather than a recall loss.
+    """True when fewer than k items in the whole index pass the query's filter
+    (with at most max_per_crowding_tag per tag), so the short answer is
+    complete rather than a recall loss. Without a filter: the index holds
+    fewer than k items.
     """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -225,7 +235,14 @@ Global___ItemAttributes: _TypeAlias = ItemAttributes  # noqa: Y015
 class Filter(_message.Message):
     """Filter narrows one query's results. An item passes when it is not excluded,
     has no denied token, and, for every namespace in `allow`, has at least one of
-    the allowed tokens (AND across namespaces, OR within one).
+    the allowed tokens (AND across namespaces, OR within one). A filter with no
+    field set filters nothing.
+
+    Malformed filters are refused with INVALID_ARGUMENT and a BadRequest naming
+    the field (for example `filter.allow[1].namespace` or
+    `overrides[3].filter.exclude_ids`): a restrict without a namespace, without
+    tokens or with an empty token, a namespace twice in `allow` (or in `deny`),
+    and more than 10,000 exclude_ids.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -235,18 +252,24 @@ class Filter(_message.Message):
     EXCLUDE_IDS_FIELD_NUMBER: _builtins.int
     MAX_PER_CROWDING_TAG_FIELD_NUMBER: _builtins.int
     max_per_crowding_tag: _builtins.int
-    """When non-zero, at most this many results share a crowding tag."""
+    """When non-zero, at most this many results share a crowding tag. Items
+    without a tag are never held back.
+    """
     @_builtins.property
     def allow(self) -> _containers.RepeatedCompositeFieldContainer[Global___Restrict]:
-        """Namespaces the item must match; an item without the namespace does not pass."""
+        """Namespaces the item must match, each at most once; an item without the
+        namespace does not pass.
+        """
 
     @_builtins.property
     def deny(self) -> _containers.RepeatedCompositeFieldContainer[Global___Restrict]:
-        """Tokens that exclude an item."""
+        """Tokens that exclude an item, each namespace at most once."""
 
     @_builtins.property
     def exclude_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids never to return, for example what the user already played; at most 10,000."""
+        """Ids never to return, for example what the user already played; at most
+        10,000. Ids the index does not hold are ignored.
+        """
 
     def __init__(
         self,

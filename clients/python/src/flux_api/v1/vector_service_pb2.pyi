@@ -250,7 +250,9 @@ class QueryOverride(_message.Message):
 
     @_builtins.property
     def filter(self) -> _types_pb2.Filter:
-        """When set, this query's filter instead of the batch's."""
+        """When set, this query's filter instead of the batch's; an empty Filter
+        turns filtering off for this query.
+        """
 
     def __init__(
         self,
@@ -352,7 +354,9 @@ class SearchByIdRequest(_message.Message):
 
     @_builtins.property
     def filter(self) -> _types_pb2.Filter:
-        """Restricts, exclusions and crowding, as in SearchRequest."""
+        """Restricts, exclusions and crowding, as in SearchRequest; the queried item
+        is never returned, whatever the filter says.
+        """
 
     def __init__(
         self,

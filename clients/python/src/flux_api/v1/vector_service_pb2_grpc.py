@@ -32,7 +32,7 @@ class VectorServiceStub:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
-    | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
+    | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
     | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
@@ -74,7 +74,7 @@ class VectorServiceServicer:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
-    | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
+    | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
     | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
@@ -91,9 +91,10 @@ class VectorServiceServicer:
 
         Returns INVALID_ARGUMENT when the vector's dimension differs from the
         index's, when it holds NaN or Inf, when it does not hold exactly one row,
-        when k is 0 or above the server's max_k, or when a search param is unknown
-        to the index's backend or out of range; NOT_FOUND when the index does not
-        exist; UNAVAILABLE while it loads; FAILED_PRECONDITION when it failed to load.
+        when k is 0 or above the server's max_k, when a search param is unknown
+        to the index's backend or out of range, or when the filter is malformed
+        (see Filter); NOT_FOUND when the index does not exist; UNAVAILABLE while
+        it loads; FAILED_PRECONDITION when it failed to load.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,7 +156,7 @@ class VectorService:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
-    | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
+    | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
     | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |

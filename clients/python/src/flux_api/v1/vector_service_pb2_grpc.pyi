@@ -33,7 +33,7 @@ class VectorServiceStub:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
-    | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
+    | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
     | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
@@ -54,9 +54,10 @@ class VectorServiceStub:
 
     Returns INVALID_ARGUMENT when the vector's dimension differs from the
     index's, when it holds NaN or Inf, when it does not hold exactly one row,
-    when k is 0 or above the server's max_k, or when a search param is unknown
-    to the index's backend or out of range; NOT_FOUND when the index does not
-    exist; UNAVAILABLE while it loads; FAILED_PRECONDITION when it failed to load.
+    when k is 0 or above the server's max_k, when a search param is unknown
+    to the index's backend or out of range, or when the filter is malformed
+    (see Filter); NOT_FOUND when the index does not exist; UNAVAILABLE while
+    it loads; FAILED_PRECONDITION when it failed to load.
     """
     BatchSearch: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.BatchSearchRequest, _vector_service_pb2.BatchSearchResponse]
     """BatchSearch answers many queries in one call; the queries travel as one matrix.
@@ -82,7 +83,7 @@ class VectorServiceAsyncStub(VectorServiceStub):
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
-    | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
+    | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
     | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
@@ -100,9 +101,10 @@ class VectorServiceAsyncStub(VectorServiceStub):
 
     Returns INVALID_ARGUMENT when the vector's dimension differs from the
     index's, when it holds NaN or Inf, when it does not hold exactly one row,
-    when k is 0 or above the server's max_k, or when a search param is unknown
-    to the index's backend or out of range; NOT_FOUND when the index does not
-    exist; UNAVAILABLE while it loads; FAILED_PRECONDITION when it failed to load.
+    when k is 0 or above the server's max_k, when a search param is unknown
+    to the index's backend or out of range, or when the filter is malformed
+    (see Filter); NOT_FOUND when the index does not exist; UNAVAILABLE while
+    it loads; FAILED_PRECONDITION when it failed to load.
     """
     BatchSearch: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.BatchSearchRequest, _vector_service_pb2.BatchSearchResponse]  # type: ignore[assignment]
     """BatchSearch answers many queries in one call; the queries travel as one matrix.
@@ -127,7 +129,7 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
-    | INVALID_ARGUMENT    | a field is malformed: dimension, NaN/Inf, k, params, batch | fix the request; the message names the field |
+    | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
     | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
@@ -149,9 +151,10 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Returns INVALID_ARGUMENT when the vector's dimension differs from the
         index's, when it holds NaN or Inf, when it does not hold exactly one row,
-        when k is 0 or above the server's max_k, or when a search param is unknown
-        to the index's backend or out of range; NOT_FOUND when the index does not
-        exist; UNAVAILABLE while it loads; FAILED_PRECONDITION when it failed to load.
+        when k is 0 or above the server's max_k, when a search param is unknown
+        to the index's backend or out of range, or when the filter is malformed
+        (see Filter); NOT_FOUND when the index does not exist; UNAVAILABLE while
+        it loads; FAILED_PRECONDITION when it failed to load.
         """
 
     @_abc_1.abstractmethod
