@@ -67,6 +67,7 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     raw = {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": 0}}
     config = flux_config.parse(raw, source="benchmark config")
     if config.server.workers > 1:
+        os.environ["FLUX_LOG_LEVEL"] = "WARNING"  # workers configure their own logging from it
         workers = Workers(config)
         workers.start()
         if workers.wait_ready():

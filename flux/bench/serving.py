@@ -85,7 +85,7 @@ PRESETS = {
             Setting(
                 Synthetic("overlapping-200k-384d", 200_000, 384, latent=64, spread=1.0, noise=0.2),
                 build={"hnsw": _HNSW, "annoy": {"n_trees": 50.0}},
-                sweep={"hnsw": (16, 32, 64, 128, 256), "annoy": (3000, 10_000, 30_000, 100_000, 300_000)},
+                sweep={"hnsw": (32, 64, 128, 192, 256), "annoy": (2000, 3000, 5000, 7000, 10_000)},
             ),
         ),
         seconds=4.0,
@@ -118,7 +118,12 @@ def add_parser(modes: Any) -> None:
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="library threads, and Flux's search_threads"
     )
-    parser.add_argument("--server-threads", type=int, default=16, help="Flux's gRPC handler threads (server.threads)")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=4,
+        help="gRPC handler threads per process, for Flux (server.threads) and the echo alike (default: 4)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -126,7 +131,10 @@ def add_parser(modes: Any) -> None:
         help="Flux worker processes for the many-client runs (server.workers; default: one per CPU)",
     )
     parser.add_argument(
-        "--echo-models", default="", help=f"also measure the echo server as {', '.join(ECHO_MODELS)} (comma-separated)"
+        "--echo-models",
+        default="",
+        metavar="MODEL[:THREADS],...",
+        help=f"also measure the echo server, one process each, as {', '.join(ECHO_MODELS)} (e.g. sync:16,aio)",
     )
     parser.add_argument("--work-dir", type=Path, default=Path("var/bench"), help="built indexes and ground truth")
     parser.add_argument("--json", type=Path, help="results file (default: WORK_DIR/results.json)")
@@ -209,12 +217,16 @@ def _sweeps(pairs: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return sweeps
 
 
-def _echo_models(args: argparse.Namespace) -> tuple[str, ...]:
-    models = tuple(m.strip() for m in args.echo_models.split(",") if m.strip())
-    unknown = [m for m in models if m not in ECHO_MODELS]
-    if unknown:
-        raise SystemExit(f"flux bench serving: unknown echo model {unknown[0]!r} (use {', '.join(ECHO_MODELS)})")
-    return models
+def _echo_models(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
+    """``MODEL[:THREADS]`` entries; threads default to ``--server-threads``."""
+    models = []
+    for entry in filter(None, (m.strip() for m in args.echo_models.split(","))):
+        model, _, threads = entry.partition(":")
+        if model not in ECHO_MODELS or (threads and not threads.isdigit()):
+            raise SystemExit(f"flux bench serving: echo model {entry!r} is not MODEL[:THREADS] with MODEL one of "
+                             f"{', '.join(ECHO_MODELS)}")  # fmt: skip
+        models.append((model, int(threads or args.server_threads)))
+    return tuple(models)
 
 
 class _Bench:
@@ -244,7 +256,7 @@ class _Bench:
         self.rows: list[report.Row] = []
         self.library_found: dict[float, np.ndarray] = {}
 
-    def run(self, echo_models: Sequence[str] = ()) -> list[report.Row]:
+    def run(self, echo_models: Sequence[tuple[str, int]] = ()) -> list[report.Row]:
         """Measure every swept value in two phases, each alternating between the ceilings and Flux,
         so that a ratio compares runs made seconds apart on a machine whose load may drift."""
         path = self._artifact()
@@ -273,10 +285,11 @@ class _Bench:
             finally:
                 echo.close()
                 flux.close()
-        for model in echo_models:  # the concurrency-model study: one process each
-            echo = self._echo_server(model, 1)
+        for model, threads in echo_models:  # the concurrency-model study
+            echo = self._echo_server(model, self.workers if model == "processes" else 1, threads)
             try:
-                self._unary(echo.address, f"echo-{model}", self.values[0], self.clients, 1)
+                workers = self.workers if model == "processes" else 1
+                self._unary(echo.address, f"echo-{model}-{threads}t", self.values[0], self.clients, workers)
             finally:
                 echo.close()
         return self.rows
@@ -335,13 +348,14 @@ class _Bench:
             for q in self.data.queries
         ]
 
-    def _echo_server(self, model: str, processes: int) -> ServerProcess:
+    def _echo_server(self, model: str, processes: int, threads: int = 0) -> ServerProcess:
         """An echo server answering Search with bytes as large as Flux's answer."""
         neighbors = types_pb2.Neighbors(
             ids=[str(label) for label in self.data.truth[0][: self.k]], distances=[1.0] * self.k
         )
         answer = pb.SearchResponse(index=INDEX, version=1, neighbors=neighbors).SerializeToString()
-        return echo_server({SEARCH: answer}, model=model, threads=self.args.server_threads, processes=processes)
+        threads = threads or self.args.server_threads
+        return echo_server({SEARCH: answer}, model=model, threads=threads, processes=processes)
 
     def _config(self, path: Path, workers: int) -> dict[str, Any]:
         return {
