@@ -315,7 +315,11 @@ def _describe(error: Any, origins: Mapping[str, str]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key (check its spelling)"
-    origin = next((v for k, v in origins.items() if key == k or key.startswith((k + ".", k + "["))), None)
+    origin = next((v for k, v in origins.items() if key and (key == k or _within(key, k) or _within(k, key))), None)
     if origin:
         message += f" (set by the environment variable {origin})"
     return f"{key}: {message}" if key else message
+
+
+def _within(key: str, section: str) -> bool:
+    return key.startswith((section + ".", section + "["))
