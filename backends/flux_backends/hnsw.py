@@ -27,7 +27,9 @@ class HnswBackend(Backend):
     overlap, so every call goes through a ``_Gate``: searches with the same ``ef`` run
     together (hnswlib releases the GIL); a search asking for another ``ef``, and every
     write, waits until those in flight finish. Deletes are hnswlib's tombstones
-    (``mark_deleted``); the deleted labels are saved beside the index.
+    (``mark_deleted``); the deleted labels are saved beside the index. A new label takes
+    the slot of a deleted item when there is one (hnswlib's ``replace_deleted``), so an
+    index fed with upserts and deletes grows with its live items, not with its history.
     """
 
     name = "hnsw"
@@ -44,7 +46,10 @@ class HnswBackend(Backend):
     def __init__(self, dimension: int, metric: Metric, index: hnswlib.Index, deleted: set[int] | None = None) -> None:
         super().__init__(dimension, metric)
         self._index = index
+        # Labels deleted and not added since. hnswlib may have given such a label's slot to a
+        # new label (then the label is gone from the library too; ``save`` prunes those).
         self._deleted = deleted or set()
+        self._vacant = len(self._deleted)  # deleted items that still hold a slot
         self._gate = _Gate(index)
 
     @classmethod
@@ -68,6 +73,7 @@ class HnswBackend(Backend):
             M=int(params["M"]),
             ef_construction=int(params["ef_construction"]),
             random_seed=int(params["seed"]),
+            allow_replace_deleted=True,
         )
         for start in range(0, n, _BUILD_CHUNK):
             stop = min(n, start + _BUILD_CHUNK)
@@ -78,6 +84,7 @@ class HnswBackend(Backend):
 
     def save(self, directory: Path) -> list[str]:
         with self._gate.writing():  # no write may change the graph halfway through
+            self._deleted.intersection_update(self._index.get_ids_list())  # forget labels whose slot was reused
             self._index.save_index(str(directory / "index.hnsw"))
             (directory / "deleted.json").write_text(json.dumps(sorted(self._deleted)))
         return ["index.hnsw", "deleted.json"]
@@ -89,7 +96,9 @@ class HnswBackend(Backend):
         if stored != dimension:  # hnswlib would load it anyway and read garbage
             raise ValueError(f"index.hnsw holds {stored}-dimensional vectors, expected {dimension}")
         index = hnswlib.Index(space=_SPACES[metric], dim=dimension)
-        index.load_index(str(directory / "index.hnsw"), max_elements=max(count + len(deleted), 1))
+        index.load_index(
+            str(directory / "index.hnsw"), max_elements=max(count + len(deleted), 1), allow_replace_deleted=True
+        )
         if index.get_current_count() - len(deleted) != count:
             raise ValueError(
                 f"index.hnsw holds {index.get_current_count()} items of which {len(deleted)} deleted, expected {count}"
@@ -119,12 +128,51 @@ class HnswBackend(Backend):
         return pad_results(labels.astype(np.int64, copy=False), distances, k)
 
     def add(self, vectors: Matrix, labels: Labels) -> None:
+        rows = dict(zip(labels.tolist(), range(len(labels)), strict=True))  # a repeated label keeps its last row
         with self._gate.writing():
-            needed = self._index.get_current_count() + len(labels)
-            if needed > self._index.get_max_elements():
-                self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
-            self._index.add_items(vectors, labels, num_threads=1)  # replaces, and revives deleted labels
-            self._deleted.difference_update(labels.tolist())
+            if not self._vacant:  # no slot to reuse: hnswlib inserts new labels and updates present ones
+                self._insert(vectors[list(rows.values())], list(rows), replace_deleted=False)
+                self._deleted.difference_update(rows)
+                return
+            # hnswlib's replace_deleted must only see labels it does not hold (it would duplicate
+            # a present one), and a label deleted in place is revived, then updated.
+            present: list[int] = []
+            new: list[int] = []
+            for label in rows:
+                if label in self._deleted:
+                    self._deleted.discard(label)
+                    (present if self._revive(label) else new).append(label)
+                else:
+                    (present if self._holds(label) else new).append(label)
+            if present:
+                self._index.add_items(vectors[[rows[label] for label in present]], present, num_threads=1)
+            if new:
+                self._insert(vectors[[rows[label] for label in new]], new, replace_deleted=True)
+
+    def _insert(self, vectors: Matrix, labels: list[int], *, replace_deleted: bool) -> None:
+        before = self._index.get_current_count()
+        needed = before + max(0, len(labels) - (self._vacant if replace_deleted else 0))
+        if needed > self._index.get_max_elements():
+            self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
+        self._index.add_items(vectors, labels, num_threads=1, replace_deleted=replace_deleted)
+        if replace_deleted:  # every label is new: those that did not add a slot took a deleted item's
+            self._vacant -= len(labels) - (self._index.get_current_count() - before)
+
+    def _revive(self, label: int) -> bool:
+        """Undelete ``label`` if its slot is still its own; False when a new label took the slot."""
+        try:
+            self._index.unmark_deleted(label)
+        except RuntimeError:
+            return False
+        self._vacant -= 1
+        return True
+
+    def _holds(self, label: int) -> bool:
+        try:
+            self._index.get_items([label], return_type="numpy")
+        except RuntimeError:
+            return False
+        return True
 
     def delete(self, labels: Labels) -> None:
         with self._gate.writing():
@@ -136,6 +184,7 @@ class HnswBackend(Backend):
                 except RuntimeError as exc:
                     raise KeyError(f"label {label} is not in the index") from exc
                 self._deleted.add(label)
+                self._vacant += 1
 
     def get_vectors(self, labels: Labels) -> Matrix:
         deleted = self._deleted.intersection(labels.tolist())
@@ -147,14 +196,14 @@ class HnswBackend(Backend):
             raise KeyError(str(exc)) from exc
 
     def __len__(self) -> int:
-        return int(self._index.get_current_count()) - len(self._deleted)
+        return int(self._index.get_current_count()) - self._vacant
 
     def stats(self) -> dict[str, Any]:
         return {
             "M": int(self._index.M),
             "ef_construction": int(self._index.ef_construction),
             "max_elements": int(self._index.max_elements),
-            "deleted": len(self._deleted),
+            "deleted": self._vacant,
         }
 
 
