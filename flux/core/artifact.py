@@ -3,7 +3,7 @@
 Layout::
 
     <dir>/manifest.json   what the index is, and a checksum of every other file
-    <dir>/ids.json        the string id of each label, in label order
+    <dir>/ids.json        the string id of each label, in label order (null: the label holds no item)
     <dir>/<backend files> whatever the backend's ``save`` wrote
     <dir>/attributes.npz  the items' restricts and crowding tags (flux.core.attributes), if given
     <dir>/filter_vectors.npy  a float32 copy of the vectors for exact filtered scans, if given
@@ -55,10 +55,15 @@ class Manifest:
     created_at: str = ""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
     format_version: int = FORMAT_VERSION
+    #: A snapshot of a writable index: the last write-ahead log record it holds (flux.core.writes).
+    #: Written only when non-zero, so built artifacts read as before.
+    wal_sequence: int = 0
 
     def to_json(self) -> str:
         data = asdict(self)
         data["metric"] = self.metric.value
+        if not self.wal_sequence:
+            del data["wal_sequence"]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -78,6 +83,8 @@ class Manifest:
             raise ArtifactError(f"{path}: not a valid manifest: {exc}") from exc
         if not isinstance(manifest.files, dict) or manifest.count < 0 or manifest.dimension < 1:
             raise ArtifactError(f"{path}: not a valid manifest: bad files, count or dimension")
+        if not isinstance(manifest.wal_sequence, int) or manifest.wal_sequence < 0:
+            raise ArtifactError(f"{path}: not a valid manifest: wal_sequence must be a whole number >= 0")
         return manifest
 
 
@@ -98,22 +105,25 @@ class Artifact:
 def write(
     directory: Path,
     backend: Backend,
-    ids: Sequence[str],
+    ids: Sequence[str | None],
     *,
     name: str,
     version: int,
     build_params: Mapping[str, float],
+    wal_sequence: int = 0,
     attributes: AttributeStore | None = None,
     vectors: Matrix | None = None,
 ) -> Manifest:
     """Save ``backend`` and ``ids`` as an artifact at ``directory``, which must not exist yet.
 
+    ``ids[label]`` is None for a label that holds no item (a snapshot of an index with deletes).
     ``attributes`` and ``vectors`` (row i: label i's vector, as built) serve filtered searches.
     """
     if directory.exists():
         raise ArtifactError(f"{directory} already exists; artifacts are immutable, write a new version instead")
-    if len(ids) != len(backend):
-        raise ArtifactError(f"{len(ids)} ids for {len(backend)} vectors")
+    held = len(ids) - sum(i is None for i in ids)
+    if held != len(backend):
+        raise ArtifactError(f"{held} ids for {len(backend)} vectors")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -131,6 +141,7 @@ def write(
             build_params=dict(build_params),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             files={f: _describe(staging / f) for f in sorted([*files, IDS])},
+            wal_sequence=wal_sequence,
         )
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         for path in staging.iterdir():
@@ -182,8 +193,15 @@ def load(directory: Path) -> Artifact:
         ids = json.loads(ids_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{ids_path}: unreadable: {exc}") from exc
-    if not isinstance(ids, list) or len(ids) != manifest.count or not all(isinstance(i, str) for i in ids):
-        raise ArtifactError(f"{ids_path}: expected a list of {manifest.count} strings, as the manifest says")
+    if (
+        not isinstance(ids, list)
+        or not all(isinstance(i, str) or i is None for i in ids)
+        or len(ids) - ids.count(None) != manifest.count
+    ):
+        raise ArtifactError(
+            f"{ids_path}: expected a list of {manifest.count} strings (and nulls for empty labels), "
+            "as the manifest says"
+        )
     backend_cls = registry.get(manifest.backend)
     try:
         backend = backend_cls.load(directory, manifest.dimension, manifest.metric, manifest.count)

@@ -52,9 +52,10 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
 
     queries = _sample(candidate, rng, config.canary_queries)
     found = [h.ids for h in candidate.search(queries, k, candidate.default_params, threads=candidate.batch_threads)]
-    everything = candidate.backend.get_vectors(np.arange(count, dtype=np.int64))
+    live = candidate.ids.live()  # a snapshot of a writable index has labels without items
+    everything = candidate.backend.get_vectors(live)
     truth, _ = brute_force(everything, queries, candidate.manifest.metric, k)
-    expected = [candidate.ids_of(row).tolist() for row in truth]
+    expected = [candidate.ids_of(live[row]).tolist() for row in truth]
     recall = overlap(found, expected, k)
     agreement = 1.0
     if active is not None and active.dimension == candidate.dimension:
@@ -78,10 +79,10 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
 
 def _sample(index: ServedIndex, rng: np.random.Generator, n: int) -> np.ndarray:
     """Stored vectors as queries, with a little noise so that no query is exactly an item."""
-    count = len(index.backend)
+    live = index.ids.live()
     if n <= 0:
         return np.empty((0, index.dimension), np.float32)
-    labels = rng.choice(count, size=n, replace=n > count)
+    labels = rng.choice(live, size=n, replace=n > len(live))
     vectors = index.backend.get_vectors(labels.astype(np.int64))
     scale = float(np.std(vectors)) or 1.0
     noise = rng.standard_normal(vectors.shape).astype(np.float32) * 0.05 * scale

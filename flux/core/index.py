@@ -14,6 +14,7 @@ from flux.core.artifact import Artifact
 from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Labels, Matrix, resolve_params
 from flux.core.filters import Answer, Filter, Planner
+from flux.core.ids import Ids
 from flux.errors import InvalidArgument, ItemNotFound
 
 #: Distinct search-parameter overrides whose resolution an index remembers.
@@ -58,8 +59,7 @@ class ServedIndex:
         self.backend: Backend = artifact.backend
         self.limits = limits
         self.batch_threads = batch_threads
-        self._ids = artifact.ids
-        self._labels: dict[str, int] | None = None
+        self.ids = Ids(artifact.ids)  # grows with upserts (flux.core.writes)
         # A backend that does not declare thread-safe search gets one search at a time.
         thread_safe = type(self.backend).capabilities.thread_safe_search
         self._serial: AbstractContextManager[object] = nullcontext() if thread_safe else threading.Lock()
@@ -118,7 +118,7 @@ class ServedIndex:
 
     def ids_of(self, labels: Labels) -> npt.NDArray[np.object_]:
         """The string id of each label, in the shape of ``labels`` (which must all be >= 0)."""
-        return self._ids[labels]
+        return self.ids.of(labels)
 
     def search_batch(self, queries: Matrix, ks: Sequence[int], params: Sequence[Mapping[str, float]]) -> list[Hits]:
         """Search rows that may each have their own k and params, grouping rows that share params."""
@@ -138,7 +138,10 @@ class ServedIndex:
     def search_by_id(self, item_id: str, k: int, params: Mapping[str, float]) -> Hits:
         """The k nearest neighbours of a stored item, the item itself excluded."""
         label = self.label_of(item_id)
-        vector = self.backend.get_vectors(np.array([label], np.int64))
+        try:
+            vector = self.backend.get_vectors(np.array([label], np.int64))
+        except KeyError:  # deleted since the lookup
+            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id") from None
         with self._serial:
             labels, distances = self.backend.search(vector, k + 1, params)
         keep = labels[0] != label
@@ -178,14 +181,12 @@ class ServedIndex:
         return np.array(labels, np.int64)
 
     def label_of(self, item_id: str) -> int:
-        if self._labels is None:  # built on first use; a race builds it twice, harmlessly
-            self._labels = {item_id: label for label, item_id in enumerate(self._ids.tolist())}
-        try:
-            return self._labels[item_id]
-        except KeyError:
-            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id") from None
+        label = self.ids.label(item_id)
+        if label is None:
+            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id")
+        return label
 
     def _hits(self, labels: np.ndarray, distances: Matrix) -> list[Hits]:
         found = (labels >= 0).sum(axis=1)
-        ids = self._ids[np.where(labels >= 0, labels, 0)]
+        ids = self.ids.of(np.where(labels >= 0, labels, 0))
         return [Hits(ids[row, :n].tolist(), distances[row, :n]) for row, n in enumerate(found.tolist())]

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +108,17 @@ class IndexSettings:
     data_root: Path | None = None
 
 
+class VersionHooks:
+    """What a writable index adds to the version steps (``flux.core.writes.Writer``); by default, nothing."""
+
+    def loaded(self, index: ServedIndex) -> None:
+        """A version has loaded and passed its gate: bring it up to date; raise FluxError to refuse it."""
+
+    def activating(self, index: ServedIndex) -> AbstractContextManager[object]:
+        """Held around the swap that makes ``index`` the active version."""
+        return nullcontext()
+
+
 class IndexManager:
     """The versions of one index: which exist, which are loaded, which one answers."""
 
@@ -132,6 +143,7 @@ class IndexManager:
         self.pinned: int | None = None
         self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
         self._ops = threading.RLock()  # serialises loads, swaps and unloads: held for long work
+        self.hooks = VersionHooks()  # a Writer replaces them when the index takes writes
 
     # -- the request path -------------------------------------------------------------
 
@@ -307,6 +319,34 @@ class IndexManager:
             self._unload(slot)
             return slot
 
+    def publish(self, write: Callable[[Path, int], artifact.Manifest]) -> VersionSlot:
+        """Save the active in-memory index as the next version and serve it as that version, without a reload.
+
+        For writable indexes, whose active index changes in memory (``flux.core.writes``):
+        ``write(path, version)`` saves it there (a snapshot). The new version's slot takes over
+        the loaded index and its requests in flight; the old version stays on disk, unloaded.
+        Holding the operations lock keeps the poller from loading the new directory as a second copy.
+        """
+        with self._ops:
+            current = self._active
+            if current is None or current.loaded is None:
+                raise Unavailable(f"index {self.name!r} has no active version to publish", field="index")
+            self.refresh_source()
+            version = max(self._slots) + 1
+            path = self.settings.source / str(version)
+            manifest = write(path, version)
+            with self._lock:
+                slot = VersionSlot(version, path, State.ACTIVE, artifact_bytes=artifact.size_bytes(manifest))
+                slot.loaded, current.loaded, current.state = current.loaded, None, State.AVAILABLE
+                self._slots[version] = slot
+                self._active = slot
+                if self.pinned == current.version:
+                    self.pinned = version  # a pin holds the in-memory index, whatever its number
+            self._transition(slot, "published")
+            metrics.INDEX_VERSION.labels(self.name).set(version)
+            log.info("index %r: published version %d from memory (was version %d)", self.name, version, current.version)
+            return slot
+
     def close(self) -> None:
         """Release every loaded version (server shutdown)."""
         with self._ops:
@@ -339,6 +379,8 @@ class IndexManager:
             )
             with self.acquire() if self._active is not None else _nothing() as current:
                 report = gate.run(index, current, self.settings.gate)
+            if report.passed:
+                self.hooks.loaded(index)  # a writable index replays its log here
         except ResourceExhausted as exc:
             self._fail(slot, exc.message, "memory", started)
             raise
@@ -373,8 +415,9 @@ class IndexManager:
         )
 
     def _activate(self, slot: VersionSlot) -> None:
+        assert slot.loaded is not None
         started = time.perf_counter()
-        with self._lock:
+        with self.hooks.activating(slot.loaded.index), self._lock:
             previous = self._active
             if previous is not None:
                 previous.state = State.READY

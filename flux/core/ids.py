@@ -1,0 +1,104 @@
+"""The string ids of one loaded index, by label, and the label of each id; upserts grow it.
+
+Searches read without a lock, while one writer at a time (``flux.core.writes``) changes it:
+
+* a new id gets a new label, never one used before in this process, so a label a search
+  got from the backend always names the id it had when the search ran, even if that id
+  was deleted since. (Backends reuse the memory of deleted items themselves: hnswlib
+  puts a new label in a deleted item's slot.)
+* the label array grows by copying into a larger one, published with one assignment,
+  and a label is given its id before the backend holds it, so no search can return a
+  label the array does not cover.
+* a deleted id leaves the map at once; its string stays in the array for searches in
+  flight. A snapshot writes ``None`` there (``snapshot``), which is how an artifact
+  records labels that hold no item.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from flux.core.backend import Labels
+
+
+class Ids:
+    def __init__(self, by_label: npt.NDArray[np.object_]) -> None:
+        self._by_label = by_label  # may be longer than _next: room to grow into
+        self._next = len(by_label)  # the label the next new id gets
+        self._labels: dict[str, int] | None = None  # built on first use
+        self._lock = threading.Lock()  # builds the map once; held by writers
+
+    # -- reads (any thread, no lock) ---------------------------------------------------
+
+    def of(self, labels: Labels) -> npt.NDArray[np.object_]:
+        """The id of each label, in the shape of ``labels`` (which must all be >= 0)."""
+        return self._by_label[labels]
+
+    def label(self, item_id: str) -> int | None:
+        """The label of ``item_id``, or None when the index does not hold it."""
+        return self._map().get(item_id)
+
+    def live(self) -> Labels:
+        """The labels that hold an item, ascending."""
+        if self._labels is None:
+            held = [item_id is not None for item_id in self._by_label[: self._next].tolist()]
+            return np.flatnonzero(held).astype(np.int64)
+        return np.sort(np.fromiter(self._labels.values(), np.int64, len(self._labels)))
+
+    def snapshot(self) -> list[str | None]:
+        """Every label's id in label order, ``None`` where a label holds no item (for an artifact)."""
+        out: list[str | None] = [None] * self._next
+        for item_id, label in self._map().items():
+            out[label] = item_id
+        return out
+
+    def _map(self) -> dict[str, int]:
+        labels = self._labels
+        if labels is None:
+            with self._lock:
+                if self._labels is None:
+                    ids = self._by_label[: self._next].tolist()
+                    self._labels = {item_id: label for label, item_id in enumerate(ids) if item_id is not None}
+                labels = self._labels
+        return labels
+
+    # -- writes (one writer at a time) ---------------------------------------------------
+
+    def assign(self, ids: Sequence[str]) -> Labels:
+        """The label of each id, giving new ids new labels; ``ids`` must not repeat."""
+        labels = self._map()
+        with self._lock:
+            out = np.empty(len(ids), np.int64)
+            new: list[str] = []
+            for row, item_id in enumerate(ids):
+                label = labels.get(item_id)
+                if label is None:
+                    label = self._next + len(new)
+                    new.append(item_id)
+                out[row] = label
+            if new:
+                self._grow(new)
+                for offset, item_id in enumerate(new):
+                    labels[item_id] = self._next + offset
+                self._next += len(new)
+            return out
+
+    def release(self, ids: Sequence[str]) -> Labels:
+        """Take ``ids`` out of the map and return their labels; ids not held are skipped."""
+        labels = self._map()
+        with self._lock:
+            found = [labels.pop(item_id) for item_id in ids if item_id in labels]
+        return np.array(found, np.int64)
+
+    def _grow(self, new: list[str]) -> None:
+        needed = self._next + len(new)
+        array = self._by_label
+        if needed > len(array):
+            array = np.empty(max(needed, 2 * len(array), 64), dtype=object)
+            array[: self._next] = self._by_label[: self._next]
+        array[self._next : needed] = new
+        self._by_label = array  # published only now that every new label has its id
