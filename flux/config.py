@@ -23,6 +23,7 @@ from flux.core.backend import Metric
 from flux.core.gate import GateConfig
 from flux.core.manager import IndexSettings
 from flux.core.versions import Policy
+from flux.core.writes import WriteSettings
 from flux.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -106,6 +107,18 @@ class GateSettings(_Strict):
     min_overlap: float = Field(0.0, ge=0, le=1, description="overlap@k with the version being replaced")
 
 
+class WritesConfig(_Strict):
+    """Upserts and deletes through WriteService, made durable by a write-ahead log (docs/writes.md)."""
+
+    enabled: bool = False
+    snapshot_every: int = Field(
+        10_000, ge=0, description="write the index as a new version after this many logged writes; 0: on request"
+    )
+    group_commit: bool = Field(
+        True, description="concurrent writes share one fsync; false: one fsync per write (for benchmarks)"
+    )
+
+
 class IndexConfig(_Strict):
     """One index to serve.
 
@@ -123,11 +136,33 @@ class IndexConfig(_Strict):
     versions: VersionsConfig = VersionsConfig()
     poll_seconds: float = Field(30.0, ge=0, description="how often to look for new versions; 0: never")
     gate: GateSettings = GateSettings()
+    writes: WritesConfig = WritesConfig()
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return _check_name(value)
+
+    @model_validator(mode="after")
+    def _writes_follow_the_newest_version(self) -> IndexConfig:
+        if self.writes.enabled and (self.versions.policy != "latest" or self.versions.keep != 1):
+            raise ValueError(
+                "writes.enabled needs versions.policy latest with keep 1 (writes go to the newest version)"
+            )
+        return self
+
+    def write_settings(self) -> WriteSettings | None:
+        """How the index takes writes, or None when it does not; its log lives in ``<path>/wal``."""
+        if not self.writes.enabled:
+            return None
+        return WriteSettings(
+            log_dir=self.path / "wal",
+            snapshot_every=self.writes.snapshot_every,
+            group_commit=self.writes.group_commit,
+            backend=self.backend,
+            dimension=self.dimension,
+            metric=self.metric,
+        )
 
     def settings(self, data_root: Path | None = None) -> IndexSettings:
         """The index in the core's terms; its versions must stay inside ``data_root`` when one is set."""
@@ -222,6 +257,16 @@ class FluxConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
+
+    @model_validator(mode="after")
+    def _one_writer_per_index(self) -> FluxConfig:
+        for i, index in enumerate(self.indexes):
+            if index.writes.enabled and self.server.workers > 1:
+                raise ValueError(
+                    f"indexes[{i}].writes: an index that takes writes needs server.workers 1 "
+                    "(each worker process would keep a log of its own)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> FluxConfig:

@@ -29,20 +29,24 @@ from flux.api.admin_service import AdminServicer
 from flux.api.health_port import HealthPort
 from flux.api.tls import server_credentials
 from flux.api.vector_service import VectorServicer
+from flux.api.write_service import WriteServicer
 from flux.config import FluxConfig
 from flux.core.aliases import Alias, Arm
 from flux.core.catalog import Catalog, IndexState
 from flux.core.index import Limits
+from flux.core.writes import Writer
 from flux.metrics_endpoint import MetricsEndpoint
-from flux_api.v1 import admin_service_pb2, vector_service_pb2
+from flux_api.v1 import admin_service_pb2, vector_service_pb2, write_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import add_AdminServiceServicer_to_server
 from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
+from flux_api.v1.write_service_pb2_grpc import add_WriteServiceServicer_to_server
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    write_service_pb2.DESCRIPTOR.services_by_name["WriteService"].full_name,
 )
 #: Health service name of one index: ``flux.index.<name>``. The empty name is the server as a whole.
 INDEX_HEALTH_PREFIX = "flux.index."
@@ -92,6 +96,13 @@ class FluxServer:
         )
         add_VectorServiceServicer_to_server(VectorServicer(self.catalog), self.grpc_server)
         add_AdminServiceServicer_to_server(AdminServicer(self.catalog), self.grpc_server)
+        #: The write path of each index that takes writes (docs/writes.md).
+        self.writers = {
+            index.name: Writer(self.catalog.manager(index.name), settings)
+            for index in config.indexes
+            if (settings := index.write_settings()) is not None
+        }
+        add_WriteServiceServicer_to_server(WriteServicer(self.catalog, self.writers), self.grpc_server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
@@ -150,6 +161,8 @@ class FluxServer:
             self.health_port.stop()
         if self.metrics is not None:
             self.metrics.stop()
+        for writer in self.writers.values():  # commits what is queued; the logs hold everything acknowledged
+            writer.close()
         self.catalog.close()
         log.info("stopped")
 

@@ -54,7 +54,7 @@ class _Status(NamedTuple):
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary handler so that raised exceptions become statuses.
+    """Wraps every handler that answers once (unary, client stream) so that raised exceptions become statuses.
 
     gRPC asks the interceptor for the handler on every call; the wrapped handler of each
     method is built once and remembered, so a call allocates nothing here.
@@ -76,9 +76,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     @staticmethod
     def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
-        if handler is None or handler.unary_unary is None:
+        # Calls that answer once: unary ones, and client streams (WriteService.UpsertStream).
+        kind = next((k for k in ("unary_unary", "stream_unary") if getattr(handler, k, None) is not None), "")
+        if handler is None or not kind:
             return handler
-        behaviour = handler.unary_unary
+        behaviour = getattr(handler, kind)
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:
@@ -94,4 +96,4 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 status = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
             context.abort_with_status(status)
 
-        return handler._replace(unary_unary=guarded)
+        return handler._replace(**{kind: guarded})

@@ -1,0 +1,442 @@
+"""Durable writes to one index: upserts and deletes, logged and synced, then applied in log order.
+
+How a write travels (``Writer``):
+
+1. ``submit_upsert`` / ``submit_delete`` check it against the active version (errors name the
+   field), encode it (``flux.core.mutations``) and queue it for group commit (``flux.core.commit``).
+2. The flusher appends whatever is queued to the log (``flux.core.wal``) with one fdatasync,
+   then applies those records in log order to the index that answers searches: the id map
+   grows (``flux.core.ids``), the backend adds or deletes, the attributes follow.
+3. Only then is the write acknowledged: a search that starts afterwards sees it, and no crash
+   can lose it.
+
+Snapshots: after ``snapshot_every`` records (or on request) the index is saved as the next
+version of its source, with the last log sequence it holds (``Manifest.wal_sequence``). The
+manager serves that version from the same in-memory index (``IndexManager.publish``), and the
+log segments it covers are deleted. Writes wait while a snapshot is written.
+
+Recovery is the manager's ordinary load plus two hooks. ``loaded`` replays the records after a
+version's ``wal_sequence`` into it before it may serve (a version whose missing records went
+into a snapshot it lacks is refused). ``activating`` applies what was logged since, with writes
+paused, so that a swap of versions loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from flux import metrics
+from flux.core import artifact, builder, versions
+from flux.core.attributes import ItemAttributes
+from flux.core.backend import Matrix, Metric
+from flux.core.commit import GroupCommit, Ticket
+from flux.core.index import ServedIndex
+from flux.core.manager import IndexManager, VersionHooks
+from flux.core.mutations import Delete, Op, Upsert, decode, encode
+from flux.core.wal import Log, sync_directory
+from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable
+
+log = logging.getLogger(__name__)
+
+_REPLAY_CHUNK = 256  # records applied together while replaying
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """How one index takes writes (``writes`` in its config)."""
+
+    log_dir: Path
+    snapshot_every: int = 10_000  # records; 0: only when asked
+    group_commit: bool = True  # False: one fsync per record, the baseline of ``flux bench writes``
+    # For a source with no version yet: what the empty version 1 that Flux creates holds.
+    backend: str | None = None
+    dimension: int | None = None
+    metric: Metric | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one write did, once durable and visible to searches."""
+
+    version: int
+    sequence: int
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    missing: int = 0
+
+
+class _Counts(NamedTuple):
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    missing: int = 0
+
+
+class Writer(VersionHooks):
+    """The write path of one index, and the hooks that keep its versions up to date with its log."""
+
+    def __init__(self, manager: IndexManager, settings: WriteSettings) -> None:
+        self.name = manager.name
+        self.settings = settings
+        self._manager = manager
+        self._apply_lock = threading.Lock()  # taken after the manager's operations lock, never before
+        self._log: Log | None = None
+        self._commit: GroupCommit | None = None
+        self._head: ServedIndex | None = None  # the index writes apply to: the active version
+        self._applied = 0  # the last record applied to the head (or, before it, found in the log)
+        self._positions: weakref.WeakKeyDictionary[ServedIndex, int] = weakref.WeakKeyDictionary()
+        self._since_snapshot = 0
+        self._snapshotter: threading.Thread | None = None
+        self._closing = False
+        self._problem = self._prepare_source(manager.settings.source)
+        manager.hooks = self
+
+    # -- the write path ---------------------------------------------------------------------------
+
+    def upsert(
+        self, ids: Sequence[str], vectors: Matrix, attributes: Sequence[ItemAttributes] | None = None
+    ) -> Applied:
+        """Insert or replace items; returns once they are durable and searches see them."""
+        result: Applied = self.submit_upsert(ids, vectors, attributes).wait()
+        return result
+
+    def delete(self, ids: Sequence[str]) -> Applied:
+        """Remove items (ids the index does not hold are counted as missing); returns once durable."""
+        result: Applied = self.submit_delete(ids).wait()
+        return result
+
+    def submit_upsert(
+        self,
+        ids: Sequence[str],
+        vectors: Matrix,
+        attributes: Sequence[ItemAttributes] | None = None,
+        *,
+        field: str = "",
+    ) -> Ticket:
+        """Check and queue an upsert without waiting; ``field`` prefixes the field names in errors."""
+        index, commit = self._writable(deleting=False)
+        _check_ids(ids, f"{field}ids", index.limits.max_batch)
+        index.check_dimension(vectors.shape[1], f"{field}vectors")
+        if len(vectors) != len(ids):
+            raise InvalidArgument(
+                f"{field}vectors holds {len(vectors)} vectors for {len(ids)} ids; send one vector per id",
+                field=f"{field}vectors",
+            )
+        if attributes is not None and len(attributes) != len(ids):
+            raise InvalidArgument(
+                f"{field}attributes holds {len(attributes)} entries for {len(ids)} ids; send none or one per id",
+                field=f"{field}attributes",
+            )
+        op = Upsert(list(ids), vectors, attributes)
+        return commit.submit(encode(op), op)
+
+    def submit_delete(self, ids: Sequence[str], *, field: str = "") -> Ticket:
+        index, commit = self._writable(deleting=True)
+        _check_ids(ids, f"{field}ids", index.limits.max_batch)
+        op = Delete(list(ids))
+        return commit.submit(encode(op), op)
+
+    def _writable(self, *, deleting: bool) -> tuple[ServedIndex, GroupCommit]:
+        with self._manager.acquire() as index:  # not serving: the same error a search gets
+            pass
+        caps = type(index.backend).capabilities
+        if not caps.mutable or (deleting and not caps.supports_delete):
+            raise FailedPrecondition(immutable_message(self.name, index.backend.name), field="index")
+        commit = self._commit
+        if commit is None or self._head is not index:
+            raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+        return index, commit
+
+    # -- applying, in log order ---------------------------------------------------------------------
+
+    def _apply(self, tickets: Sequence[Ticket]) -> list[Applied]:
+        """The flusher's step after a group is durable: apply it to the head, in order."""
+        with self._apply_lock:
+            index = self._head
+            assert index is not None
+            counts = _apply_ops(index, [t.op for t in tickets])
+            self._applied = tickets[-1].sequence
+            version = index.version
+            self._since_snapshot += len(tickets)
+            due = 0 < self.settings.snapshot_every <= self._since_snapshot
+            if due:
+                self._since_snapshot = 0  # a failed snapshot is retried after as many records again
+        if due:
+            self._snapshot_in_background()
+        return [Applied(version, t.sequence, *c) for t, c in zip(tickets, counts, strict=True)]
+
+    def _replay(self, index: ServedIndex, after: int, until: int) -> None:
+        assert self._log is not None
+        started, count, chunk = time.perf_counter(), 0, []
+        for sequence, payload in self._log.read(after, until):
+            try:
+                chunk.append(decode(payload))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise LogCorrupt(
+                    f"{self._log.directory}: record {sequence} holds no write Flux can read ({exc})"
+                ) from exc
+            if len(chunk) == _REPLAY_CHUNK:
+                _apply_ops(index, chunk)
+                count, chunk = count + len(chunk), []
+        if chunk:
+            _apply_ops(index, chunk)
+            count += len(chunk)
+        if count:
+            log.info(
+                "index %r: replayed %d logged writes (%d to %d) onto version %d in %.2fs",
+                self.name,
+                count,
+                after + 1,
+                until,
+                index.version,
+                time.perf_counter() - started,
+            )
+
+    # -- the manager's hooks ----------------------------------------------------------------------------
+
+    def loaded(self, index: ServedIndex) -> None:
+        """Replay the log into a freshly loaded version, or refuse the version if that cannot be done."""
+        if self._problem:
+            raise FailedPrecondition(self._problem)
+        wal = self._open_log()
+        start, until = index.manifest.wal_sequence, self._applied
+        if start < until:
+            if start + 1 < wal.first:
+                raise FailedPrecondition(
+                    f"version {index.version} holds the log up to record {start}, but the log now starts at record "
+                    f"{wal.first} (older records went into a later snapshot); serve a newer version"
+                )
+            if not type(index.backend).capabilities.mutable:
+                raise FailedPrecondition(
+                    f"{wal.directory} holds writes, but version {index.version} uses the immutable "
+                    f"{index.backend.name} backend, which cannot apply them"
+                )
+            self._replay(index, start, until)
+        elif start > until and self._commit is not None:
+            raise FailedPrecondition(
+                f"version {index.version} says it holds log records up to {start}, but the log ends at {until}"
+            )
+        self._positions[index] = max(start, until)
+
+    @contextmanager
+    def activating(self, index: ServedIndex) -> Iterator[None]:
+        """Bring ``index`` up to the last applied record, writes paused, and make it the head."""
+        with self._apply_lock:
+            position = self._positions.get(index)
+            if position is None:
+                raise FailedPrecondition(f"version {index.version} of index {self.name!r} was not prepared for writes")
+            if position < self._applied:
+                self._replay(index, position, self._applied)
+                position = self._applied
+            yield
+            self._head = index
+            self._applied = position
+            if self._commit is None:
+                assert self._log is not None
+                self._log.advance(position)
+                self._commit = GroupCommit(self._log, self._apply, group=self.settings.group_commit, name=self.name)
+
+    def _open_log(self) -> Log:
+        if self._log is None:
+            self._log = Log.open(self.settings.log_dir)  # recovery: LogCorrupt fails the version
+            self._applied = self._log.last
+        return self._log
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[int, int]:
+        """Save the index as the next version now and truncate the log: (version, last record it holds)."""
+        head = self._head
+        if self._commit is None or head is None:
+            raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+        if head.manifest.wal_sequence and head.manifest.wal_sequence == self._applied:
+            return head.version, self._applied  # nothing written since the last snapshot
+        started = time.perf_counter()
+        held = 0
+
+        def save(path: Path, version: int) -> artifact.Manifest:
+            nonlocal held
+            assert self._log is not None
+            with self._apply_lock:
+                index, sequence = self._head, self._applied
+                assert index is not None
+                self._log.rotate()  # records after this snapshot start a segment of their own
+                manifest = artifact.write(
+                    path,
+                    index.backend,
+                    index.ids.snapshot(),
+                    name=index.manifest.name,
+                    version=version,
+                    build_params=index.manifest.build_params,
+                    wal_sequence=sequence,
+                    attributes=index.attributes,
+                )
+                sync_directory(path.parent)  # the new version survives a power cut before the log shrinks
+                index.manifest = manifest
+            self._log.drop_through(sequence)
+            held = sequence
+            return manifest
+
+        slot = self._manager.publish(save)
+        seconds = time.perf_counter() - started
+        metrics.SNAPSHOT_SECONDS.labels(self.name).observe(seconds)
+        log.info("index %r: snapshot up to log record %d is version %d (%.2fs)", self.name, held, slot.version, seconds)
+        return slot.version, held
+
+    def _snapshot_in_background(self) -> None:
+        if self._closing or (self._snapshotter is not None and self._snapshotter.is_alive()):
+            return
+        self._snapshotter = threading.Thread(target=self._snapshot_quietly, name=f"flux-snapshot-{self.name}")
+        self._snapshotter.start()
+
+    def _snapshot_quietly(self) -> None:
+        try:
+            self.snapshot()
+        except FluxError as exc:
+            log.error("index %r: snapshot failed: %s", self.name, exc.message)
+        except Exception:
+            log.exception("index %r: snapshot failed", self.name)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what is queued, wait for a snapshot under way, and release the log."""
+        self._closing = True
+        if self._commit is not None:
+            self._commit.close()
+        if self._snapshotter is not None:
+            self._snapshotter.join()
+        if self._log is not None:
+            self._log.close()
+
+    def _prepare_source(self, source: Path) -> str:
+        """Why the source cannot take writes ("" when it can); creates an empty version 1 when told how."""
+        if (source / artifact.MANIFEST).is_file():
+            return (
+                f"index {self.name!r} takes writes, so its path must be a directory of numbered versions "
+                f"(e.g. {source}/1/), not an artifact; move the artifact into {source}/1/"
+            )
+        if versions.scan(source):
+            return ""
+        s = self.settings
+        if s.backend is None or s.dimension is None or s.metric is None:
+            log.error(
+                "index %r takes writes but %s holds no version: build one (flux build --out %s/1) or give "
+                "backend, dimension and metric in its config so that Flux creates an empty one",
+                self.name,
+                source,
+                source,
+            )
+            return ""
+        try:
+            builder.build(
+                source / "1",
+                np.empty((0, s.dimension), np.float32),
+                [],
+                backend=s.backend,
+                metric=s.metric,
+                name=self.name,
+            )
+        except FluxError as exc:
+            log.error("index %r: could not create an empty version 1 in %s: %s", self.name, source, exc.message)
+        else:
+            log.info("index %r: created an empty version 1 in %s", self.name, source)
+        return ""
+
+
+def immutable_message(index: str, backend: str) -> str:
+    return (
+        f"index {index!r} uses the {backend} backend, which is immutable: build a new version with "
+        "`flux build` and publish it to the index's source instead of writing to it"
+    )
+
+
+def _check_ids(ids: Sequence[str], field: str, limit: int) -> None:
+    if not ids:
+        raise InvalidArgument(f"{field} is empty; send at least one id", field=field)
+    if len(ids) > limit:
+        raise InvalidArgument(
+            f"{field} holds {len(ids)} ids; the limit is {limit} per call (limits.max_batch), split the batch",
+            field=field,
+        )
+    seen: dict[str, int] = {}
+    for row, item in enumerate(ids):
+        if not item:
+            raise InvalidArgument(f"{field}[{row}] is empty; ids are non-empty strings", field=f"{field}[{row}]")
+        first = seen.setdefault(item, row)
+        if first != row:
+            raise InvalidArgument(
+                f"{field}[{row}] {item!r} repeats {field}[{first}]; give each id once per request",
+                field=f"{field}[{row}]",
+            )
+
+
+def _apply_ops(index: ServedIndex, ops: Sequence[Op]) -> list[_Counts]:
+    """Apply ``ops`` in order; each run of upserts (or of deletes) becomes one backend call."""
+    counts: list[_Counts] = []
+    start = 0
+    for end in range(1, len(ops) + 1):
+        if end == len(ops) or type(ops[end]) is not type(ops[start]):
+            run = ops[start:end]
+            if isinstance(run[0], Upsert):
+                counts += _upsert(index, [op for op in run if isinstance(op, Upsert)])
+            else:
+                counts += _delete(index, [op for op in run if isinstance(op, Delete)])
+            start = end
+    return counts
+
+
+def _upsert(index: ServedIndex, run: list[Upsert]) -> list[_Counts]:
+    latest: dict[str, tuple[int, int]] = {}  # id -> (op, row) of its last vector in the run
+    counts = []
+    for number, op in enumerate(run):
+        inserted = 0
+        for row, item in enumerate(op.ids):
+            if item not in latest and index.ids.label(item) is None:
+                inserted += 1
+            latest[item] = (number, row)
+        counts.append(_Counts(inserted=inserted, updated=len(op.ids) - inserted))
+    if len(run) == 1:
+        vectors = run[0].vectors
+    else:
+        offsets = np.cumsum([0, *(len(op.ids) for op in run)])
+        rows = [int(offsets[number]) + row for number, row in latest.values()]
+        vectors = np.concatenate([op.vectors for op in run])[rows]
+    labels = index.ids.assign(list(latest))
+    index.backend.add(np.ascontiguousarray(vectors, np.float32), labels)
+    index.attributes.set(labels, [_attributes(run[number], row) for number, row in latest.values()])
+    metrics.WRITES.labels(index.name, "upsert").inc(len(labels))
+    return counts
+
+
+def _attributes(op: Upsert, row: int) -> ItemAttributes:
+    return op.attributes[row] if op.attributes is not None else ItemAttributes()
+
+
+def _delete(index: ServedIndex, run: list[Delete]) -> list[_Counts]:
+    gone: dict[str, None] = {}
+    counts = []
+    for op in run:
+        deleted = 0
+        for item in op.ids:
+            if item not in gone and index.ids.label(item) is not None:
+                gone[item] = None
+                deleted += 1
+        counts.append(_Counts(deleted=deleted, missing=len(op.ids) - deleted))
+    labels = index.ids.release(list(gone))
+    if len(labels):
+        index.backend.delete(labels)
+        index.attributes.clear(labels)
+        metrics.WRITES.labels(index.name, "delete").inc(len(labels))
+    return counts
