@@ -360,3 +360,22 @@ def test_tracing_makes_a_server_span_per_call_joined_to_the_callers_trace(artifa
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert failed.status.status_code is trace.StatusCode.ERROR
     assert format(failed.context.trace_id, "032x") != trace_id
+
+
+# --- the deployment ------------------------------------------------------------------------------------
+
+
+def test_the_manifests_expose_the_configured_metrics_port() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    configmap = yaml.safe_load((root / "k8s" / "configmap.yaml").read_text())
+    config = flux_config.parse(yaml.safe_load(configmap["data"]["flux.yaml"]), source="configmap", origins={})
+    image = flux_config.load(root / "config" / "flux.yaml", environ={})
+    deployment = yaml.safe_load((root / "k8s" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert config.server.metrics_port == image.server.metrics_port == ports["metrics"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    assert config.server.data_root is not None
+    assert all(index.path.is_relative_to(config.server.data_root) for index in config.indexes)
