@@ -112,7 +112,7 @@ class WritesConfig(_Strict):
 
     enabled: bool = False
     snapshot_every: int = Field(
-        10_000, ge=0, description="write the index as a new version after this many logged writes; 0: on request"
+        100_000, ge=0, description="write the index as a new version after this many items written; 0: on request"
     )
     group_commit: bool = Field(
         True, description="concurrent writes share one fsync; false: one fsync per write (for benchmarks)"

@@ -444,3 +444,19 @@ def test_attributes_written_with_upserts_survive_a_restart_and_a_snapshot(tmp_pa
         client.upsert("attr", ["b"], data[1:2])  # an upsert without attributes leaves the item none
     with serving(index) as (_, client):  # from the snapshot, then the log
         assert markets(client) == ["d"]
+
+
+def test_a_snapshot_cut_short_by_a_crash_is_cleaned_up_on_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = writable("left", tmp_path)
+    with serving(index) as (_, client):
+        client.upsert("left", ["a"], vectors(1, seed=14))
+    staging = tmp_path / "left" / ".2.k3x9q1"  # what artifact.write had made when the process died
+    (staging / "index").mkdir(parents=True)
+    (staging / "index" / "vectors.npy").write_bytes(b"half a file")
+    with caplog.at_level(logging.WARNING, logger="flux.core.writes"), serving(index) as (_, client):
+        assert f"removing {staging}, a snapshot a crash cut short" in caplog.text
+        assert not staging.exists()
+        assert client.count("left") == 1
+        assert client.writes.Snapshot(wpb.SnapshotRequest(index="left")).version == 2

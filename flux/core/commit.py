@@ -48,6 +48,10 @@ class Ticket:
             raise type(self._error)(self._error.message)
         return self._result
 
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
     def _finish(self, result: Any = None, error: FluxError | None = None) -> None:
         self._result, self._error = result, error
         self._done.set()
@@ -110,8 +114,12 @@ class GroupCommit:
                     batch = [self._queue.popleft()]
             if self.failure:
                 self._refuse(batch)
-            else:
+                continue
+            try:
                 self._commit(batch)
+            except Exception as exc:  # no writer may wait forever on a flusher that died
+                log.exception("index %r: the log flusher failed", self.name)
+                self._fail([t for t in batch if not t.done], f"the log flusher failed ({exc!r})")
 
     def _commit(self, batch: list[Ticket]) -> None:
         started = time.perf_counter()

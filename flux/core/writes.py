@@ -10,7 +10,7 @@ How a write travels (``Writer``):
 3. Only then is the write acknowledged: a search that starts afterwards sees it, and no crash
    can lose it.
 
-Snapshots: after ``snapshot_every`` records (or on request) the index is saved as the next
+Snapshots: after ``snapshot_every`` items written (or on request) the index is saved as the next
 version of its source, with the last log sequence it holds (``Manifest.wal_sequence``). The
 manager serves that version from the same in-memory index (``IndexManager.publish``), and the
 log segments it covers are deleted. Writes wait while a snapshot is written.
@@ -24,6 +24,8 @@ paused, so that a swap of versions loses nothing.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import threading
 import time
 import weakref
@@ -49,6 +51,7 @@ from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorru
 log = logging.getLogger(__name__)
 
 _REPLAY_CHUNK = 256  # records applied together while replaying
+_STAGING = re.compile(r"^\.\d+\.")  # artifact.write's staging directory of a numbered version
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class WriteSettings:
     """How one index takes writes (``writes`` in its config)."""
 
     log_dir: Path
-    snapshot_every: int = 10_000  # records; 0: only when asked
+    snapshot_every: int = 100_000  # items upserted or deleted; 0: only when asked
     group_commit: bool = True  # False: one fsync per record, the baseline of ``flux bench writes``
     # For a source with no version yet: what the empty version 1 that Flux creates holds.
     backend: str | None = None
@@ -154,7 +157,7 @@ class Writer(VersionHooks):
         if not caps.mutable or (deleting and not caps.supports_delete):
             raise FailedPrecondition(immutable_message(self.name, index.backend.name), field="index")
         commit = self._commit
-        if commit is None or self._head is not index:
+        if commit is None:
             raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
         return index, commit
 
@@ -168,7 +171,7 @@ class Writer(VersionHooks):
             counts = _apply_ops(index, [t.op for t in tickets])
             self._applied = tickets[-1].sequence
             version = index.version
-            self._since_snapshot += len(tickets)
+            self._since_snapshot += sum(len(t.op.ids) for t in tickets)
             due = 0 < self.settings.snapshot_every <= self._since_snapshot
             if due:
                 self._since_snapshot = 0  # a failed snapshot is retried after as many records again
@@ -327,6 +330,7 @@ class Writer(VersionHooks):
                 f"index {self.name!r} takes writes, so its path must be a directory of numbered versions "
                 f"(e.g. {source}/1/), not an artifact; move the artifact into {source}/1/"
             )
+        self._remove_unfinished_snapshots(source)
         if versions.scan(source):
             return ""
         s = self.settings
@@ -353,6 +357,15 @@ class Writer(VersionHooks):
         else:
             log.info("index %r: created an empty version 1 in %s", self.name, source)
         return ""
+
+    def _remove_unfinished_snapshots(self, source: Path) -> None:
+        """Delete what snapshots cut short by a crash left: ``artifact.write``'s staging directories."""
+        if not source.is_dir():
+            return
+        for staging in source.iterdir():
+            if _STAGING.match(staging.name) and staging.is_dir():
+                log.warning("index %r: removing %s, a snapshot a crash cut short", self.name, staging)
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def immutable_message(index: str, backend: str) -> str:
