@@ -17,6 +17,7 @@ MODES: tuple[str, ...] = (
     "flux.bench.client",
     "flux.bench.swap",
     "flux.bench.filters",
+    "flux.bench.writes",
     "flux.bench.overload",
 )
 
