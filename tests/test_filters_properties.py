@@ -1,6 +1,7 @@
 """Property: over random data, attributes and filters, a filtered answer never breaks its filter.
 
 Whatever strategy answers (the planner's own choice, or each one forced through its costs),
+and however the passing items are held (listed from the posting lists, or in a mask),
 no excluded id, no item outside the allow/deny restricts, and never more than the cap per
 crowding tag comes back; the answer holds min(k, what can be returned) items, nearest first,
 and ``fewer_than_k`` says exactly when fewer than k could be returned at all. The exact
@@ -58,7 +59,7 @@ def filters(draw: st.DrawFn, n: int) -> Filter:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[np.ndarray, list[ItemAttributes], np.ndarray, Filter, int, str]:
+def cases(draw: st.DrawFn) -> tuple[np.ndarray, list[ItemAttributes], np.ndarray, Filter, int, tuple[str, bool]]:
     n = draw(st.integers(1, 120))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
@@ -66,7 +67,8 @@ def cases(draw: st.DrawFn) -> tuple[np.ndarray, list[ItemAttributes], np.ndarray
     base = rng.integers(-3, 4, (n, 4)).astype(np.float32)
     query = rng.integers(-3, 4, 4).astype(np.float32)
     items = draw(st.lists(item_attributes(), min_size=n, max_size=n))
-    return base, items, query, draw(filters(n)), draw(st.integers(1, 25)), draw(st.sampled_from(sorted(COSTS)))
+    planner = (draw(st.sampled_from(sorted(COSTS))), draw(st.booleans()))
+    return base, items, query, draw(filters(n)), draw(st.integers(1, 25)), planner
 
 
 def passes(items: list[ItemAttributes], query_filter: Filter) -> np.ndarray:
@@ -95,9 +97,9 @@ def returnable(items: list[ItemAttributes], passing: np.ndarray, cap: int) -> in
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_filtered_answers_never_break_their_filter(
-    case: tuple[np.ndarray, list[ItemAttributes], np.ndarray, Filter, int, str],
+    case: tuple[np.ndarray, list[ItemAttributes], np.ndarray, Filter, int, tuple[str, bool]],
 ) -> None:
-    base, items, query, query_filter, k, costs = case
+    base, items, query, query_filter, k, (costs, listed) = case
     passing = passes(items, query_filter)
     expected = min(k, returnable(items, passing, query_filter.max_per_tag))
     squared = ((base.astype(np.float64) - query) ** 2).sum(axis=1)
@@ -109,6 +111,7 @@ def test_filtered_answers_never_break_their_filter(
             index = ServedIndex("p", artifact.load(path))
             if COSTS[costs] is not None:
                 index.planner.costs = Costs(COSTS[costs].scan, COSTS[costs].fetch)  # type: ignore[union-attr]
+            index.planner.list_share = 1 if listed else 2**62  # passing items listed, or always in a mask
             answer = index.search_filtered(query[None, :], [k], [index.default_params], [query_filter])[0]
             found = answer.labels.tolist()
 

@@ -32,7 +32,8 @@ import numpy.typing as npt
 from flux.core.backend import Labels
 from flux.errors import ArtifactError, InvalidArgument
 
-Postings = npt.NDArray[np.int32]
+#: Labels in memory are int64: numpy indexes with int32 arrays three times slower.
+Postings = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
 NO_TAG = -1
 _FORMAT = 1
@@ -103,10 +104,35 @@ class Table:
     def matching(self, allow: Mapping[str, Collection[str]], deny: Mapping[str, Collection[str]]) -> Mask:
         """A mask over labels: True where a live item holds, in every ``allow`` namespace, at least
         one of its tokens (AND across namespaces, OR within one) and no token of ``deny``."""
+        return self._mask({namespace: self._lists(namespace, tokens) for namespace, tokens in allow.items()}, deny)
+
+    def select(
+        self, allow: Mapping[str, Collection[str]], deny: Mapping[str, Collection[str]], list_limit: int
+    ) -> tuple[Labels | None, Mask | None]:
+        """The items ``matching`` marks: as ascending labels when one ``allow`` namespace holds at
+        most ``list_limit`` postings of its tokens (few items pass), else as a mask over labels;
+        the other of the two is None.
+
+        The labels cost O(postings read) where the mask costs O(labels): with few passing items,
+        building, counting and listing a mask would cost more than the rest of the query."""
+        lists = {namespace: self._lists(namespace, tokens) for namespace, tokens in allow.items()}
+        sizes = {namespace: sum(len(p) for p in found) for namespace, found in lists.items()}
+        narrowest = min(sizes, key=sizes.__getitem__, default=None)
+        if narrowest is not None and sizes[narrowest] <= list_limit:
+            first = lists.pop(narrowest)
+            labels = first[0] if len(first) == 1 else _ascending_unique(_joined(first))  # one list already is
+            for found in lists.values():
+                labels = labels[self._holds(_joined(found), labels)]
+            for namespace, tokens in deny.items():
+                labels = labels[~self._holds(_joined(self._lists(namespace, tokens)), labels)]
+            return labels, None
+        return None, self._mask(lists, deny)
+
+    def _mask(self, lists: Mapping[str, list[Postings]], deny: Mapping[str, Collection[str]]) -> Mask:
         mask: Mask | None = None
-        for namespace, tokens in allow.items():
+        for found in lists.values():
             hit = np.zeros(self.size, np.bool_)
-            hit[self._labels(namespace, tokens)] = True
+            hit[_joined(found)] = True
             if mask is None:
                 mask = hit
             else:
@@ -114,16 +140,22 @@ class Table:
         if mask is None:
             mask = self.live.copy()
         for namespace, tokens in deny.items():
-            mask[self._labels(namespace, tokens)] = False
+            mask[_joined(self._lists(namespace, tokens))] = False
         return mask
 
-    def _labels(self, namespace: str, tokens: Collection[str]) -> Postings:
-        """Every label holding one of ``tokens`` in ``namespace`` (with repeats)."""
+    def _holds(self, postings: Postings, labels: Postings) -> Mask:
+        """Which of ``labels`` appear in ``postings``: by sorting when both are short, else by a mask."""
+        if len(postings) <= self.size // 16:
+            return np.isin(labels, postings)
+        hit = np.zeros(self.size, np.bool_)
+        hit[postings] = True
+        holds: Mask = hit[labels]
+        return holds
+
+    def _lists(self, namespace: str, tokens: Collection[str]) -> list[Postings]:
+        """The posting list of each of ``tokens`` in ``namespace`` that any item holds."""
         by_token = self.postings.get(namespace, {})
-        lists = [p for p in map(by_token.get, tokens) if p is not None]
-        if len(lists) == 1:
-            return lists[0]
-        return np.concatenate(lists) if lists else np.empty(0, np.int32)
+        return [p for p in map(by_token.get, tokens) if p is not None]
 
 
 class AttributeStore:
@@ -159,7 +191,7 @@ class AttributeStore:
         """``size`` labels without attributes, all live unless ``live`` says otherwise (an artifact
         without an attributes file)."""
         flags = np.ones(size, np.bool_) if live is None else np.asarray(live, np.bool_)
-        none = np.empty(0, np.int32)
+        none = np.empty(0, np.int64)
         return cls._from_arrays([], np.zeros(1, np.int64), none, np.full(size, NO_TAG, np.int32), [], flags)
 
     @classmethod
@@ -177,7 +209,7 @@ class AttributeStore:
         keys = sorted(by_key)
         sizes = np.array([len(by_key[k]) for k in keys], np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        postings = np.array([label for k in keys for label in by_key[k]], np.int32)
+        postings = np.array([label for k in keys for label in by_key[k]], np.int64)
         return cls._from_arrays(keys, offsets, postings, tags, list(tag_names), np.ones(len(items), np.bool_))
 
     @classmethod
@@ -234,7 +266,7 @@ class AttributeStore:
         problem = _check(keys, offsets, postings, tags, tag_names, live, size)
         if problem:
             raise ArtifactError(f"{path}: {problem}")
-        return cls._from_arrays(keys, offsets, postings, tags, tag_names, live)
+        return cls._from_arrays(keys, offsets, postings.astype(np.int64), tags, tag_names, live)  # int32 on disk
 
     # -- the write path -------------------------------------------------------------------------
 
@@ -293,8 +325,8 @@ class AttributeStore:
         postings = {ns: dict(by_token) for ns, by_token in old.postings.items()}
         for (namespace, token), (removed, added) in changes.items():
             by_token = postings.setdefault(namespace, {})
-            current = by_token.get(token, np.empty(0, np.int32))
-            current = np.union1d(np.setdiff1d(current, removed), np.array(added, np.int32)).astype(np.int32)
+            current = by_token.get(token, np.empty(0, np.int64))
+            current = np.union1d(np.setdiff1d(current, removed), np.array(added, np.int64)).astype(np.int64)
             if len(current):
                 by_token[token] = current
             else:
@@ -319,6 +351,20 @@ class AttributeStore:
                 label = int(postings[position])
                 out[label] = out.get(label, frozenset()) | {keys[number]}
         return out
+
+
+def _joined(lists: list[Postings]) -> Postings:
+    if len(lists) == 1:
+        return lists[0]
+    return np.concatenate(lists) if lists else np.empty(0, np.int64)
+
+
+def _ascending_unique(labels: Postings) -> Postings:
+    """``np.unique`` without its hashing, which is slower on a few thousand labels."""
+    ordered = np.sort(labels)
+    if len(ordered) > 1:
+        ordered = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+    return ordered
 
 
 def _keys(item: ItemAttributes) -> frozenset[tuple[str, str]]:

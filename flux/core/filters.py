@@ -12,16 +12,18 @@ pass its filter, counted exactly from the posting lists (a boolean mask over lab
 
 The two strategies' costs differ by two orders of magnitude between backends (Annoy's work
 grows with k', hnswlib's barely does), so each index learns them from its own searches:
-seconds per scanned item and per fetched candidate, as moving averages. docs/filters.md has
+seconds per scanned item and per fetched candidate, as medians of recent searches. docs/filters.md has
 the measurements, and why hnswlib's own filter (a Python call per candidate) is not used.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -40,11 +42,15 @@ MARGIN = 2.0
 GROWTH = 4
 #: Filter masks of one batch pass stay under this many bytes; larger batches go in several passes.
 _MASK_BUDGET = 1 << 26
-#: How far one measurement moves a learnt cost; measurements smaller than the sizes below, whose
-#: time is mostly fixed overhead, move it less in proportion.
-_LEARNING_RATE = 0.2
-_FULL_WEIGHT_SCAN = 4096
-_FULL_WEIGHT_FETCH = 256
+#: When an allow namespace holds at most 1/LIST_SHARE of the labels, the passing labels are listed
+#: from the posting lists instead of marked in a mask over every label.
+LIST_SHARE = 16
+#: Each learnt cost is the median of this many recent measurements: one slow call (a first call,
+#: a pause) does not move it, a real change does within a few queries.
+_WINDOW = 15
+#: Smaller measurements are mostly fixed overhead and are not learnt from.
+_MIN_SCAN_ITEMS = 256
+_MIN_FETCH_CANDIDATES = 32
 
 
 class Strategy(Enum):
@@ -111,26 +117,36 @@ class Nearest(Protocol):
 
 @dataclass
 class Costs:
-    """Seconds per item exactly scanned and per candidate fetched from the index, learnt as
-    moving averages from this index's own searches. Races between threads lose an update, harmlessly."""
+    """Seconds per item exactly scanned and per candidate fetched from the index: at first the
+    guesses given, then the median of this index's recent measurements. Thread-safe enough: a
+    race between two searches can only lose a measurement."""
 
     scan: float
     fetch: float
+    _scans: deque[float] = field(init=False, repr=False)
+    _fetches: deque[float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._scans = deque([self.scan], maxlen=_WINDOW)
+        self._fetches = deque([self.fetch], maxlen=_WINDOW)
 
     def learn_scan(self, seconds: float, items: int) -> None:
-        self.scan += _rate(items, _FULL_WEIGHT_SCAN) * (seconds / items - self.scan)
+        if items >= _MIN_SCAN_ITEMS:
+            self._scans.append(seconds / items)
+            self.scan = statistics.median(self._scans)
 
     def learn_fetch(self, seconds: float, candidates: int) -> None:
-        self.fetch += _rate(candidates, _FULL_WEIGHT_FETCH) * (seconds / candidates - self.fetch)
-
-
-def _rate(size: int, full: int) -> float:
-    return _LEARNING_RATE * min(1.0, size / full)
+        if candidates >= _MIN_FETCH_CANDIDATES:
+            self._fetches.append(seconds / candidates)
+            self.fetch = statistics.median(self._fetches)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    mask: Mask | None  # None: every live item passes
+    """What passes one query's filter: a list of labels (few pass), or a mask, or every live item."""
+
+    labels: Labels | None  # ascending
+    mask: Mask | None
     count: int  # items that pass
     cap: int  # results per crowding tag, 0 for no cap
 
@@ -156,6 +172,10 @@ class Planner:
         self._store = store
         self._labels_of = labels_of
         self._vectors = vectors
+        self._norms: Matrix | None = None
+        #: Filters whose narrowest allow namespace holds at most size / list_share postings are
+        #: listed from the posting lists; public, like ``costs``, for tools and tests.
+        self.list_share = LIST_SHARE
         # First guesses, from measurements at 128 dimensions (docs/filters.md); then learnt.
         per_dimension = 1e-9 if vectors is not None else 2e-7
         self.costs = Costs(scan=backend.dimension * per_dimension, fetch=backend.dimension * 1e-8)
@@ -173,12 +193,12 @@ class Planner:
         table = self._store.table
         answers: list[Answer | None] = [None] * len(queries)
         plain: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
-        filtered = []
+        filtered: list[tuple[int, Filter]] = []
         for row, query_filter in enumerate(filters):
             if query_filter is None:
                 plain.setdefault((ks[row], _key(params[row])), []).append(row)
             else:
-                filtered.append(row)
+                filtered.append((row, query_filter))
         for (k, _), rows in plain.items():
             labels, distances = self._nearest(queries[rows], k, params[rows[0]], threads=threads)
             for row, found, dist in zip(rows, labels, distances, strict=True):
@@ -186,22 +206,24 @@ class Planner:
                 answers[row] = Answer(found[keep], dist[keep], Strategy.INDEX, not keep.all())
         per_pass = max(1, _MASK_BUDGET // max(table.size, 1))
         for start in range(0, len(filtered), per_pass):
-            rows = filtered[start : start + per_pass]
-            plans = {row: self._plan(table, filters[row]) for row in rows}  # type: ignore[arg-type]
+            plans = {row: self._plan(table, query_filter) for row, query_filter in filtered[start : start + per_pass]}
             self._filtered(queries, ks, params, plans, table, threads, answers)
         return [a for a in answers if a is not None]
 
     def _plan(self, table: Table, query_filter: Filter) -> _Plan:
-        mask = (
-            table.matching(query_filter.allow, query_filter.deny) if query_filter.allow or query_filter.deny else None
-        )
-        if query_filter.exclude_ids:
-            excluded = self._labels_of(query_filter.exclude_ids)
+        allow, deny, cap = query_filter.allow, query_filter.deny, query_filter.max_per_tag
+        excluded = self._labels_of(query_filter.exclude_ids) if query_filter.exclude_ids else None
+        listed, mask = table.select(allow, deny, table.size // self.list_share) if allow or deny else (None, None)
+        if listed is not None:
+            if excluded is not None:
+                listed = listed[~np.isin(listed, excluded)]
+            return _Plan(listed, None, len(listed), cap)
+        if excluded is not None:
             if mask is None:
                 mask = table.live.copy()
             mask[excluded[excluded < table.size]] = False
         count = table.live_count if mask is None else int(np.count_nonzero(mask))
-        return _Plan(mask, count, query_filter.max_per_tag)
+        return _Plan(None, mask, count, cap)
 
     def _filtered(
         self,
@@ -246,19 +268,22 @@ class Planner:
 
     def _scan(self, query: Matrix, plan: _Plan, k: int, table: Table) -> Answer:
         """The exact answer over every passing item."""
-        labels = np.flatnonzero(table.live if plan.mask is None else plan.mask)
+        if plan.labels is not None:
+            labels = plan.labels
+        else:
+            labels = np.flatnonzero(table.live if plan.mask is None else plan.mask)
         if not len(labels):
             return Answer(labels, np.empty(0, np.float32), Strategy.EXACT_SCAN, True)
         started = time.perf_counter()
-        vectors = self._gather(labels, table)
-        scores = _scores(vectors, query, self._backend.metric)
+        vectors, squared_norms = self._gather(labels, table)
+        scores = _scores(vectors, squared_norms, query, self._backend.metric)
         # Pick a shortlist on the fast scores, then rank it on exact distances: a few spare
         # candidates absorb the rounding of the fast ones.
         spare = 2 * k + 8
         if plan.cap:
             order = _crowded_order(scores, table.tags[labels], plan.cap, spare)
         elif len(scores) > spare:
-            order = np.argpartition(scores, spare - 1)[:spare]
+            order = scores.argpartition(spare - 1)[:spare]
         else:
             order = np.arange(len(scores))
         exact = _distances(vectors[order], query, self._backend.metric)
@@ -266,20 +291,32 @@ class Planner:
         self.costs.learn_scan(time.perf_counter() - started, len(labels))
         return Answer(labels[order[ranked]], exact[ranked], Strategy.EXACT_SCAN, len(ranked) < k)
 
-    def _gather(self, labels: Labels, table: Table) -> Matrix:
-        """The vectors of ascending ``labels``: from the copy where it is current, else the backend."""
+    def _gather(self, labels: Labels, table: Table) -> tuple[Matrix, Matrix]:
+        """The vectors of ascending ``labels`` and their squared norms: from the copy where it is
+        current, else from the backend."""
         copy = self._vectors
         if copy is None:
-            return self._backend.get_vectors(labels)
+            vectors = self._backend.get_vectors(labels)
+            return vectors, _squared_norms(vectors)
+        norms = self._copy_norms(copy)
         if not table.any_changed and labels[-1] < len(copy):
-            return np.asarray(copy[labels])
+            return np.take(copy, labels, axis=0), np.take(norms, labels)  # take: faster than copy[labels]
         current = labels < len(copy)
         current[current] = ~table.changed[labels[current]]
         out = np.empty((len(labels), self._backend.dimension), np.float32)
-        out[current] = copy[labels[current]]
+        out[current] = np.take(copy, labels[current], axis=0)
         if not current.all():
             out[~current] = self._backend.get_vectors(labels[~current])
-        return out
+        squared = np.empty(len(labels), np.float32)
+        squared[current] = np.take(norms, labels[current])
+        squared[~current] = _squared_norms(out[~current])
+        return out, squared
+
+    def _copy_norms(self, copy: Matrix) -> Matrix:
+        """The squared norm of every row of the copy, computed once (two racing scans both compute it)."""
+        if self._norms is None:
+            self._norms = _squared_norms(copy)
+        return self._norms
 
 
 def crowd(tags: npt.NDArray[np.int32], cap: int) -> Mask:
@@ -298,7 +335,9 @@ def crowd(tags: npt.NDArray[np.int32], cap: int) -> Mask:
 def _passing(labels: Labels, distances: Matrix, plan: _Plan, table: Table) -> tuple[Labels, Matrix]:
     """The candidates (nearest first) that pass the filter and the crowding cap."""
     keep = labels >= 0
-    if plan.mask is not None:
+    if plan.labels is not None:
+        keep[keep] = _among(labels[keep], plan.labels)
+    elif plan.mask is not None:
         keep &= labels < len(plan.mask)  # a label the store was not told about yet does not pass
         keep[keep] = plan.mask[labels[keep]]
     labels, distances = labels[keep], distances[keep]
@@ -306,6 +345,15 @@ def _passing(labels: Labels, distances: Matrix, plan: _Plan, table: Table) -> tu
         within = crowd(_tags(table, labels), plan.cap)
         labels, distances = labels[within], distances[within]
     return labels, distances
+
+
+def _among(labels: Labels, ascending: Labels) -> Mask:
+    """Which of ``labels`` are in the ascending array ``ascending`` (binary search)."""
+    if not len(ascending):
+        return np.zeros(len(labels), np.bool_)
+    at = np.minimum(np.searchsorted(ascending, labels), len(ascending) - 1)
+    found: Mask = ascending[at] == labels
+    return found
 
 
 def _crowded_order(scores: Matrix, tags: npt.NDArray[np.int32], cap: int, wanted: int) -> Labels:
@@ -329,16 +377,20 @@ def _tags(table: Table, labels: Labels) -> npt.NDArray[np.int32]:
     return out
 
 
-def _scores(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:
+def _scores(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric) -> Matrix:
     """Float32 scores that order items as their distances do (up to rounding), cheaply."""
     dots: Matrix = vectors @ query
     if metric is Metric.L2:
-        squared: Matrix = np.einsum("ij,ij->i", vectors, vectors) - 2 * dots
+        squared: Matrix = squared_norms - 2 * dots
         return squared
     if metric is Metric.COSINE:
-        norms: Matrix = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-        return np.negative(dots / np.maximum(norms, np.float32(1e-30)))
+        return np.negative(dots / np.maximum(np.sqrt(squared_norms), np.float32(1e-30)))
     return np.negative(dots)
+
+
+def _squared_norms(vectors: Matrix) -> Matrix:
+    squared: Matrix = np.einsum("ij,ij->i", vectors, vectors)
+    return squared
 
 
 def _distances(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:
