@@ -233,36 +233,52 @@ def print_targets(found: Sequence[Target], out: TextIO) -> None:
 
 
 def plot(rows: Sequence[Row], path: Path) -> bool:
-    """A recall-vs-QPS chart per data set in the style of ann-benchmarks; False without matplotlib."""
+    """Recall against QPS, one chart per data set and backend, in the style of ann-benchmarks
+    (logit recall axis, log QPS axis); dashed lines are the in-process library. False without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
     except ImportError:
         return False
-    settings = list(dict.fromkeys(r.setting for r in rows))
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 5), squeeze=False)
-    for ax, setting in zip(axes[0], settings, strict=True):
+    groups = list(dict.fromkeys((r.setting, r.backend) for r in rows if r.recall is not None))
+    if not groups:
+        return False
+    columns = min(2, len(groups))
+    lines = math.ceil(len(groups) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.6 * lines), squeeze=False)
+    colours: dict[str, str] = {}
+    for ax, (setting, backend) in zip(axes.flat, groups, strict=False):
         series: dict[str, list[Row]] = {}
         for r in rows:
-            if r.setting == setting and r.recall is not None and r.value is not None:
-                series.setdefault(f"{r.backend}: {r.label}", []).append(r)
+            if (r.setting, r.backend) == (setting, backend) and r.recall is not None:
+                series.setdefault(r.label, []).append(r)
         for name, points in series.items():
-            points.sort(key=lambda r: r.recall or 0.0)
+            points.sort(key=lambda r: r.value or 0.0)
+            colour = colours.setdefault(name, f"C{len(colours) % 10}")
             style = "--" if points[0].mode.startswith("library") else "-"
-            ax.plot([p.recall for p in points], [p.qps for p in points], style, marker="o", markersize=3, label=name)
+            recalls = [min(p.recall or 0.0, 0.9999) for p in points]  # a logit axis cannot show 1.0
+            ax.plot(recalls, [p.qps for p in points], style, color=colour, marker="o", markersize=3, label=name)
         ax.set_xscale("logit")
         ax.set_yscale("log")
+        ticks = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_xlabel("recall@10")
-        ax.set_ylabel("queries per second (log)")
-        ax.set_title(setting)
-        ax.axvline(TARGET_RECALL, color="grey", linewidth=0.5)
+        ax.set_ylabel("queries per second")
+        ax.set_title(f"{setting} / {backend}")
+        ax.axvline(TARGET_RECALL, color="grey", linewidth=0.6)
         ax.grid(True, which="both", linewidth=0.3)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
