@@ -4,7 +4,8 @@ A server runs as its own process with ``server.max_concurrent_calls`` set low. F
 client calls it alone (the unloaded p99). Then ``--clients`` asyncio clients, each with
 its own connection, spread over ``--processes`` processes, call it as fast as they are
 answered for ``--seconds``. Calls beyond the limit get RESOURCE_EXHAUSTED; a client that
-gets one waits ``--backoff-ms`` (as a client honouring the refusal would) and calls again.
+gets one backs off as a well-behaved client does (``--backoff-ms``, doubling with each
+refusal in a row up to 32 times that, with jitter) and calls again.
 The same load then runs against the server without a limit, for comparison.
 
 Reported per phase: calls, answered, refused share, p50/p99 of answered calls, p50/p99 of
@@ -43,13 +44,15 @@ def add_parser(modes: Any) -> None:
     parser.add_argument("--backend", default="hnsw", help="index backend (default: hnsw)")
     parser.add_argument("-n", type=int, default=50_000, help="vectors (default: 50,000)")
     parser.add_argument("--dim", type=int, default=64, help="dimension (default: 64)")
-    parser.add_argument("--limit", type=int, default=4, help="server.max_concurrent_calls (default: 4)")
-    parser.add_argument("--threads", type=int, default=8, help="server.threads (default: 8)")
+    parser.add_argument("--limit", type=int, default=2, help="server.max_concurrent_calls (default: 2)")
+    parser.add_argument("--threads", type=int, default=4, help="server.threads (default: 4)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default: 64)")
-    parser.add_argument("--processes", type=int, default=4, help="client processes (default: 4)")
+    parser.add_argument("--processes", type=int, default=2, help="client processes (default: 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="load per phase (default: 10)")
     parser.add_argument("--unloaded-calls", type=int, default=3000, help="calls by the lone client (default: 3000)")
-    parser.add_argument("--backoff-ms", type=float, default=20.0, help="wait after a refusal, +-50%% (default: 20)")
+    parser.add_argument(
+        "--backoff-ms", type=float, default=20.0, help="first wait after a refusal, doubling, +-50%% (default: 20)"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="quick: a short smoke run")
     parser.add_argument("--out", type=Path, default=Path("bench-results/overload.json"), help="JSON results file")
     parser.set_defaults(run=run)
@@ -82,16 +85,18 @@ async def _load(address: str, dim: int, clients: int, seconds: float, calls: int
         async with grpc.aio.insecure_channel(address) as channel:
             search = VectorServiceStub(channel).Search
             await asyncio.wait_for(channel.channel_ready(), 30)  # connect before the clock runs
-            i = number
+            i, refusals = number, 0
             while (len(records) < calls) if calls else (time.monotonic() < until):
                 started = time.perf_counter()
                 try:
                     await search(requests[i % len(requests)], timeout=30)
                     records.append((time.perf_counter() - started, "OK"))
+                    refusals = 0
                 except grpc.aio.AioRpcError as exc:
                     records.append((time.perf_counter() - started, exc.code().name))
                     if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and backoff:
-                        await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # the client's own pacing
+                        refusals += 1  # the client's own pacing: exponential backoff with jitter
+                        await asyncio.sleep(backoff * min(2 ** (refusals - 1), 32) * random.uniform(0.5, 1.5))
                 i += 1
         return records
 
