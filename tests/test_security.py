@@ -66,14 +66,18 @@ def _certificate(
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """PEM files: ca, other-ca, server (flux.test, signed by ca), client (signed by ca), stranger (by other-ca)."""
     root = tmp_path_factory.mktemp("pki")
-    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "other-ca", "server", "client", "stranger")}
+    keys = {
+        name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "other-ca", "server", "client", "stranger")
+    }
     certificates = {
         "ca": _certificate("ca", keys["ca"], None, "ca"),
         "other-ca": _certificate("other-ca", keys["other-ca"], None, "ca"),
@@ -134,8 +138,8 @@ def test_the_health_port_answers_probes_in_plaintext_beside_a_tls_port(tls_serve
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         index = health_pb2.HealthCheckRequest(service="flux.index.small")
         assert health.Check(index, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        grpc_search = channel.unary_unary("/flux_api.v1.VectorService/Search")
         with pytest.raises(grpc.RpcError) as caught:  # only health lives there
-            grpc_search = channel.unary_unary("/flux_api.v1.VectorService/Search")
             grpc_search(b"", timeout=5)
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
@@ -201,8 +205,8 @@ def _upsert(channel: grpc.Channel, role: str | None) -> grpc.RpcError:
 
 
 def _load_version(channel: grpc.Channel, role: str | None) -> grpc.RpcError:
+    request = admin_service_pb2.LoadVersionRequest(index="small", version=99)
     with pytest.raises(grpc.RpcError) as caught:
-        request = admin_service_pb2.LoadVersionRequest(index="small", version=99)
         AdminServiceStub(channel).LoadVersion(request, metadata=_bearer(role), timeout=10)
     return caught.value
 
@@ -279,9 +283,9 @@ def test_the_client_sends_its_token_over_tls_and_tokens_never_reach_the_logs(
             assert len(client.search("small", queries[0], k=3).ids) == 3
             with pytest.raises(PermissionDenied):
                 client.describe("small")  # AdminService: admin only
-        with FluxClient(server.address, tls=secure, token=TOKENS["admin"], retries=0) as client:
-            with pytest.raises(Unauthenticated):
-                client.search("small", queries[0], k=3)  # a token this server does not list
+        other = FluxClient(server.address, tls=secure, token=TOKENS["admin"], retries=0)
+        with other, pytest.raises(Unauthenticated):
+            other.search("small", queries[0], k=3)  # a token this server does not list
     requests = [r for r in caplog.records if r.name == "flux.requests"]
     assert [getattr(r, "principal", None) for r in requests[:2]] == ["ranker", "ranker"]
     assert [getattr(r, "code", None) for r in requests[-3:]] == ["OK", "PERMISSION_DENIED", "UNAUTHENTICATED"]
@@ -308,7 +312,9 @@ def test_index_paths_outside_the_data_root_are_refused_by_name(tmp_path: Path, s
             flux_config.load(tmp_path / "flux.yaml", environ={})
         assert "indexes[0].path" in caught.value.message
         assert f"outside server.data_root {root}" in caught.value.message
-    (tmp_path / "flux.yaml").write_text("server: {data_root: root}\nindexes:\n  - name: tracks\n    path: root/tracks\n")
+    (tmp_path / "flux.yaml").write_text(
+        "server: {data_root: root}\nindexes:\n  - name: tracks\n    path: root/tracks\n"
+    )
     assert flux_config.load(tmp_path / "flux.yaml", environ={}).indexes[0].path == root / "tracks"
 
 
