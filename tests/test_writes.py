@@ -375,6 +375,7 @@ def test_concurrent_writers_read_their_writes_while_others_search(tmp_path: Path
                     client.vectors.BatchSearch(
                         vpb.BatchSearchRequest(index="c", queries=encode_vectors(data[:32]), k=5)
                     )
+                    client.vectors.SearchById(vpb.SearchByIdRequest(index="c", id="base7", k=5))  # reads a vector
                 except grpc.RpcError as exc:
                     failures.append(f"searcher: {exc.code()} {exc.details()}")
                     return

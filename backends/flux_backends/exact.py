@@ -130,19 +130,18 @@ class ExactBackend(Backend):
 
     def add(self, vectors: Matrix, labels: Labels) -> None:
         new = _normalised(vectors) if self.metric is Metric.COSINE else np.asarray(vectors, np.float32)
+        # A label given twice keeps its last vector.
+        last = len(labels) - 1 - np.unique(labels[::-1], return_index=True)[1]
+        labels, new = labels[last], new[last]
         with self._write_lock:
             state = self._state
-            rows = {int(label): row for row, label in enumerate(state.labels)}
-            stored, stored_labels = np.array(state.vectors), state.labels.copy()
-            appended: dict[int, np.ndarray] = {}
-            for vector, label in zip(new, labels.tolist(), strict=True):
-                if label in rows:
-                    stored[rows[label]] = vector
-                else:
-                    appended[label] = vector  # a label given twice keeps its last vector
-            if appended:
-                stored = np.vstack([stored, np.array(list(appended.values()), np.float32).reshape(-1, self.dimension)])
-                stored_labels = np.concatenate([stored_labels, np.array(list(appended), np.int64)])
+            rows = _rows_of(state.labels, labels)  # -1: not stored yet
+            present = rows >= 0
+            stored = np.array(state.vectors)
+            stored[rows[present]] = new[present]
+            if not present.all():
+                stored = np.vstack([stored, new[~present]])
+            stored_labels = np.concatenate([state.labels, labels[~present]])
             self._state = self._snapshot(np.ascontiguousarray(stored), stored_labels)
 
     def delete(self, labels: Labels) -> None:
@@ -169,6 +168,16 @@ class ExactBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         return {"vector_bytes": int(self._state.vectors.nbytes)}
+
+
+def _rows_of(stored: Labels, labels: Labels) -> Labels:
+    """The row of each of ``labels`` in ``stored`` (labels are unique there), -1 where absent."""
+    if not len(stored):
+        return np.full(len(labels), -1, np.int64)
+    order = np.argsort(stored, kind="stable")
+    at = np.minimum(np.searchsorted(stored, labels, sorter=order), len(order) - 1)
+    rows = order[at]
+    return np.where(stored[rows] == labels, rows, -1).astype(np.int64)
 
 
 def _normalised(vectors: Matrix) -> Matrix:

@@ -187,13 +187,14 @@ class HnswBackend(Backend):
                 self._vacant += 1
 
     def get_vectors(self, labels: Labels) -> Matrix:
-        deleted = self._deleted.intersection(labels.tolist())
-        if deleted:
-            raise KeyError(f"label {min(deleted)} is not in the index (deleted)")
-        try:
-            return np.asarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
-        except RuntimeError as exc:
-            raise KeyError(str(exc)) from exc
+        with self._gate.searching(None):  # a write may be resizing the index's memory
+            deleted = self._deleted.intersection(labels.tolist())
+            if deleted:
+                raise KeyError(f"label {min(deleted)} is not in the index (deleted)")
+            try:
+                return np.asarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
+            except RuntimeError as exc:
+                raise KeyError(str(exc)) from exc
 
     def __len__(self) -> int:
         return int(self._index.get_current_count()) - self._vacant
@@ -232,11 +233,12 @@ class _Gate:
         self._writing = False
 
     @contextmanager
-    def searching(self, ef: int) -> Iterator[None]:
+    def searching(self, ef: int | None) -> Iterator[None]:
+        """``ef`` None: a read that does not depend on it (``get_items``), which runs beside any search."""
         with self._cond:
-            while self._writing or (self._ef != ef and self._searches):
+            while self._writing or (ef is not None and self._ef != ef and self._searches):
                 self._cond.wait()
-            if self._ef != ef:
+            if ef is not None and self._ef != ef:
                 self._index.set_ef(ef)
                 self._ef = ef
             self._searches += 1

@@ -53,19 +53,22 @@ class WriteServicer(write_service_pb2_grpc.WriteServiceServicer):
             answer.updated += done.updated
             answer.messages += 1
 
-        for number, message in enumerate(request_iterator):
-            field = f"messages[{number}]."
-            if writer is None:
-                writer = self._writer(message.index)
-            elif message.index != writer.name:
-                raise InvalidArgument(
-                    f"{field}index is {message.index!r}, but this stream writes to {writer.name!r}; "
-                    "one stream writes one index",
-                    field=f"{field}index",
-                )
-            pending.append(writer.submit_upsert(*_items(message, field), field=field))
-            if len(pending) >= _WINDOW:
-                settle(pending.popleft())
+        try:
+            for number, message in enumerate(request_iterator):
+                field = f"messages[{number}]."
+                if writer is None:
+                    writer = self._writer(message.index)
+                elif message.index != writer.name:
+                    raise InvalidArgument(
+                        f"{field}index is {message.index!r}, but this stream writes to {writer.name!r}; "
+                        "one stream writes one index",
+                        field=f"{field}index",
+                    )
+                pending.append(writer.submit_upsert(*_items(message, field), field=field))
+                if len(pending) >= _WINDOW:
+                    settle(pending.popleft())
+        except grpc.RpcError:  # the client cancelled or its deadline passed: nobody waits for an answer
+            return answer  # (the batches it sent are committed all the same)
         if writer is None:
             raise InvalidArgument("the stream held no message; send at least one batch", field="messages")
         while pending:

@@ -98,7 +98,8 @@ class Writer(VersionHooks):
         self._commit: GroupCommit | None = None
         self._head: ServedIndex | None = None  # the index writes apply to: the active version
         self._applied = 0  # the last record applied to the head (or, before it, found in the log)
-        self._positions: weakref.WeakKeyDictionary[ServedIndex, int] = weakref.WeakKeyDictionary()
+        # Per loaded version: the last record applied to it, and the items applied since its snapshot.
+        self._positions: weakref.WeakKeyDictionary[ServedIndex, tuple[int, int]] = weakref.WeakKeyDictionary()
         self._since_snapshot = 0
         self._snapshotter: threading.Thread | None = None
         self._closing = False
@@ -174,14 +175,15 @@ class Writer(VersionHooks):
             self._since_snapshot += sum(len(t.op.ids) for t in tickets)
             due = 0 < self.settings.snapshot_every <= self._since_snapshot
             if due:
-                self._since_snapshot = 0  # a failed snapshot is retried after as many records again
+                self._since_snapshot = 0  # a failed snapshot is retried after as many items again
         if due:
             self._snapshot_in_background()
         return [Applied(version, t.sequence, *c) for t, c in zip(tickets, counts, strict=True)]
 
-    def _replay(self, index: ServedIndex, after: int, until: int) -> None:
+    def _replay(self, index: ServedIndex, after: int, until: int) -> int:
+        """Apply records ``after + 1`` to ``until`` to ``index``; the number of items they held."""
         assert self._log is not None
-        started, count, chunk = time.perf_counter(), 0, []
+        started, count, items, chunk = time.perf_counter(), 0, 0, []
         for sequence, payload in self._log.read(after, until):
             try:
                 chunk.append(decode(payload))
@@ -189,6 +191,7 @@ class Writer(VersionHooks):
                 raise LogCorrupt(
                     f"{self._log.directory}: record {sequence} holds no write Flux can read ({exc})"
                 ) from exc
+            items += len(chunk[-1].ids)
             if len(chunk) == _REPLAY_CHUNK:
                 _apply_ops(index, chunk)
                 count, chunk = count + len(chunk), []
@@ -205,6 +208,7 @@ class Writer(VersionHooks):
                 index.version,
                 time.perf_counter() - started,
             )
+        return items
 
     # -- the manager's hooks ----------------------------------------------------------------------------
 
@@ -214,6 +218,7 @@ class Writer(VersionHooks):
             raise FailedPrecondition(self._problem)
         wal = self._open_log()
         start, until = index.manifest.wal_sequence, self._applied
+        items = 0
         if start < until:
             if start + 1 < wal.first:
                 raise FailedPrecondition(
@@ -225,26 +230,28 @@ class Writer(VersionHooks):
                     f"{wal.directory} holds writes, but version {index.version} uses the immutable "
                     f"{index.backend.name} backend, which cannot apply them"
                 )
-            self._replay(index, start, until)
+            items = self._replay(index, start, until)
         elif start > until and self._commit is not None:
             raise FailedPrecondition(
                 f"version {index.version} says it holds log records up to {start}, but the log ends at {until}"
             )
-        self._positions[index] = max(start, until)
+        self._positions[index] = (max(start, until), items)
 
     @contextmanager
     def activating(self, index: ServedIndex) -> Iterator[None]:
         """Bring ``index`` up to the last applied record, writes paused, and make it the head."""
         with self._apply_lock:
-            position = self._positions.get(index)
-            if position is None:
+            prepared = self._positions.get(index)
+            if prepared is None:
                 raise FailedPrecondition(f"version {index.version} of index {self.name!r} was not prepared for writes")
+            position, items = prepared
             if position < self._applied:
-                self._replay(index, position, self._applied)
+                items += self._replay(index, position, self._applied)
                 position = self._applied
             yield
             self._head = index
             self._applied = position
+            self._since_snapshot = items  # the log it would replay after a restart
             if self._commit is None:
                 assert self._log is not None
                 self._log.advance(position)

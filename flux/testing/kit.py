@@ -8,6 +8,7 @@ refused; nothing is skipped.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,8 +317,7 @@ class IndexMachine(RuleBasedStateMachine):
     @rule()
     def save_and_reload(self) -> None:
         self.saves += 1
-        folder = self.folder / f"save-{id(self)}-{self.saves}"
-        folder.mkdir()
+        folder = Path(tempfile.mkdtemp(prefix=f"save-{self.saves}-", dir=self.folder))  # id(self) is reused
         self.index.save(folder)
         self.index = self.backend_cls.load(folder, self.dimension, Metric.L2, len(self.model))
 
