@@ -10,10 +10,12 @@ items. Every query then gets its own random filter, and is answered one per call
 * ``library``: the library in-process, for hnswlib also with its own ``filter`` callable.
 
 Recall@k is measured against exact filtered search (float64 brute force over the items
-that pass, crowding applied in distance order); latency is compared with the same index
-unfiltered, in the same run. A ``mixed`` filter (two markets allowed, explicit denied,
-1,000 of the query's 2,000 nearest items excluded, at most 2 per artist) shows every part
-at once. Prints a table and the targets with PASS/FAIL, and writes JSON.
+that pass, crowding applied in distance order). Latency is compared with the same queries
+unfiltered on the same index, each timed right before its filtered call, so that the load
+of a shared machine, which drifts during a run, weighs on both alike. A ``mixed`` filter
+(two markets allowed, explicit denied, 1,000 of the query's 2,000 nearest items excluded,
+at most 2 per artist) shows every part at once. Prints a table and the targets with
+PASS/FAIL, and writes JSON.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ class Row:
     recall: float
     p50_ms: float
     p95_ms: float
-    slowdown: float | None = None  # p50 over the same who's unfiltered p50
+    #: The same queries unfiltered, each timed right before its filtered call (so that the
+    #: machine's load, which drifts during a run, weighs on both alike), and the ratio of p50s.
+    unfiltered_p50_ms: float | None = None
+    slowdown: float | None = None
     strategies: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(grpc_rows.unfiltered(unfiltered_truth))
                 rows.extend(grpc_rows.filtered(s, truths[s.name]) for s in scenarios)
         index.artifact.backend.close()
-    _slowdowns(rows)
     targets = _targets(rows)
     command = "flux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _print(rows, targets, spec, args.k, command)
@@ -332,15 +336,13 @@ class _Measure:
         self.index, self.queries, self.k, self.progress = index, queries, k, progress
         self.params = index.default_params
 
+    def _unfiltered(self, row: int) -> tuple[Labels, str]:
+        labels, _ = self.index.nearest(self.queries[row : row + 1], self.k, self.params)
+        return labels[0], "index"
+
     def unfiltered(self, truth: Labels) -> Row:
         self.progress(f"{self.index.name}: unfiltered")
-
-        def one(row: int) -> tuple[Labels, str]:
-            labels, _ = self.index.nearest(self.queries[row : row + 1], self.k, self.params)
-            return labels[0], "index"
-
-        found, latencies, strategies = _timed(len(self.queries), one)
-        return _row(self.index.name, "none", "flux", 1.0, found, list(truth), latencies, strategies)
+        return _row(self.index.name, "none", "flux", 1.0, _timed(len(self.queries), self._unfiltered), list(truth))
 
     def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
         self.progress(f"{self.index.name}: filter {scenario.name}")
@@ -350,49 +352,61 @@ class _Measure:
             answer = self.index.search_filtered(query, [self.k], [self.params], [scenario.filters[row]])[0]
             return answer.labels, answer.strategy.value
 
-        found, latencies, strategies = _timed(len(self.queries), one)
-        return _row(self.index.name, scenario.name, "flux", scenario.selectivity, found, truth, latencies, strategies)
+        timed = _timed(len(self.queries), one, paired=self._unfiltered)
+        return _row(self.index.name, scenario.name, "flux", scenario.selectivity, timed, truth)
 
 
 #: Answers one query (by row number): the labels found, and the strategy that found them.
 Search = Callable[[int], tuple[Labels, str]]
 
 
+@dataclass
+class Timed:
+    found: list[Labels]
+    latencies_ms: np.ndarray
+    strategies: dict[str, int]
+    paired_ms: np.ndarray | None  # the unfiltered call timed right before each
+
+
 def _timed(
-    count: int, search: Search, prepare: Callable[[int], None] | None = None
-) -> tuple[list[Labels], np.ndarray, dict[str, int]]:
-    """Each query once, one at a time, after a warm-up; ``prepare(row)`` runs untimed before each."""
+    count: int, search: Search, prepare: Callable[[int], None] | None = None, paired: Search | None = None
+) -> Timed:
+    """Each query once, one at a time, after a warm-up; ``prepare(row)`` runs untimed before each,
+    ``paired(row)`` (the same query unfiltered) is timed right before each."""
     for row in range(min(WARMUP, count)):
         if prepare:
             prepare(row)
+        if paired:
+            paired(row)
         search(row)
     found: list[Labels] = []
     latencies: list[int] = []
+    before: list[int] = []
     strategies: dict[str, int] = {}
     clock = time.perf_counter_ns
     for row in range(count):
         if prepare:
             prepare(row)
+        if paired:
+            started = clock()
+            paired(row)
+            before.append(clock() - started)
         started = clock()
         labels, strategy = search(row)
         latencies.append(clock() - started)
         found.append(labels)
         strategies[strategy] = strategies.get(strategy, 0) + 1
-    return found, np.array(latencies, np.float64) / 1e6, strategies
+    to_ms = np.float64(1e6)
+    return Timed(found, np.array(latencies) / to_ms, strategies, np.array(before) / to_ms if paired else None)
 
 
-def _row(
-    backend: str,
-    scenario: str,
-    who: str,
-    selectivity: float,
-    found: Sequence[Labels],
-    truth: Sequence[Labels],
-    latencies: np.ndarray,
-    strategies: dict[str, int] | None = None,
-) -> Row:
-    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
-    wanted = sum(len(t) for t in truth)
+def _row(backend: str, scenario: str, who: str, selectivity: float, timed: Timed, truth: Sequence[Labels]) -> Row:
+    found = timed.found
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth[: len(found)], strict=True))
+    wanted = sum(len(t) for t in truth[: len(found)])
+    p50 = float(np.percentile(timed.latencies_ms, 50))
+    paired = None if timed.paired_ms is None else float(np.percentile(timed.paired_ms, 50))
+    strategies = {name: count for name, count in timed.strategies.items() if name}
     return Row(
         backend,
         scenario,
@@ -400,9 +414,11 @@ def _row(
         round(selectivity, 5),
         len(found),
         round(hits / max(wanted, 1), 4),
-        round(float(np.percentile(latencies, 50)), 4),
-        round(float(np.percentile(latencies, 95)), 4),
-        strategies=strategies or {},
+        round(p50, 4),
+        round(float(np.percentile(timed.latencies_ms, 95)), 4),
+        None if paired is None else round(paired, 4),
+        None if paired is None else round(p50 / paired, 2),
+        strategies,
     )
 
 
@@ -430,8 +446,7 @@ def _library(
             labels, _ = index.knn_query(queries[row : row + 1], k=k, num_threads=1)
             return np.asarray(labels[0], np.int64), "index"
 
-        found, latencies, _ = _timed(len(queries), search)
-        rows = [_row(backend, "none", "library", 1.0, found, list(unfiltered_truth), latencies)]
+        rows = [_row(backend, "none", "library", 1.0, _timed(len(queries), search), list(unfiltered_truth))]
         allowed: list[set[int]] = [set()]
         current: list[Scenario] = []
 
@@ -448,19 +463,9 @@ def _library(
         for scenario in scenarios:
             progress(f"{backend}: hnswlib's own filter, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
             current[:] = [scenario]
-            found, latencies, counts = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare)
-            selectivity = scenario.selectivity
+            timed = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
             rows.append(
-                _row(
-                    backend,
-                    scenario.name,
-                    "library-filter",
-                    selectivity,
-                    found,
-                    truths[scenario.name][: len(found)],
-                    latencies,
-                    counts,
-                )
+                _row(backend, scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name])
             )
         return rows
     if backend == "annoy":
@@ -473,9 +478,9 @@ def _library(
         def nearest(row: int) -> tuple[Labels, str]:
             return np.asarray(annoy.get_nns_by_vector(queries[row], k, search_k), np.int64), "index"
 
-        found, latencies, _ = _timed(len(queries), nearest)
+        timed = _timed(len(queries), nearest)
         annoy.unload()
-        return [_row(backend, "none", "library", 1.0, found, list(unfiltered_truth), latencies)]
+        return [_row(backend, "none", "library", 1.0, timed, list(unfiltered_truth))]
     return []
 
 
@@ -510,15 +515,13 @@ class _Grpc:
     def _labels(self, response: pb.SearchResponse) -> Labels:
         return np.array([int(i.split(":")[1]) for i in response.neighbors.ids], np.int64)
 
+    def _unfiltered(self, row: int) -> tuple[Labels, str]:
+        response = self.stub.Search(pb.SearchRequest(index=self.backend, vector=self.vectors[row], k=self.k))
+        return self._labels(response), _strategy(response)
+
     def unfiltered(self, truth: Labels) -> Row:
         self.progress(f"{self.backend}: unfiltered through gRPC")
-
-        def one(row: int) -> tuple[Labels, str]:
-            response = self.stub.Search(pb.SearchRequest(index=self.backend, vector=self.vectors[row], k=self.k))
-            return self._labels(response), _strategy(response)
-
-        found, latencies, strategies = _timed(len(self.vectors), one)
-        return _row(self.backend, "none", "flux-grpc", 1.0, found, list(truth), latencies, strategies)
+        return _row(self.backend, "none", "flux-grpc", 1.0, _timed(len(self.vectors), self._unfiltered), list(truth))
 
     def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
         self.progress(f"{self.backend}: filter {scenario.name} through gRPC")
@@ -529,8 +532,8 @@ class _Grpc:
             response = self.stub.Search(request)
             return self._labels(response), _strategy(response)
 
-        found, latencies, strategies = _timed(len(self.vectors), one)
-        return _row(self.backend, scenario.name, "flux-grpc", scenario.selectivity, found, truth, latencies, strategies)
+        timed = _timed(len(self.vectors), one, paired=self._unfiltered)
+        return _row(self.backend, scenario.name, "flux-grpc", scenario.selectivity, timed, truth)
 
 
 def _strategy(response: pb.SearchResponse) -> str:
@@ -547,14 +550,6 @@ def _message(query_filter: Filter) -> types_pb2.Filter:
 
 
 # -- targets and output -----------------------------------------------------------------------
-
-
-def _slowdowns(rows: list[Row]) -> None:
-    baseline = {(r.backend, r.who): r.p50_ms for r in rows if r.scenario == "none"}
-    for r in rows:
-        base = baseline.get((r.backend, "library" if r.who == "library-filter" else r.who))
-        if base:
-            r.slowdown = round(r.p50_ms / base, 2)
 
 
 def _targets(rows: list[Row]) -> list[Target]:
@@ -575,14 +570,16 @@ def _print(rows: list[Row], targets: list[Target], spec: Synthetic, k: int, comm
     print(f"\n{command}")
     print(f"filtered search: {spec.name}, {spec.count:,} x {spec.dimension}, k={k}, {spec.queries} queries per filter")
     header = f"{'backend':<7} {'filter':<7} {'passing':>8} {'who':<15} {'queries':>7} {'recall':>6}"
-    print(f"{header} {'p50 ms':>7} {'p95 ms':>7} {'x unfilt':>8}  strategies")
+    print(f"{header} {'p50 ms':>7} {'p95 ms':>7} {'unf p50':>7} {'x unf':>6}  strategies")
     for r in rows:
+        unfiltered = f"{r.unfiltered_p50_ms:.3f}" if r.unfiltered_p50_ms is not None else "-"
         slowdown = f"{r.slowdown:.2f}" if r.slowdown is not None else "-"
         strategies = ", ".join(f"{name} {count}" for name, count in sorted(r.strategies.items()))
         print(
             f"{r.backend:<7} {r.scenario:<7} {r.selectivity:>8.2%} {r.who:<15} {r.queries:>7} {r.recall:>6.3f} "
-            f"{r.p50_ms:>7.3f} {r.p95_ms:>7.3f} {slowdown:>8}  {strategies}"
+            f"{r.p50_ms:>7.3f} {r.p95_ms:>7.3f} {unfiltered:>7} {slowdown:>6}  {strategies}"
         )
+    print("unf p50: the same queries unfiltered, each timed right before its filtered call; x unf: p50 / unf p50")
     print("\ntargets (each from this one run)")
     for t in targets:
         print(f"  {t.backend:<7} {t.name:<40} {t.measured:>7.3f} {t.bound:<8} {'PASS' if t.passed else 'FAIL'}")

@@ -172,13 +172,7 @@ class ServedIndex:
 
     def labels_of(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds; the others are left out."""
-        labels = []
-        for item_id in ids:
-            try:
-                labels.append(self.label_of(item_id))
-            except ItemNotFound:
-                continue
-        return np.array(labels, np.int64)
+        return np.fromiter((label for label in map(self.ids.label, ids) if label is not None), np.int64)
 
     def label_of(self, item_id: str) -> int:
         label = self.ids.label(item_id)
