@@ -10,13 +10,14 @@ import json
 import re
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flux.bench import data
-from flux.bench.report import Row, operating_value
+from flux.bench.report import Row, merge, operating_value
 from flux.cli import main
 from flux.core.backend import Metric
 from flux.errors import InvalidArgument
@@ -156,3 +157,16 @@ def test_serve_with_two_workers_answers_on_one_port_and_stops_cleanly(tmp_path: 
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_repeated_measurements_merge_into_medians() -> None:
+    def run(qps: float, p50: float, rss: float | None, same: float) -> Row:
+        return Row("s", "hnsw", "flux-unary", 8, 1, "ef", 32, 100, 1.0, qps, p50, p50, p50, 0.9, rss, same, 2)
+
+    other = replace(run(5.0, 9.0, None, 1.0), value=64)
+    merged = merge([run(100.0, 1.0, None, 1.0), other, run(900.0, 3.0, 50.0, 0.99), run(300.0, 2.0, None, 1.0)])
+    assert len(merged) == 2
+    assert merged[1] == other
+    assert (merged[0].qps, merged[0].p50_ms, merged[0].rss_mib) == (300.0, 2.0, 50.0)
+    assert merged[0].same_as_library == 0.99
+    assert merged[0].queries == 300

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -120,6 +120,39 @@ class Report:
             "targets": [asdict(t) for t in self.targets],
         }
         return json.dumps(data, indent=2) + "\n"
+
+
+def merge(rows: Sequence[Row]) -> list[Row]:
+    """One row per configuration measured several times: the median of each figure, so that one
+    run disturbed by other work on the machine does not decide a ratio; memory is the largest seen."""
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.setting, r.backend, r.mode, r.load, r.batch, r.workers, r.value), []).append(r)
+    merged = []
+    for same in groups.values():
+        if len(same) == 1:
+            merged.append(same[0])
+            continue
+
+        def median(name: str, same: list[Row] = same) -> float:
+            return round(float(np.median([getattr(r, name) for r in same])), 4)
+
+        rss = [r.rss_mib for r in same if r.rss_mib is not None]
+        agreement = [r.same_as_library for r in same if r.same_as_library is not None]
+        merged.append(
+            replace(
+                same[0],
+                queries=sum(r.queries for r in same),
+                seconds=round(sum(r.seconds for r in same), 4),
+                qps=median("qps"),
+                p50_ms=median("p50_ms"),
+                p95_ms=median("p95_ms"),
+                p99_ms=median("p99_ms"),
+                rss_mib=max(rss) if rss else None,
+                same_as_library=min(agreement) if agreement else None,
+            )
+        )
+    return merged
 
 
 def operating_value(rows: Sequence[Row]) -> float | None:

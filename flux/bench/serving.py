@@ -59,6 +59,7 @@ class Preset:
     seconds: float
     clients: int
     batch: int
+    repeat: int = 1
 
 
 _HNSW: dict[str, float] = {"M": 16, "ef_construction": 200}
@@ -88,9 +89,10 @@ PRESETS = {
                 sweep={"hnsw": (32, 64, 128, 192, 256), "annoy": (2000, 3000, 5000, 7000, 10_000)},
             ),
         ),
-        seconds=4.0,
+        seconds=2.0,
         clients=8,
         batch=256,
+        repeat=3,
     ),
 }
 
@@ -113,6 +115,9 @@ def add_parser(modes: Any) -> None:
     )
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
     parser.add_argument("--seconds", type=float, help="length of each measurement")
+    parser.add_argument(
+        "--repeat", type=int, help="measure each configuration this many times, alternating, and keep the medians"
+    )
     parser.add_argument("--clients", type=int, help="client processes for the concurrent runs")
     parser.add_argument("--batch", type=int, help="queries per batch call")
     parser.add_argument(
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         for setting, dataset in settings:
             progress(f"{dataset.name}: {len(dataset.base):,} x {dataset.dimension}, {len(dataset.queries):,} queries")
             for backend in setting.backends:
-                bench = _Bench(args, setting, dataset, backend, pool, progress, seconds, clients, batch)
+                bench = _Bench(args, setting, dataset, backend, pool, progress, seconds, clients, batch, preset.repeat)
                 result.rows.extend(bench.run(echo_models))
                 result.targets.extend(report.targets(result.rows, dataset.name, backend, clients))
                 echo_models = ()
@@ -243,6 +248,7 @@ class _Bench:
         seconds: float,
         clients: int,
         batch: int,
+        preset_repeat: int = 1,
     ) -> None:
         if backend not in SWEEP_PARAM:
             raise SystemExit(f"flux bench serving: backend {backend!r} has no in-process runner")
@@ -250,6 +256,7 @@ class _Bench:
         self.pool, self.progress = pool, progress
         self.seconds, self.clients, self.batch, self.threads = seconds, clients, batch, args.threads
         self.workers = args.workers
+        self.repeat = args.repeat or preset_repeat
         self.k = args.k
         self.param = SWEEP_PARAM[backend]
         self.values = setting.sweep.get(backend) or (-1.0,)
@@ -264,12 +271,13 @@ class _Bench:
         echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1))
         try:
             for value in self.values:  # one worker: latency, batches, and memory
-                self._library(library, value)
-                many = [] if self.workers > 1 else [self.clients]
-                for clients in [1, *many]:
-                    self._unary(echo.address, "echo", value, clients, 1)
-                    self._unary(flux.address, "flux-unary", value, clients, 1)
-                self._batches(flux.address, value)
+                for _ in range(self.repeat):
+                    self._library(library, value)
+                    many = [] if self.workers > 1 else [self.clients]
+                    for clients in [1, *many]:
+                        self._unary(echo.address, "echo", value, clients, 1)
+                        self._unary(flux.address, "flux-unary", value, clients, 1)
+                    self._batches(flux.address, value)
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
         finally:
@@ -279,8 +287,9 @@ class _Bench:
             echo, flux = self._echo_server("processes", self.workers), flux_server(self._config(path, self.workers))
             try:
                 for value in self.values:
-                    self._unary(echo.address, "echo", value, self.clients, self.workers)
-                    self._unary(flux.address, "flux-unary", value, self.clients, self.workers)
+                    for _ in range(self.repeat):
+                        self._unary(echo.address, "echo", value, self.clients, self.workers)
+                        self._unary(flux.address, "flux-unary", value, self.clients, self.workers)
                 self._rss(flux.rss(), "flux-unary")
             finally:
                 echo.close()
@@ -292,7 +301,7 @@ class _Bench:
                 self._unary(echo.address, f"echo-{model}-{threads}t", self.values[0], self.clients, workers)
             finally:
                 echo.close()
-        return self.rows
+        return report.merge(self.rows)
 
     def _artifact(self) -> Path:
         params = self.setting.build.get(self.backend, {})
