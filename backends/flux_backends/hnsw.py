@@ -17,7 +17,7 @@ import numpy as np
 from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, pad_results
 
 _SPACES = {Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "ip"}
-_BUILD_CHUNK = 20_000  # rows per add_items call, so that progress can be reported
+_PROGRESS_SECONDS = 0.5  # how often a build reports how many items are in
 
 
 class HnswBackend(Backend):
@@ -75,11 +75,20 @@ class HnswBackend(Backend):
             random_seed=int(params["seed"]),
             allow_replace_deleted=True,
         )
-        for start in range(0, n, _BUILD_CHUNK):
-            stop = min(n, start + _BUILD_CHUNK)
-            index.add_items(vectors[start:stop], np.arange(start, stop), num_threads=threads)
-            if progress:
-                progress(stop, n)
+        # One add_items call (it releases the GIL), watched from here for progress: chunked
+        # calls would leave threads idle at every chunk's end.
+        done = threading.Event()
+        watcher = threading.Thread(target=_report, args=(index, n, progress, done), daemon=True)
+        if progress:
+            watcher.start()
+        try:
+            if n:
+                index.add_items(vectors, np.arange(n), num_threads=threads)
+        finally:
+            done.set()
+        if progress:
+            watcher.join()
+            progress(n, n)
         return cls(dimension, metric, index)
 
     def save(self, directory: Path) -> list[str]:
@@ -206,6 +215,11 @@ class HnswBackend(Backend):
             "max_elements": int(self._index.max_elements),
             "deleted": self._vacant,
         }
+
+
+def _report(index: hnswlib.Index, total: int, progress: Progress | None, done: threading.Event) -> None:
+    while progress and not done.wait(_PROGRESS_SECONDS):
+        progress(min(int(index.element_count), total), total)
 
 
 def _stored_dimension(path: Path) -> int:
