@@ -101,6 +101,7 @@ class Writer(VersionHooks):
         # Per loaded version: the last record applied to it, and the items applied since its snapshot.
         self._positions: weakref.WeakKeyDictionary[ServedIndex, tuple[int, int]] = weakref.WeakKeyDictionary()
         self._since_snapshot = 0
+        self._snapshotting = threading.Lock()  # one snapshot at a time; taken before the manager's lock
         self._snapshotter: threading.Thread | None = None
         self._closing = False
         self._problem = self._prepare_source(manager.settings.source)
@@ -267,11 +268,15 @@ class Writer(VersionHooks):
 
     def snapshot(self) -> tuple[int, int]:
         """Save the index as the next version now and truncate the log: (version, last record it holds)."""
-        head = self._head
-        if self._commit is None or head is None:
-            raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
-        if head.manifest.wal_sequence and head.manifest.wal_sequence == self._applied:
-            return head.version, self._applied  # nothing written since the last snapshot
+        with self._snapshotting:
+            head = self._head
+            if self._commit is None or head is None:
+                raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+            if head.manifest.wal_sequence == self._applied:
+                return head.version, self._applied  # nothing written since the last snapshot
+            return self._snapshot()
+
+    def _snapshot(self) -> tuple[int, int]:
         started = time.perf_counter()
         held = 0
 
