@@ -4,43 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from flux.bench.procs import spawn_flux_serve
 from flux_api.v1 import types_pb2, vector_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from tests import support
 
 CLIENTS = 64
 LIMIT = 2
-
-
-def _serve(config: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flux", "serve", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    address = ""
-    for line in process.stderr:
-        if match := re.search(r"listening on (\S+)", line):
-            address = match.group(1)
-        if " ready: " in line:
-            break
-    assert address
-    threading.Thread(target=process.stderr.read, daemon=True).start()
-    return process, address
 
 
 async def _burst(address: str, request: vector_service_pb2.BatchSearchRequest) -> list[tuple[float, grpc.StatusCode]]:
@@ -72,7 +51,7 @@ def test_calls_beyond_the_limit_are_refused_at_once_and_the_admitted_ones_answer
     )
     vectors = types_pb2.FloatVectors(dimension=64, data=queries.astype("<f4").tobytes())
     request = vector_service_pb2.BatchSearchRequest(index="idx", queries=vectors, k=10)
-    process, address = _serve(config)
+    process, address = spawn_flux_serve(config)
     try:
         results = asyncio.run(_burst(address, request))
         with grpc.insecure_channel(address) as channel:

@@ -19,19 +19,16 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flux.bench.procs import Child, serve_forever
+from flux.bench.procs import Child, serve_forever, spawn_flux_serve
 
 TARGET = 3.0  # answered p99 under overload at most this many times the unloaded p99
 PRESETS = {"quick": {"seconds": 3.0, "unloaded_calls": 500, "n": 5_000}}
@@ -107,26 +104,6 @@ async def _load(address: str, dim: int, clients: int, seconds: float, calls: int
 # --- the server ------------------------------------------------------------------------------------
 
 
-def _serve(config: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flux", "serve", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    address = ""
-    for line in process.stderr:
-        if match := re.search(r"listening on (\S+)", line):
-            address = match.group(1)
-        if " ready: " in line:
-            break
-    if not address:
-        raise RuntimeError("the server did not start")
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    return process, address
-
-
 def _phase(name: str, records: list[tuple[float, str]], seconds: float, unloaded_p99: float | None) -> dict[str, Any]:
     ok = np.array([s for s, code in records if code == "OK"]) * 1000
     refused = np.array([s for s, code in records if code == "RESOURCE_EXHAUSTED"]) * 1000
@@ -159,7 +136,7 @@ def _run_server(args: argparse.Namespace, root: Path, artifact: Path, limit: int
         f"server: {{port: 0, threads: {args.threads}, max_concurrent_calls: {limit}, search_threads: 1}}\n"
         f"indexes: [{{name: bench, path: {artifact}}}]\n"
     )
-    process, address = _serve(config)
+    process, address = spawn_flux_serve(config)
     children = [Child(_client_main, address, args.dim, name=f"flux-bench-load-{i}") for i in range(args.processes)]
     try:
         phases = []

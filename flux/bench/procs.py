@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -107,3 +113,29 @@ def _cmdline(pid: int) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def spawn_flux_serve(config: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start ``flux serve --config CONFIG`` and return it with its address once it reports ready.
+
+    The server's log is read until its "ready" line, then drained in the background so
+    that a chatty server never blocks on a full pipe.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux", "serve", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    address = ""
+    for line in process.stderr:
+        if match := re.search(r"listening on (\S+)", line):
+            address = match.group(1)
+        if " ready: " in line:
+            break
+    if not address:
+        process.kill()
+        raise RuntimeError(f"flux serve --config {config} did not start")
+    threading.Thread(target=process.stderr.read, daemon=True).start()
+    return process, address

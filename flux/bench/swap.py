@@ -14,10 +14,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from flux.bench.procs import spawn_flux_serve
 from flux.core import builder
 from flux.core.backend import Metric
 from flux.datasets import clustered
@@ -80,25 +79,6 @@ def _build(folder: Path, backend: str, version: int, n: int, dim: int) -> None:
     builder.build(folder, vectors, ids, backend=backend, metric=Metric.L2, name="bench", version=version, threads=2)
 
 
-def _serve(config: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flux", "serve", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    address = ""
-    for line in process.stderr:
-        if match := re.search(r"listening on (\S+)", line):
-            address = match.group(1)
-        if " ready: " in line:
-            break
-    if not address:
-        raise RuntimeError("the server did not start")
-    return process, address
-
-
 def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     import grpc
 
@@ -114,7 +94,7 @@ def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         f"server: {{host: 127.0.0.1, port: 0, threads: 16}}\n"
         f"indexes:\n  - name: bench\n    path: {source}\n    poll_seconds: 0.2\n"
     )
-    process, address = _serve(config)
+    process, address = spawn_flux_serve(config)
     try:
         context = mp.get_context("spawn")
         queue = context.Queue()
