@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +13,7 @@ from typing import Any, ClassVar
 import hnswlib
 import numpy as np
 
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, pad_results
+from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
 
 _SPACES = {Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "ip"}
 _PROGRESS_SECONDS = 0.5  # how often a build reports how many items are in
@@ -24,7 +23,7 @@ class HnswBackend(Backend):
     """hnswlib's HNSW graph. Its distances already follow Flux's convention.
 
     hnswlib keeps ``ef`` as index-wide state and is not safe when inserts and queries
-    overlap, so every call goes through a ``_Gate``: searches with the same ``ef`` run
+    overlap, so every call goes through a ``ReadWriteGate``: searches with the same ``ef`` run
     together (hnswlib releases the GIL); a search asking for another ``ef``, and every
     write, waits until those in flight finish. Deletes are hnswlib's tombstones
     (``mark_deleted``); the deleted labels are saved beside the index. A new label takes
@@ -50,7 +49,7 @@ class HnswBackend(Backend):
         # new label (then the label is gone from the library too; ``save`` prunes those).
         self._deleted = deleted or set()
         self._vacant = len(self._deleted)  # deleted items that still hold a slot
-        self._gate = _Gate(index)
+        self._gate = ReadWriteGate(on_switch=index.set_ef)
 
     @classmethod
     def library_version(cls) -> str:
@@ -121,7 +120,7 @@ class HnswBackend(Backend):
         if available == 0 or len(queries) == 0:
             return pad_results(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), k)
         wanted = min(k, available)
-        with self._gate.searching(int(params["ef"])):
+        with self._gate.reading(int(params["ef"])):
             while True:
                 try:
                     labels, distances = self._index.knn_query(queries, k=wanted, num_threads=threads)
@@ -196,7 +195,7 @@ class HnswBackend(Backend):
                 self._vacant += 1
 
     def get_vectors(self, labels: Labels) -> Matrix:
-        with self._gate.searching(None):  # a write may be resizing the index's memory
+        with self._gate.reading(None):  # a write may be resizing the index's memory
             deleted = self._deleted.intersection(labels.tolist())
             if deleted:
                 raise KeyError(f"label {min(deleted)} is not in the index (deleted)")
@@ -234,45 +233,3 @@ def _stored_dimension(path: Path) -> int:
         raise ValueError(f"{path.name} is too short to be an hnswlib index")
     *_, label_offset, data_offset = struct.unpack("<6Q", header)
     return int(label_offset - data_offset) // 4
-
-
-class _Gate:
-    """Searches that share an ``ef`` run together; an ``ef`` change or a write runs alone."""
-
-    def __init__(self, index: hnswlib.Index) -> None:
-        self._index = index
-        self._cond = threading.Condition()
-        self._ef = -1
-        self._searches = 0
-        self._writing = False
-
-    @contextmanager
-    def searching(self, ef: int | None) -> Iterator[None]:
-        """``ef`` None: a read that does not depend on it (``get_items``), which runs beside any search."""
-        with self._cond:
-            while self._writing or (ef is not None and self._ef != ef and self._searches):
-                self._cond.wait()
-            if ef is not None and self._ef != ef:
-                self._index.set_ef(ef)
-                self._ef = ef
-            self._searches += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._searches -= 1
-                if not self._searches:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._searches:
-                self._cond.wait()
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()

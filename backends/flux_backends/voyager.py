@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 from voyager import Index, RecallError, Space
 
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, pad_results
+from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
 
 _SPACES = {Metric.L2: Space.Euclidean, Metric.COSINE: Space.Cosine, Metric.IP: Space.InnerProduct}
 _BUILD_CHUNK = 20_000  # rows per add_items call, so that progress can be reported
@@ -25,7 +23,7 @@ class VoyagerBackend(Backend):
     """A Voyager index (32-bit floats). Its distances already follow Flux's convention.
 
     Voyager's graph is hnswlib's: inserts rewrite neighbour lists that queries read
-    without locks, so searches share a ``_ReadWrite`` lock and writes hold it alone.
+    without locks, so searches share a ``ReadWriteGate`` and writes hold it alone.
     ``ef`` is passed per query, so searches with different ``ef`` still run together.
     Voyager keeps deleted items in its ``len`` and cannot reload a file holding no
     item, so the deleted labels and the build parameters are saved beside the index.
@@ -47,7 +45,7 @@ class VoyagerBackend(Backend):
         self._index = index
         self._params = {name: int(params[name]) for name in self.build_params}
         self._deleted: set[int] = set()
-        self._lock = _ReadWrite()
+        self._lock = ReadWriteGate()
 
     @classmethod
     def library_version(cls) -> str:
@@ -151,42 +149,3 @@ class VoyagerBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         return {**self._params, "max_elements": int(self._index.max_elements), "deleted": len(self._deleted)}
-
-
-class _ReadWrite:
-    """Many readers at once, or one writer alone; waiting writers go before new readers."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()

@@ -16,8 +16,10 @@ See ``backends/README.md`` for a guide and ``flux.testing`` for the conformance 
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -225,3 +227,55 @@ def resolve_params(
 def defaults(spec: Mapping[str, Param]) -> dict[str, float]:
     """The default value of every knob in ``spec``."""
     return {name: param.default for name, param in spec.items()}
+
+
+class ReadWriteGate:
+    """For backends whose library is not safe when writes overlap reads (hnswlib, Voyager).
+
+    Readers run together and a writer runs alone; a waiting writer goes before new readers,
+    so a steady stream of searches cannot starve writes. A reader may name a ``mode`` for
+    state the library keeps index-wide (hnswlib's ``ef``): readers of one mode run together,
+    and a switch waits until no reader runs, then calls ``on_switch(mode)``. ``mode`` None
+    reads without caring which mode is set.
+    """
+
+    def __init__(self, on_switch: Callable[[Any], None] | None = None) -> None:
+        self._on_switch = on_switch
+        self._cond = threading.Condition()
+        self._mode: Any = None
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self, mode: Any = None) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting or (mode is not None and mode != self._mode and self._readers):
+                self._cond.wait()
+            if mode is not None and mode != self._mode:
+                if self._on_switch is not None:
+                    self._on_switch(mode)
+                self._mode = mode
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
