@@ -31,6 +31,7 @@ import numpy as np
 from flux.core import registry
 from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Matrix, Metric
+from flux.core.fsync import fsync_path
 from flux.errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -146,9 +147,11 @@ def write(
         )
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         for path in staging.iterdir():
-            _fsync(path)
+            fsync_path(path)
         staging.chmod(0o755)
+        fsync_path(staging)  # the names of its files
         os.rename(staging, directory)
+        fsync_path(directory.parent)  # the rename itself: a snapshot may truncate the log next
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -284,11 +287,3 @@ def _describe(path: Path) -> dict[str, Any]:
             digest.update(chunk)
             size += len(chunk)
     return {"sha256": digest.hexdigest(), "bytes": size}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from flux.core.fsync import fsync_path
 from flux.errors import FailedPrecondition, LogCorrupt
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class Log:
                 self._remove(self._segments.pop(0))
                 gone += 1
             if gone:
-                sync_directory(self.directory)
+                fsync_path(self.directory)
             return gone
 
     def close(self) -> None:
@@ -191,7 +192,7 @@ class Log:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
         if create:
             os.fsync(fd)
-            sync_directory(self.directory)
+            fsync_path(self.directory)
             self._segments.append(first)
         if self._fd >= 0:
             os.close(self._fd)
@@ -304,12 +305,3 @@ def _cut(path: Path, tail: _TornTail) -> Torn:
     finally:
         os.close(fd)
     return torn
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync a directory, so that the names created or removed in it survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

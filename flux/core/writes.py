@@ -45,7 +45,7 @@ from flux.core.commit import GroupCommit, Ticket
 from flux.core.index import ServedIndex
 from flux.core.manager import IndexManager, VersionHooks
 from flux.core.mutations import Delete, Op, Upsert, decode, encode
-from flux.core.wal import Log, sync_directory
+from flux.core.wal import Log
 from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,6 @@ class Writer(VersionHooks):
                     wal_sequence=sequence,
                     attributes=index.attributes,
                 )
-                sync_directory(path.parent)  # the new version survives a power cut before the log shrinks
                 index.manifest = manifest
             self._log.drop_through(sequence)
             held = sequence
