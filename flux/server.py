@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -36,6 +35,7 @@ from flux.core.catalog import Catalog, IndexState
 from flux.core.index import Limits
 from flux.core.writes import Writer
 from flux.metrics_endpoint import MetricsEndpoint
+from flux.signals import StopSignals
 from flux_api.v1 import admin_service_pb2, vector_service_pb2, write_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import add_AdminServiceServicer_to_server
 from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
@@ -199,18 +199,12 @@ def serve(config: FluxConfig) -> int:
 
 def _serve_one(config: FluxConfig, ready: Callable[[], object] | None = None) -> int:
     server = build_server(config)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; draining for up to %.1fs", signal.Signals(signum).name, config.server.grace_seconds)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals()
     server.start()
     if ready is not None:
         threading.Thread(target=lambda: server.wait_ready() and ready(), name="flux-ready", daemon=True).start()
-    stop.wait()
+    received = signals.wait()
+    log.info("received %s; draining for up to %.1fs", received.name, config.server.grace_seconds)
     server.stop()
     return 0
 
@@ -267,31 +261,29 @@ class Workers:
                 process.join()
         log.info("stopped %d workers", len(self._processes))
 
-    def wait(self) -> int:
-        """Block until any worker exits; its exit code (a worker never exits on its own when healthy)."""
+    def wait(self, interrupt: StopSignals | None = None) -> int | None:
+        """Block until any worker exits (its exit code; a healthy worker never exits on its own),
+        or until ``interrupt`` has a signal to read (None)."""
         sentinels = {p.sentinel: p for p in self._processes}
-        done = multiprocessing.connection.wait(list(sentinels))
+        signalled = [] if interrupt is None else [interrupt.fileno()]
+        done = multiprocessing.connection.wait([*sentinels, *signalled])
+        if set(signalled) & set(done):
+            return None
         return sentinels[done[0]].exitcode or 0  # type: ignore[index]
 
 
 def _supervise(config: FluxConfig) -> int:
     workers = Workers(config)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; stopping %d workers", signal.Signals(signum).name, config.server.workers)
-        stopping.set()
-        threading.Thread(target=workers.stop, name="flux-stop").start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals()
     workers.start()
-    code = workers.wait()
-    if not stopping.is_set():
-        log.error("a worker exited with code %s; stopping the others", code)
+    code = workers.wait(interrupt=signals)
+    if code is None:
+        log.info("received %s; stopping %d workers", signals.wait().name, config.server.workers)
         workers.stop()
-        return code or 1
-    return 0
+        return 0
+    log.error("a worker exited with code %s; stopping the others", code)
+    workers.stop()
+    return code or 1
 
 
 def _worker(config: FluxConfig, ready: Any) -> None:

@@ -26,7 +26,7 @@ DIMENSION = 128
 BATCH = 256  # exact search of 256 queries over 20,000 x 128: long enough to be caught in flight
 
 
-def _start(config: Path) -> tuple[subprocess.Popen[str], str, str]:
+def _start(config: Path, log: list[str]) -> tuple[subprocess.Popen[str], str, str, threading.Thread]:
     process = subprocess.Popen(
         [sys.executable, "-m", "flux", "serve", "--config", str(config)],
         stderr=subprocess.PIPE,
@@ -35,19 +35,32 @@ def _start(config: Path) -> tuple[subprocess.Popen[str], str, str]:
     )
     assert process.stderr is not None
     address = metrics = ""
-    seen = []
     for line in process.stderr:  # the server logs its addresses, then "ready" once indexes are loaded
-        seen.append(line)
+        log.append(line)
         if match := re.search(r"listening on (\S+)", line):
             address = match.group(1)
         if match := re.search(r"metrics on (\S+)", line):
             metrics = match.group(1)
         if " ready: " in line:
             break
-    assert address, "".join(seen)
-    assert metrics, "".join(seen)
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    return process, address, metrics
+    assert address, "".join(log)
+    assert metrics, "".join(log)
+    drain = threading.Thread(target=lambda: log.extend(process.stderr or ()), daemon=True)  # keep the pipe drained
+    drain.start()
+    return process, address, metrics, drain
+
+
+def _exit_code(process: subprocess.Popen[str], timeout: float, log: list[str], drain: threading.Thread) -> int:
+    """The server's exit code; a server still running after ``timeout`` is aborted, which makes it
+    print every thread's stack (faulthandler), and the test fails with its log."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=30)
+        drain.join(30)
+        stacks = "".join(log[-200:])
+        raise AssertionError(f"the server did not exit within {timeout:.0f}s of SIGTERM:\n{stacks}") from None
 
 
 def _in_flight(metrics: str) -> float:
@@ -63,7 +76,8 @@ def test_sigterm_lets_every_accepted_call_finish_and_exits_within_the_grace_peri
         f"server: {{port: 0, metrics_port: 0, grace_seconds: {GRACE}, threads: 16, search_threads: 1}}\n"
         f"indexes: [{{name: big, path: {artifact}}}]\n"
     )
-    process, address, metrics = _start(config)
+    log: list[str] = []
+    process, address, metrics, drain = _start(config, log)
     vectors = types_pb2.FloatVectors(dimension=DIMENSION, data=queries.astype("<f4").tobytes())
     request = vector_service_pb2.BatchSearchRequest(index="big", queries=vectors, k=10)
     calls: list[list[tuple[float, float, grpc.StatusCode, int]]] = [[] for _ in range(CLIENTS)]
@@ -95,20 +109,25 @@ def test_sigterm_lets_every_accepted_call_finish_and_exits_within_the_grace_peri
                 statuses.append((time.monotonic(), -exc.code().value[0]))  # CANCELLED by the line above
 
         watching = threading.Thread(target=watcher)
-        watching.start()
         clients = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-        for thread in clients:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while _in_flight(metrics) < CLIENTS:  # every client has a call inside the server
-            assert time.monotonic() < deadline, "the clients never had 8 calls in flight"
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        exit_code = process.wait(timeout=GRACE + 30)
-        exited = time.monotonic()
-        stop.set()
-        for thread in (*clients, watching):
-            thread.join(30)
+        try:
+            for thread in (watching, *clients):
+                thread.start()
+            deadline = time.monotonic() + 60
+            while _in_flight(metrics) < CLIENTS:  # every client has a call inside the server
+                assert time.monotonic() < deadline, "the clients never had 8 calls in flight"
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            exit_code = _exit_code(process, GRACE + 30, log, drain)
+            exited = time.monotonic()
+        finally:  # whatever failed above, no client loops on and no server outlives the test
+            stop.set()
+            watch.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            for thread in (*clients, watching):
+                thread.join(30)
 
     assert exit_code == 0
     assert exited - signalled < GRACE, f"the drain took {exited - signalled:.1f}s"
