@@ -13,7 +13,7 @@ from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2_grpc, vector_service_pb2_grpc
 from tests import support
 
-BACKENDS = ("exact", "hnsw", "annoy")
+BACKENDS = ("exact", "hnsw", "annoy", "voyager")  # every in-tree backend, served through gRPC
 METRICS = ("l2", "cosine", "ip")
 # Annoy's default search_k (n_trees * k) trades recall for speed; served indexes set their own.
 SEARCH_PARAMS = {"annoy": {"search_k": 2000}}

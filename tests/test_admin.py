@@ -44,14 +44,17 @@ def test_get_index_reports_the_artifact(admin_stub: AdminServiceStub, backend: s
         "exact": {},
         "hnsw": {"M": 16, "ef_construction": 200, "seed": 100},
         "annoy": {"n_trees": 32, "seed": 42},
+        "voyager": {"M": 16, "ef_construction": 200, "seed": 1},
     }
     assert build_params == expected_build[backend]
-    expected_search = {"exact": {}, "hnsw": {"ef": 64}, "annoy": {"search_k": 2000}}  # annoy's from the config
+    # annoy's from the config
+    expected_search = {"exact": {}, "hnsw": {"ef": 64}, "annoy": {"search_k": 2000}, "voyager": {"ef": 64}}
     assert dict(info.default_search_params) == expected_search[backend]
     assert info.capabilities.thread_safe_search
     assert info.capabilities.mmap_load == (backend in {"annoy", "exact"})
     stats = json_format.MessageToDict(info.stats)
-    assert stats["library"].split()[0] == {"exact": "numpy", "hnsw": "hnswlib", "annoy": "annoy"}[backend]
+    libraries = {"exact": "numpy", "hnsw": "hnswlib", "annoy": "annoy", "voyager": "voyager"}
+    assert stats["library"].split()[0] == libraries[backend]
     assert stats["artifact_bytes"] > 0
 
 

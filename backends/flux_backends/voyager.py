@@ -110,6 +110,7 @@ class VoyagerBackend(Backend):
     def search(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
+        queries = _writable(queries)
         with self._lock.reading():
             wanted = min(k, len(self))
             while wanted and len(queries):
@@ -126,7 +127,8 @@ class VoyagerBackend(Backend):
 
     def add(self, vectors: Matrix, labels: Labels) -> None:
         with self._lock.writing():
-            self._index.add_items(vectors, labels.tolist(), num_threads=1)  # replaces, and revives deleted labels
+            # add_items replaces a label's vector, and revives a deleted label
+            self._index.add_items(_writable(vectors), labels.tolist(), num_threads=1)
             self._deleted.difference_update(labels.tolist())
 
     def delete(self, labels: Labels) -> None:
@@ -149,3 +151,8 @@ class VoyagerBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         return {**self._params, "max_elements": int(self._index.max_elements), "deleted": len(self._deleted)}
+
+
+def _writable(vectors: Matrix) -> Matrix:
+    """Voyager's binding refuses read-only arrays, and requests arrive as read-only views: copy those."""
+    return np.require(vectors, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])

@@ -29,12 +29,15 @@ from flux.core import builder
 from flux.core.backend import Metric
 from flux.datasets import clustered
 
+BACKENDS = ("hnsw", "voyager", "annoy")
 TARGET = 2.0  # p99 during the swap at most this many times the p99 before it
 
 
 def add_parser(modes: Any) -> None:
     parser = modes.add_parser("swap", help="latency during a hot swap, and rollback time", description=__doc__)
-    parser.add_argument("--backend", action="append", choices=["hnsw", "annoy"], help="repeatable (default: both)")
+    parser.add_argument(
+        "--backend", action="append", choices=BACKENDS, help=f"repeatable (default: {', '.join(BACKENDS)})"
+    )
     parser.add_argument("-n", type=int, default=100_000, help="vectors per version (default: 100,000)")
     parser.add_argument("--dim", type=int, default=128, help="dimension (default: 128)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default: 4)")
@@ -143,7 +146,7 @@ def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="flux-bench-swap-") as tmp:
-        for backend in args.backend or ["hnsw", "annoy"]:
+        for backend in args.backend or BACKENDS:
             rows.append(_one(backend, args, Path(tmp)))
     print(f"\nhot swap under load: {args.n:,} x {args.dim}, {args.clients} client processes, unary Search")
     print(

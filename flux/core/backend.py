@@ -158,13 +158,17 @@ class Backend(ABC):
     ) -> tuple[Labels, Matrix]:
         """Return the labels and distances of the ``k`` nearest items to each query.
 
-        ``queries`` is q x d float32. Both results are q x k, nearest first. Where
+        ``queries`` is q x d float32, C-contiguous and read-only: usually a view of the
+        request's own bytes, never copied on the way; copy it if the library must write
+        (or insists on a writable array). Both results are q x k, nearest first. Where
         fewer than k items can be returned, the row is padded with label -1 and
         distance +inf. ``k`` may exceed ``len(self)``.
         """
 
     def add(self, vectors: Matrix, labels: Labels) -> None:
         """Insert items under ``labels``, replacing the vector of a label already present.
+
+        ``vectors`` is read-only, as ``queries`` of ``search`` is.
 
         Only for ``capabilities.mutable`` backends; may run concurrently with ``search``
         (the backend makes that safe). A deleted label may be added again.

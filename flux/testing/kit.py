@@ -43,7 +43,12 @@ class _Base:
         )
 
     def search(self, index: Backend, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return index.search(np.atleast_2d(queries).astype(np.float32), k, defaults(self.backend.search_params))
+        return index.search(read_only(np.atleast_2d(queries)), k, defaults(self.backend.search_params))
+
+
+def read_only(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as the server hands them to a backend: a read-only float32 view of a request's bytes."""
+    return np.frombuffer(np.ascontiguousarray(vectors, "<f4").tobytes(), "<f4").reshape(vectors.shape)
 
 
 def _data(n: int, dimension: int, queries: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +207,7 @@ class MutableTests(_Base):
     def test_added_items_are_found_and_counted(self) -> None:
         base, _ = _data(300, 8)
         index = self.build(base[:200])
-        index.add(base[200:], np.arange(1000, 1100))
+        index.add(read_only(base[200:]), np.arange(1000, 1100))
         assert len(index) == 300
         labels, found = self.search(index, base[250], 1)
         assert labels[0, 0] == 1050
@@ -211,7 +216,7 @@ class MutableTests(_Base):
     def test_add_replaces_the_vector_of_an_existing_label(self) -> None:
         base, _ = _data(100, 8)
         index = self.build(base)
-        index.add(np.full((1, 8), 50.0, np.float32), np.array([7]))
+        index.add(read_only(np.full((1, 8), 50.0)), np.array([7]))
         assert len(index) == 100
         labels, _ = self.search(index, np.full(8, 50.0), 1)
         assert labels[0, 0] == 7
