@@ -31,6 +31,7 @@ import numpy as np
 from flux.core import registry
 from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Matrix, Metric
+from flux.core.background import at_low_priority
 from flux.core.fsync import fsync_path
 from flux.errors import ArtifactError
 
@@ -191,7 +192,7 @@ def load(directory: Path) -> Artifact:
     """Verify and open the artifact at ``directory``; refuse it with an error naming the bad file."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    verify(directory, manifest)
+    at_low_priority(lambda: verify(directory, manifest))  # hashing releases the GIL: keep it off the serving cores
     ids_path = directory / IDS
     try:
         ids = json.loads(ids_path.read_text(encoding="utf-8"))
