@@ -23,6 +23,16 @@ class _State:
     vectors: Matrix  # normalised for cosine
     labels: Labels  # label of each row
     sq_norms: Matrix | None  # for l2
+    ascending: bool  # labels ascend, so a label's row is found by binary search
+
+
+@dataclass(frozen=True)
+class _Room:
+    """Arrays with spare rows past the current snapshot's end, for appends (never seen by searches)."""
+
+    vectors: Matrix
+    labels: Labels
+    sq_norms: Matrix | None
 
 
 class ExactBackend(Backend):
@@ -30,7 +40,9 @@ class ExactBackend(Backend):
 
     Candidates are chosen on the matrix-product scores, then their distances are
     recomputed directly in float64, so reported distances match numpy's to float32
-    precision. Writes copy the arrays (O(n)): fine for a ground truth, not for bulk loads.
+    precision. New items with labels above every stored one (the way Flux hands them out)
+    are appended into spare rows, amortised O(batch); replacing or deleting items copies
+    the arrays (O(n)), so that no search ever sees a row half-written.
     """
 
     name = "exact"
@@ -39,11 +51,40 @@ class ExactBackend(Backend):
     def __init__(self, dimension: int, metric: Metric, vectors: Matrix, labels: Labels) -> None:
         super().__init__(dimension, metric)
         self._state = self._snapshot(vectors, labels)
+        self._room: _Room | None = None  # made by the first append
         self._write_lock = threading.Lock()
 
+    def _norms(self, vectors: Matrix) -> Matrix | None:
+        return np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32) if self.metric is Metric.L2 else None
+
     def _snapshot(self, vectors: Matrix, labels: Labels) -> _State:
-        sq_norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32) if self.metric is Metric.L2 else None
-        return _State(vectors, labels, sq_norms)
+        return _State(vectors, labels, self._norms(vectors), bool(np.all(labels[1:] > labels[:-1])))
+
+    def _append(self, new: Matrix, labels: Labels) -> None:
+        """Write ``new`` into spare rows past the snapshot's end, then publish the longer snapshot."""
+        state, room = self._state, self._room
+        n, m = len(state.labels), len(labels)
+        if room is None or n + m > len(room.labels):
+            capacity = max(2 * (n + m), 1024)
+            vectors = np.empty((capacity, self.dimension), np.float32)
+            vectors[:n] = state.vectors
+            stored = np.empty(capacity, np.int64)
+            stored[:n] = state.labels
+            norms = None
+            if state.sq_norms is not None:
+                norms = np.empty(capacity, np.float32)
+                norms[:n] = state.sq_norms
+            room = self._room = _Room(vectors, stored, norms)
+        room.vectors[n : n + m] = new
+        room.labels[n : n + m] = labels
+        if room.sq_norms is not None:
+            room.sq_norms[n : n + m] = self._norms(new)
+        self._state = _State(
+            room.vectors[: n + m],
+            room.labels[: n + m],
+            None if room.sq_norms is None else room.sq_norms[: n + m],
+            state.ascending,
+        )
 
     @classmethod
     def library_version(cls) -> str:
@@ -129,13 +170,18 @@ class ExactBackend(Backend):
         return (1.0 - dots).astype(np.float32)
 
     def add(self, vectors: Matrix, labels: Labels) -> None:
+        if not len(labels):
+            return
         new = _normalised(vectors) if self.metric is Metric.COSINE else np.asarray(vectors, np.float32)
-        # A label given twice keeps its last vector.
+        # A label given twice keeps its last vector; np.unique also puts the labels in ascending order.
         last = len(labels) - 1 - np.unique(labels[::-1], return_index=True)[1]
         labels, new = labels[last], new[last]
         with self._write_lock:
             state = self._state
-            rows = _rows_of(state.labels, labels)  # -1: not stored yet
+            if state.ascending and (not len(state.labels) or labels[0] > state.labels[-1]):
+                self._append(new, labels)  # all new, all after the last stored label
+                return
+            rows = _rows_of(state, labels)  # -1: not stored yet
             present = rows >= 0
             stored = np.array(state.vectors)
             stored[rows[present]] = new[present]
@@ -143,6 +189,7 @@ class ExactBackend(Backend):
                 stored = np.vstack([stored, new[~present]])
             stored_labels = np.concatenate([state.labels, labels[~present]])
             self._state = self._snapshot(np.ascontiguousarray(stored), stored_labels)
+            self._room = None  # the new snapshot has arrays of its own
 
     def delete(self, labels: Labels) -> None:
         with self._write_lock:
@@ -152,15 +199,13 @@ class ExactBackend(Backend):
                 raise KeyError(f"label {int(labels[~present][0])} is not in the index")
             keep = ~np.isin(state.labels, labels)
             self._state = self._snapshot(np.ascontiguousarray(state.vectors[keep]), state.labels[keep])
+            self._room = None
 
     def get_vectors(self, labels: Labels) -> Matrix:
         state = self._state
-        order = np.argsort(state.labels, kind="stable")
-        positions = np.minimum(np.searchsorted(state.labels, labels, sorter=order), max(len(order) - 1, 0))
-        rows = order[positions] if len(order) else positions
-        missing = ~np.isin(labels, state.labels)
-        if missing.any():
-            raise KeyError(f"label {int(labels[missing][0])} is not in the index")
+        rows = _rows_of(state, labels)
+        if (rows < 0).any():
+            raise KeyError(f"label {int(labels[rows < 0][0])} is not in the index")
         return np.array(state.vectors[rows], dtype=np.float32)
 
     def __len__(self) -> int:
@@ -170,13 +215,16 @@ class ExactBackend(Backend):
         return {"vector_bytes": int(self._state.vectors.nbytes)}
 
 
-def _rows_of(stored: Labels, labels: Labels) -> Labels:
-    """The row of each of ``labels`` in ``stored`` (labels are unique there), -1 where absent."""
+def _rows_of(state: _State, labels: Labels) -> Labels:
+    """The row of each of ``labels`` in ``state`` (labels are unique there), -1 where absent."""
+    stored = state.labels
     if not len(stored):
         return np.full(len(labels), -1, np.int64)
-    order = np.argsort(stored, kind="stable")
-    at = np.minimum(np.searchsorted(stored, labels, sorter=order), len(order) - 1)
-    rows = order[at]
+    if state.ascending:
+        rows = np.minimum(np.searchsorted(stored, labels), len(stored) - 1)
+    else:
+        order = np.argsort(stored, kind="stable")
+        rows = order[np.minimum(np.searchsorted(stored, labels, sorter=order), len(order) - 1)]
     return np.where(stored[rows] == labels, rows, -1).astype(np.int64)
 
 
