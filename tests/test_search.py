@@ -115,3 +115,8 @@ def test_k_larger_than_the_index_returns_every_item(vectors_stub: VectorServiceS
             response = stub.Search(pb.SearchRequest(index=backend, vector=vectors(small[0]), k=10))
             assert sorted(response.neighbors.ids) == ["item:000000", "item:000001", "item:000002", "item:000003"]
             assert response.neighbors.ids[0] == "item:000000"
+            assert response.neighbors.fewer_than_k_matched
+            batch = stub.BatchSearch(pb.BatchSearchRequest(index=backend, queries=vectors(small[:2]), k=10))
+            assert [row.ids[0] for row in batch.results] == ["item:000000", "item:000001"]
+            assert [len(row.ids) == len(row.distances) == 4 for row in batch.results] == [True, True]
+            assert all(row.fewer_than_k_matched for row in batch.results)

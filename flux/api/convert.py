@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from flux.core.backend import Capabilities, Labels, Matrix, Metric
@@ -11,6 +14,9 @@ from flux.core.index import Hits, ServedIndex
 from flux.core.versions import State
 from flux.errors import InvalidArgument
 from flux_api.v1 import admin_service_pb2, types_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
 
@@ -82,24 +88,42 @@ def neighbors(hits: Hits, k: int = 0) -> types_pb2.Neighbors:
 
 
 def neighbors_rows(index: ServedIndex, labels: Labels, distances: Matrix) -> list[types_pb2.Neighbors]:
-    """One Neighbors per row of the backend's answer, padding (label -1) dropped.
+    """One Neighbors per row of the backend's answer, padding (label -1) dropped."""
+    return [
+        types_pb2.Neighbors(ids=ids, distances=dists, strategy=_INDEX, fewer_than_k_matched=short)
+        for ids, dists, short in _rows(index, labels, distances)
+    ]
+
+
+def add_rows(
+    into: RepeatedCompositeFieldContainer[types_pb2.Neighbors], index: ServedIndex, labels: Labels, distances: Matrix
+) -> None:
+    """``neighbors_rows``, appended to a response's repeated field: for batches, filling messages
+    in place costs about half as much as building them and copying them in."""
+    add = into.add
+    for ids, dists, short in _rows(index, labels, distances):
+        row = add()
+        row.ids.extend(ids)
+        row.distances.extend(dists)
+        row.strategy = _INDEX
+        if short:
+            row.fewer_than_k_matched = True
+
+
+def _rows(index: ServedIndex, labels: Labels, distances: Matrix) -> Iterator[tuple[list[str], list[float], bool]]:
+    """Each row's ids, distances and whether padding was dropped from it.
 
     The ids of every row come from one vectorised lookup, and every row converts to
     Python objects in one ``tolist``; only rows with padding take a slower path.
     """
     if labels.size and min(labels[:, -1].tolist()) >= 0:  # every row full: the usual case
-        ids, dists = index.ids_of(labels).tolist(), distances.tolist()
-        return [types_pb2.Neighbors(ids=i, distances=d, strategy=_INDEX) for i, d in zip(ids, dists, strict=True)]
-    rows = []
+        for ids, dists in zip(index.ids_of(labels).tolist(), distances.tolist(), strict=True):
+            yield ids, dists, False
+        return
     for row, dist in zip(labels, distances, strict=True):
         found = row >= 0
         ids = index.ids_of(row[found]).tolist()
-        rows.append(
-            types_pb2.Neighbors(
-                ids=ids, distances=dist[found].tolist(), strategy=_INDEX, fewer_than_k_matched=len(ids) < len(row)
-            )
-        )
-    return rows
+        yield ids, dist[found].tolist(), len(ids) < len(row)
 
 
 def decode_filter(message: types_pb2.Filter, field: str) -> Filter | None:

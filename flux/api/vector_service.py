@@ -55,8 +55,10 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
             batch_filter = convert.decode_filter(request.filter, "filter") if request.HasField("filter") else None
             if not request.overrides and batch_filter is None:
                 labels, distances = index.nearest(queries, request.k, params, threads=index.batch_threads)
-                results = convert.neighbors_rows(index, labels, distances)
-            elif not request.overrides:
+                response = pb.BatchSearchResponse(index=index.name, version=index.version, alias=resolved.alias)
+                convert.add_rows(response.results, index, labels, distances)
+                return response
+            if not request.overrides:
                 rows = len(queries)
                 found = index.search_filtered(
                     queries, [request.k] * rows, [params] * rows, [batch_filter] * rows, threads=index.batch_threads
