@@ -335,3 +335,16 @@ def test_filters_on_an_index_built_without_attributes(stub: VectorServiceStub, c
     response = stub.Search(pb.SearchRequest(index="tiny", vector=query, k=K, filter=exclude))
     assert sorted(response.neighbors.ids) == ["item:000001", "item:000002", "item:000003"]
     assert response.neighbors.fewer_than_k_matched
+
+
+def test_learnt_costs_ignore_a_cold_first_call_and_follow_a_real_change() -> None:
+    from flux.core.filters import Costs
+
+    costs = Costs(scan=1e-7, fetch=1e-6)
+    costs.learn_scan(seconds=0.05, items=2000)  # a first scan: cold caches, norms computed once
+    assert costs.scan == 1e-7
+    for _ in range(8):
+        costs.learn_scan(seconds=0.004, items=2000)  # the steady cost, 20x the guess
+    assert costs.scan == pytest.approx(2e-6)
+    costs.learn_fetch(seconds=1.0, candidates=100)
+    assert costs.fetch == 1e-6

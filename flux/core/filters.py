@@ -48,6 +48,9 @@ LIST_SHARE = 16
 #: Each learnt cost is the median of this many recent measurements: one slow call (a first call,
 #: a pause) does not move it, a real change does within a few queries.
 _WINDOW = 15
+#: The window starts with the first guess counted this many times, a majority: until as many
+#: measurements agree, the cold first calls of a process cannot tip the median.
+_SEED = _WINDOW // 2 + 1
 #: Smaller measurements are mostly fixed overhead and are not learnt from.
 _MIN_SCAN_ITEMS = 256
 _MIN_FETCH_CANDIDATES = 32
@@ -127,8 +130,8 @@ class Costs:
     _fetches: deque[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._scans = deque([self.scan], maxlen=_WINDOW)
-        self._fetches = deque([self.fetch], maxlen=_WINDOW)
+        self._scans = deque([self.scan] * _SEED, maxlen=_WINDOW)
+        self._fetches = deque([self.fetch] * _SEED, maxlen=_WINDOW)
 
     def learn_scan(self, seconds: float, items: int) -> None:
         if items >= _MIN_SCAN_ITEMS:
