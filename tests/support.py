@@ -15,6 +15,7 @@ from flux.core import builder
 from flux.core.backend import Metric
 from flux.datasets import clustered
 from flux.server import FluxServer, build_server
+from flux_api.v1 import types_pb2
 
 
 def dataset(n: int = 5000, dimension: int = 64, queries: int = 200, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -92,3 +93,21 @@ def brute_force(base: np.ndarray, queries: np.ndarray, metric: Metric | str, k: 
         d = 1.0 - q @ b.T
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(d, order, axis=1)
+
+
+def unpacked(packed: types_pb2.PackedNeighbors) -> list[types_pb2.Neighbors]:
+    """A packed batch answer as one Neighbors per query, to compare with an unpacked one."""
+    rows, start = [], 0
+    for count, strategy, short in zip(packed.counts, packed.strategies, packed.fewer_than_k_matched, strict=True):
+        end = start + count
+        rows.append(
+            types_pb2.Neighbors(
+                ids=packed.ids[start:end],
+                distances=packed.distances[start:end],
+                strategy=strategy,
+                fewer_than_k_matched=short,
+            )
+        )
+        start = end
+    assert start == len(packed.ids) == len(packed.distances)
+    return rows

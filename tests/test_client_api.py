@@ -205,6 +205,19 @@ def test_short_answers_are_padded_to_k() -> None:
     assert result.distances.tolist() == [0.5, 1.5, np.inf, np.inf]
 
 
+def test_batch_answers_packed_or_not_give_the_same_padded_arrays() -> None:
+    rows = [types_pb2.Neighbors(ids=["a", "b"], distances=[0.5, 1.5]), types_pb2.Neighbors(ids=["c"], distances=[2.0])]
+    packed = types_pb2.PackedNeighbors(ids=["a", "b", "c"], distances=[0.5, 1.5, 2.0], counts=[2, 1])
+    for response in (  # a server older than packed answers sends rows whatever the request asked
+        vector_service_pb2.BatchSearchResponse(index="i", version=2, results=rows),
+        vector_service_pb2.BatchSearchResponse(index="i", version=2, packed=packed),
+    ):
+        result = _codec.batch_result(response, 3)
+        assert result.ids.tolist() == [["a", "b", ""], ["c", "", ""]]
+        assert result.distances.tolist() == [[0.5, 1.5, np.inf], [2.0, np.inf, np.inf]]
+        assert (result.index, result.version) == ("i", 2)
+
+
 def test_the_reason_falls_back_to_the_trailer_when_details_are_absent() -> None:
     assert _status.details([(_status.REASON_KEY, "INDEX_NOT_FOUND")]).reason == "INDEX_NOT_FOUND"
     assert _status.details([(_status.DETAILS_KEY, b"\xff\xff not a status")]) == _status.Details()

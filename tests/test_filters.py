@@ -242,6 +242,22 @@ def test_batch_search_gives_each_query_its_own_filter(stub: VectorServiceStub, c
         if backend == "exact":
             assert labels(result) == exact(catalog, queries[row], case, k)[0]
 
+    packed = stub.BatchSearch(
+        pb.BatchSearchRequest(
+            index=backend, queries=vectors(queries), k=K, filter=shared.message, overrides=overrides, packed=True
+        )
+    )
+    assert not packed.results
+    for row, (result, case) in enumerate(zip(support.unpacked(packed.packed), expected_cases, strict=True)):
+        k = overrides[row].k or K  # the planner may pick another strategy this time: check, do not compare
+        assert len(result.ids) == len(result.distances) == k
+        if case is None:
+            assert result.strategy == types_pb2.SEARCH_STRATEGY_INDEX
+            continue
+        assert_obeys(catalog, labels(result), case)
+        if backend == "exact":
+            assert labels(result) == exact(catalog, queries[row], case, k)[0]
+
     everyone = stub.BatchSearch(
         pb.BatchSearchRequest(index=backend, queries=vectors(queries), k=K, filter=shared.message)
     )

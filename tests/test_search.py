@@ -61,6 +61,10 @@ def test_batch_search_matches_single_searches(
         single = vectors_stub.Search(pb.SearchRequest(index=index, vector=vectors(queries[row]), k=K))
         assert list(result.ids) == list(single.neighbors.ids)
         np.testing.assert_allclose(result.distances, single.neighbors.distances, rtol=1e-6)
+    request = pb.BatchSearchRequest(index=index, queries=vectors(queries[:50]), k=K, packed=True)
+    packed = vectors_stub.BatchSearch(request)
+    assert (packed.index, packed.version, len(packed.results)) == (index, 3, 0)
+    assert support.unpacked(packed.packed) == list(batch.results)
 
 
 def test_batch_overrides_give_each_query_its_own_k_and_params(
@@ -72,6 +76,8 @@ def test_batch_overrides_give_each_query_its_own_k_and_params(
         pb.BatchSearchRequest(index="hnsw-l2", queries=vectors(queries[:3]), k=5, overrides=overrides)
     )
     assert [len(r.ids) for r in response.results] == [3, 5, 20]
+    packed = pb.BatchSearchRequest(index="hnsw-l2", queries=vectors(queries[:3]), k=5, overrides=overrides, packed=True)
+    assert support.unpacked(vectors_stub.BatchSearch(packed).packed) == list(response.results)
     exact = vectors_stub.BatchSearch(pb.BatchSearchRequest(index="exact-l2", queries=vectors(queries[:3]), k=20))
     assert list(response.results[0].ids) == list(exact.results[0].ids[:3])
 
@@ -120,3 +126,5 @@ def test_k_larger_than_the_index_returns_every_item(vectors_stub: VectorServiceS
             assert [row.ids[0] for row in batch.results] == ["item:000000", "item:000001"]
             assert [len(row.ids) == len(row.distances) == 4 for row in batch.results] == [True, True]
             assert all(row.fewer_than_k_matched for row in batch.results)
+            request = pb.BatchSearchRequest(index=backend, queries=vectors(small[:2]), k=10, packed=True)
+            assert support.unpacked(stub.BatchSearch(request).packed) == list(batch.results)

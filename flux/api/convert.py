@@ -110,6 +110,34 @@ def add_rows(
             row.fewer_than_k_matched = True
 
 
+def pack_rows(into: types_pb2.PackedNeighbors, index: ServedIndex, labels: Labels, distances: Matrix) -> None:
+    """The backend's answer as one PackedNeighbors: a few vectorised calls, whatever the batch size."""
+    queries, k = labels.shape
+    if labels.size and min(labels[:, -1].tolist()) >= 0:  # every row full: the usual case
+        into.ids.extend(index.ids_of(labels.ravel()).tolist())
+        into.distances.extend(distances.ravel().tolist())
+        into.counts.extend([k] * queries)
+        into.fewer_than_k_matched.extend([False] * queries)
+    else:
+        found = labels >= 0
+        counts = found.sum(axis=1)
+        into.ids.extend(index.ids_of(labels[found]).tolist())
+        into.distances.extend(distances[found].tolist())
+        into.counts.extend(counts.tolist())
+        into.fewer_than_k_matched.extend((counts < k).tolist())
+    into.strategies.extend([_INDEX] * queries)
+
+
+def pack(into: types_pb2.PackedNeighbors, rows: list[types_pb2.Neighbors]) -> None:
+    """Rows already answered one by one (filters, per-query overrides), as one PackedNeighbors."""
+    for row in rows:
+        into.ids.extend(row.ids)
+        into.distances.extend(row.distances)
+        into.counts.append(len(row.ids))
+        into.strategies.append(row.strategy)
+        into.fewer_than_k_matched.append(row.fewer_than_k_matched)
+
+
 def _rows(index: ServedIndex, labels: Labels, distances: Matrix) -> Iterator[tuple[list[str], list[float], bool]]:
     """Each row's ids, distances and whether padding was dropped from it.
 

@@ -56,7 +56,10 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
             if not request.overrides and batch_filter is None:
                 labels, distances = index.nearest(queries, request.k, params, threads=index.batch_threads)
                 response = pb.BatchSearchResponse(index=index.name, version=index.version, alias=resolved.alias)
-                convert.add_rows(response.results, index, labels, distances)
+                if request.packed:
+                    convert.pack_rows(response.packed, index, labels, distances)
+                else:
+                    convert.add_rows(response.results, index, labels, distances)
                 return response
             if not request.overrides:
                 rows = len(queries)
@@ -88,9 +91,12 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
                 else:
                     hits = index.search_batch(queries, ks, row_params)
                     results = [convert.neighbors(h, k) for h, k in zip(hits, ks, strict=True)]
-            return pb.BatchSearchResponse(
-                index=index.name, version=index.version, results=results, alias=resolved.alias
-            )
+            response = pb.BatchSearchResponse(index=index.name, version=index.version, alias=resolved.alias)
+            if request.packed:
+                convert.pack(response.packed, results)
+            else:
+                response.results.extend(results)
+            return response
 
     def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> pb.SearchByIdResponse:
         with self._catalog.acquire(request.index, request.version, request.routing_key) as resolved:

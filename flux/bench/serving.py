@@ -6,7 +6,8 @@ For each data set and backend it measures, at every swept search parameter:
 * ``library-batch``: the library in-process, B queries per call, N threads;
 * ``echo``: a do-nothing gRPC server answering Flux-sized messages, from 1 and from C client processes;
 * ``flux-unary``: Flux's Search, from 1 and from C client processes;
-* ``flux-batch``: Flux's BatchSearch with B queries per call, from one client.
+* ``flux-batch``: Flux's BatchSearch with B queries per call (packed answers, as the Python client
+  asks for them), from one client.
 
 then prints the table and the issue's target ratios, and writes JSON and a PNG plot.
 """
@@ -383,7 +384,7 @@ class _Bench:
         params = {} if value < 0 else {self.param: value}
         requests = [
             pb.BatchSearchRequest(
-                index=INDEX, queries=_vectors(self.data.queries[rows]), k=self.k, params=params
+                index=INDEX, queries=_vectors(self.data.queries[rows]), k=self.k, params=params, packed=True
             ).SerializeToString()
             for rows in groups
         ]
@@ -410,8 +411,10 @@ class _Bench:
     def _found_batches(self, responses: dict[int, bytes], groups: list[np.ndarray]) -> np.ndarray:
         found = np.full((len(self.data.queries), self.k), -1, np.int64)
         for index, raw in responses.items():
-            for row, neighbors in zip(groups[index], pb.BatchSearchResponse.FromString(raw).results, strict=True):
-                found[row, : len(neighbors.ids)] = [int(i) for i in neighbors.ids]
+            packed = pb.BatchSearchResponse.FromString(raw).packed  # as the Python client asks for them
+            ends = np.cumsum(packed.counts)
+            for row, end, count in zip(groups[index], ends.tolist(), packed.counts, strict=True):
+                found[row, :count] = [int(i) for i in packed.ids[end - count : end]]
         return found
 
 

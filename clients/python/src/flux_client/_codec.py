@@ -61,7 +61,7 @@ def batch_request(
     routing_key: str = "",
 ) -> vector_service_pb2.BatchSearchRequest:
     """A BatchSearch for the rows of a 2-D float32 matrix; ``ks`` gives each row its own k."""
-    request = vector_service_pb2.BatchSearchRequest(index=index, queries=_vectors(matrix), k=_k(k, "k"))
+    request = vector_service_pb2.BatchSearchRequest(index=index, queries=_vectors(matrix), k=_k(k, "k"), packed=True)
     _options(request, params, filter, version, routing_key)
     if ks is not None:
         if len(ks) != len(matrix):
@@ -97,11 +97,30 @@ def result(response: vector_service_pb2.SearchResponse | vector_service_pb2.Sear
 
 def batch_result(response: vector_service_pb2.BatchSearchResponse, width: int) -> SearchResult:
     """A batch's neighbours as 2-D arrays, one row per query, ``width`` columns."""
-    rows = [_row(neighbors, width) for neighbors in response.results]
-    shape = (len(rows), width)
-    ids = np.array([r[0] for r in rows], dtype=object).reshape(shape)
-    distances = np.array([r[1] for r in rows], dtype=_F32).reshape(shape)
+    if response.HasField("packed"):
+        ids, distances = _unpacked(response.packed, width)
+    else:  # a server older than packed answers ignores the request's flag
+        rows = [_row(neighbors, width) for neighbors in response.results]
+        shape = (len(rows), width)
+        ids = np.array([r[0] for r in rows], dtype=object).reshape(shape)
+        distances = np.array([r[1] for r in rows], dtype=_F32).reshape(shape)
     return SearchResult(ids, distances, response.index, response.version, response.alias)
+
+
+def _unpacked(packed: types_pb2.PackedNeighbors, width: int) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
+    """Flat arrays back into rows of ``width``, short rows padded with "" and inf."""
+    counts = np.array(packed.counts, dtype=np.int64)
+    flat_ids = np.array(packed.ids, dtype=object)
+    flat_distances = np.array(packed.distances, dtype=_F32)
+    if len(counts) and (counts == width).all():  # every row full: the usual case
+        return flat_ids.reshape(len(counts), width), flat_distances.reshape(len(counts), width)
+    ids = np.full((len(counts), width), "", dtype=object)
+    distances = np.full((len(counts), width), np.inf, dtype=_F32)
+    columns = np.arange(width)
+    filled = columns < counts[:, None]
+    ids[filled] = flat_ids
+    distances[filled] = flat_distances
+    return ids, distances
 
 
 def index_info(info: admin_service_pb2.IndexInfo) -> IndexInfo:

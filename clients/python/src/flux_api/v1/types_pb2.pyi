@@ -174,6 +174,59 @@ class Neighbors(_message.Message):
 Global___Neighbors: _TypeAlias = Neighbors  # noqa: Y015
 
 @_typing.final
+class PackedNeighbors(_message.Message):
+    """PackedNeighbors holds the answers of a whole batch in flat arrays, query
+    after query: far cheaper to build and to read than one Neighbors per query
+    (BatchSearchRequest.packed asks for it). Query i's neighbours are the
+    counts[i] entries of ids and distances that follow those of queries 0 to
+    i - 1, nearest first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    DISTANCES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    STRATEGIES_FIELD_NUMBER: _builtins.int
+    FEWER_THAN_K_MATCHED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The neighbours' ids, query after query."""
+
+    @_builtins.property
+    def distances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The distance of each id in ids, as in Neighbors.distances."""
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """How many neighbours each query has."""
+
+    @_builtins.property
+    def strategies(self) -> _containers.RepeatedScalarFieldContainer[Global___SearchStrategy.ValueType]:
+        """How each query was answered, as in Neighbors.strategy."""
+
+    @_builtins.property
+    def fewer_than_k_matched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Per query, as in Neighbors.fewer_than_k_matched."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        distances: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        strategies: _abc.Iterable[Global___SearchStrategy.ValueType] | None = ...,
+        fewer_than_k_matched: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "distances", b"distances", "fewer_than_k_matched", b"fewer_than_k_matched", "ids", b"ids", "strategies", b"strategies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackedNeighbors: _TypeAlias = PackedNeighbors  # noqa: Y015
+
+@_typing.final
 class Restrict(_message.Message):
     """Restrict is a set of tokens in one namespace, for example
     {namespace: "market", tokens: ["US", "SE"]}.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flux_api.v1 import types_pb2 as flux__api_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flux_api/v1/vector_service.proto\x12\x0b\x66lux_api.v1\x1a\x17\x66lux_api/v1/types.proto\"\x86\x02\n\rSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12\x36\n\x06params\x18\x04 \x03(\x0b\x32&.flux_api.v1.SearchRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\"\xc0\x02\n\x12\x42\x61tchSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12*\n\x07queries\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12;\n\x06params\x18\x04 \x03(\x0b\x32+.flux_api.v1.BatchSearchRequest.ParamsEntry\x12-\n\toverrides\x18\x05 \x03(\x0b\x32\x1a.flux_api.v1.QueryOverride\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12#\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x08 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa6\x01\n\rQueryOverride\x12\t\n\x01k\x18\x01 \x01(\r\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.flux_api.v1.QueryOverride.ParamsEntry\x12#\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x13.flux_api.v1.Filter\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"m\n\x13\x42\x61tchSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\"\xef\x01\n\x11SearchByIdRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12:\n\x06params\x18\x04 \x03(\x0b\x32*.flux_api.v1.SearchByIdRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"n\n\x12SearchByIdResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t2\xf3\x01\n\rVectorService\x12\x41\n\x06Search\x12\x1a.flux_api.v1.SearchRequest\x1a\x1b.flux_api.v1.SearchResponse\x12P\n\x0b\x42\x61tchSearch\x12\x1f.flux_api.v1.BatchSearchRequest\x1a .flux_api.v1.BatchSearchResponse\x12M\n\nSearchById\x12\x1e.flux_api.v1.SearchByIdRequest\x1a\x1f.flux_api.v1.SearchByIdResponseB&\n\x0eio.flux.api.v1B\x12VectorServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flux_api/v1/vector_service.proto\x12\x0b\x66lux_api.v1\x1a\x17\x66lux_api/v1/types.proto\"\x86\x02\n\rSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12\x36\n\x06params\x18\x04 \x03(\x0b\x32&.flux_api.v1.SearchRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\"\xd0\x02\n\x12\x42\x61tchSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12*\n\x07queries\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12;\n\x06params\x18\x04 \x03(\x0b\x32+.flux_api.v1.BatchSearchRequest.ParamsEntry\x12-\n\toverrides\x18\x05 \x03(\x0b\x32\x1a.flux_api.v1.QueryOverride\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12#\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x08 \x01(\t\x12\x0e\n\x06packed\x18\t \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa6\x01\n\rQueryOverride\x12\t\n\x01k\x18\x01 \x01(\r\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.flux_api.v1.QueryOverride.ParamsEntry\x12#\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x13.flux_api.v1.Filter\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9b\x01\n\x13\x42\x61tchSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12,\n\x06packed\x18\x05 \x01(\x0b\x32\x1c.flux_api.v1.PackedNeighbors\"\xef\x01\n\x11SearchByIdRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12:\n\x06params\x18\x04 \x03(\x0b\x32*.flux_api.v1.SearchByIdRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"n\n\x12SearchByIdResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t2\xf3\x01\n\rVectorService\x12\x41\n\x06Search\x12\x1a.flux_api.v1.SearchRequest\x1a\x1b.flux_api.v1.SearchResponse\x12P\n\x0b\x42\x61tchSearch\x12\x1f.flux_api.v1.BatchSearchRequest\x1a .flux_api.v1.BatchSearchResponse\x12M\n\nSearchById\x12\x1e.flux_api.v1.SearchByIdRequest\x1a\x1f.flux_api.v1.SearchByIdResponseB&\n\x0eio.flux.api.v1B\x12VectorServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHRESPONSE']._serialized_start=339
   _globals['_SEARCHRESPONSE']._serialized_end=445
   _globals['_BATCHSEARCHREQUEST']._serialized_start=448
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=768
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=784
   _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_start=292
   _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_end=337
-  _globals['_QUERYOVERRIDE']._serialized_start=771
-  _globals['_QUERYOVERRIDE']._serialized_end=937
+  _globals['_QUERYOVERRIDE']._serialized_start=787
+  _globals['_QUERYOVERRIDE']._serialized_end=953
   _globals['_QUERYOVERRIDE_PARAMSENTRY']._serialized_start=292
   _globals['_QUERYOVERRIDE_PARAMSENTRY']._serialized_end=337
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=939
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1048
-  _globals['_SEARCHBYIDREQUEST']._serialized_start=1051
-  _globals['_SEARCHBYIDREQUEST']._serialized_end=1290
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=956
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1111
+  _globals['_SEARCHBYIDREQUEST']._serialized_start=1114
+  _globals['_SEARCHBYIDREQUEST']._serialized_end=1353
   _globals['_SEARCHBYIDREQUEST_PARAMSENTRY']._serialized_start=292
   _globals['_SEARCHBYIDREQUEST_PARAMSENTRY']._serialized_end=337
-  _globals['_SEARCHBYIDRESPONSE']._serialized_start=1292
-  _globals['_SEARCHBYIDRESPONSE']._serialized_end=1402
-  _globals['_VECTORSERVICE']._serialized_start=1405
-  _globals['_VECTORSERVICE']._serialized_end=1648
+  _globals['_SEARCHBYIDRESPONSE']._serialized_start=1355
+  _globals['_SEARCHBYIDRESPONSE']._serialized_end=1465
+  _globals['_VECTORSERVICE']._serialized_start=1468
+  _globals['_VECTORSERVICE']._serialized_end=1711
 # @@protoc_insertion_point(module_scope)
