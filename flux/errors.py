@@ -65,6 +65,12 @@ class ResourceExhausted(FluxError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(FluxError):
+    """The caller's deadline passed while the call ran; nobody waits for the rest of the work."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class ConfigError(FluxError):
     """A configuration file or value is invalid. The message names the file and the key."""
 

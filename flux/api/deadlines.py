@@ -1,16 +1,20 @@
-"""Calls whose caller has already given up are not started.
+"""Calls whose caller has already given up are not started, nor carried on.
 
 A call can wait for a handler thread (up to ``server.max_concurrent_calls`` are admitted,
 ``server.threads`` run at once); when its deadline passes meanwhile, nobody will read the
-answer, so it ends with DEADLINE_EXCEEDED before any search runs.
+answer, so it ends with DEADLINE_EXCEEDED before any search runs. Once started, the call
+runs under its deadline (``flux.core.deadline``), which batches answered step by step check.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+
+from flux.core import deadline
 
 
 class DeadlineInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -37,8 +41,10 @@ def _wrap(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None
     behaviour = getattr(handler, kind)
 
     def in_time(request: Any, context: grpc.ServicerContext) -> Any:
-        if context.time_remaining() <= 0:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call could start")
-        return behaviour(request, context)
+        with deadline.within(math.inf if remaining is None else remaining):
+            return behaviour(request, context)
 
     return handler._replace(**{kind: in_time})

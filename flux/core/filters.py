@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from flux.core import deadline
 from flux.core.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
 from flux.core.backend import Backend, Labels, Matrix, Metric
 from flux.errors import InvalidArgument
@@ -244,6 +245,7 @@ class Planner:
             k = ks[row]
             size = min(available, max(k, math.ceil(MARGIN * k * max(table.live_count, 1) / max(plan.count, 1))))
             if plan.count <= k or self._cheaper_to_scan(plan, size):
+                deadline.check()  # each scan is a step of its own: stop when the caller has given up
                 answers[row] = self._scan(queries[row], plan, k, table)
             else:
                 fetch[row] = size
@@ -253,6 +255,7 @@ class Planner:
                 groups.setdefault((size, _key(params[row])), []).append(row)
             fetch = {}
             for (size, _), rows in groups.items():
+                deadline.check()
                 started = time.perf_counter()
                 labels, distances = self._nearest(queries[rows], size, params[rows[0]], threads=threads)
                 self.costs.learn_fetch(time.perf_counter() - started, size * len(rows))
@@ -262,6 +265,7 @@ class Planner:
                     if len(kept) >= k:
                         answers[row] = Answer(kept[:k], kept_distances[:k], Strategy.OVERFETCH, False)
                     elif size >= available or self._cheaper_to_scan(plan, size * GROWTH):
+                        deadline.check()
                         answers[row] = self._scan(queries[row], plan, k, table)
                     else:
                         fetch[row] = min(available, size * GROWTH)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from flux.core import deadline
 from flux.core.artifact import Artifact
 from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Labels, Matrix, resolve_params
@@ -129,6 +130,7 @@ class ServedIndex:
             groups.setdefault(tuple(sorted(p.items())), []).append(row)
         results: list[Hits | None] = [None] * len(queries)
         for key, rows in groups.items():
+            deadline.check()  # a search per group of rows sharing params: stop when the caller has given up
             k_max = max(ks[r] for r in rows)
             hits = self.search(queries[rows], k_max, dict(key), threads=self.batch_threads)
             for row, hit in zip(rows, hits, strict=True):
