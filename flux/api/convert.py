@@ -113,7 +113,7 @@ def add_rows(
 def pack_rows(into: types_pb2.PackedNeighbors, index: ServedIndex, labels: Labels, distances: Matrix) -> None:
     """The backend's answer as one PackedNeighbors: a few vectorised calls, whatever the batch size."""
     queries, k = labels.shape
-    if labels.size and min(labels[:, -1].tolist()) >= 0:  # every row full: the usual case
+    if _all_full(labels):
         into.ids.extend(index.ids_of(labels.ravel()).tolist())
         into.distances.extend(distances.ravel().tolist())
         into.counts.extend([k] * queries)
@@ -144,7 +144,7 @@ def _rows(index: ServedIndex, labels: Labels, distances: Matrix) -> Iterator[tup
     The ids of every row come from one vectorised lookup, and every row converts to
     Python objects in one ``tolist``; only rows with padding take a slower path.
     """
-    if labels.size and min(labels[:, -1].tolist()) >= 0:  # every row full: the usual case
+    if _all_full(labels):
         for ids, dists in zip(index.ids_of(labels).tolist(), distances.tolist(), strict=True):
             yield ids, dists, False
         return
@@ -152,6 +152,11 @@ def _rows(index: ServedIndex, labels: Labels, distances: Matrix) -> Iterator[tup
         found = row >= 0
         ids = index.ids_of(row[found]).tolist()
         yield ids, dist[found].tolist(), len(ids) < len(row)
+
+
+def _all_full(labels: Labels) -> bool:
+    """Whether every row holds k results (no padding label -1): the usual case, and the fast one."""
+    return bool(labels.size) and min(labels[:, -1].tolist()) >= 0
 
 
 def decode_filter(message: types_pb2.Filter, field: str) -> Filter | None:

@@ -44,7 +44,10 @@ def _wrap(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call could start")
-        with deadline.within(math.inf if remaining is None else remaining):
+        token = deadline.start(math.inf if remaining is None else remaining)  # no generator: every call comes here
+        try:
             return behaviour(request, context)
+        finally:
+            deadline.end(token)
 
     return handler._replace(**{kind: in_time})

@@ -13,21 +13,30 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from flux.errors import DeadlineExceeded
 
 _DEADLINE: ContextVar[float] = ContextVar("flux_deadline", default=math.inf)
 
 
+def start(seconds: float) -> Token[float]:
+    """Put the current call under a deadline ``seconds`` from now (``inf``: none); ``end`` with the token."""
+    return _DEADLINE.set(time.monotonic() + seconds)
+
+
+def end(token: Token[float]) -> None:
+    _DEADLINE.reset(token)
+
+
 @contextmanager
 def within(seconds: float) -> Iterator[None]:
     """Run the body under a deadline ``seconds`` from now (``inf``: none)."""
-    token = _DEADLINE.set(time.monotonic() + seconds)
+    token = start(seconds)
     try:
         yield
     finally:
-        _DEADLINE.reset(token)
+        end(token)
 
 
 def check() -> None:
