@@ -1,7 +1,9 @@
 """``flux bench overload``: what the concurrency limit does for latency when far more clients call than it admits.
 
-A server runs as its own process with ``server.max_concurrent_calls`` set low. First one
-client calls it alone (the unloaded p99). Then ``--clients`` asyncio clients, each with
+A server runs as its own process, with one worker per CPU (``server.workers``) and
+``server.max_concurrent_calls`` set low; the limit holds per worker, so by default each
+worker runs one call at a time and no admitted call waits on another for its worker's GIL.
+First one client calls it alone (the unloaded p99). Then ``--clients`` asyncio clients, each with
 its own connection, spread over ``--processes`` processes, call it as fast as they are
 answered for ``--seconds``. Calls beyond the limit get RESOURCE_EXHAUSTED; a client that
 gets one backs off as a well-behaved client does (``--backoff-ms``, doubling with each
@@ -41,8 +43,13 @@ def add_parser(modes: Any) -> None:
     parser.add_argument("--backend", default="hnsw", help="index backend (default: hnsw)")
     parser.add_argument("-n", type=int, default=50_000, help="vectors (default: 50,000)")
     parser.add_argument("--dim", type=int, default=64, help="dimension (default: 64)")
-    parser.add_argument("--limit", type=int, default=2, help="server.max_concurrent_calls (default: 2)")
+    parser.add_argument(
+        "--limit", type=int, default=1, help="server.max_concurrent_calls, per worker process (default: 1)"
+    )
     parser.add_argument("--threads", type=int, default=4, help="server.threads (default: 4)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="server.workers (default: one per CPU)"
+    )
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default: 64)")
     parser.add_argument("--processes", type=int, default=2, help="client processes (default: 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="load per phase (default: 10)")
@@ -133,7 +140,8 @@ def _phase(name: str, records: list[tuple[float, str]], seconds: float, unloaded
 def _run_server(args: argparse.Namespace, root: Path, artifact: Path, limit: int) -> list[dict[str, Any]]:
     config = root / f"flux-{limit}.yaml"
     config.write_text(
-        f"server: {{port: 0, threads: {args.threads}, max_concurrent_calls: {limit}, search_threads: 1}}\n"
+        f"server: {{port: 0, threads: {args.threads}, max_concurrent_calls: {limit}, search_threads: 1, "
+        f"workers: {args.workers}}}\n"
         f"indexes: [{{name: bench, path: {artifact}}}]\n"
     )
     process, address = spawn_flux_serve(config)
@@ -191,9 +199,10 @@ def _print(args: argparse.Namespace, phases: list[dict[str, Any]], passed: bool)
         return f"{value:.2f}ms" if value is not None else "-"
 
     print(
-        f"\noverload: {args.backend} {args.n:,} x {args.dim}, Search k=10; server.max_concurrent_calls {args.limit}, "
-        f"{args.threads} threads; {args.clients} asyncio clients in {args.processes} processes for "
-        f"{args.seconds:g}s each; {args.backoff_ms:g}ms backoff after a refusal"
+        f"\noverload: {args.backend} {args.n:,} x {args.dim}, Search k=10; {args.workers} worker(s), each with "
+        f"server.max_concurrent_calls {args.limit} and {args.threads} threads;\n"
+        f"  {args.clients} asyncio clients in {args.processes} processes for {args.seconds:g}s each; "
+        f"{args.backoff_ms:g}ms backoff after a refusal"
     )
     print(
         f"{'phase':<24} {'calls':>7} {'answered':>8} {'ans/s':>7} {'refused':>8} {'errors':>6} "
