@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from flux.core import artifact
+from flux.core.ids import Ids
 from flux.errors import ArtifactError
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -144,8 +145,9 @@ def test_a_file_name_escaping_the_artifact_is_refused(pristine: dict[str, Path],
 
 def test_artifacts_are_immutable(pristine: dict[str, Path]) -> None:
     loaded = artifact.load(pristine["exact"])
+    ids = Ids(loaded.ids).snapshot()
     with pytest.raises(ArtifactError, match="already exists; artifacts are immutable"):
-        artifact.write(pristine["exact"], loaded.backend, loaded.ids.tolist(), name="x", version=2, build_params={})
+        artifact.write(pristine["exact"], loaded.backend, ids, name="x", version=2, build_params={})
 
 
 def test_a_server_refuses_damaged_artifacts_and_keeps_serving_the_rest(

@@ -10,6 +10,7 @@ import pytest
 
 from flux.core import artifact
 from flux.core.backend import defaults
+from flux.core.ids import Ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "artifacts"
 CASES = [
@@ -30,7 +31,7 @@ def test_a_committed_artifact_loads_and_answers_as_recorded(version: str, backen
     loaded = artifact.load(folder / backend)
     assert loaded.manifest.backend == backend
     assert loaded.manifest.count == 40
-    assert loaded.ids[0] == "fixture:00"
+    assert Ids(loaded.ids).strings(np.arange(2)) == ["fixture:00", "fixture:01"]
     queries = np.array(expected["queries"], np.float32)
     labels, distances = loaded.backend.search(queries, 5, defaults(type(loaded.backend).search_params))
     assert labels.tolist() == expected["results"][backend]["labels"]

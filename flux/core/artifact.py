@@ -33,6 +33,7 @@ from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Matrix, Metric
 from flux.core.background import at_low_priority
 from flux.core.fsync import fsync_path
+from flux.core.ids import packed
 from flux.errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -98,7 +99,7 @@ class Artifact:
     path: Path
     manifest: Manifest
     backend: Backend
-    ids: np.ndarray  # object array of str, indexed by label
+    ids: np.ndarray  # indexed by label: UTF-8 bytes or str (``flux.core.ids.packed``)
     #: The items' attributes by label (``load`` gives every artifact a store, empty without the file).
     attributes: AttributeStore | None = None
     #: The float32 copy of the vectors, memory-mapped; None when the artifact has none.
@@ -218,7 +219,7 @@ def load(directory: Path) -> Artifact:
         directory,
         manifest,
         backend,
-        np.array(ids, dtype=object),
+        packed(ids),
         attributes=_load_attributes(directory, manifest, ids),
         filter_vectors=_load_filter_vectors(directory, manifest, len(ids)),
     )

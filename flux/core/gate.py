@@ -55,7 +55,7 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
     live = candidate.ids.live()  # a snapshot of a writable index has labels without items
     everything = candidate.backend.get_vectors(live)
     truth, _ = brute_force(everything, queries, candidate.manifest.metric, k)
-    expected = [candidate.ids_of(live[row]).tolist() for row in truth]
+    expected = [candidate.ids.strings(live[row]) for row in truth]
     recall = overlap(found, expected, k)
     agreement = 1.0
     if active is not None and active.dimension == candidate.dimension:

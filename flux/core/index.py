@@ -8,7 +8,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
-import numpy.typing as npt
 
 from flux.core import deadline
 from flux.core.artifact import Artifact
@@ -117,8 +116,9 @@ class ServedIndex:
         with self._serial:
             return self.backend.search(queries, k, params, threads=threads)
 
-    def ids_of(self, labels: Labels) -> npt.NDArray[np.object_]:
-        """The string id of each label, in the shape of ``labels`` (which must all be >= 0)."""
+    def ids_of(self, labels: Labels) -> np.ndarray:
+        """The id of each label, in the shape of ``labels`` (which must all be >= 0), as str or
+        UTF-8 bytes (``flux.core.ids.packed``): for protobuf string fields, which take either."""
         return self.ids.of(labels)
 
     def search_batch(self, queries: Matrix, ks: Sequence[int], params: Sequence[Mapping[str, float]]) -> list[Hits]:
@@ -184,5 +184,4 @@ class ServedIndex:
 
     def _hits(self, labels: np.ndarray, distances: Matrix) -> list[Hits]:
         found = (labels >= 0).sum(axis=1)
-        ids = self.ids.of(np.where(labels >= 0, labels, 0))
-        return [Hits(ids[row, :n].tolist(), distances[row, :n]) for row, n in enumerate(found.tolist())]
+        return [Hits(self.ids.strings(labels[row, :n]), distances[row, :n]) for row, n in enumerate(found.tolist())]

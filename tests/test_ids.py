@@ -1,0 +1,48 @@
+"""The ids of a loaded index: packed as fixed-width UTF-8 bytes when smaller, and the same ids either way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flux.core.ids import Ids, packed
+from flux_api.v1 import types_pb2
+
+
+def test_ids_of_similar_length_are_packed_into_far_less_memory_than_strings() -> None:
+    ids = [f"track:{i:06d}" for i in range(10_000)]
+    compact = packed(ids)
+    assert compact.dtype == np.dtype("S12")
+    as_strings = np.array(ids, dtype=object)
+    string_bytes = as_strings.nbytes + sum(len(i) + 49 for i in ids)  # the pointers and the str objects
+    assert compact.nbytes * 4 < string_bytes
+
+
+def test_ids_that_cannot_or_should_not_be_packed_stay_strings() -> None:
+    assert packed(["a", None, "c"]).dtype == object  # a label without an item
+    assert packed(["a", "b\0"]).dtype == object  # numpy would drop the trailing NUL
+    assert packed(["a", "b", "x" * 10_000]).dtype == object  # one long id would widen every row
+    assert packed([]).dtype == object
+
+
+def test_packed_ids_read_back_as_the_same_strings_everywhere() -> None:
+    names = ["ü-ß", "plain", "日本"]
+    ids = Ids(packed(names))
+    labels = np.array([2, 0, 1])
+    assert ids.strings(labels) == ["日本", "ü-ß", "plain"]
+    assert [ids.label(name) for name in names] == [0, 1, 2]
+    assert ids.label("missing") is None
+    assert ids.live().tolist() == [0, 1, 2]
+    assert ids.snapshot() == names
+    answer = types_pb2.PackedNeighbors()
+    answer.ids.extend(ids.of(labels).tolist())  # what the serving path sends: bytes, taken as UTF-8
+    assert list(answer.ids) == ["日本", "ü-ß", "plain"]
+
+
+def test_a_write_to_packed_ids_turns_them_into_strings_and_keeps_every_label() -> None:
+    ids = Ids(packed(["a", "b", "c"]))
+    assert ids.assign(["b", "d"]).tolist() == [1, 3]
+    assert ids.strings(np.arange(4)) == ["a", "b", "c", "d"]
+    assert ids.of(np.array([3, 0])).tolist() == ["d", "a"]
+    assert ids.release(["a"]).tolist() == [0]
+    assert ids.live().tolist() == [1, 2, 3]
+    assert ids.snapshot() == [None, "b", "c", "d"]
