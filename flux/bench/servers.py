@@ -1,8 +1,13 @@
-"""The servers a benchmark loads, each in its own process: Flux itself, and an echo baseline.
+"""The servers a benchmark loads, each in its own process: Flux itself and two baselines.
 
 The echo server is the floor of any Python gRPC service: it registers the same method
 names as Flux, parses nothing and answers every call with canned bytes as large as
 Flux's answer. Whatever Flux adds on top of it is Flux's own cost plus the search.
+
+The bare server is the least a Python search server does: it parses the request, runs
+the backend's search on the same artifact and encodes the answer, with no validation,
+version holds, metrics or interceptors. Flux's p50 over the bare server's is the cost of
+its serving layer alone.
 """
 
 from __future__ import annotations
@@ -12,15 +17,18 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from flux.bench.procs import Child, children_of, rss_bytes
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]
+SEARCH_METHOD = "/flux_api.v1.VectorService/Search"
 #: How the echo server runs calls: a thread pool, grpc.aio, or one process per core on one port.
 ECHO_MODELS = ("sync", "aio", "processes")
 
@@ -58,6 +66,12 @@ def echo_server(
     return ServerProcess(Child(_echo_main, dict(responses), model, threads, count, name=f"flux-bench-echo-{model}"))
 
 
+def bare_server(path: Path, *, threads: int = 4, processes: int = 0) -> ServerProcess:
+    """The bare search server on the artifact at ``path``: in this child (``processes`` 0), or in
+    that many forked workers on one port, each loading its own copy as Flux's workers do."""
+    return ServerProcess(Child(_bare_main, str(path), threads, processes, name="flux-bench-bare"))
+
+
 def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     from flux import config as flux_config
@@ -92,26 +106,42 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     server.stop(grace=0)
 
 
+#: Runs a server on an address until the process ends: ``serve(address, reuse_port, started)``.
+Serve = Callable[[str, bool, Any], None]
+
+
 def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, threads: int, processes: int) -> None:
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    if model == "processes":
-        workers = [_fork_worker(responses, threads, address) for _ in range(processes)]
-        conn.send(address)
-        with contextlib.suppress(EOFError):
-            conn.recv()
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        return
-    ready = _serve_in_background(responses, model, threads, address)
-    ready()
+    def serve(address: str, reuse_port: bool, started: Any) -> None:
+        _echo_serve(responses, "sync" if reuse_port else model, threads, address, reuse_port, started)
+
+    _serve_until_closed(conn, serve, processes if model == "processes" else 0)
+
+
+def _bare_main(conn: Connection, path: str, threads: int, processes: int) -> None:
+    def serve(address: str, reuse_port: bool, started: Any) -> None:
+        _bare_serve(Path(path), threads, address, reuse_port, started)
+
+    _serve_until_closed(conn, serve, processes)
+
+
+def _serve_until_closed(conn: Connection, serve: Serve, processes: int) -> None:
+    """Serve in this process (``processes`` 0) or in forked workers sharing one port; send the
+    parent the address once it answers, and stop when the parent says so."""
+    address = f"127.0.0.1:{_free_port()}"
+    workers = [_fork_worker(serve, address) for _ in range(processes)]
+    if not workers:
+        started = threading.Event()
+        threading.Thread(target=serve, args=(address, False, started), daemon=True).start()
+        started.wait(600)
     conn.send(address)
     with contextlib.suppress(EOFError):
         conn.recv()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
-def _fork_worker(responses: dict[str, bytes], threads: int, address: str) -> int:
+def _fork_worker(serve: Serve, address: str) -> int:
     """Fork a worker serving on ``address`` with SO_REUSEPORT; return once it listens.
 
     The fork happens before this process touches gRPC, as gRPC requires.
@@ -121,7 +151,7 @@ def _fork_worker(responses: dict[str, bytes], threads: int, address: str) -> int
     if pid == 0:  # the worker
         os.close(ready_read)
         try:
-            _echo_serve(responses, "sync", threads, address, True, _PipeEvent(ready_write))
+            serve(address, True, _PipeEvent(ready_write))
         finally:
             os._exit(0)
     os.close(ready_write)
@@ -159,18 +189,6 @@ def _echo_handlers(responses: dict[str, bytes], asynchronous: bool) -> Any:
     return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
 
 
-def _serve_in_background(responses: dict[str, bytes], model: str, threads: int, address: str) -> Any:
-    """Start the echo server in this process; returns a function that blocks until it listens."""
-    import threading
-
-    started = threading.Event()
-    thread = threading.Thread(
-        target=_echo_serve, args=(responses, model, threads, address, False, started), daemon=True
-    )
-    thread.start()
-    return lambda: started.wait(60)
-
-
 def _echo_serve(
     responses: dict[str, bytes],
     model: str,
@@ -202,6 +220,41 @@ def _echo_serve(
     server.start()
     if started is not None:
         started.set()
+    server.wait_for_termination()
+
+
+def _bare_serve(path: Path, threads: int, address: str, reuse_port: bool, started: Any) -> None:
+    import grpc
+    import numpy as np
+
+    from flux.core import artifact
+    from flux.core.backend import defaults
+    from flux_api.v1 import types_pb2
+    from flux_api.v1 import vector_service_pb2 as pb
+
+    loaded = artifact.load(path)
+    backend, ids, version = loaded.backend, loaded.ids, loaded.manifest.version
+    base = defaults(type(backend).search_params)
+
+    def search(request: Any, context: Any) -> Any:
+        query = np.frombuffer(request.vector.data, "<f4").reshape(1, -1)
+        labels, distances = backend.search(query, request.k, {**base, **request.params})
+        found = labels[0] >= 0
+        neighbors = types_pb2.Neighbors(ids=ids[labels[0][found]].tolist(), distances=distances[0][found].tolist())
+        return pb.SearchResponse(index=request.index, version=version, neighbors=neighbors)
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        search,
+        request_deserializer=pb.SearchRequest.FromString,
+        response_serializer=pb.SearchResponse.SerializeToString,
+    )
+    service, method = SEARCH_METHOD.strip("/").split("/")
+    options = [*_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
+    server.add_insecure_port(address)
+    server.start()
+    started.set()
     server.wait_for_termination()
 
 

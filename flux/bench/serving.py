@@ -5,6 +5,7 @@ For each data set and backend it measures, at every swept search parameter:
 * ``library``: the library in-process, one query per call, from 1 and from N threads;
 * ``library-batch``: the library in-process, B queries per call, N threads;
 * ``echo``: a do-nothing gRPC server answering Flux-sized messages, from 1 and from C client processes;
+* ``bare``: the least a Python search server does (parse, the backend's search, encode), same loads;
 * ``flux-unary``: Flux's Search, from 1 and from C client processes;
 * ``flux-batch``: Flux's BatchSearch with B queries per call (packed answers, as the Python client
   asks for them), from one client.
@@ -33,13 +34,13 @@ from flux.bench import report
 from flux.bench.data import Dataset, Synthetic, from_files, recall, synthetic
 from flux.bench.library import SWEEP_PARAM, Library, batches
 from flux.bench.load import Job, LoadClients
-from flux.bench.servers import ECHO_MODELS, ServerProcess, echo_server, flux_server
+from flux.bench.servers import ECHO_MODELS, SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
 from flux.core import artifact, builder
 from flux.core.backend import Metric
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 
-SEARCH = "/flux_api.v1.VectorService/Search"
+SEARCH = SEARCH_METHOD
 BATCH_SEARCH = "/flux_api.v1.VectorService/BatchSearch"
 INDEX = "bench"
 
@@ -270,6 +271,7 @@ class _Bench:
         path = self._artifact()
         library = Library(self.backend, path, self.data.dimension, self.data.metric.value, self.data.queries)
         echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1))
+        bare = bare_server(path, threads=self.args.server_threads)
         try:
             for value in self.values:  # one worker: latency, batches, and memory
                 for _ in range(self.repeat):
@@ -277,24 +279,27 @@ class _Bench:
                     many = [] if self.workers > 1 else [self.clients]
                     for clients in [1, *many]:
                         self._unary(echo.address, "echo", value, clients, 1)
+                        self._unary(bare.address, "bare", value, clients, 1)
                         self._unary(flux.address, "flux-unary", value, clients, 1)
                     self._batches(flux.address, value)
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
         finally:
-            for closing in (library, echo, flux):
+            for closing in (library, echo, bare, flux):
                 closing.close()
-        if self.workers > 1:  # many clients: Flux and the echo each with one process per worker
+        if self.workers > 1:  # many clients: each server with one process per worker
             echo, flux = self._echo_server("processes", self.workers), flux_server(self._config(path, self.workers))
+            bare = bare_server(path, threads=self.args.server_threads, processes=self.workers)
             try:
                 for value in self.values:
                     for _ in range(self.repeat):
                         self._unary(echo.address, "echo", value, self.clients, self.workers)
+                        self._unary(bare.address, "bare", value, self.clients, self.workers)
                         self._unary(flux.address, "flux-unary", value, self.clients, self.workers)
                 self._rss(flux.rss(), "flux-unary")
             finally:
-                echo.close()
-                flux.close()
+                for closing in (echo, bare, flux):
+                    closing.close()
         for model, threads in echo_models:  # the concurrency-model study
             echo = self._echo_server(model, self.workers if model == "processes" else 1, threads)
             try:
@@ -376,7 +381,7 @@ class _Bench:
 
     def _unary(self, address: str, mode: str, value: float, clients: int, workers: int) -> None:
         result = self.pool.run(self._job(address, SEARCH, self._search_requests(value)), clients)
-        found = self._found(result.responses) if mode == "flux-unary" else None  # the echo does not search
+        found = self._found(result.responses) if mode != "echo" else None  # the echo does not search
         self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers)
 
     def _batches(self, address: str, value: float) -> None:
