@@ -63,8 +63,8 @@ class ServerConfig(_Strict):
         64,
         ge=0,
         le=100_000,
-        description="calls admitted at once (running or waiting for a thread); beyond it a call gets "
-        "RESOURCE_EXHAUSTED at once instead of queueing; 0: no limit",
+        description="calls admitted at once per worker process (running or waiting for a thread); beyond it "
+        "a call gets RESOURCE_EXHAUSTED at once instead of queueing; 0: no limit",
     )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; 0 picks a free port")
     health_port: int | None = Field(
