@@ -16,7 +16,7 @@ TARGET_RECALL = 0.95
 
 
 #: How the table lists modes: the ceilings first, then Flux.
-MODE_ORDER = ("library", "library-batch", "echo", "bare", "flux-unary", "flux-batch")
+MODE_ORDER = ("library", "library-batch", "echo", "bare", "bare-batch", "flux-unary", "flux-batch")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Row:
 
     setting: str
     backend: str
-    mode: str  # library | library-batch | echo | bare | flux-unary | flux-batch
+    mode: str  # library | library-batch | echo | bare | bare-batch | flux-unary | flux-batch
     load: int  # client processes, or library threads
     batch: int
     param: str
@@ -180,7 +180,7 @@ def targets(rows: Sequence[Row], setting: str, backend: str, clients: int) -> li
     out: list[Target] = []
     lib1, lib2, lib_batch = pick("library", 1), pick("library", 2), pick("library-batch", 2)
     echo1, echo_n = pick("echo", 1), pick("echo", clients)  # measured alongside, at the same value
-    bare1, bare_n = pick("bare", 1), pick("bare", clients)
+    bare1, bare_n, bare_batch = pick("bare", 1), pick("bare", clients), pick("bare-batch", 1)
     flux1, flux_n, flux_batch = pick("flux-unary", 1), pick("flux-unary", clients), pick("flux-batch", 1)
     where = f"at {lib1.param}={_num(value)} (recall {lib1.recall})" if lib1 else ""
 
@@ -202,7 +202,8 @@ def targets(rows: Sequence[Row], setting: str, backend: str, clients: int) -> li
         out.append(
             Target(setting, backend, f"batch {flux_batch.batch} QPS", flux_batch.qps, lib_batch.qps, ratio, ">= 0.85",
                    ratio >= 0.85,
-                   f"Flux {flux_batch.qps:,.0f} vs library {lib_batch.qps:,.0f} QPS, {lib_batch.load} threads")
+                   f"Flux {flux_batch.qps:,.0f} vs library {lib_batch.qps:,.0f} QPS, {lib_batch.load} threads"
+                   + (f"; the bare search server {bare_batch.qps / lib_batch.qps:.2f}" if bare_batch else ""))
         )  # fmt: skip
     if flux_n and echo_n and lib2:
         ceiling = min(echo_n.qps, lib2.qps)

@@ -66,10 +66,11 @@ def echo_server(
     return ServerProcess(Child(_echo_main, dict(responses), model, threads, count, name=f"flux-bench-echo-{model}"))
 
 
-def bare_server(path: Path, *, threads: int = 4, processes: int = 0) -> ServerProcess:
+def bare_server(path: Path, *, threads: int = 4, search_threads: int = 1, processes: int = 0) -> ServerProcess:
     """The bare search server on the artifact at ``path``: in this child (``processes`` 0), or in
-    that many forked workers on one port, each loading its own copy as Flux's workers do."""
-    return ServerProcess(Child(_bare_main, str(path), threads, processes, name="flux-bench-bare"))
+    that many forked workers on one port, each loading its own copy as Flux's workers do.
+    Batches search with ``search_threads`` threads, as Flux's ``server.search_threads``."""
+    return ServerProcess(Child(_bare_main, str(path), threads, search_threads, processes, name="flux-bench-bare"))
 
 
 def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
@@ -117,9 +118,9 @@ def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, thread
     _serve_until_closed(conn, serve, processes if model == "processes" else 0)
 
 
-def _bare_main(conn: Connection, path: str, threads: int, processes: int) -> None:
+def _bare_main(conn: Connection, path: str, threads: int, search_threads: int, processes: int) -> None:
     def serve(address: str, reuse_port: bool, started: Any) -> None:
-        _bare_serve(Path(path), threads, address, reuse_port, started)
+        _bare_serve(Path(path), threads, search_threads, address, reuse_port, started)
 
     _serve_until_closed(conn, serve, processes)
 
@@ -223,7 +224,7 @@ def _echo_serve(
     server.wait_for_termination()
 
 
-def _bare_serve(path: Path, threads: int, address: str, reuse_port: bool, started: Any) -> None:
+def _bare_serve(path: Path, threads: int, search_threads: int, address: str, reuse_port: bool, started: Any) -> None:
     import grpc
     import numpy as np
 
@@ -243,15 +244,28 @@ def _bare_serve(path: Path, threads: int, address: str, reuse_port: bool, starte
         neighbors = types_pb2.Neighbors(ids=ids[labels[0][found]].tolist(), distances=distances[0][found].tolist())
         return pb.SearchResponse(index=request.index, version=version, neighbors=neighbors)
 
-    handler = grpc.unary_unary_rpc_method_handler(
-        search,
-        request_deserializer=pb.SearchRequest.FromString,
-        response_serializer=pb.SearchResponse.SerializeToString,
-    )
-    service, method = SEARCH_METHOD.strip("/").split("/")
+    def batch_search(request: Any, context: Any) -> Any:  # answers packed, every row full (no padding)
+        queries = np.frombuffer(request.queries.data, "<f4").reshape(-1, request.queries.dimension)
+        params = {**base, **request.params}
+        labels, distances = backend.search(queries, request.k, params, threads=search_threads)
+        response = pb.BatchSearchResponse(index=request.index, version=version)
+        response.packed.ids.extend(ids[labels.ravel()].tolist())
+        response.packed.distances.extend(distances.ravel().tolist())
+        response.packed.counts.extend([labels.shape[1]] * len(labels))
+        return response
+
+    handlers = {
+        "Search": grpc.unary_unary_rpc_method_handler(
+            search, pb.SearchRequest.FromString, pb.SearchResponse.SerializeToString
+        ),
+        "BatchSearch": grpc.unary_unary_rpc_method_handler(
+            batch_search, pb.BatchSearchRequest.FromString, pb.BatchSearchResponse.SerializeToString
+        ),
+    }
+    service = SEARCH_METHOD.strip("/").split("/")[0]
     options = [*_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port else 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
     server.add_insecure_port(address)
     server.start()
     started.set()

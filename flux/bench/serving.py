@@ -6,6 +6,7 @@ For each data set and backend it measures, at every swept search parameter:
 * ``library-batch``: the library in-process, B queries per call, N threads;
 * ``echo``: a do-nothing gRPC server answering Flux-sized messages, from 1 and from C client processes;
 * ``bare``: the least a Python search server does (parse, the backend's search, encode), same loads;
+* ``bare-batch``: the bare server answering the same batches as ``flux-batch``;
 * ``flux-unary``: Flux's Search, from 1 and from C client processes;
 * ``flux-batch``: Flux's BatchSearch with B queries per call (packed answers, as the Python client
   asks for them), from one client.
@@ -271,7 +272,7 @@ class _Bench:
         path = self._artifact()
         library = Library(self.backend, path, self.data.dimension, self.data.metric.value, self.data.queries)
         echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1))
-        bare = bare_server(path, threads=self.args.server_threads)
+        bare = bare_server(path, threads=self.args.server_threads, search_threads=self.threads)
         try:
             for value in self.values:  # one worker: latency, batches, and memory
                 for _ in range(self.repeat):
@@ -281,7 +282,8 @@ class _Bench:
                         self._unary(echo.address, "echo", value, clients, 1)
                         self._unary(bare.address, "bare", value, clients, 1)
                         self._unary(flux.address, "flux-unary", value, clients, 1)
-                    self._batches(flux.address, value)
+                    self._batches(bare.address, value, "bare-batch")
+                    self._batches(flux.address, value, "flux-batch")
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
         finally:
@@ -384,7 +386,7 @@ class _Bench:
         found = self._found(result.responses) if mode != "echo" else None  # the echo does not search
         self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers)
 
-    def _batches(self, address: str, value: float) -> None:
+    def _batches(self, address: str, value: float, mode: str) -> None:
         groups = batches(len(self.data.queries), self.batch)
         params = {} if value < 0 else {self.param: value}
         requests = [
@@ -395,7 +397,7 @@ class _Bench:
         ]
         result = self.pool.run(self._job(address, BATCH_SEARCH, requests), 1)
         found = self._found_batches(result.responses, groups)
-        self._add("flux-batch", 1, self.batch, value, result.calls * self.batch, result.seconds,
+        self._add(mode, 1, self.batch, value, result.calls * self.batch, result.seconds,
                   result.latencies_ms, found)  # fmt: skip
 
     def _rss(self, rss: int, mode: str) -> None:
