@@ -184,4 +184,6 @@ class ServedIndex:
 
     def _hits(self, labels: np.ndarray, distances: Matrix) -> list[Hits]:
         found = (labels >= 0).sum(axis=1)
-        return [Hits(self.ids.strings(labels[row, :n]), distances[row, :n]) for row, n in enumerate(found.tolist())]
+        k = labels.shape[1]
+        ids = self.ids.strings(np.where(labels >= 0, labels, 0).ravel())  # one lookup for every row
+        return [Hits(ids[row * k : row * k + n], distances[row, :n]) for row, n in enumerate(found.tolist())]
