@@ -17,18 +17,22 @@ from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Par
 
 _SPACES = {Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "ip"}
 _PROGRESS_SECONDS = 0.5  # how often a build reports how many items are in
+#: Query rows searched per turn at the gate: bounds how long one batch keeps a waiting ef (or write) out.
+_ROWS_PER_TURN = 64
 
 
 class HnswBackend(Backend):
     """hnswlib's HNSW graph. Its distances already follow Flux's convention.
 
     hnswlib keeps ``ef`` as index-wide state and is not safe when inserts and queries
-    overlap, so every call goes through a ``ReadWriteGate``: searches with the same ``ef`` run
-    together (hnswlib releases the GIL); a search asking for another ``ef``, and every
-    write, waits until those in flight finish. Deletes are hnswlib's tombstones
-    (``mark_deleted``); the deleted labels are saved beside the index. A new label takes
-    the slot of a deleted item when there is one (hnswlib's ``replace_deleted``), so an
-    index fed with upserts and deletes grows with its live items, not with its history.
+    overlap, so every call goes through a phase-fair ``ReadWriteGate``: searches with the same
+    ``ef`` run together (hnswlib releases the GIL); a search asking for another ``ef``, and every
+    write, waits until those in flight finish, and closes the door to newcomers meanwhile. A
+    batch takes the gate once per slice of rows, so no caller waits for a whole long batch.
+    Deletes are hnswlib's tombstones (``mark_deleted``); the deleted labels are saved beside
+    the index. A new label takes the slot of a deleted item when there is one (hnswlib's
+    ``replace_deleted``), so an index fed with upserts and deletes grows with its live items,
+    not with its history.
     """
 
     name = "hnsw"
@@ -120,7 +124,19 @@ class HnswBackend(Backend):
         if available == 0 or len(queries) == 0:
             return pad_results(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), k)
         wanted = min(k, available)
-        with self._gate.reading(int(params["ef"])):
+        ef = int(params["ef"])
+        if len(queries) <= _ROWS_PER_TURN:
+            return self._knn(queries, k, wanted, ef, threads)
+        # A long batch takes the gate once per slice, so a search with another ef (or a write)
+        # waits for one slice, not the whole batch.
+        parts = [
+            self._knn(queries[start : start + _ROWS_PER_TURN], k, wanted, ef, threads)
+            for start in range(0, len(queries), _ROWS_PER_TURN)
+        ]
+        return np.vstack([labels for labels, _ in parts]), np.vstack([distances for _, distances in parts])
+
+    def _knn(self, queries: Matrix, k: int, wanted: int, ef: int, threads: int) -> tuple[Labels, Matrix]:
+        with self._gate.reading(ef):
             while True:
                 try:
                     labels, distances = self._index.knn_query(queries, k=wanted, num_threads=threads)

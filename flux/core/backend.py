@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,11 +237,16 @@ def defaults(spec: Mapping[str, Param]) -> dict[str, float]:
 class ReadWriteGate:
     """For backends whose library is not safe when writes overlap reads (hnswlib, Voyager).
 
-    Readers run together and a writer runs alone; a waiting writer goes before new readers,
-    so a steady stream of searches cannot starve writes. A reader may name a ``mode`` for
-    state the library keeps index-wide (hnswlib's ``ef``): readers of one mode run together,
-    and a switch waits until no reader runs, then calls ``on_switch(mode)``. ``mode`` None
+    Readers run together and a writer runs alone. A reader may name a ``mode`` for state
+    the library keeps index-wide (hnswlib's ``ef``): readers of one mode run together, and
+    a switch waits until no reader runs, then calls ``on_switch(mode)``. ``mode`` None
     reads without caring which mode is set.
+
+    The gate is phase-fair: once anyone waits (a writer, or a reader of another mode), the
+    door closes to newcomers of the running phase, and phases are let in oldest first. So
+    no caller waits longer than the calls already inside plus the phases queued before its
+    own; a steady stream at one ``ef`` can neither starve another ``ef`` nor a write.
+    Waiting readers of one mode share one queued phase and enter together.
     """
 
     def __init__(self, on_switch: Callable[[Any], None] | None = None) -> None:
@@ -249,37 +255,93 @@ class ReadWriteGate:
         self._mode: Any = None
         self._readers = 0
         self._writing = False
-        self._writers_waiting = 0
+        self._queue: deque[_Phase] = deque()  # phases waiting to run, oldest first
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait at the gate now (for stats and tests)."""
+        with self._cond:
+            return sum(phase.members for phase in self._queue)
 
     @contextmanager
     def reading(self, mode: Any = None) -> Iterator[None]:
         with self._cond:
-            while self._writing or self._writers_waiting or (mode is not None and mode != self._mode and self._readers):
-                self._cond.wait()
-            if mode is not None and mode != self._mode:
-                if self._on_switch is not None:
-                    self._on_switch(mode)
-                self._mode = mode
-            self._readers += 1
+            if self._queue or self._writing or (self._readers and not _joins(mode, self._mode)):
+                self._wait(self._reading_phase(mode))
+            else:
+                if not self._readers:
+                    self._switch(mode)
+                self._readers += 1
         try:
             yield
         finally:
             with self._cond:
                 self._readers -= 1
                 if not self._readers:
-                    self._cond.notify_all()
+                    self._admit_next()
 
     @contextmanager
     def writing(self) -> Iterator[None]:
         with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
+            if self._queue or self._writing or self._readers:
+                phase = _Phase(write=True)
+                self._queue.append(phase)
+                self._wait(phase)
+            else:
+                self._writing = True
         try:
             yield
         finally:
             with self._cond:
                 self._writing = False
-                self._cond.notify_all()
+                self._admit_next()
+
+    def _reading_phase(self, mode: Any) -> _Phase:
+        """The queued phase this reader joins: the oldest reading one of its mode, else a new one at the back."""
+        for phase in self._queue:
+            if not phase.write and (_joins(mode, phase.mode) or phase.mode is None):
+                if phase.mode is None:
+                    phase.mode = mode
+                phase.members += 1
+                return phase
+        phase = _Phase(write=False, mode=mode)
+        self._queue.append(phase)
+        return phase
+
+    def _wait(self, phase: _Phase) -> None:
+        while not phase.admitted:
+            self._cond.wait()
+
+    def _admit_next(self) -> None:
+        """Let the oldest waiting phase in; called with the lock held once the gate is empty."""
+        if not self._queue:
+            return
+        phase = self._queue.popleft()
+        if phase.write:
+            self._writing = True
+        else:
+            self._switch(phase.mode)
+            self._readers += phase.members
+        phase.admitted = True
+        self._cond.notify_all()
+
+    def _switch(self, mode: Any) -> None:
+        if mode is not None and mode != self._mode:
+            if self._on_switch is not None:
+                self._on_switch(mode)
+            self._mode = mode
+
+
+@dataclass
+class _Phase:
+    """Callers that will run together: one writer, or readers of one mode."""
+
+    write: bool
+    mode: Any = None
+    members: int = 1
+    admitted: bool = False
+
+
+def _joins(mode: Any, running: Any) -> bool:
+    """Whether a reader of ``mode`` may share the index with readers of ``running``."""
+    return mode is None or mode == running
