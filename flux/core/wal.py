@@ -64,6 +64,10 @@ def segment_name(first: int) -> str:
     return f"{first:020d}{SUFFIX}"
 
 
+class LogLocked(FailedPrecondition):
+    """Another process holds the log's lock: it writes the index, this one may only read it."""
+
+
 @dataclass(frozen=True)
 class Torn:
     """What recovery cut off the end of the log."""
@@ -114,7 +118,7 @@ class Log:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock_fd)
-            raise FailedPrecondition(
+            raise LogLocked(
                 f"{directory} is locked by another process: only one Flux server may write an index"
             ) from None
         try:

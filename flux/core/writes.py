@@ -45,7 +45,7 @@ from flux.core.commit import GroupCommit, Ticket
 from flux.core.index import ServedIndex
 from flux.core.manager import IndexManager, VersionHooks
 from flux.core.mutations import Delete, Op, Upsert, decode, encode
-from flux.core.wal import Log
+from flux.core.wal import Log, LogLocked
 from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Writer(VersionHooks):
         self._snapshotting = threading.Lock()  # one snapshot at a time; taken before the manager's lock
         self._snapshotter: threading.Thread | None = None
         self._closing = False
+        self._read_only = ""  # why writes are refused while searches go on ("" while this server writes)
         self._problem = self._prepare_source(manager.settings.source)
         manager.hooks = self
 
@@ -155,6 +156,8 @@ class Writer(VersionHooks):
     def _writable(self, *, deleting: bool) -> tuple[ServedIndex, GroupCommit]:
         with self._manager.acquire() as index:  # not serving: the same error a search gets
             pass
+        if self._read_only:
+            raise FailedPrecondition(self._read_only, field="index")
         caps = type(index.backend).capabilities
         if not caps.mutable or (deleting and not caps.supports_delete):
             raise FailedPrecondition(immutable_message(self.name, index.backend.name), field="index")
@@ -217,6 +220,14 @@ class Writer(VersionHooks):
         """Replay the log into a freshly loaded version, or refuse the version if that cannot be done."""
         if self._problem:
             raise FailedPrecondition(self._problem)
+        if not self._read_only:
+            try:
+                self._open_log()
+            except LogLocked as exc:
+                self._go_read_only(exc)
+        if self._read_only:  # the version serves as it was saved; the other server's snapshots follow
+            self._positions[index] = (index.manifest.wal_sequence, 0)
+            return
         wal = self._open_log()
         start, until = index.manifest.wal_sequence, self._applied
         items = 0
@@ -241,6 +252,9 @@ class Writer(VersionHooks):
     @contextmanager
     def activating(self, index: ServedIndex) -> Iterator[None]:
         """Bring ``index`` up to the last applied record, writes paused, and make it the head."""
+        if self._read_only:
+            yield
+            return
         with self._apply_lock:
             prepared = self._positions.get(index)
             if prepared is None:
@@ -258,16 +272,33 @@ class Writer(VersionHooks):
                 self._log.advance(position)
                 self._commit = GroupCommit(self._log, self._apply, group=self.settings.group_commit, name=self.name)
 
+    def _go_read_only(self, locked: LogLocked) -> None:
+        """Another server writes this index: search what it snapshots, refuse writes, until restarted."""
+        self._read_only = (
+            f"index {self.name!r} is read-only on this server: another Flux server holds its write-ahead log "
+            "and takes its writes; send writes there"
+        )
+        log.warning(
+            "index %r: %s; serving it read-only from the newest version, following that server's snapshots "
+            "(restart this server to take writes over once the other one has stopped)",
+            self.name,
+            locked.message,
+        )
+
     def _open_log(self) -> Log:
         if self._log is None:
             self._log = Log.open(self.settings.log_dir)  # recovery: LogCorrupt fails the version
             self._applied = self._log.last
+            # Only the server holding the lock may tidy: another's staging folder may be a snapshot under way.
+            self._remove_unfinished_snapshots(self._manager.settings.source)
         return self._log
 
     # -- snapshots ------------------------------------------------------------------------------------
 
     def snapshot(self) -> tuple[int, int]:
         """Save the index as the next version now and truncate the log: (version, last record it holds)."""
+        if self._read_only:
+            raise FailedPrecondition(self._read_only, field="index")
         with self._snapshotting:
             head = self._head
             if self._commit is None or head is None:
@@ -341,7 +372,6 @@ class Writer(VersionHooks):
                 f"index {self.name!r} takes writes, so its path must be a directory of numbered versions "
                 f"(e.g. {source}/1/), not an artifact; move the artifact into {source}/1/"
             )
-        self._remove_unfinished_snapshots(source)
         if versions.scan(source):
             return ""
         s = self.settings
