@@ -3,15 +3,22 @@
 It serves the process's metric families (``flux.metrics``) plus values read from the
 catalog at scrape time: items and bytes of each index's active version, versions held
 in memory, whether the index serves, and the concurrency limit.
+
+Only ``/metrics`` answers; any other path is 404 (prometheus_client's own server answers
+every path with the metrics).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -62,24 +69,63 @@ class _Process(Collector):
         yield from REGISTRY.collect()
 
 
+PATH = "/metrics"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
 class MetricsEndpoint:
-    """An HTTP server of its own (a daemon thread), started and stopped with the gRPC server."""
+    """An HTTP server of its own (a daemon thread), started and stopped with the gRPC server.
+
+    The port is bound at construction, so a busy port is an error before anything starts.
+    """
 
     def __init__(self, host: str, port: int, catalog: Catalog, max_concurrent_calls: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Process())
         self.registry.register(ServerCollector(catalog, max_concurrent_calls))
-        self._host, self._requested = host, port
-        self._httpd: Any = None
-        self.port = 0
+        self._host = host
+        app = only_metrics(make_wsgi_app(self.registry))
+        server = _Server6 if ":" in host else _Server
+        self._httpd: WSGIServer = make_server(host.strip("[]"), port, app, server, handler_class=_Quiet)
+        self.port: int = self._httpd.server_address[1]
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._httpd, _ = start_http_server(self._requested, self._host, self.registry)
-        self.port = self._httpd.server_address[1]
-        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
+        # A short poll interval: stop() waits for the loop to notice, and shutdown has a deadline.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="flux-metrics", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics on http://%s:%d%s", self._host, self.port, PATH)
 
     def stop(self) -> None:
-        if self._httpd is not None:
+        if self._thread is not None:
             self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+            self._thread = None
+        self._httpd.server_close()
+
+
+def only_metrics(app: WSGIApp) -> WSGIApp:
+    """``app`` on ``/metrics`` (any query string), 404 on every other path."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"not found; metrics are at {PATH}\n".encode()]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged: one line per scrape would drown the server's own records."""

@@ -1,7 +1,9 @@
 """Builds the gRPC server from a config, and runs it until a signal stops it.
 
 ``build_server(config)`` returns an unstarted ``FluxServer`` bound to its port (port 0
-picks a free one), so tests and embedders control when it starts and stops.
+picks a free one), so tests and embedders control when it starts and stops. A port that
+cannot be bound raises ``CannotBind`` naming the address; ``flux serve`` then prints that
+one line and exits with ``EXIT_CANNOT_BIND``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from flux import logs
 from flux.api import interceptors
 from flux.api.admin_service import AdminServicer
+from flux.api.auth import IndexHealthServicer, Role, Token
 from flux.api.health_port import HealthPort
 from flux.api.tls import server_credentials
 from flux.api.vector_service import VectorServicer
@@ -34,6 +38,7 @@ from flux.core.aliases import Alias, Arm
 from flux.core.catalog import Catalog, IndexState
 from flux.core.index import Limits
 from flux.core.writes import Writer
+from flux.errors import Code, FluxError
 from flux.metrics_endpoint import MetricsEndpoint
 from flux.signals import StopSignals
 from flux_api.v1 import admin_service_pb2, vector_service_pb2, write_service_pb2
@@ -54,6 +59,56 @@ INDEX_HEALTH_PREFIX = "flux.index."
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+#: ``flux serve``'s exit code when a port cannot be bound (in use, not a local address, privileged).
+EXIT_CANNOT_BIND = 3
+#: After the grace period, how long releasing the indexes and logs may take before the process
+#: exits anyway: SIGTERM to exit stays within ``grace_seconds`` plus this, and a little start-up slack.
+CLOSE_SECONDS = 0.1
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class CannotBind(FluxError):
+    """A port in the config cannot be bound; the message names the address and why."""
+
+    code = Code.UNAVAILABLE
+
+
+class _Handlers(futures.ThreadPoolExecutor):
+    """The call handler threads, counting the calls they run, so that shutdown knows whether it
+    leaves one behind (a search past the grace period cannot be interrupted; its thread is abandoned)."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(max_workers=threads, thread_name_prefix="flux-rpc")
+        self._busy = 0
+        self._changed = threading.Condition()
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> futures.Future[_T]:
+        with self._changed:
+            self._busy += 1
+        try:
+            return super().submit(self._counted, fn, *args, **kwargs)
+        except BaseException:
+            self._done()
+            raise
+
+    def _counted(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._changed:
+            self._busy -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every call has returned, waiting up to ``timeout`` seconds for it."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._busy == 0, max(0.0, timeout))
+
 
 class FluxServer:
     """A gRPC server, its catalog of indexes and its health, started and stopped together.
@@ -65,7 +120,17 @@ class FluxServer:
 
     def __init__(self, config: FluxConfig) -> None:
         self.config = config
-        limits = Limits(max_k=config.limits.max_k, max_batch=config.limits.max_batch)
+        server = config.server
+        shared = server.workers > 1
+        # Before anything is opened (write-ahead logs, say): a busy port is one line and an exit code.
+        check_bindable(server.host, server.port, "server.port", reuse_port=shared)
+        if server.health_port is not None:
+            check_bindable(server.host, server.health_port, "server.health_port", reuse_port=shared)
+        if server.metrics_port is not None:
+            check_bindable(server.host, server.metrics_port, "server.metrics_port")
+        limits = Limits(
+            max_k=config.limits.max_k, max_batch=config.limits.max_batch, max_id_bytes=config.limits.max_id_bytes
+        )
         batch_threads = config.server.search_threads or os.cpu_count() or 1
         self.catalog = Catalog(
             [index.settings(config.server.data_root) for index in config.indexes],
@@ -77,9 +142,12 @@ class FluxServer:
             memory_budget=config.server.memory_budget_bytes,
             poll_seconds={index.name: index.poll_seconds for index in config.indexes},
         )
+        # With tokens, NOT_FOUND does not list the indexes: a reader token need not learn the others' names.
+        self.catalog.list_names = not config.auth.tokens
         message_bytes = config.limits.max_message_bytes
+        self._handlers = _Handlers(config.server.threads)
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.server.threads, thread_name_prefix="flux-rpc"),
+            self._handlers,
             interceptors=interceptors.chain(
                 config,
                 services=(*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -103,7 +171,8 @@ class FluxServer:
             if (settings := index.write_settings()) is not None
         }
         add_WriteServiceServicer_to_server(WriteServicer(self.catalog, self.writers), self.grpc_server)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        tokens = [Token(t.name, Role[t.role.upper()], t.sha256) for t in config.auth.tokens]
+        self.health = IndexHealthServicer([] if config.auth.open_index_health else tokens, INDEX_HEALTH_PREFIX)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
@@ -113,25 +182,33 @@ class FluxServer:
         for name in self.catalog.names():
             self.health.set(INDEX_HEALTH_PREFIX + name, _NOT_SERVING)
         self.catalog.add_listener(self._index_changed)
-        address = f"{config.server.host}:{config.server.port}"
-        if config.tls is None:
-            self.port = self.grpc_server.add_insecure_port(address)
-        else:
-            self.port = self.grpc_server.add_secure_port(address, server_credentials(config.tls))
-        if self.port == 0:
-            raise OSError(f"could not bind {address}")
-        self.address = f"{config.server.host}:{self.port}"
-        server = config.server
-        self.health_port = (
-            HealthPort(self.health, server.host, server.health_port, reuse_port=server.workers > 1)
-            if server.health_port is not None
-            else None
-        )
-        self.metrics = (
-            MetricsEndpoint(server.host, server.metrics_port, self.catalog, server.max_concurrent_calls)
-            if server.metrics_port is not None
-            else None
-        )
+        address = f"{server.host}:{server.port}"
+        try:
+            if config.tls is None:
+                self.port = self.grpc_server.add_insecure_port(address)
+            else:
+                self.port = self.grpc_server.add_secure_port(address, server_credentials(config.tls))
+        except RuntimeError:  # taken since the check
+            raise CannotBind(f"cannot listen on {address} (server.port): gRPC could not bind it") from None
+        self.address = f"{server.host}:{self.port}"
+        self.health_port = None
+        if server.health_port is not None:
+            try:
+                self.health_port = HealthPort(self.health, server.host, server.health_port, reuse_port=shared)
+            except RuntimeError:
+                raise CannotBind(
+                    f"cannot listen on {server.host}:{server.health_port} (server.health_port): gRPC could not bind it"
+                ) from None
+        self.metrics = None
+        if server.metrics_port is not None:
+            try:
+                self.metrics = MetricsEndpoint(
+                    server.host, server.metrics_port, self.catalog, server.max_concurrent_calls
+                )
+            except OSError as exc:
+                raise CannotBind(
+                    f"cannot listen on {server.host}:{server.metrics_port} (server.metrics_port): {_reason(exc)}"
+                ) from None
         self._ready = threading.Event()
 
     def start(self) -> None:
@@ -152,11 +229,18 @@ class FluxServer:
         """Block until every configured index has been tried and health says so; False on timeout."""
         return self._ready.wait(timeout)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Turn health to NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``."""
+    def stop(self, grace: float | None = None) -> bool:
+        """Turn health to NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``,
+        cancel the rest, release the indexes. Returns whether every call had returned: a handler
+        still computing when the grace period ends cannot be interrupted, and is left to finish
+        (``flux serve`` then exits without waiting for it)."""
         grace = self.config.server.grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
+        self.grpc_server.stop(grace).wait(grace + CLOSE_SECONDS)  # set once gRPC has ended (or cancelled) every call
+        drained = self._handlers.wait_idle(deadline - time.monotonic())
+        if not drained:
+            log.warning("the grace period (%.1fs) ended with calls still running; they are cancelled", grace)
         if self.health_port is not None:
             self.health_port.stop()
         if self.metrics is not None:
@@ -165,6 +249,7 @@ class FluxServer:
             writer.close()
         self.catalog.close()
         log.info("stopped")
+        return drained
 
     def _load(self) -> None:
         self.catalog.load_all()
@@ -204,9 +289,57 @@ def _serve_one(config: FluxConfig, ready: Callable[[], object] | None = None) ->
     if ready is not None:
         threading.Thread(target=lambda: server.wait_ready() and ready(), name="flux-ready", daemon=True).start()
     received = signals.wait()
-    log.info("received %s; draining for up to %.1fs", received.name, config.server.grace_seconds)
-    server.stop()
+    grace = config.server.grace_seconds
+    log.info("received %s; draining for up to %.1fs", received.name, grace)
+    # The process must be gone soon after the grace period, whatever is still running: a handler
+    # deep in a search, or closing that waits on one. Python would join those threads at exit.
+    deadline = time.monotonic() + grace + CLOSE_SECONDS
+    drained: list[bool] = []
+    stopping = threading.Thread(target=lambda: drained.append(server.stop()), name="flux-stop", daemon=True)
+    stopping.start()
+    stopping.join(max(0.0, deadline - time.monotonic()))
+    if drained != [True]:
+        log.warning("exiting without waiting for the work still running after the grace period")
+        _exit_now(0)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once, leaving running threads behind; the log and the standard streams are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def check_bindable(host: str, port: int, key: str, *, reuse_port: bool = False) -> None:
+    """Raise CannotBind naming ``host:port`` and the reason when it cannot be bound right now.
+
+    Asked before gRPC binds, because gRPC's own failure is a bare RuntimeError (and a log line from
+    its C core) that says neither why nor which key to change.
+    """
+    address = f"{host}:{port}"
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise CannotBind(f"cannot listen on {address} ({key}): {_reason(exc)}") from None
+    problems = []
+    for family, kind, protocol, _, where in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(where)
+                return  # gRPC listens on every address it can; one is enough for it to start
+            except OSError as exc:
+                problems.append(exc)
+    raise CannotBind(f"cannot listen on {address} ({key}): {_reason(problems[0])}")
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
 
 
 class Workers:
@@ -220,6 +353,15 @@ class Workers:
     """
 
     def __init__(self, config: FluxConfig) -> None:
+        server = config.server
+        # The workers share these ports with SO_REUSEPORT, so each would also join a port some other
+        # process holds that way: check here, before any worker starts, that nothing holds them.
+        for key, value in (("server.port", server.port), ("server.health_port", server.health_port)):
+            if value:
+                check_bindable(server.host, value, key)
+        if server.metrics_port:
+            for number in range(server.workers):
+                check_bindable(server.host, server.metrics_port + number, "server.metrics_port")
         host, port = config.server.host, config.server.port or _free_port(config.server.host)
         self.config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
         self.address = f"{host}:{port}"
@@ -288,7 +430,12 @@ def _supervise(config: FluxConfig) -> int:
 
 def _worker(config: FluxConfig, ready: Any) -> None:
     logs.configure(config.logging.format, config.logging.level, worker=os.getpid())
-    raise SystemExit(_serve_one(config, ready.set))
+    try:
+        code = _serve_one(config, ready.set)
+    except CannotBind as exc:  # taken since the supervisor checked
+        log.error("%s", exc.message)
+        code = EXIT_CANNOT_BIND
+    raise SystemExit(code)
 
 
 def _nth(config: FluxConfig, number: int) -> FluxConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -63,3 +64,28 @@ def vectors_stub(channel: grpc.Channel) -> vector_service_pb2_grpc.VectorService
 @pytest.fixture(scope="session")
 def admin_stub(channel: grpc.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
     return admin_service_pb2_grpc.AdminServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def spans() -> Any:
+    """An in-memory span exporter behind the process's one tracer provider (OpenTelemetry allows one
+    per process, so every test with tracing on shares it; a server then exports nowhere else)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    assert trace.get_tracer_provider() is provider, "a tracer provider was set before this fixture"
+    return exporter
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files: ca, other-ca, server (flux.test, signed by ca), client (signed by ca), stranger (by other-ca)."""
+    from tests import pki as certificates
+
+    return certificates.make(tmp_path_factory.mktemp("pki"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -101,6 +103,29 @@ def test_metrics_count_calls_by_method_index_and_code(server: FluxServer) -> Non
     assert _sample(after, "flux_version_load_seconds_count", index="small") >= 1
     assert _sample(after, "flux_version_swap_seconds_count", index="small") >= 1
     assert _sample(after, "flux_max_concurrent_calls") == 64
+
+
+def test_the_metrics_endpoint_answers_on_metrics_only(server: FluxServer) -> None:
+    assert server.metrics is not None
+    port = server.metrics.port
+
+    def get(path: str) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # sends the path as written
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    status, text = get("/metrics")
+    assert status == 200
+    assert "flux_requests_in_flight" in text
+    status, text = get("/metrics?cache=off")  # the path decides, not the query
+    assert status == 200
+    assert "flux_max_concurrent_calls 64.0" in text
+    for path in ("/../../etc/passwd", "/", "/metrics/", "/metricsx", "/metrics/../x", "/favicon.ico", "/index.html"):
+        assert get(path) == (404, "not found; metrics are at /metrics\n"), path
 
 
 def test_every_answer_carries_a_request_id_and_a_given_one_is_kept(server: FluxServer) -> None:
@@ -330,17 +355,11 @@ def test_token_new_and_hash(tmp_path: Path) -> None:
 # --- tracing ---------------------------------------------------------------------------------------------
 
 
-def test_tracing_makes_a_server_span_per_call_joined_to_the_callers_trace(artifact: Path) -> None:
+def test_tracing_makes_a_server_span_per_call_joined_to_the_callers_trace(artifact: Path, spans: Any) -> None:
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    assert trace.get_tracer_provider() is provider, "another test set a tracer provider first"
+    exporter = spans
+    exporter.clear()
     config = support.server_config([{"name": "small", "path": str(artifact)}], tracing={"enabled": True})
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     with support.running_server(config) as server, support.channel_to(server) as channel:

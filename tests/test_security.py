@@ -1,12 +1,11 @@
 """TLS and mutual TLS, bearer tokens and roles, and the data root, against real servers.
 
-Certificates are made here with `cryptography`: a CA, a second CA that signed nothing of
-ours, a server certificate for flux.test and a client certificate.
+Certificates come from the ``pki`` fixture (tests/pki.py): a CA, a second CA that signed
+nothing of ours, a server certificate for flux.test and a client certificate.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import shutil
 from collections.abc import Iterator
@@ -16,10 +15,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flux import config as flux_config
@@ -29,69 +24,20 @@ from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
-from flux_client import TLS, FluxClient, PermissionDenied, Unauthenticated, Unavailable
+from flux_client import (
+    TLS,
+    FailedPrecondition,
+    FluxClient,
+    IndexNotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from tests import support
+from tests.pki import SERVER_NAME
 
-SERVER_NAME = "flux.test"
 TOKENS = {"reader": "r-token-7f3a", "writer": "w-token-91bc", "admin": "a-token-c044"}
 UPSERT = "/flux_api.v1.WriteService/Upsert"
-
-
-# --- certificates -----------------------------------------------------------------------------
-
-
-def _certificate(
-    name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None, usage: str
-) -> bytes:
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]) if issuer else subject
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=usage == "ca", path_length=None), critical=True)
-    )
-    if usage == "server":
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    if usage == "client":
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    signer = issuer[1] if issuer else key
-    return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """PEM files: ca, other-ca, server (flux.test, signed by ca), client (signed by ca), stranger (by other-ca)."""
-    root = tmp_path_factory.mktemp("pki")
-    keys = {
-        name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "other-ca", "server", "client", "stranger")
-    }
-    certificates = {
-        "ca": _certificate("ca", keys["ca"], None, "ca"),
-        "other-ca": _certificate("other-ca", keys["other-ca"], None, "ca"),
-        "server": _certificate("server", keys["server"], ("ca", keys["ca"]), "server"),
-        "client": _certificate("client", keys["client"], ("ca", keys["ca"]), "client"),
-        "stranger": _certificate("stranger", keys["stranger"], ("other-ca", keys["other-ca"]), "client"),
-    }
-    files = {}
-    for name, pem in certificates.items():
-        (root / f"{name}.pem").write_bytes(pem)
-        (root / f"{name}.key").write_bytes(_key_pem(keys[name]))
-        files[name] = root / f"{name}.pem"
-        files[f"{name}.key"] = root / f"{name}.key"
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +265,7 @@ def test_index_paths_outside_the_data_root_are_refused_by_name(tmp_path: Path, s
 
 
 def test_version_directories_and_artifact_files_that_lead_out_are_refused(
-    tmp_path: Path, small: tuple[np.ndarray, Path]
+    tmp_path: Path, small: tuple[np.ndarray, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     queries, artifact = small
     root, outside = tmp_path / "root", tmp_path / "outside"
@@ -337,14 +283,20 @@ def test_version_directories_and_artifact_files_that_lead_out_are_refused(
         [{"name": "tracks", "path": str(source), "versions": {"policy": "specific", "versions": [1]}}],
         server={"data_root": str(root)},
     )
+    caplog.set_level(logging.WARNING, logger="flux.core.confine")
     with support.running_server(config) as server, support.channel_to(server) as channel:
         admin = AdminServiceStub(channel)
-        for version, culprit in ((2, source / "2"), (3, source / "3" / "ids.json")):
+        cases = (
+            (2, source / "2", "the version directory leads outside the data root"),
+            (3, source / "3" / "ids.json", "ids.json: leads outside the data root"),
+        )
+        for version, culprit, said in cases:
             with pytest.raises(grpc.RpcError) as caught:
                 admin.LoadVersion(admin_service_pb2.LoadVersionRequest(index="tracks", version=version), timeout=30)
             assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-            assert f"{culprit}: resolves to" in caught.value.details()
-            assert f"outside the data root {root}" in caught.value.details()
+            assert f"version {version} of index 'tracks' failed: {said}; refused" in caught.value.details()
+            assert str(tmp_path) not in caught.value.details()  # the server's paths stay on the server
+            assert f"{culprit}: resolves to {culprit.resolve()}, outside the data root {root}" in caplog.text
         listed = admin.ListVersions(admin_service_pb2.ListVersionsRequest(index="tracks"), timeout=10)
         assert listed.active_version == 1  # version 1 keeps serving
         with FluxClient(server.address) as client:
@@ -358,3 +310,115 @@ def test_index_names_never_reach_the_file_system(auth_server: FluxServer) -> Non
             with pytest.raises(grpc.RpcError) as caught:
                 AdminServiceStub(channel).GetIndex(request, metadata=_bearer("admin"), timeout=10)
             assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+# --- what errors and health tell a caller ------------------------------------------------------------
+
+
+def test_a_reader_learns_the_index_version_and_file_of_a_failure_and_the_log_the_full_path(
+    tmp_path: Path, small: tuple[np.ndarray, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    queries, artifact = small
+    source = tmp_path / "srv" / "tracks"
+    shutil.copytree(artifact, source / "1")
+    ids = source / "1" / "ids.json"
+    ids.write_text(ids.read_text().replace("item:000001", "item:00000X"))  # same size, other bytes
+    caplog.set_level(logging.WARNING)
+    config = support.server_config([{"name": "tracks", "path": str(source)}])
+    with (
+        support.running_server(config) as server,
+        FluxClient(server.address, retries=0) as client,
+        pytest.raises(FailedPrecondition) as caught,
+    ):
+        client.search("tracks", queries[0], k=3)
+    message = caught.value.message
+    assert message == "index 'tracks' failed to load version 1: ids.json: checksum mismatch, the file is corrupt"
+    assert f"artifact {source / '1'} refused: ids.json: checksum mismatch" in caplog.text
+
+
+def test_with_tokens_unknown_index_errors_list_no_names_and_index_health_needs_a_token(
+    auth_server: FluxServer, small: tuple[np.ndarray, Path]
+) -> None:
+    with (
+        FluxClient(auth_server.address, token=TOKENS["reader"], retries=0) as client,
+        pytest.raises(IndexNotFound) as caught,  # the client still tells the cause apart (reason trailer)
+    ):
+        client.search("nope", small[0][0], k=3)
+    assert caught.value.message == "no index named 'nope'"  # not "(indexes: small)"
+    with support.channel_to(auth_server) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == serving  # probes stay open
+        for service in ("flux.index.small", "flux.index.nope"):  # the same answer whether or not it exists
+            request = health_pb2.HealthCheckRequest(service=service)
+            with pytest.raises(grpc.RpcError) as refused:
+                health.Check(request, timeout=5)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "authorization: Bearer <token>" in refused.value.details()
+            with pytest.raises(grpc.RpcError) as refused:
+                next(health.Watch(request, timeout=5))
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        small_health = health_pb2.HealthCheckRequest(service="flux.index.small")
+        assert health.Check(small_health, metadata=_bearer("reader"), timeout=5).status == serving
+        watch = health.Watch(small_health, metadata=_bearer("reader"), timeout=5)
+        assert next(watch).status == serving
+        watch.cancel()
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(
+                health_pb2.HealthCheckRequest(service="flux.index.nope"), metadata=_bearer("reader"), timeout=5
+            )
+        assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def _health_of(address: str, service: str) -> object:
+    """The status a plaintext health check of ``service`` answers, or the code it fails with."""
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+        except grpc.RpcError as exc:
+            return exc.code()
+
+
+@pytest.mark.parametrize("open_index_health", [False, True])
+def test_open_index_health_opens_one_index_health_on_both_ports_and_nothing_else(
+    small: tuple[np.ndarray, Path], open_index_health: bool
+) -> None:
+    queries, artifact = small
+    tokens = [{"name": "ranker", "role": "reader", "sha256": hash_token(TOKENS["reader"])}]
+    auth = {"tokens": tokens, "open_index_health": open_index_health}
+    with _serve(artifact, auth=auth, server={"health_port": 0}) as server:
+        assert server.health_port is not None
+        expected = health_pb2.HealthCheckResponse.SERVING if open_index_health else grpc.StatusCode.UNAUTHENTICATED
+        for address in (server.address, f"127.0.0.1:{server.health_port.port}"):
+            assert _health_of(address, "flux.index.small") == expected
+            assert _health_of(address, "") == health_pb2.HealthCheckResponse.SERVING
+        with support.channel_to(server) as channel:
+            assert _search(channel, None, queries) is grpc.StatusCode.UNAUTHENTICATED  # searches still need a token
+            vector = types_pb2.FloatVectors(dimension=8, data=queries[0].astype("<f4").tobytes())
+            request = vector_service_pb2.SearchRequest(index="nope", vector=vector, k=3)
+            with pytest.raises(grpc.RpcError) as caught:
+                VectorServiceStub(channel).Search(request, metadata=_bearer("reader"), timeout=10)
+            assert caught.value.details() == "no index named 'nope'"
+
+
+def test_without_tokens_an_unknown_index_error_lists_the_indexes(
+    tls_server: FluxServer, pki: dict[str, Path], small: tuple[np.ndarray, Path]
+) -> None:
+    tls = TLS.from_files(ca=pki["ca"], server_name=SERVER_NAME)
+    with FluxClient(tls_server.address, tls=tls) as client, pytest.raises(IndexNotFound) as caught:
+        client.search("nope", small[0][0], k=3)
+    assert caught.value.message == "no index named 'nope' (indexes: small)"
+
+
+@pytest.mark.parametrize("first", ["reader", None])
+def test_with_tracing_on_every_call_is_still_checked_for_its_own_token(
+    small: tuple[np.ndarray, Path], first: str | None, spans: Any
+) -> None:
+    """Tracing wraps the chain outside auth: what it remembers of one call must not decide the next."""
+    queries, path = small
+    tokens = [{"name": "reader-1", "role": "reader", "sha256": hash_token(TOKENS["reader"])}]
+    with _serve(path, auth={"tokens": tokens}, tracing={"enabled": True}) as server, support.channel_to(server) as ch:
+        codes = [_search(ch, role, queries) for role in (first, None, "reader", None, "reader")]
+    expected = {None: grpc.StatusCode.UNAUTHENTICATED, "reader": grpc.StatusCode.OK}
+    assert codes == [expected[role] for role in (first, None, "reader", None, "reader")]

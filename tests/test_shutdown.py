@@ -1,5 +1,6 @@
 """SIGTERM while 8 clients search: health turns NOT_SERVING, new calls are refused, every call the
-server had accepted finishes with its answer, and the process exits 0 within the grace period."""
+server had accepted finishes with its answer, and the process exits 0 within the grace period.
+A call still running when the grace period ends is cut off, and the process does not wait for it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flux_api.v1 import types_pb2, vector_service_pb2
@@ -145,3 +147,43 @@ def test_sigterm_lets_every_accepted_call_finish_and_exits_within_the_grace_peri
         assert all(code is grpc.StatusCode.UNAVAILABLE for _, _, code, _ in after), after  # refused, not cut off
     assert all(code is grpc.StatusCode.OK and results == BATCH for _, _, code, results in in_flight), in_flight
     assert max(end for _, end, _, _ in in_flight) <= exited
+
+
+def test_a_call_still_running_when_the_grace_period_ends_does_not_keep_the_process(tmp_path: Path) -> None:
+    grace = 1.0
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((20_000, DIMENSION)).astype(np.float32)
+    queries = rng.standard_normal((16_384, DIMENSION)).astype(np.float32)  # ~40 GFLOP: seconds on any machine
+    artifact = support.build_artifact(tmp_path / "big", base, backend="exact", metric="l2", name="big")
+    config = tmp_path / "flux.yaml"
+    config.write_text(
+        f"server: {{port: 0, metrics_port: 0, grace_seconds: {grace}, search_threads: 1}}\n"
+        f"limits: {{max_batch: {len(queries)}}}\n"
+        f"indexes: [{{name: big, path: {artifact}}}]\n"
+    )
+    log: list[str] = []
+    process, address, metrics, drain = _start(config, log)
+    vectors = types_pb2.FloatVectors(dimension=DIMENSION, data=queries.tobytes())
+    request = vector_service_pb2.BatchSearchRequest(index="big", queries=vectors, k=10)
+    with grpc.insecure_channel(address) as channel:
+        call = VectorServiceStub(channel).BatchSearch.future(request, timeout=120)
+        try:
+            deadline = time.monotonic() + 60
+            while _in_flight(metrics) < 1:  # the search has started inside the server
+                assert time.monotonic() < deadline, "the call never reached the server"
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            exit_code = _exit_code(process, grace + 30, log, drain)
+            exited = time.monotonic()
+            outcome = call.exception(timeout=30)
+        finally:
+            call.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    drain.join(30)
+    assert exit_code == 0
+    assert exited - signalled <= grace + 0.2, f"exited {exited - signalled:.2f}s after SIGTERM, grace {grace}s"
+    assert isinstance(outcome, grpc.RpcError), "the call was answered: it was not long enough to test anything"
+    assert outcome.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert any(f"the grace period ({grace}s) ended with calls still running" in line for line in log), "".join(log)

@@ -11,7 +11,7 @@ import pytest
 
 from flux.core import wal
 from flux.core.commit import GroupCommit, Ticket
-from flux.errors import FailedPrecondition, LogCorrupt
+from flux.errors import Code, FailedPrecondition, LogCorrupt
 
 
 def payload(sequence: int) -> bytes:
@@ -121,7 +121,7 @@ def test_a_corrupt_record_in_the_middle_stops_recovery_with_a_clear_error(tmp_pa
     assert f"the record at byte {ends[1]} (sequence 2) is corrupt" in message
     assert "checksum mismatch" in message
     assert f"truncate {segment.name} to {ends[1]} bytes" in message
-    assert caught.value.code == "DATA_LOSS"
+    assert caught.value.code is Code.DATA_LOSS
     assert segment.stat().st_size == size  # nothing was cut: the operator decides
     with pytest.raises(LogCorrupt):
         wal.Log.open(tmp_path)

@@ -2,7 +2,9 @@
 
 A call to VectorService needs the reader role, to WriteService the writer role, to
 AdminService the admin role; each role includes the ones below it (admin > writer >
-reader). Health and reflection stay open, so that probes and tools work without a token.
+reader). Health and reflection stay open, so that probes and tools work without a token,
+except the health of one index (``flux.index.<name>``): it tells which indexes exist, so it
+needs a token of any role unless ``auth.open_index_health`` is set (``IndexHealthServicer``).
 Any other service needs admin: what is not listed is denied, never let through.
 
 Tokens are configured as SHA-256 hex digests, never in the clear. The digest of the
@@ -21,8 +23,9 @@ from enum import IntEnum
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
-from flux.api import callcontext
+from flux import callcontext
 
 
 class Role(IntEnum):
@@ -59,6 +62,28 @@ class Token:
     sha256: str
 
 
+class Tokens:
+    """The configured tokens, matched against the ``authorization`` metadata of a call."""
+
+    def __init__(self, tokens: Iterable[Token]) -> None:
+        self._tokens = [(bytes.fromhex(t.sha256), t) for t in tokens]
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def match(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Token | None:
+        """The token a call presents (``authorization: Bearer <token>``), if it is one of these."""
+        presented = next((value for key, value in metadata or () if key == "authorization"), None)
+        if not isinstance(presented, str) or presented[: len(_SCHEME)].lower() != _SCHEME:
+            return None
+        digest = hashlib.sha256(presented[len(_SCHEME) :].strip().encode("utf-8")).digest()
+        found = None
+        for expected, token in self._tokens:  # every digest is compared, so timing tells nothing
+            if hmac.compare_digest(digest, expected):
+                found = token
+        return found
+
+
 def required_role(method: str) -> Role | None:
     """The role a full method name (``/package.Service/Method``) needs; admin for unknown services."""
     service = method[1:].partition("/")[0]
@@ -73,7 +98,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """
 
     def __init__(self, tokens: Iterable[Token], shapes: Mapping[str, tuple[bool, bool]]) -> None:
-        self._tokens = [(bytes.fromhex(t.sha256), t) for t in tokens]
+        self._tokens = Tokens(tokens)
         self._shapes = dict(shapes)
         self._roles = {method: required_role(method) for method in shapes}
 
@@ -84,7 +109,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         needed = self._roles[method] if method in self._roles else required_role(method)
         if needed is None:
             return continuation(details)
-        token = self._match(details.invocation_metadata)
+        token = self._tokens.match(details.invocation_metadata)
         if token is None:
             return self._refusal(
                 method,
@@ -102,17 +127,6 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             )
         return continuation(details)
 
-    def _match(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Token | None:
-        presented = next((value for key, value in metadata or () if key == "authorization"), None)
-        if not isinstance(presented, str) or presented[: len(_SCHEME)].lower() != _SCHEME:
-            return None
-        digest = hashlib.sha256(presented[len(_SCHEME) :].strip().encode("utf-8")).digest()
-        found = None
-        for expected, token in self._tokens:  # every digest is compared, so timing tells nothing
-            if hmac.compare_digest(digest, expected):
-                found = token
-        return found
-
     def _refusal(self, method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
         def refuse(request: Any, context: grpc.ServicerContext, *_: Any) -> Any:
             context.abort(code, message)
@@ -125,3 +139,42 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if responses:
             return grpc.unary_stream_rpc_method_handler(refuse)
         return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class IndexHealthServicer(health.HealthServicer):  # type: ignore[misc]
+    """The standard health service, except that a service name starting with ``prefix`` needs one of
+    ``tokens`` (any role): whether ``flux.index.x`` answers SERVING, NOT_SERVING or NOT_FOUND tells
+    a caller which indexes exist. With no tokens, everything stays open.
+
+    The token is checked here, not by ``AuthInterceptor``, because the decision depends on the
+    request, not only on the method; the health port shares this servicer, so it holds there too.
+    """
+
+    def __init__(self, tokens: Iterable[Token], prefix: str) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._tokens = Tokens(tokens)
+        self._prefix = prefix
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        self._admit(request.service, context)
+        return super().Check(request, context)
+
+    def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext, send_response_callback: Any = None
+    ) -> Any:
+        self._admit(request.service, context)
+        return super().Watch(request, context, send_response_callback)
+
+    def _admit(self, service: str, context: grpc.ServicerContext) -> None:
+        if (
+            self._tokens
+            and service.startswith(self._prefix)
+            and self._tokens.match(context.invocation_metadata()) is None
+        ):
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the health of one index ({self._prefix}<name>) needs a token of any role: "
+                "send the metadata 'authorization: Bearer <token>'",
+            )

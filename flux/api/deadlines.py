@@ -9,33 +9,23 @@ runs under its deadline (``flux.core.deadline``), which batches answered step by
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from flux.api.wrapping import WrappingInterceptor
 from flux.core import deadline
 
 
-class DeadlineInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class DeadlineInterceptor(WrappingInterceptor):
     """Checks ``context.time_remaining()`` before a unary-request handler starts."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = _wrap(continuation(details))
-            if wrapped is not None:
-                self._wrapped[details.method] = wrapped  # only served methods, so the cache stays bounded
-        return wrapped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _wrap(handler)
 
 
-def _wrap(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
-    if handler is None or handler.request_streaming:
+def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.request_streaming:
         return handler
     kind = "unary_stream" if handler.response_streaming else "unary_unary"
     behaviour = getattr(handler, kind)

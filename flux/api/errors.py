@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -19,8 +18,9 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from flux.api import callcontext
-from flux.errors import FluxError
+from flux import callcontext
+from flux.api.wrapping import WrappingInterceptor
+from flux.errors import Code, FluxError
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,14 @@ def to_status(error: FluxError) -> grpc.Status:
     details: list[Message] = []
     if error.reason:
         details.append(error_details_pb2.ErrorInfo(reason=error.reason, domain="flux"))
-    if error.field and error.code == "INVALID_ARGUMENT":
+    if error.field and error.code is Code.INVALID_ARGUMENT:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
     packed = []
     for detail in details:
         packed.append(any_pb2.Any())
         packed[-1].Pack(detail)
-    status = rpc_status.to_status(
-        status_pb2.Status(code=getattr(code_pb2, error.code), message=error.message, details=packed)
-    )
+    status = rpc_status.to_status(status_pb2.Status(code=error.code, message=error.message, details=packed))
     if error.reason:
         return _Status(status.code, status.details, (*status.trailing_metadata, (REASON_KEY, error.reason)))
     return status
@@ -53,32 +51,17 @@ class _Status(NamedTuple):
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(WrappingInterceptor):
     """Wraps every handler that answers once (unary, client stream) so that raised exceptions become statuses.
 
     gRPC asks the interceptor for the handler on every call; the wrapped handler of each
-    method is built once and remembered, so a call allocates nothing here.
+    method is built once and remembered (``WrappingInterceptor``), so a call allocates nothing here.
     """
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        method = details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrap(continuation(details), method)
-            if wrapped is not None:
-                self._wrapped[method] = wrapped  # only registered methods, so the cache stays bounded
-        return wrapped
-
-    @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         # Calls that answer once: unary ones, and client streams (WriteService.UpsertStream).
         kind = next((k for k in ("unary_unary", "stream_unary") if getattr(handler, k, None) is not None), "")
-        if handler is None or not kind:
+        if not kind:
             return handler
         behaviour = getattr(handler, kind)
 

@@ -4,6 +4,8 @@ Kubelet's gRPC probe speaks plaintext and sends no token, so with TLS on the mai
 cannot reach the health service there. This second port shares the main server's health
 servicer (the same SERVING / NOT_SERVING states) and has its own threads, so probes are
 answered even while the main port is refusing calls beyond ``server.max_concurrent_calls``.
+Being the same servicer, it applies the same rule to one index's health (``flux.index.<name>``):
+with auth on, that needs a token unless ``auth.open_index_health`` is set.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The server's interceptors, outermost first, chosen from the config.
 
 1. tracing (``tracing.enabled``): a span per call, joined to the caller's trace;
-2. observability: request id, metrics, request log (sees refusals by the ones below);
+2. observability: request id, metrics, request log (sees refusals by the ones below), and
+   RESOURCE_EXHAUSTED for an answer larger than gRPC may send;
 3. auth (when tokens are configured): refuses by role before the method is looked up;
 4. deadlines: a call whose caller gave up is not started;
 5. malformed requests: INVALID_ARGUMENT for bytes that do not parse;
@@ -40,9 +41,16 @@ def chain(config: FluxConfig, *, services: Iterable[str], indexes: Collection[st
         from flux.api.tracing import TracingInterceptor
 
         interceptors.append(TracingInterceptor(config.tracing, shapes, indexes))
-    interceptors.append(ObservabilityInterceptor(shapes, indexes, log_requests=config.logging.requests))
+    interceptors.append(
+        ObservabilityInterceptor(
+            shapes,
+            indexes,
+            log_requests=config.logging.requests,
+            max_response_bytes=config.limits.max_message_bytes,  # gRPC's max send length (flux.server)
+        )
+    )
     if config.auth.tokens:
         tokens = [Token(t.name, Role[t.role.upper()], t.sha256) for t in config.auth.tokens]
         interceptors.append(AuthInterceptor(tokens, shapes))
-    interceptors += [DeadlineInterceptor(), MalformedRequestInterceptor(), ErrorInterceptor()]
+    interceptors += [DeadlineInterceptor(shapes), MalformedRequestInterceptor(shapes), ErrorInterceptor(shapes)]
     return interceptors

@@ -8,10 +8,12 @@ method (unary and streaming).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
+
+from flux.api.wrapping import WrappingInterceptor
 
 
 class _Malformed:
@@ -21,23 +23,13 @@ class _Malformed:
         self.error = error
 
 
-class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = _wrap(continuation(details), details.method)
-            if wrapped is not None:
-                self._wrapped[details.method] = wrapped  # only served methods, so the cache stays bounded
-        return wrapped
+class MalformedRequestInterceptor(WrappingInterceptor):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _wrap(handler, method)
 
 
-def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
-    if handler is None or handler.request_deserializer is None:
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.request_deserializer is None:
         return handler
     deserialize = handler.request_deserializer
 

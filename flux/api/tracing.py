@@ -13,12 +13,13 @@ to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default ``localhost:4317``); one set up befo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import grpc
 
-from flux.api import callcontext
+from flux import callcontext
+from flux.api.wrapping import WrappingInterceptor
 from flux.config import TracingConfig
 from flux.errors import ConfigError
 
@@ -42,31 +43,19 @@ def _set_up_provider(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
-class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class TracingInterceptor(WrappingInterceptor):
     def __init__(
         self, settings: TracingConfig, shapes: Mapping[str, tuple[bool, bool]], indexes: Collection[str]
     ) -> None:
         if trace is None:
             raise ConfigError("tracing.enabled: needs the tracing extra: pip install 'flux-server[tracing]'")
+        super().__init__(shapes)
         _set_up_provider(settings.service_name)
         self._tracer = trace.get_tracer("flux")
-        self._methods = frozenset(shapes)
         self._indexes = frozenset(indexes)
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        method = details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrap(continuation(details), method)
-            if wrapped is not None and method in self._methods:  # only served methods, so the cache stays bounded
-                self._wrapped[method] = wrapped
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
-        if handler is None or handler.response_streaming:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.response_streaming:
             return handler
         kind = "stream_unary" if handler.request_streaming else "unary_unary"
         behaviour = getattr(handler, kind)

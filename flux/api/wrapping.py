@@ -1,0 +1,45 @@
+"""The one way Flux's interceptors wrap a method's handler: once per handler object, then reused.
+
+Wrapping a handler allocates closures, so each interceptor remembers what it built. The cache
+is keyed on the handler the rest of the chain returned *for this call*, not on the method name
+alone: an interceptor outside auth sees a refusal handler for a call without a valid token and
+the method's own handler for one with it, and must never answer one caller with what it built
+for another. Only the methods the server serves are cached (a refusal for a made-up method
+name is built afresh), so no caller can grow the cache.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Collection
+
+import grpc
+
+Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
+
+
+class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Calls ``wrap(handler, method)`` for each handler the chain below returns, once per handler."""
+
+    def __init__(self, methods: Collection[str]) -> None:
+        self.methods = frozenset(methods)  # full names of the served methods: /package.Service/Method
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:  # not a served method: gRPC answers UNIMPLEMENTED
+            return None
+        method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap(handler, method)
+        if method in self.methods:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    @abstractmethod
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` with this interceptor's behaviour around it (or ``handler`` itself)."""
