@@ -78,7 +78,19 @@ class LimitsConfig(_Strict):
 
     max_k: int = Field(1024, ge=1, le=100_000)
     max_batch: int = Field(1024, ge=1, le=1_000_000)
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="largest request and answer; an answer above it is RESOURCE_EXHAUSTED naming this limit",
+    )
+    max_id_bytes: int = Field(
+        1024,
+        ge=1,
+        le=65_536,
+        description="longest id an upsert may store, in UTF-8 bytes (INVALID_ARGUMENT beyond it); answers carry "
+        "k ids per query, so long ids make every reader's answers large. 1024 holds URLs and object-store keys",
+    )
 
 
 class VersionsConfig(_Strict):
@@ -222,6 +234,11 @@ class AuthConfig(_Strict):
     """Token authentication: on when at least one token is listed."""
 
     tokens: list[TokenConfig] = Field(default_factory=list)
+    open_index_health: bool = Field(
+        False,
+        description="with tokens listed, answer the health of one index (flux.index.<name>) without a token, "
+        "for probes that send none; the server's health stays open either way",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> AuthConfig:

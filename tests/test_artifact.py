@@ -99,8 +99,8 @@ def test_a_missing_file_is_refused(pristine: dict[str, Path], tmp_path: Path, ba
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
-        ("count", 299, "299"),
-        ("dimension", 16, ""),
+        ("count", 299, "ids.json: expected a list of 299 strings"),
+        ("dimension", 16, "backend could not load the artifact"),
         ("backend", "nope", "no backend named 'nope'"),
     ],
 )
@@ -108,9 +108,10 @@ def test_a_manifest_that_disagrees_with_the_data_is_refused(
     pristine: dict[str, Path], tmp_path: Path, backend: str, key: str, value: object, fragment: str
 ) -> None:
     path = damaged_copy(pristine[backend], tmp_path, change_manifest(key, value))
-    with pytest.raises(Exception, match=str(path.name)) as caught:
+    with pytest.raises(Exception) as caught:  # noqa: PT011 (the backend case is a BackendError)
         artifact.load(path)
     assert fragment in str(caught.value)
+    assert str(tmp_path) not in str(caught.value)  # files are named inside the artifact (callers see this)
 
 
 def test_ids_that_disagree_with_the_manifest_are_refused(pristine: dict[str, Path], tmp_path: Path) -> None:

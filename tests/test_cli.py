@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,13 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 FLUX = [sys.executable, "-m", "flux"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def flux(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*FLUX, *args], capture_output=True, text=True, timeout=120, env=ENV)
+def flux(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*FLUX, *args], capture_output=True, text=True, timeout=120, env={**ENV, **env})
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -102,6 +105,22 @@ def test_serve_without_a_config_builds_and_serves_the_demo(tmp_path: Path) -> No
         assert flux("health", "--target", address, "--service", "flux.index.demo").stdout.strip() == "SERVING"
 
 
+def test_health_of_one_index_sends_the_token_in_flux_token_when_auth_is_on(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.random.default_rng(5).standard_normal((50, 4)).astype(np.float32))
+    flux("build", str(tmp_path / "v.npy"), "--out", str(tmp_path / "a"), "--backend", "exact")
+    digest = hashlib.sha256(b"probe-token-5e1").hexdigest()
+    (tmp_path / "flux.yaml").write_text(
+        f"auth: {{tokens: [{{name: probe, role: reader, sha256: {digest}}}]}}\nindexes: [{{name: a, path: a}}]\n"
+    )
+    with serving("--config", str(tmp_path / "flux.yaml")) as address:
+        assert flux("health", "--target", address).stdout.strip() == "SERVING"  # the server's health stays open
+        one = ("health", "--target", address, "--service", "flux.index.a")
+        refused = flux(*one, check=False, FLUX_TOKEN="")
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("flux health: UNAUTHENTICATED: the health of one index")
+        assert flux(*one, FLUX_TOKEN="probe-token-5e1").stdout.strip() == "SERVING"
+
+
 def test_build_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> None:
     np.save(tmp_path / "v.npy", np.ones((10, 4), np.float32))
     result = flux("build", str(tmp_path / "v.npy"), "--out", str(tmp_path / "x"), "-p", "M=1", check=False)
@@ -119,3 +138,23 @@ def test_inspect_refuses_a_corrupt_artifact(tmp_path: Path) -> None:
     result = flux("inspect", str(tmp_path / "a"), check=False)
     assert result.returncode == 2
     assert "vectors.npy: checksum mismatch" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "extra"),
+    [("port", ""), ("port", ", workers: 2"), ("metrics_port", ""), ("health_port", "")],
+)
+def test_serve_on_a_busy_port_prints_one_line_naming_it_and_exits_3(tmp_path: Path, key: str, extra: str) -> None:
+    with socket.socket() as holder:  # another process's listener, as far as the server can tell
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"port": 0, key: busy}
+        config = tmp_path / "flux.yaml"
+        config.write_text(
+            f"server: {{host: 127.0.0.1, {', '.join(f'{k}: {v}' for k, v in ports.items())}{extra}}}\nindexes: []\n"
+        )
+        result = flux("serve", "--config", str(config), check=False)
+    assert result.returncode == 3, result.stderr
+    expected = f"flux serve: cannot listen on 127.0.0.1:{busy} (server.{key}): address already in use"
+    assert result.stderr.splitlines() == [expected]  # no traceback, no log line from gRPC's C core

@@ -138,17 +138,20 @@ class ExactBackend(Backend):
         # A few spare candidates absorb the rounding of the matrix-product scores.
         shortlist = min(n, 2 * keep + 8)
         step = max(1, _SCORE_BUDGET // n)
-        for start in range(0, q, step):
-            chunk = queries[start : start + step]
-            scores = self._scores(state, chunk)
-            if shortlist < n:
-                rows = np.argpartition(scores, shortlist - 1, axis=1)[:, :shortlist]
-            else:
-                rows = np.broadcast_to(np.arange(n), (len(chunk), n))
-            exact = self._exact_distances(state, chunk, rows)
-            order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
-            labels[start : start + len(chunk), :keep] = state.labels[np.take_along_axis(rows, order, axis=1)]
-            distances[start : start + len(chunk), :keep] = np.take_along_axis(exact, order, axis=1)
+        # Flux refuses vectors whose distances would overflow float32 (flux.core.index.check_vectors); an
+        # artifact built from such vectors elsewhere gets distance inf, as in the other backends, unwarned.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, q, step):
+                chunk = queries[start : start + step]
+                scores = self._scores(state, chunk)
+                if shortlist < n:
+                    rows = np.argpartition(scores, shortlist - 1, axis=1)[:, :shortlist]
+                else:
+                    rows = np.broadcast_to(np.arange(n), (len(chunk), n))
+                exact = self._exact_distances(state, chunk, rows)
+                order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
+                labels[start : start + len(chunk), :keep] = state.labels[np.take_along_axis(rows, order, axis=1)]
+                distances[start : start + len(chunk), :keep] = np.take_along_axis(exact, order, axis=1)
         return labels, distances
 
     def _scores(self, state: _State, queries: Matrix) -> Matrix:

@@ -10,17 +10,25 @@ Layout::
 
 An artifact is written into a temporary sibling directory and renamed into place,
 so a reader never sees a half-written one.
+
+Refusals name files relative to the artifact (``index.hnsw: checksum mismatch``): the
+message reaches clients, who must not learn where the server keeps its data. The log
+gets the artifact's full path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +43,8 @@ from flux.core.background import at_low_priority
 from flux.core.fsync import fsync_path
 from flux.core.ids import packed
 from flux.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -72,11 +82,13 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, path: Path) -> Manifest:
+        """Parse a manifest; errors name the file by ``path``'s last part only (they may reach clients)."""
+        name = path.name
         try:
             data = json.loads(text)
             if data.get("format_version") != FORMAT_VERSION:
                 raise ArtifactError(
-                    f"{path}: format_version {data.get('format_version')!r} is not supported "
+                    f"{name}: format_version {data.get('format_version')!r} is not supported "
                     f"(this Flux reads version {FORMAT_VERSION})"
                 )
             data["metric"] = Metric(data["metric"])
@@ -84,11 +96,11 @@ class Manifest:
         except ArtifactError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ArtifactError(f"{path}: not a valid manifest: {exc}") from exc
+            raise ArtifactError(f"{name}: not a valid manifest: {exc}") from exc
         if not isinstance(manifest.files, dict) or manifest.count < 0 or manifest.dimension < 1:
-            raise ArtifactError(f"{path}: not a valid manifest: bad files, count or dimension")
+            raise ArtifactError(f"{name}: not a valid manifest: bad files, count or dimension")
         if not isinstance(manifest.wal_sequence, int) or manifest.wal_sequence < 0:
-            raise ArtifactError(f"{path}: not a valid manifest: wal_sequence must be a whole number >= 0")
+            raise ArtifactError(f"{name}: not a valid manifest: wal_sequence must be a whole number >= 0")
         return manifest
 
 
@@ -162,13 +174,19 @@ def write(
 
 def read_manifest(directory: Path) -> Manifest:
     """Read ``directory``'s manifest, without checking the other files."""
+    directory = Path(directory)
+    with _refusals(directory):
+        return _read_manifest(directory)
+
+
+def _read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; is {directory} an index artifact built by `flux build`?") from None
+        raise ArtifactError(f"{MANIFEST}: missing; is this an index artifact built by `flux build`?") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable: {exc}") from exc
+        raise ArtifactError(f"{MANIFEST}: unreadable: {_why(exc)}") from exc
     return Manifest.from_json(text, path)
 
 
@@ -177,44 +195,51 @@ def verify(directory: Path, manifest: Manifest) -> None:
     for name, expected in sorted(manifest.files.items()):
         path = directory / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"{directory / MANIFEST}: file name {name!r} points outside the artifact")
+            raise ArtifactError(f"{MANIFEST}: file name {name!r} points outside the artifact")
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
-        actual = _describe(path)
+            raise ArtifactError(f"{name}: missing (listed in {MANIFEST})")
+        try:
+            actual = _describe(path)
+        except OSError as exc:
+            raise ArtifactError(f"{name}: unreadable: {_why(exc)}") from exc
         if actual["bytes"] != expected.get("bytes"):
             raise ArtifactError(
-                f"{path}: {actual['bytes']} bytes, the manifest says {expected.get('bytes')} (truncated?)"
+                f"{name}: {actual['bytes']} bytes, the manifest says {expected.get('bytes')} (truncated?)"
             )
         if actual["sha256"] != expected.get("sha256"):
-            raise ArtifactError(f"{path}: checksum mismatch, the file is corrupt")
+            raise ArtifactError(f"{name}: checksum mismatch, the file is corrupt")
 
 
 def load(directory: Path) -> Artifact:
     """Verify and open the artifact at ``directory``; refuse it with an error naming the bad file."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    with _refusals(directory):
+        return _load(directory)
+
+
+def _load(directory: Path) -> Artifact:
+    manifest = _read_manifest(directory)
     at_low_priority(lambda: verify(directory, manifest))  # hashing releases the GIL: keep it off the serving cores
     ids_path = directory / IDS
     try:
         ids = json.loads(ids_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{ids_path}: unreadable: {exc}") from exc
+        raise ArtifactError(f"{IDS}: unreadable: {_why(exc)}") from exc
     if (
         not isinstance(ids, list)
         or not all(isinstance(i, str) or i is None for i in ids)
         or len(ids) - ids.count(None) != manifest.count
     ):
         raise ArtifactError(
-            f"{ids_path}: expected a list of {manifest.count} strings (and nulls for empty labels), "
-            "as the manifest says"
+            f"{IDS}: expected a list of {manifest.count} strings (and nulls for empty labels), as the manifest says"
         )
     backend_cls = registry.get(manifest.backend)
     try:
         backend = backend_cls.load(directory, manifest.dimension, manifest.metric, manifest.count)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{directory}: the {manifest.backend} backend could not load it: {exc}") from exc
+        raise ArtifactError(f"the {manifest.backend} backend could not load the artifact: {_why(exc)}") from exc
     if len(backend) != manifest.count:
-        raise ArtifactError(f"{directory}: the backend holds {len(backend)} items, the manifest says {manifest.count}")
+        raise ArtifactError(f"the backend holds {len(backend)} items, the manifest says {manifest.count}")
     return Artifact(
         directory,
         manifest,
@@ -262,7 +287,7 @@ def _load_filter_vectors(directory: Path, manifest: Manifest, rows: int) -> Matr
         header = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header, no data pages
         if header.dtype != np.float32 or header.shape != (rows, manifest.dimension) or not header.flags.c_contiguous:
             raise ArtifactError(
-                f"{path}: holds {header.dtype} {header.shape}, "
+                f"{FILTER_VECTORS}: holds {header.dtype} {header.shape}, "
                 f"expected float32 ({rows}, {manifest.dimension}) in row-major order"
             )
         offset = int(header.offset)
@@ -271,7 +296,7 @@ def _load_filter_vectors(directory: Path, manifest: Manifest, rows: int) -> Matr
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             mapped = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: unreadable: {exc}") from exc
+        raise ArtifactError(f"{FILTER_VECTORS}: unreadable: {_why(exc)}") from exc
     vectors: Matrix = np.frombuffer(mapped, np.float32, rows * manifest.dimension, offset)
     return vectors.reshape(rows, manifest.dimension)
 
@@ -289,3 +314,44 @@ def _describe(path: Path) -> dict[str, Any]:
             digest.update(chunk)
             size += len(chunk)
     return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+#: The last refusal logged for each artifact directory, so that a poller reading a broken manifest
+#: again and again logs it once.
+_logged: dict[Path, str] = {}
+_logged_lock = threading.Lock()
+
+
+@contextmanager
+def _refusals(directory: Path) -> Iterator[None]:
+    """Log a refusal with the artifact's full path, and keep server paths out of the message that
+    callers see (messages from elsewhere, a backend's or the OS's, may hold them)."""
+    try:
+        yield
+    except ArtifactError as exc:
+        with _logged_lock:
+            new = _logged.get(directory) != exc.message
+            _logged[directory] = exc.message
+        if new:
+            log.warning("artifact %s refused: %s", directory, exc.message)
+        exc.message = _relative(exc.message, directory)
+        exc.args = (exc.message,)
+        raise
+    else:
+        with _logged_lock:
+            _logged.pop(directory, None)
+
+
+def _relative(message: str, directory: Path) -> str:
+    """``message`` with ``directory`` (as given, absolute and resolved) left out of every path naming it."""
+    for prefix in dict.fromkeys((str(directory), os.path.abspath(directory), os.path.realpath(directory))):
+        message = message.replace(prefix + os.sep, "")
+        message = re.sub(re.escape(prefix) + r"(?![\w.-])", "the artifact", message)
+    return message
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, without the file name an OSError carries (callers get the name relative)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

@@ -6,9 +6,12 @@ artifact file that is a link to somewhere else is caught as surely as a ``../``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flux.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 
 def escape(path: Path, root: Path) -> Path | None:
@@ -18,10 +21,20 @@ def escape(path: Path, root: Path) -> Path | None:
 
 
 def check_artifact(directory: Path, root: Path | None) -> None:
-    """Refuse (ArtifactError, naming the path) an artifact directory or any entry in it that leads out of ``root``."""
+    """Refuse (ArtifactError) an artifact directory or any entry in it that leads out of ``root``.
+
+    The error names the entry relative to the artifact, since it may reach clients; the log
+    names the full paths, for the operator.
+    """
     if root is None:
         return
     for path in (directory, *sorted(directory.rglob("*"))):
-        real = escape(path, root)
+        what = "the version directory" if path == directory else f"{path.relative_to(directory)}:"
+        try:
+            real = escape(path, root)
+        except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable directory
+            log.warning("%s: cannot be resolved (%s); refused", path, exc)
+            raise ArtifactError(f"{what} cannot be resolved; refused") from None
         if real is not None:
-            raise ArtifactError(f"{path}: resolves to {real}, outside the data root {root}; refused")
+            log.warning("%s: resolves to %s, outside the data root %s; refused", path, real, root)
+            raise ArtifactError(f"{what} leads outside the data root; refused")

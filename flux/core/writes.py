@@ -42,11 +42,11 @@ from flux.core import artifact, builder, versions
 from flux.core.attributes import ItemAttributes
 from flux.core.backend import Matrix, Metric
 from flux.core.commit import GroupCommit, Ticket
-from flux.core.index import ServedIndex
+from flux.core.index import ServedIndex, check_vectors
 from flux.core.manager import IndexManager, VersionHooks
 from flux.core.mutations import Delete, Op, Upsert, decode, encode
 from flux.core.wal import Log, LogLocked
-from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable
+from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable, shown
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ class Writer(VersionHooks):
         """Check and queue an upsert without waiting; ``field`` prefixes the field names in errors."""
         index, commit = self._writable(deleting=False)
         _check_ids(ids, f"{field}ids", index.limits.max_batch)
+        index.check_ids(ids, f"{field}ids")  # only here: a delete must reach ids stored under a higher limit
         index.check_dimension(vectors.shape[1], f"{field}vectors")
+        check_vectors(vectors, f"{field}vectors")
         if len(vectors) != len(ids):
             raise InvalidArgument(
                 f"{field}vectors holds {len(vectors)} vectors for {len(ids)} ids; send one vector per id",
@@ -431,7 +433,7 @@ def _check_ids(ids: Sequence[str], field: str, limit: int) -> None:
         first = seen.setdefault(item, row)
         if first != row:
             raise InvalidArgument(
-                f"{field}[{row}] {item!r} repeats {field}[{first}]; give each id once per request",
+                f"{field}[{row}] {shown(item)} repeats {field}[{first}]; give each id once per request",
                 field=f"{field}[{row}]",
             )
 
