@@ -77,7 +77,31 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
                 confine.check_artifact(path, server.data_root)
         listed = ", ".join(str(v) for v in sorted(found)) or "none yet"
         lines.append(f"  {index.name:<12} {index.path}: versions {listed} ({index.versions.policy})")
+        lines += [f"  {'':<12} {problem}" for problem in _folder_problems(index.path, found)]
     return lines
+
+
+def _folder_problems(source: Path, found: dict[int, Path]) -> list[str]:
+    """What the server would refuse or pass over in a source directory, one line each."""
+    from flux.core import artifact, versions
+    from flux.errors import ArtifactError
+
+    problems = [
+        f"{path.name}/: no {artifact.MANIFEST}, refused"
+        for version, path in sorted(versions.folders(source).items())
+        if version not in found
+    ]
+    for version, path in sorted(found.items()):
+        if path == source:
+            continue
+        try:
+            built = artifact.read_manifest(path).version
+        except ArtifactError:
+            continue  # the server says why when it loads it
+        if built != version:
+            problems.append(f"{path.name}/: built as version {built}, refused (a folder holds its own version)")
+    problems += [f"{path.name}: not a version folder, ignored" for path in versions.strays(source)]
+    return problems
 
 
 def _port(port: int | None) -> str:

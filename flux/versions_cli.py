@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from flux import remote
 from flux_api.v1 import admin_service_pb2 as pb
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
 
@@ -29,7 +30,7 @@ def add_parsers(commands: Any) -> None:
         ("load", True, "load and gate a version without activating it"),
         ("activate", True, "make a version the one that answers (loading it first if needed)"),
         ("pin", True, "activate a version and hold it whatever the policy says"),
-        ("unpin", False, "give control back to the version policy"),
+        ("unpin", False, "give control back to the version policy (its loads continue in the background)"),
         ("rollback", False, "pin the newest version older than the active one"),
         ("unload", True, "release a loaded version that is not active"),
     ):
@@ -46,17 +47,18 @@ def add_parsers(commands: Any) -> None:
 
 
 def _connection(parser: argparse.ArgumentParser, timeout: float) -> None:
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server address (default: 127.0.0.1:50051)")
-    parser.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default: {timeout:g})")
+    remote.add_options(parser, timeout=timeout)
 
 
 def _call(args: argparse.Namespace, rpc: Callable[[AdminServiceStub], Any]) -> Any:
-    with grpc.insecure_channel(args.target) as channel:
-        try:
-            return rpc(AdminServiceStub(channel))
-        except grpc.RpcError as exc:
-            print(f"flux: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return None
+    try:
+        with remote.connect(args) as client:
+            return rpc(AdminServiceStub(client.channel))
+    except grpc.RpcError as exc:
+        print(f"flux: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        remote.fail("versions" if hasattr(args, "versions_action") else "aliases", exc)
+    return None
 
 
 def _run_version_action(args: argparse.Namespace) -> int:
@@ -89,7 +91,10 @@ def _run_version_action(args: argparse.Namespace) -> int:
             f"to {response.version.version} in {elapsed:.2f}s (pinned; `flux versions unpin` to undo)"
         )
     elif action == "unpin":
-        print(f"{index}: unpinned; the version policy decides again")
+        print(
+            f"{index}: unpinned; the version policy decides again "
+            "(versions it loads come in the background: `flux versions list` shows them)"
+        )
     else:
         info = response.version
         print(f"{index} version {info.version}: {_state(info.state)} after {elapsed:.2f}s")
@@ -114,11 +119,15 @@ def _run_aliases(args: argparse.Namespace) -> int:
     response = _call(args, lambda s: s.ListAliases(pb.ListAliasesRequest(), timeout=args.timeout))
     if response is None:
         return 1
-    print(f"{'alias':<20} {'arm':<30} {'weight':>6} {'requests':>9} {'mean ms':>8}")
+    print(f"{'alias':<20} {'arm':<30} {'weight':>6} {'requests':>9} {'handler ms':>10}")
     for alias in response.aliases:
         for arm in alias.arms:
             target = f"{arm.index}@{arm.version}" if arm.version else arm.index
-            print(f"{alias.name:<20} {target:<30} {arm.weight:>6g} {arm.requests:>9} {arm.mean_latency_ms:>8.3f}")
+            print(f"{alias.name:<20} {target:<30} {arm.weight:>6g} {arm.requests:>9} {arm.mean_latency_ms:>10.3f}")
+    print(
+        "handler ms: the mean time the server spent routing and answering a request (its search included); "
+        "a client also waits for transport, queueing and serialization"
+    )
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 
@@ -97,3 +99,35 @@ def test_an_unknown_name_is_not_found(server: FluxServer) -> None:
     with support.channel_to(server) as channel, pytest.raises(grpc.RpcError) as caught:
         VectorServiceStub(channel).Search(pb.SearchRequest(index="trakcs", vector=query, k=1))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_version_with_an_alias_is_invalid_argument(server: FluxServer) -> None:
+    query = types_pb2.FloatVectors(dimension=DIM, data=np.ones(DIM, "<f4").tobytes())
+    with support.channel_to(server) as channel:
+        stub = VectorServiceStub(channel)
+        for key in (f"user:{i}" for i in range(20)):  # whichever arm the key reaches
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Search(pb.SearchRequest(index="tracks", vector=query, k=1, version=4, routing_key=key))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "version 4 was asked of 'tracks', an alias" in caught.value.details()
+        # The same version through the index's own name is what a caller means.
+        assert stub.Search(pb.SearchRequest(index="control", vector=query, k=1, version=4)).version == 4
+
+
+def test_flux_aliases_says_what_its_time_column_measures(server: FluxServer) -> None:
+    query = types_pb2.FloatVectors(dimension=DIM, data=np.ones(DIM, "<f4").tobytes())
+    with support.channel_to(server) as channel:
+        VectorServiceStub(channel).Search(pb.SearchRequest(index="tracks", vector=query, k=1, routing_key="u"))
+    result = subprocess.run(
+        [sys.executable, "-m", "flux", "aliases", "--target", server.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    header, *rows, note = result.stdout.splitlines()
+    assert header.split()[-2:] == ["handler", "ms"]
+    assert "mean ms" not in result.stdout
+    assert note.startswith("handler ms: the mean time the server spent routing and answering a request")
+    assert "a client also waits for transport, queueing and serialization" in note
+    assert any(row.split()[0] == "tracks" and float(row.split()[-1]) > 0 for row in rows)

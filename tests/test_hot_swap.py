@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from flux.core.manager import IndexManager
+from flux.core.index import ServedIndex
+from flux.core.manager import IndexManager, VersionHooks
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2 as admin
 from flux_api.v1 import types_pb2
@@ -136,12 +137,7 @@ def test_a_corrupt_version_never_becomes_active(server: FluxServer, source: Path
         versions = AdminServiceStub(channel).ListVersions(admin.ListVersionsRequest(index="tracks"))
         states = {v.version: v.state for v in versions.versions}
         assert states == {2: admin.VERSION_STATE_FAILED, 1: admin.VERSION_STATE_ACTIVE}
-    assert (
-        REGISTRY.get_sample_value(
-            "flux_version_transitions_total", {"index": "tracks", "state": "failed", "reason": "artifact"}
-        )
-        >= 1
-    )
+    assert failures("artifact") >= 1
 
 
 def test_a_version_that_fails_the_canary_never_becomes_active(source: Path) -> None:
@@ -161,12 +157,13 @@ def test_a_version_that_fails_the_canary_never_becomes_active(source: Path) -> N
             assert VectorServiceStub(channel).Search(pb.SearchRequest(index="tracks", vector=query(), k=3)).version == 1
             info = AdminServiceStub(channel).GetIndex(admin.GetIndexRequest(name="tracks")).index
             assert "activation gate: overlap@10" in info.error
-        assert (
-            REGISTRY.get_sample_value(
-                "flux_version_transitions_total", {"index": "tracks", "state": "failed", "reason": "gate"}
-            )
-            >= 1
-        )
+        assert failures("gate") >= 1
+
+
+def failures(reason: str) -> float:
+    """Versions refused for ``reason`` since the process started (the registry is process-wide)."""
+    labels = {"index": "tracks", "state": "failed", "reason": reason}
+    return REGISTRY.get_sample_value("flux_version_transitions_total", labels) or 0.0
 
 
 def flux_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -219,7 +216,7 @@ def held_answer(manager: IndexManager) -> None:
         slot = manager.slot(1)
         manager.unload(1)
         assert slot.loaded is None
-        assert held.search(np.ones((1, DIM), np.float32), 3, held.default_params)[0].ids[0].startswith("v1:")
+        assert held.search(np.ones((1, DIM), np.float32), 3, held.default_params)[0][0].startswith("v1:")
 
 
 def test_an_explicit_version_is_served_only_while_loaded(source: Path) -> None:
@@ -251,3 +248,114 @@ def test_a_version_beyond_the_memory_budget_is_refused(source: Path) -> None:
             admin.VERSION_STATE_FAILED,
             admin.VERSION_STATE_ACTIVE,
         ]
+
+
+def corrupt(folder: Path) -> None:
+    """Flip one byte of the version's index file: its checksum no longer matches."""
+    index_file = folder / "index.hnsw"
+    data = bytearray(index_file.read_bytes())
+    data[100] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+
+
+def test_a_refused_version_leaves_the_kept_version_loaded(source: Path) -> None:
+    publish(source, 2)
+    with serve(source, versions={"policy": "latest", "keep": 2}) as server:
+        manager = server.catalog.manager("tracks")
+        kept = manager.slot(1).loaded
+        assert kept is not None
+        assert manager.active is not None
+        assert manager.active.version == 2
+        answered: list[int] = []
+        failed: list[grpc.StatusCode] = []
+        stop = threading.Event()
+
+        def client() -> None:  # a caller paging on version 1 all the while
+            with grpc.insecure_channel(server.address) as channel:
+                stub = VectorServiceStub(channel)
+                request = pb.SearchRequest(index="tracks", vector=query(), k=3, version=1)
+                while not stop.is_set():
+                    try:
+                        answered.append(stub.Search(request, timeout=5).version)
+                    except grpc.RpcError as exc:
+                        failed.append(exc.code())
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            wait_for(lambda: len(answered) > 20)
+            staging = publish(source.parent / "staging", 3)
+            corrupt(staging)
+            shutil.move(staging, source / "3")
+            wait_for(lambda: any(s.version == 3 and s.state.value == "failed" for s in manager.slots()))
+            seen = len(answered)
+            wait_for(lambda: len(answered) > seen + 20)  # requests after the refusal as well
+        finally:
+            stop.set()
+            thread.join()
+        assert failed == [], f"{len(failed)} requests for the kept version failed: {set(failed)}"
+        assert set(answered) == {1}
+        assert manager.slot(1).loaded is kept, "the kept version was unloaded and loaded again"
+        assert manager.active.version == 2
+
+
+class HeldLoad(VersionHooks):
+    """Holds the load of one version at its last step until released: a slow load, made observable."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def loaded(self, index: ServedIndex) -> None:
+        if index.version == self.version:
+            self.reached.set()
+            self.release.wait(60)
+
+
+def test_pin_keeps_what_the_policy_keeps_so_rollback_and_unpin_are_pointer_swaps(source: Path) -> None:
+    publish(source, 2)
+    publish(source, 3)
+    with serve(source, versions={"policy": "latest", "keep": 2}, poll_seconds=0) as server:
+        manager = server.catalog.manager("tracks")
+        loaded = {v: manager.slot(v).loaded for v in (2, 3)}
+        assert None not in loaded.values()
+        with support.channel_to(server) as channel:
+            admin_stub = AdminServiceStub(channel)
+            rolled = admin_stub.RollbackVersion(admin.RollbackVersionRequest(index="tracks"), timeout=10)
+            assert (rolled.previous_version, rolled.version.version) == (3, 2)
+            assert manager.slot(3).loaded is loaded[3], "the pin unloaded the version the policy keeps"
+            admin_stub.PinVersion(admin.PinVersionRequest(index="tracks", version=0), timeout=10)
+            assert manager.active is not None
+            assert manager.active.version == 3
+            assert {v: manager.slot(v).loaded for v in (2, 3)} == loaded, "a version was loaded again"
+            rolled = admin_stub.RollbackVersion(admin.RollbackVersionRequest(index="tracks"), timeout=10)
+            assert rolled.version.version == 2
+            assert manager.slot(2).loaded is loaded[2], "the second rollback was not a pointer swap"
+
+
+def test_unpin_answers_at_once_with_the_loaded_newest_and_loads_the_rest_in_the_background(source: Path) -> None:
+    publish(source, 2)
+    publish(source, 3)
+    with serve(source, versions={"policy": "latest", "keep": 2}, poll_seconds=0) as server:
+        manager = server.catalog.manager("tracks")
+        newest = manager.slot(3).loaded
+        held = HeldLoad(2)
+        try:
+            with support.channel_to(server) as channel:
+                admin_stub = AdminServiceStub(channel)
+                admin_stub.PinVersion(admin.PinVersionRequest(index="tracks", version=1), timeout=10)
+                manager.hooks = held  # version 2 is not loaded now: the unpin must load it again
+                # Returns while version 2 is still loading; the newest, loaded all along, answers already.
+                admin_stub.PinVersion(admin.PinVersionRequest(index="tracks", version=0), timeout=10)
+                assert manager.active is not None
+                assert manager.active.version == 3
+                assert manager.slot(3).loaded is newest
+                assert held.reached.wait(30), "version 2 was not loaded in the background"
+                assert manager.slot(2).state.value == "loading"
+                search = VectorServiceStub(channel).Search
+                assert search(pb.SearchRequest(index="tracks", vector=query(), k=3), timeout=5).version == 3
+        finally:
+            held.release.set()
+        wait_for(lambda: manager.slot(2).state.value == "ready")
+        assert manager.slot(1).loaded is None

@@ -19,8 +19,9 @@ from enum import Enum
 from flux.core.aliases import Alias
 from flux.core.index import Limits, ServedIndex
 from flux.core.manager import IndexManager, IndexSettings, Listener, MemoryBudget
+from flux.core.query.request import Query, Result
 from flux.core.versions import State
-from flux.errors import IndexNotFound
+from flux.errors import IndexNotFound, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Catalog:
         self._poll_seconds = {n: p for n, p in (poll_seconds or {}).items() if p > 0}
         self._stop = threading.Event()
         self.loaded = threading.Event()  # set once every index has been tried
+        #: Whether NOT_FOUND for an unknown name lists the indexes; the server turns it off when auth is on.
+        self.list_names = True
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -84,8 +87,8 @@ class Catalog:
         try:
             return self._managers[name]
         except KeyError:
-            known = ", ".join(sorted(self._managers)) or "none"
-            raise IndexNotFound(f"no index named {name!r} (indexes: {known})", field="index") from None
+            known = f" (indexes: {', '.join(sorted(self._managers)) or 'none'})" if self.list_names else ""
+            raise IndexNotFound(f"no index named {name!r}{known}", field="index") from None
 
     def state(self, name: str) -> IndexState:
         manager = self.manager(name)
@@ -100,20 +103,34 @@ class Catalog:
 
     @contextmanager
     def acquire(self, name: str, version: int = 0, routing_key: str = "") -> Iterator[Resolved]:
-        """The index version a request runs on, through an alias if ``name`` is one."""
+        """The index version a request runs on, through an alias if ``name`` is one (then with no ``version``:
+        a version number belongs to one index, and an alias's arms may be different indexes)."""
         alias = self._aliases.get(name)
         if alias is None:
             with self.manager(name).acquire(version) as index:
                 yield Resolved(index)
             return
+        if version:
+            raise InvalidArgument(
+                f"version {version} was asked of {name!r}, an alias; an alias's arms name their own index and "
+                "version, so leave version at 0 or ask the index by its own name",
+                field="version",
+            )
         arm_number = alias.route(routing_key)
         arm = alias.arms[arm_number]
         started = time.perf_counter()
-        with self.manager(arm.index).acquire(version or arm.version) as index:
+        with self.manager(arm.index).acquire(arm.version) as index:
             try:
                 yield Resolved(index, alias.name)
             finally:
                 alias.record(arm_number, time.perf_counter() - started)
+
+    def search(self, query: Query) -> Result:
+        """Answer ``query`` on the version it names (through its alias, if it names one), held throughout."""
+        with self.acquire(query.index, query.version, query.routing_key) as resolved:
+            result = resolved.index.answer(query)
+        result.alias = resolved.alias
+        return result
 
     def get(self, name: str) -> ServedIndex:
         """The active version of ``name``, without holding it (for tools and tests)."""

@@ -31,7 +31,11 @@ from flux.errors import (
 
 log = logging.getLogger(__name__)
 
-_MAX_PASSES = 8
+#: Steps one refresh may take; each re-plans from what the last one did, so a settled index takes none.
+_MAX_STEPS = 64
+#: A numbered folder without manifest.json is reported (FAILED) once nothing in it has changed for
+#: this long: a publisher that copies rather than renames is still writing it until then.
+UNFINISHED_SECONDS = 2.0
 
 
 class MemoryBudget:
@@ -81,6 +85,8 @@ class VersionSlot:
     artifact_bytes: int = 0
     load_seconds: float = 0.0
     loaded: _Loaded | None = field(default=None, repr=False)
+    #: FAILED only for want of manifest.json: tried again once the manifest appears.
+    unfinished: bool = False
 
     @property
     def in_flight(self) -> int:
@@ -140,9 +146,13 @@ class IndexManager:
         self._slots: dict[int, VersionSlot] = {}
         self._active: VersionSlot | None = None
         self._scanned = False  # until the source is first read, "no version" means "not yet"
+        self._strays: set[str] = set()  # entries of the source that are no version, already logged
         self.pinned: int | None = None
         self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
         self._ops = threading.RLock()  # serialises loads, swaps and unloads: held for long work
+        self._closed = False
+        self._behind = False  # a background refresh was asked for and has not started yet
+        self._refresher: threading.Thread | None = None
         self.hooks = VersionHooks()  # a Writer replaces them when the index takes writes
 
     # -- the request path -------------------------------------------------------------
@@ -177,10 +187,21 @@ class IndexManager:
         failed = [s for s in self._slots.values() if s.state is State.FAILED]
         if failed:
             newest = max(failed, key=lambda s: s.version)
-            return FailedPrecondition(f"index {self.name!r} failed to load: {newest.error}", field="index")
+            # Any reader sees this: paths start at the source folder's name, never at / (the log has them in full).
+            source = self.settings.source
+            reason = newest.error.replace(f"{source}/", f"{source.name}/")
+            return FailedPrecondition(
+                f"index {self.name!r} failed to load version {newest.version}: {reason}", field="index"
+            )
+        source = self.settings.source
+        why = (
+            "it does not exist"
+            if not source.exists()
+            else f"{source.name}/{artifact.MANIFEST} is missing, and it holds no numbered version folder (1/, 2/, ...)"
+        )
         return FailedPrecondition(
-            f"index {self.name!r} has no version to serve: {self.settings.source} is neither an artifact "
-            "(with manifest.json) nor a directory of numbered versions",
+            f"index {self.name!r} has no version to serve: {source.name} is neither an artifact "
+            f"(with {artifact.MANIFEST}) nor a directory of numbered versions: {why}",
             field="index",
         )
 
@@ -213,31 +234,81 @@ class IndexManager:
 
     def refresh(self) -> None:
         """Look at the source again and take the policy's next steps. Never raises."""
+        self._settle(loads=True)
+
+    def refresh_in_background(self) -> None:
+        """Take the policy's next steps in a thread of the index's own; returns at once."""
+        with self._lock:
+            self._behind = True
+            if self._closed or self._refresher is not None:
+                return  # the running one refreshes again before it ends
+            self._refresher = threading.Thread(target=self._catch_up, name=f"flux-versions-{self.name}", daemon=True)
+            self._refresher.start()
+
+    def _catch_up(self) -> None:
+        while True:
+            with self._lock:
+                if not self._behind or self._closed:
+                    self._refresher = None
+                    return
+                self._behind = False
+            self.refresh()
+
+    def _settle(self, *, loads: bool) -> bool:
+        """Take the policy's steps one at a time, planning again after each (a load that fails
+        changes what comes next); without ``loads``, only swaps and unloads. True when loads
+        were left to do. Never raises."""
         with self._ops:
             try:
                 self.refresh_source()
-                # Each pass's steps change the states the next pass plans from (a load makes a
-                # version READY, which the next pass activates); stop when there is nothing left.
-                for _ in range(_MAX_PASSES):
+                for _ in range(_MAX_STEPS):
+                    if self._closed:
+                        return False
                     steps = versions.plan(self._available(), self._states(), self.settings.policy, self.pinned)
-                    if not steps:
-                        break
-                    for step in steps:
-                        self._do(step)
+                    now = [step for step in steps if loads or step.action != "load"]
+                    if not now:
+                        return bool(steps)
+                    self._do(now[0])
+                log.warning("index %r: versions not settled after %d steps", self.name, _MAX_STEPS)
             except FluxError as exc:  # recorded on the version already (a memory refusal, say)
                 log.warning("index %r: %s", self.name, exc.message)
             except Exception:  # the poller must outlive any one failure
                 log.exception("index %r: refreshing versions failed", self.name)
+            return False
 
     def refresh_source(self) -> None:
-        """Record versions that appeared in the source, without acting on them."""
-        found = versions.scan(self.settings.source)
+        """Record versions that appeared in the source, without acting on them.
+
+        A numbered folder without manifest.json is recorded FAILED, with the missing file as
+        its reason, once it has not changed for ``UNFINISHED_SECONDS`` (at once on the first
+        look); it is tried again when the manifest appears.
+        """
+        source = self.settings.source
+        found = versions.scan(source)
+        unfinished = {v: p for v, p in versions.folders(source).items() if v not in found}
+        strays = [p for p in versions.strays(source) if p.name not in self._strays]
         with self._lock:
             for version, path in found.items():
-                if version not in self._slots:
+                slot = self._slots.get(version)
+                if slot is None:
                     self._slots[version] = VersionSlot(version, path)
                     log.info("index %r: found version %d at %s", self.name, version, path)
+                elif slot.unfinished and slot.state is State.FAILED:
+                    slot.state, slot.error, slot.unfinished = State.AVAILABLE, "", False
+                    log.info("index %r: version %d has its %s now", self.name, version, artifact.MANIFEST)
+            for version, path in unfinished.items():
+                if version not in self._slots and (not self._scanned or _quiet_for(path) >= UNFINISHED_SECONDS):
+                    reason = (
+                        f"{path.name}/{artifact.MANIFEST}: missing; a version folder holds a whole artifact "
+                        "as `flux build` writes it (build it elsewhere, then rename it into place)"
+                    )
+                    self._slots[version] = VersionSlot(version, path, State.FAILED, reason, unfinished=True)
+                    metrics.VERSION_TRANSITIONS.labels(self.name, State.FAILED.value, "artifact").inc()
+                    log.error("index %r: version %d refused: %s", self.name, version, reason)
             self._scanned = True
+            self._strays.update(p.name for p in strays)
+        for path in strays:
+            log.warning("index %r: %s is not a version folder (a whole number, such as 42); ignored", self.name, path)
 
     def _available(self) -> set[int]:
         return set(versions.scan(self.settings.source))
@@ -276,17 +347,22 @@ class IndexManager:
             return slot
 
     def pin(self, version: int | None) -> VersionSlot | None:
-        """Hold ``version`` active whatever the policy says; None gives control back to the policy."""
+        """Hold ``version`` active whatever the policy says; None gives control back to the policy.
+
+        Returns once the pinned version answers (unpinned: once the policy's version answers,
+        when it is loaded); the loads the policy asks for besides run in the background.
+        """
         with self._ops:
             if version is None:
                 self.pinned = None
                 log.info("index %r: unpinned; the %s policy decides", self.name, self.settings.policy.describe())
-                self.refresh()
-                return None
-            slot = self.activate(version)
-            self.pinned = version
-            log.info("index %r: pinned version %d", self.name, version)
-            self.refresh()
+                slot = None
+            else:
+                slot = self.activate(version)
+                self.pinned = version
+                log.info("index %r: pinned version %d", self.name, version)
+            if self._settle(loads=False):
+                self.refresh_in_background()
             return slot
 
     def rollback(self) -> tuple[int, VersionSlot]:
@@ -348,7 +424,9 @@ class IndexManager:
             return slot
 
     def close(self) -> None:
-        """Release every loaded version (server shutdown)."""
+        """Release every loaded version (server shutdown); a refresh under way stops after its current step."""
+        with self._lock:
+            self._closed = True
         with self._ops:
             for slot in self.slots():
                 if slot.loaded is not None:
@@ -365,6 +443,7 @@ class IndexManager:
         try:
             confine.check_artifact(slot.path, self.settings.data_root)
             manifest = artifact.read_manifest(slot.path)
+            self._check_number(slot, manifest)
             slot.artifact_bytes = artifact.size_bytes(manifest)
             self._budget.reserve(slot.artifact_bytes, f"version {slot.version} of index {self.name!r}")
             reserved = slot.artifact_bytes
@@ -406,12 +485,16 @@ class IndexManager:
         metrics.VERSION_LOAD_SECONDS.labels(self.name).observe(slot.load_seconds)
         self._transition(slot, "")
         log.info(
-            "index %r: version %d ready after %.2fs (%s, %d items)",
+            "index %r: version %d ready after %.2fs (%s, %d items; gate %.2fs%s)",
             self.name,
             slot.version,
             slot.load_seconds,
             loaded.manifest.backend,
             loaded.manifest.count,
+            report.seconds,
+            f", recall@{report.k} {report.recall:.3f}, overlap@{report.k} {report.overlap:.3f}"
+            if report.canary_queries
+            else "",
         )
 
     def _activate(self, slot: VersionSlot) -> None:
@@ -464,6 +547,15 @@ class IndexManager:
         if slot.state is State.FAILED:
             raise FailedPrecondition(f"version {slot.version} of index {self.name!r} failed: {slot.error}")
 
+    def _check_number(self, slot: VersionSlot, manifest: artifact.Manifest) -> None:
+        """A numbered folder must hold the version it is named after: answers name the manifest's
+        version, while the control plane and ``SearchRequest.version`` go by the folder's."""
+        if slot.path != self.settings.source and manifest.version != slot.version:
+            raise ArtifactError(
+                f"{artifact.MANIFEST}: the artifact was built as version {manifest.version}, but its folder is "
+                f"{slot.path.name}; build it with --version {slot.version} or publish it as folder {manifest.version}"
+            )
+
     def _check_expectations(self, slot: VersionSlot, manifest: artifact.Manifest) -> None:
         actual = {"backend": manifest.backend, "dimension": manifest.dimension, "metric": manifest.metric}
         wanted = {
@@ -474,7 +566,7 @@ class IndexManager:
         for key, want in wanted.items():
             if want is not None and want != actual[key]:
                 raise ArtifactError(
-                    f"{slot.path / artifact.MANIFEST}: {key} is {_show(actual[key])}, "
+                    f"{artifact.MANIFEST}: {key} is {_show(actual[key])}, "
                     f"but the config expects {_show(want)} for index {self.name!r}"
                 )
 
@@ -482,6 +574,15 @@ class IndexManager:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield None
+
+
+def _quiet_for(folder: Path) -> float:
+    """Seconds since ``folder`` or a file in it last changed (0 when it cannot be read)."""
+    try:
+        changed = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+    except OSError:
+        return 0.0
+    return time.time() - changed
 
 
 def _show(value: object) -> str:

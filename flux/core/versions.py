@@ -9,6 +9,10 @@ A source is a directory with one artifact per version, each named by its number:
     tracks/1/manifest.json ...
     tracks/2/manifest.json ...
 
+A folder's number must be the version its manifest names (the manager refuses it otherwise).
+Hidden entries (a leading ".") are staging, such as the temporary folder ``flux build`` writes
+before its rename; any other entry that is not a number is no version and is left alone.
+
 A path that is itself an artifact (it holds manifest.json) is a source of one version,
 the one its manifest names.
 """
@@ -56,43 +60,82 @@ class Step:
 
 
 def scan(path: Path) -> dict[int, Path]:
-    """Every version the source at ``path`` offers, by number. Staging and other entries are ignored."""
+    """Every version the source at ``path`` offers, by number: the numbered folders that hold a manifest."""
     if (path / artifact.MANIFEST).is_file():
         try:
             return {artifact.read_manifest(path).version: path}
         except ArtifactError:
             return {0: path}  # unreadable: offered anyway, so that loading it reports why
-    if not path.is_dir():
+    return {v: p for v, p in folders(path).items() if (p / artifact.MANIFEST).is_file()}
+
+
+def folders(path: Path) -> dict[int, Path]:
+    """The numbered folders of the source directory ``path``, with or without a manifest."""
+    if not path.is_dir() or (path / artifact.MANIFEST).is_file():
         return {}
-    return {int(p.name): p for p in path.iterdir() if p.name.isdigit() and (p / artifact.MANIFEST).is_file()}
+    return {int(p.name): p for p in path.iterdir() if is_version_name(p.name) and p.is_dir()}
+
+
+def strays(path: Path) -> list[Path]:
+    """Entries of the source directory ``path`` that are neither a version folder nor hidden (staging)."""
+    if not path.is_dir() or (path / artifact.MANIFEST).is_file():
+        return []
+    return sorted(p for p in path.iterdir() if not p.name.startswith(".") and not is_version_name(p.name))
+
+
+def is_version_name(name: str) -> bool:
+    """A version folder's name: a whole number in ASCII digits, without leading zeros (``01`` would be ``1`` twice)."""
+    return name.isascii() and name.isdigit() and name == str(int(name))
 
 
 def plan(available: set[int], states: dict[int, State], policy: Policy, pinned: int | None = None) -> list[Step]:
     """The next steps toward serving what ``policy`` (or ``pinned``) asks, given the current states.
 
     Availability first: a new version is loaded while the old one keeps serving, becomes
-    active once READY, and only then is the old one unloaded. Failed versions are never
-    retried here (an operator can ask for them explicitly).
+    active once READY, and only then are the versions it replaces unloaded (a load that then
+    fails takes nothing away). The version that is to answer is loaded and activated before
+    older versions the policy keeps are loaded again. Failed versions are never retried here
+    (an operator can ask for them explicitly). While the newest loads, a ready version newer
+    than the active one answers meanwhile. A pin changes which version answers, not how many
+    stay loaded: the pinned version takes the place of the oldest one the policy keeps.
+    The manager takes the first step and plans again, so each step sees what the last one did.
     """
     usable = {v for v in available | set(states) if states.get(v) is not State.FAILED}
     target: int | None
-    if pinned is not None:
-        wanted, target = {pinned}, pinned
-    elif policy.kind == "specific":
+    if policy.kind == "specific":
         wanted = usable & set(policy.versions)
         target = max(wanted, default=None)
     else:
         newest = sorted(usable & available, reverse=True)
         wanted = set(newest[: policy.keep])
         target = newest[0] if newest else None
+    if pinned is not None:
+        if policy.kind != "specific":
+            wanted = set(sorted(wanted - {pinned}, reverse=True)[: policy.keep - 1])
+        wanted, target = wanted | {pinned}, pinned
     active = next((v for v, s in states.items() if s is State.ACTIVE), None)
-    steps = [Step("load", v) for v in sorted(wanted, reverse=True) if states.get(v, State.AVAILABLE) is State.AVAILABLE]
+    steps = []
+    if (
+        pinned is None
+        and target is not None
+        and states.get(target, State.AVAILABLE) in (State.AVAILABLE, State.LOADING)
+    ):
+        # While the newest loads, a newer version than the active one that is ready answers meanwhile.
+        ready = [v for v in wanted if states.get(v) is State.READY and (active is None or v > active)]
+        if ready:
+            steps.append(Step("activate", max(ready)))
+            active = max(ready)
+    loads = [v for v in sorted(wanted, reverse=True) if states.get(v, State.AVAILABLE) is State.AVAILABLE]
+    if target in loads:
+        steps.append(Step("load", target))
     if target is not None and target != active and states.get(target) is State.READY:
         steps.append(Step("activate", target))
         active = target
-    steps += [
-        Step("unload", v)
-        for v, s in sorted(states.items())
-        if s in (State.READY, State.ACTIVE) and v != active and v not in wanted
-    ]
+    steps += [Step("load", v) for v in loads if v != target]
+    if target is None or target == active:
+        steps += [
+            Step("unload", v)
+            for v, s in sorted(states.items())
+            if s in (State.READY, State.ACTIVE) and v != active and v not in wanted
+        ]
     return steps

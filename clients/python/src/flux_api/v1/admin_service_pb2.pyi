@@ -803,7 +803,10 @@ class AliasArm(_message.Message):
     requests: _builtins.int
     """Requests this arm answered since the server started."""
     mean_latency_ms: _builtins.float
-    """Their mean latency in milliseconds."""
+    """The mean time, in milliseconds, the server spent routing and answering
+    them (their search included): not the transport, queueing and
+    serialization that a client also waits for.
+    """
     def __init__(
         self,
         *,

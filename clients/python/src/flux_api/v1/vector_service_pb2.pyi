@@ -59,6 +59,8 @@ class SearchRequest(_message.Message):
     version: _builtins.int
     """When non-zero, answer from this loaded version instead of the active one
     (NOT_FOUND when it is not loaded). Lets a caller stay on one version.
+    Only with an index's own name: INVALID_ARGUMENT when `index` names an
+    alias, whose arms may be different indexes with versions of their own.
     """
     routing_key: _builtins.str
     """When `index` names an alias that splits traffic, requests with the same
