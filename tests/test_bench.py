@@ -1,23 +1,32 @@
 """``flux bench serving``: a small end-to-end run, and the data it is measured on.
 
 Timings are never asserted (this machine is shared); what is asserted is that every mode
-ran, the table and JSON are complete and sane, and Flux answered exactly as the library.
+ran, the table and JSON are complete and sane, Flux answered exactly as the library, the
+servers and the clients ran on the CPUs they were given, and CPU time was counted.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
 import re
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flux.bench import data
+from flux.bench.procs import Child, cpu_seconds, cpu_set, format_cpus, parse_cpus
 from flux.bench.report import Row, merge, operating_value
+from flux.bench.serving import _placement
 from flux.cli import main
 from flux.core.backend import Metric
 from flux.errors import InvalidArgument
@@ -25,6 +34,7 @@ from tests.support import brute_force, build_artifact
 from tests.test_cli import ENV, FLUX, flux
 
 MODES = {"library", "library-batch", "echo", "bare", "bare-batch", "flux-unary", "flux-batch"}
+CPUS = sorted(os.sched_getaffinity(0))
 
 
 def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
@@ -54,11 +64,43 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert bare <= library_recall  # it searches the same index
         assert any(r["rss_mib"] for r in mine if r["mode"].startswith("flux"))
         assert any(r["rss_mib"] for r in mine if r["mode"].startswith("library"))
+        for r in mine:  # every side's CPU was counted over its measured calls
+            assert 0 < r["cpu_us_per_call"] < math.inf, r
+            assert r["cpu_us_per_query"] * r["batch"] == pytest.approx(r["cpu_us_per_call"], rel=0.01)
         names = {t["name"] for t in results["targets"] if t["backend"] == backend}
-        assert {"batch 16 QPS", "unary QPS, 2 clients", "unary p50, 1 client", "server memory, 1 worker"} <= names
+        assert {
+            "batch 16 QPS",
+            "unary QPS, 2 clients",
+            "unary p50, 1 client",
+            "unary p50, 1 client, vs bare",
+            "unary server CPU per call",
+            "server memory, 1 worker",
+        } <= names
+        cpu_target = next(t for t in results["targets"] if t["backend"] == backend and "CPU" in t["name"])
+        assert cpu_target["ratio"] == pytest.approx(cpu_target["measured"] / cpu_target["ceiling"])
     assert max(r["recall"] for r in rows if r["backend"] == "hnsw" and r["mode"] == "library") > 0.9
 
+    pinning = results["pinning"]
+    if len(CPUS) >= 2:  # pinned by default: servers and library on one set, clients on another
+        assert pinning["mode"] == "pinned"
+        server, clients = set(pinning["server_cpus"]), set(pinning["client_cpus"])
+        assert server
+        assert clients
+        assert not server & clients
+        placed = pinning["processes"]
+        assert {p["role"] for p in placed} == {"server", "library", "clients"}
+        assert len({p["pid"] for p in placed if p["role"] == "clients"}) == 2
+        for p in placed:  # as read back from every thread of every process
+            assert set(p["cpus"]) <= (clients if p["role"] == "clients" else server), p
+        for name in ("flux (2 workers)", "bare (2 workers)", "echo (2 workers)"):  # the workers inherited the set
+            assert sum(p["name"].endswith(name) for p in placed) >= 3, name  # the server and its 2 workers
+        assert f"pinned: servers and the in-process library on CPUs {format_cpus(server)}" in printed.out
+    else:
+        assert pinning["mode"] == "shared"
+
     assert "flux-unary (2 clients, 2 workers)" in printed.out
+    assert "CPU µs/call" in printed.out
+    assert re.search(r"hnsw: CPU per query at ef=32, µs .*\n.*Flux / bare\nSearch, 1 client ", printed.out)
     assert "targets (each ratio from this one run)" in printed.out
     assert "PASS" in printed.out or "FAIL" in printed.out
     assert "library" in printed.err  # progress lines
@@ -173,3 +215,66 @@ def test_repeated_measurements_merge_into_medians() -> None:
     assert (merged[0].qps, merged[0].p50_ms, merged[0].rss_mib) == (300.0, 2.0, 50.0)
     assert merged[0].same_as_library == 0.99
     assert merged[0].queries == 300
+
+
+def _report_affinity(conn: Connection) -> None:
+    """A child's CPU set, and that of a thread it starts after being pinned."""
+    seen: list[set[int]] = []
+    thread = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+    thread.start()
+    thread.join()
+    conn.send((os.sched_getaffinity(0), seen[0]))
+    conn.recv()
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="pinning to a subset needs two CPUs")
+def test_a_pinned_child_and_its_threads_stay_on_their_cpus() -> None:
+    child = Child(_report_affinity, name="pinned", cpus={CPUS[-1]})
+    try:
+        main_thread, later_thread = child.recv(timeout=60)
+        assert main_thread == later_thread == {CPUS[-1]}
+        assert cpu_set(child.pid) == [CPUS[-1]]  # read from the parent, over every thread
+    finally:
+        child.close()
+
+
+def test_cpu_seconds_counts_this_process_burning_cpu() -> None:
+    before, started = cpu_seconds([os.getpid()]), time.process_time()
+    while time.process_time() - started < 0.2:  # spin: user time, in this process
+        sum(range(1000))
+    assert 0.15 <= cpu_seconds([os.getpid()]) - before <= 10
+    assert cpu_seconds([2**22 + 1]) == 0.0  # no such process: nothing counted
+
+
+def test_cpu_lists_parse_and_print_as_taskset_writes_them() -> None:
+    assert parse_cpus("0-1,3") == {0, 1, 3}
+    assert parse_cpus(" 2 ") == {2}
+    assert format_cpus({0, 1, 3, 5, 6, 7}) == "0-1,3,5-7"
+    for bad in ("", "a", "3-1", "1-", "-1"):
+        with pytest.raises(ValueError, match="CPU"):
+            parse_cpus(bad)
+
+
+def _flags(server: str | None = None, clients: str | None = None, shared: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(server_cpus=server, client_cpus=clients, shared_cpus=shared)
+
+
+def test_cpu_placement_flags() -> None:
+    shared = _placement(_flags(shared=True))
+    assert (shared.server, shared.clients) == (None, None)
+    with pytest.raises(SystemExit, match="--shared-cpus pins nothing"):
+        _placement(_flags(server="0", shared=True))
+    with pytest.raises(SystemExit, match="not a CPU list"):
+        _placement(_flags(server="x"))
+    with pytest.raises(SystemExit, match="not within"):
+        _placement(_flags(server=str(max(CPUS) + 1)))
+    if len(CPUS) < 2:
+        assert _placement(_flags()).server is None  # one CPU: nothing to split
+        return
+    default = _placement(_flags())
+    assert default.server == set(CPUS[: len(CPUS) // 2])  # on two CPUs: the server on the first
+    assert default.clients == set(CPUS[len(CPUS) // 2 :])
+    only_server = _placement(_flags(server=str(CPUS[-1])))
+    assert only_server.clients == set(CPUS) - {CPUS[-1]}
+    with pytest.raises(SystemExit, match="share CPUs"):
+        _placement(_flags(server=str(CPUS[0]), clients=format_cpus(CPUS)))

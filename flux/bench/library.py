@@ -3,14 +3,14 @@
 It runs in its own process, which holds nothing but the library and the index, so
 that its resident memory is the index's cost to any Python program. Calls are the
 library's own (``hnswlib.Index.knn_query``, ``AnnoyIndex.get_nns_by_vector``), with no
-Flux code in between.
+Flux code in between. Pinned to the server's CPUs, it shows what a server could reach there.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from flux.bench.procs import Child, rss_bytes, serve_forever
+from flux.bench.procs import Child, cpu_set, rss_bytes, serve_forever
 
 #: The search knob each library takes per query, and the name Flux gives it.
 SWEEP_PARAM = {"hnsw": "ef", "annoy": "search_k"}
@@ -34,19 +34,33 @@ class Timing:
     latencies_ms: np.ndarray
     labels: np.ndarray  # q x k for the queries answered, in query order
     answered: int
+    cpu_seconds: float = 0.0  # the process's CPU time (every thread) over the timed calls
 
 
 class Library:
     """The library in a child process, with one loaded index and the benchmark's queries."""
 
-    def __init__(self, backend: str, artifact: Path, dimension: int, metric: str, queries: np.ndarray) -> None:
+    def __init__(
+        self,
+        backend: str,
+        artifact: Path,
+        dimension: int,
+        metric: str,
+        queries: np.ndarray,
+        cpus: Collection[int] | None = None,
+    ) -> None:
         if backend not in SWEEP_PARAM:
             raise ValueError(f"no in-process runner for backend {backend!r} (have {', '.join(SWEEP_PARAM)})")
-        self._child = Child(_main, backend, str(artifact), dimension, metric, queries, name=f"flux-bench-{backend}")
+        args = (backend, str(artifact), dimension, metric, queries)
+        self._child = Child(_main, *args, name=f"flux-bench-{backend}", cpus=cpus)
         self._child.recv(timeout=1800)  # loaded
 
     def rss(self) -> int:
         return rss_bytes(self._child.pid)
+
+    def cpu_sets(self) -> dict[int, list[int]]:
+        """The CPUs the library's process (any thread of it) may run on."""
+        return {self._child.pid: cpu_set(self._child.pid)}
 
     def single(self, value: float, k: int, seconds: float, threads: int = 1) -> Timing:
         """One query per call from ``threads`` threads, as a unary server would call it."""
@@ -151,8 +165,9 @@ def _single(
             calls += 1
         return started, time.perf_counter(), np.array(latencies, np.int64)
 
+    cpu = time.process_time()
     parts = list(pool.map(worker, [t * n // threads for t in range(threads)]))
-    return _timing(parts, labels)
+    return _timing(parts, labels, cpu_seconds=time.process_time() - cpu)
 
 
 def _batch(
@@ -170,6 +185,7 @@ def _batch(
     search(queries[groups[0]], k, value, threads, pool)  # warm-up
     latencies = []
     clock = time.perf_counter_ns
+    cpu = time.process_time()
     started = time.perf_counter()
     deadline = clock() + int(seconds * 1e9)
     calls = 0
@@ -183,7 +199,8 @@ def _batch(
         if calls < len(groups):
             labels[rows] = found
         calls += 1
-    return _timing([(started, time.perf_counter(), np.array(latencies, np.int64))], labels, per_call=batch)
+    stopped, cpu = time.perf_counter(), time.process_time() - cpu
+    return _timing([(started, stopped, np.array(latencies, np.int64))], labels, per_call=batch, cpu_seconds=cpu)
 
 
 def batches(n: int, size: int) -> list[np.ndarray]:
@@ -192,8 +209,10 @@ def batches(n: int, size: int) -> list[np.ndarray]:
     return [np.arange(start, start + size) % n for start in range(0, count * size, size)]
 
 
-def _timing(parts: list[tuple[float, float, np.ndarray]], labels: np.ndarray, per_call: int = 1) -> Timing:
+def _timing(
+    parts: list[tuple[float, float, np.ndarray]], labels: np.ndarray, per_call: int = 1, cpu_seconds: float = 0.0
+) -> Timing:
     starts, stops, latencies = zip(*parts, strict=True)
     merged = np.concatenate(latencies).astype(np.float64) / 1e6
     answered = int((labels[:, 0] >= 0).sum())
-    return Timing(len(merged) * per_call, max(stops) - min(starts), merged, labels, answered)
+    return Timing(len(merged) * per_call, max(stops) - min(starts), merged, labels, answered, cpu_seconds)

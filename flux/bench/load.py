@@ -2,20 +2,22 @@
 
 Every server mode and the echo baseline are driven by this same client, which sends
 request bytes prepared before the clock starts and keeps response bytes unparsed
-until it stops, so the client costs the same whatever server it loads.
+until it stops, so the client costs the same whatever server it loads. The clients may be
+pinned to CPUs of their own, away from the server's, and a run may read the server's CPU
+time just before the clients start and just after the last one stops.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from flux.bench.procs import Child
+from flux.bench.procs import Child, cpu_set
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -40,19 +42,29 @@ class LoadResult:
     seconds: float
     latencies_ms: np.ndarray
     responses: dict[int, bytes]  # request index -> the first response to it
+    server_cpu_seconds: float | None = None  # what the server spent while the clients ran, warm-up left out
 
 
 class LoadClients:
-    """A fixed set of client processes, started once and reused for every run."""
+    """A fixed set of client processes, started once and reused for every run; with ``cpus``,
+    each runs on those CPUs only."""
 
-    def __init__(self, count: int) -> None:
-        self._clients = [Child(_client_main, name=f"flux-bench-client-{i}") for i in range(count)]
+    def __init__(self, count: int, cpus: Collection[int] | None = None) -> None:
+        self._clients = [Child(_client_main, name=f"flux-bench-client-{i}", cpus=cpus) for i in range(count)]
 
     def __len__(self) -> int:
         return len(self._clients)
 
-    def run(self, job: Job, clients: int) -> LoadResult:
-        """Run ``job`` on the first ``clients`` processes at once; they start together after warming up."""
+    def cpu_sets(self) -> dict[int, list[int]]:
+        """The CPUs each client process (any thread of it) may run on."""
+        return {client.pid: cpu_set(client.pid) for client in self._clients}
+
+    def run(self, job: Job, clients: int, server_cpu: Callable[[], float] | None = None) -> LoadResult:
+        """Run ``job`` on the first ``clients`` processes at once; they start together after warming up.
+
+        ``server_cpu`` reads the server's CPU seconds so far; it is read once the clients have
+        warmed up and wait for the start, and again once the last one has stopped.
+        """
         if not 1 <= clients <= len(self._clients):
             raise ValueError(f"clients must be between 1 and {len(self._clients)}, got {clients}")
         active = self._clients[:clients]
@@ -60,16 +72,18 @@ class LoadClients:
             client.send((job, number * len(job.requests) // clients))
         for client in active:
             client.recv()  # connected and warmed up
+        cpu_before = server_cpu() if server_cpu else 0.0
         for client in active:
             client.send("go")
         parts = [client.recv() for client in active]
+        cpu = server_cpu() - cpu_before if server_cpu else None
         starts, stops, latencies, responses = zip(*parts, strict=True)
         merged: dict[int, bytes] = {}
         for part in responses:
             for index, response in part.items():
                 merged.setdefault(index, response)
         all_latencies = np.concatenate(latencies).astype(np.float64) / 1e6
-        return LoadResult(len(all_latencies), max(stops) - min(starts), all_latencies, merged)
+        return LoadResult(len(all_latencies), max(stops) - min(starts), all_latencies, merged, cpu)
 
     def close(self) -> None:
         for client in self._clients:

@@ -3,6 +3,9 @@
 Every side of a benchmark (library, server, each load client) runs in its own process,
 so that one process's memory is its own and a Python client never shares a GIL with
 the server it loads. ``spawn`` keeps gRPC out of any forked parent (gRPC is not fork-safe).
+A child may be pinned to a CPU set before it runs anything, so that a server and the
+clients loading it never take CPU time from each other; the processes and threads it
+starts inherit the set.
 """
 
 from __future__ import annotations
@@ -14,24 +17,30 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 _CONTEXT = multiprocessing.get_context("spawn")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Child:
     """A process running ``main(conn, *args)``; the parent talks to it through ``send``/``recv``.
 
     Not a daemon, so that a server child may start worker processes of its own; a child
-    whose parent dies sees its pipe close and exits.
+    whose parent dies sees its pipe close and exits. With ``cpus``, the child pins itself to
+    that set before ``main`` runs, so every thread and process it starts stays on it.
     """
 
-    def __init__(self, main: Callable[..., None], *args: Any, name: str) -> None:
+    def __init__(self, main: Callable[..., None], *args: Any, name: str, cpus: Collection[int] | None = None) -> None:
         self.conn, child_end = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(target=main, args=(child_end, *args), name=name)
+        if cpus is None:
+            target, target_args = main, (child_end, *args)
+        else:
+            target, target_args = _pinned, (child_end, sorted(cpus), main, *args)
+        self.process = _CONTEXT.Process(target=target, args=target_args, name=name)
         self.process.start()
         child_end.close()
 
@@ -67,6 +76,15 @@ class Child:
         self.conn.close()
 
 
+def _pinned(conn: Connection, cpus: list[int], main: Callable[..., None], *args: Any) -> None:
+    """Pin every thread this process has so far (imports may have started some, e.g. a BLAS
+    pool), then run ``main``: whatever it starts later inherits the set."""
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), cpus)
+    main(conn, *args)
+
+
 def serve_forever(conn: Connection, handle: Callable[[Any], Any]) -> None:
     """The child side: answer each message with ``handle(message)`` until ``None`` arrives.
 
@@ -98,13 +116,80 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 def children_of(pid: int) -> list[int]:
     """Child process ids (Linux /proc) of a server that runs workers, leaving out
-    multiprocessing's resource tracker, which is no part of the server."""
+    multiprocessing's resource tracker, which is no part of the server. Children started
+    by any of its threads count, as the kernel lists them per thread."""
+    children: list[int] = []
+    for task in _tasks(pid):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                children.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return [child for child in dict.fromkeys(children) if b"resource_tracker" not in _cmdline(child)]
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (workers, and workers' workers), resource trackers left out."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children_of(current))
+    return tree
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time of these processes so far, every thread included (utime and stime
+    of /proc/PID/stat, in clock ticks). A process that has exited counts nothing."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rpartition(")")[2].split()  # the command name may hold spaces
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5); fields[0] is field 3
+    return ticks / _CLOCK_TICKS
+
+
+def cpu_set(pid: int) -> list[int]:
+    """The CPUs any thread of ``pid`` may run on: if one thread escaped a pinning, it shows here."""
+    cpus: set[int] = set()
+    for task in _tasks(pid):
+        with contextlib.suppress(OSError):
+            cpus |= os.sched_getaffinity(task)
+    return sorted(cpus)
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """A CPU list as taskset and cgroups write it: ``0``, ``0-3``, ``0-1,3``."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
+            raise ValueError(f"{text!r} is not a CPU list such as 0, 0-3 or 0-1,3")
+        cpus.update(range(int(first), int(last if dash else first) + 1))
+    if not cpus:
+        raise ValueError(f"{text!r} names no CPU")
+    return frozenset(cpus)
+
+
+def format_cpus(cpus: Iterable[int]) -> str:
+    """The short form of a CPU set, ranges joined: {0, 1, 3} is ``0-1,3``."""
+    ordered, parts = sorted(set(cpus)), []
+    while ordered:
+        first = last = ordered.pop(0)
+        while ordered and ordered[0] == last + 1:
+            last = ordered.pop(0)
+        parts.append(str(first) if first == last else f"{first}-{last}")
+    return ",".join(parts)
+
+
+def _tasks(pid: int) -> list[int]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            children = [int(p) for p in f.read().split()]
+        return [int(task) for task in os.listdir(f"/proc/{pid}/task")]
     except OSError:
         return []
-    return [child for child in children if b"resource_tracker" not in _cmdline(child)]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -8,6 +8,9 @@ The bare server is the least a Python search server does: it parses the request,
 the backend's search on the same artifact and encodes the answer, with no validation,
 version holds, metrics or interceptors. Flux's p50 over the bare server's is the cost of
 its serving layer alone.
+
+Each may be pinned to a CPU set (``cpus``); its workers and threads inherit it, and
+``cpu_seconds()`` reads the CPU time of its whole process tree from /proc.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from flux.bench.procs import Child, children_of, rss_bytes
+from flux.bench.procs import Child, children_of, cpu_seconds, cpu_set, process_tree, rss_bytes
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]
@@ -34,7 +37,8 @@ ECHO_MODELS = ("sync", "aio", "processes")
 
 
 class ServerProcess:
-    """A server in a child process; ``address`` once it answers, ``rss()`` of it and its workers."""
+    """A server in a child process; ``address`` once it answers, ``rss()`` and ``cpu_seconds()``
+    of it and its workers."""
 
     def __init__(self, child: Child) -> None:
         self._child = child
@@ -44,17 +48,36 @@ class ServerProcess:
         """Summed over the server's processes (a page shared by workers counts once per worker)."""
         return sum(rss_bytes(pid) for pid in [self._child.pid, *children_of(self._child.pid)])
 
+    def pids(self) -> list[int]:
+        """The server's process and every worker under it."""
+        return process_tree(self._child.pid)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the whole process tree so far; a difference of two readings
+        is what the server spent in between."""
+        return cpu_seconds(self.pids())
+
+    def cpu_sets(self) -> dict[int, list[int]]:
+        """The CPUs each of its processes (any thread of it) may run on."""
+        return {pid: cpu_set(pid) for pid in self.pids()}
+
     def close(self) -> None:
         self._child.close()
 
 
-def flux_server(raw_config: Mapping[str, Any]) -> ServerProcess:
-    """Flux serving ``raw_config`` (host 127.0.0.1, port 0 are forced); returns once every index serves."""
-    return ServerProcess(Child(_flux_main, dict(raw_config), name="flux-bench-server"))
+def flux_server(raw_config: Mapping[str, Any], *, cpus: Collection[int] | None = None) -> ServerProcess:
+    """Flux serving ``raw_config`` (host 127.0.0.1, port 0 are forced); returns once every index serves.
+    With ``cpus``, the server and its workers run on those CPUs only."""
+    return ServerProcess(Child(_flux_main, dict(raw_config), name="flux-bench-server", cpus=cpus))
 
 
 def echo_server(
-    responses: Mapping[str, bytes], *, model: str = "sync", threads: int = 16, processes: int = 0
+    responses: Mapping[str, bytes],
+    *,
+    model: str = "sync",
+    threads: int = 16,
+    processes: int = 0,
+    cpus: Collection[int] | None = None,
 ) -> ServerProcess:
     """The baseline: ``responses`` maps a method (``/pkg.Service/Method``) to the bytes it answers.
 
@@ -63,14 +86,23 @@ def echo_server(
     if model not in ECHO_MODELS:
         raise ValueError(f"echo model must be one of {', '.join(ECHO_MODELS)}, got {model!r}")
     count = processes or os.cpu_count() or 1
-    return ServerProcess(Child(_echo_main, dict(responses), model, threads, count, name=f"flux-bench-echo-{model}"))
+    child = Child(_echo_main, dict(responses), model, threads, count, name=f"flux-bench-echo-{model}", cpus=cpus)
+    return ServerProcess(child)
 
 
-def bare_server(path: Path, *, threads: int = 4, search_threads: int = 1, processes: int = 0) -> ServerProcess:
+def bare_server(
+    path: Path,
+    *,
+    threads: int = 4,
+    search_threads: int = 1,
+    processes: int = 0,
+    cpus: Collection[int] | None = None,
+) -> ServerProcess:
     """The bare search server on the artifact at ``path``: in this child (``processes`` 0), or in
     that many forked workers on one port, each loading its own copy as Flux's workers do.
     Batches search with ``search_threads`` threads, as Flux's ``server.search_threads``."""
-    return ServerProcess(Child(_bare_main, str(path), threads, search_threads, processes, name="flux-bench-bare"))
+    child = Child(_bare_main, str(path), threads, search_threads, processes, name="flux-bench-bare", cpus=cpus)
+    return ServerProcess(child)
 
 
 def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:

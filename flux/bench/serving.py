@@ -11,6 +11,12 @@ For each data set and backend it measures, at every swept search parameter:
 * ``flux-batch``: Flux's BatchSearch with B queries per call (packed answers, as the Python client
   asks for them), from one client.
 
+With two CPUs or more, the servers run on CPUs of their own and the load clients on others
+(``--server-cpus``, ``--client-cpus``; ``--shared-cpus`` lets every process use every CPU), and
+the in-process library runs on the servers' CPUs: what a server could reach there. Each server
+mode's CPU time per call (user + sys of its whole process tree, from /proc, over the loaded
+phase) is reported beside QPS and latency.
+
 then prints the table and the issue's target ratios, and writes JSON and a PNG plot.
 """
 
@@ -35,6 +41,7 @@ from flux.bench import report
 from flux.bench.data import Dataset, Synthetic, from_files, recall, synthetic
 from flux.bench.library import SWEEP_PARAM, Library, batches
 from flux.bench.load import Job, LoadClients
+from flux.bench.procs import format_cpus, parse_cpus
 from flux.bench.servers import ECHO_MODELS, SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
 from flux.core import artifact, builder
 from flux.core.backend import Metric
@@ -124,7 +131,9 @@ def add_parser(modes: Any) -> None:
     parser.add_argument("--clients", type=int, help="client processes for the concurrent runs")
     parser.add_argument("--batch", type=int, help="queries per batch call")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="library threads, and Flux's search_threads"
+        "--threads",
+        type=int,
+        help="library threads, and Flux's search_threads (default: one per server CPU)",
     )
     parser.add_argument(
         "--server-threads",
@@ -135,8 +144,23 @@ def add_parser(modes: Any) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="Flux worker processes for the many-client runs (server.workers; default: one per CPU)",
+        help="Flux worker processes for the many-client runs (server.workers; default: one per server CPU)",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        metavar="LIST",
+        help="CPUs for the servers and the in-process library, e.g. 0 or 0-1,3 (default: the first half of the "
+        "CPUs this process may use; the rest if only --client-cpus is given)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        metavar="LIST",
+        help="CPUs for the load clients, disjoint from --server-cpus (default: the CPUs the servers do not get)",
+    )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="pin nothing: servers, library and clients share every CPU (the only mode on one CPU)",
     )
     parser.add_argument(
         "--echo-models",
@@ -156,21 +180,36 @@ def run(args: argparse.Namespace) -> int:
     seconds = args.seconds or preset.seconds
     clients = args.clients or preset.clients
     batch = args.batch or preset.batch
+    placement = _placement(args)
+    server_cpu_count = len(placement.server) if placement.server else os.cpu_count() or 1
+    args.threads = args.threads or server_cpu_count  # more than the server's CPUs would only take turns
+    args.workers = args.workers or server_cpu_count
     progress = _Progress()
     result = report.Report(command="flux " + " ".join(shlex.quote(a) for a in sys.argv[1:]), environment=_environment())
+    result.pinning = placement.to_json()
+    progress(placement.describe())
     echo_models = _echo_models(args)  # measured once, on the first data set and backend
-    pool = LoadClients(clients)
+    pool = LoadClients(clients, placement.clients)
     try:
         for setting, dataset in settings:
             progress(f"{dataset.name}: {len(dataset.base):,} x {dataset.dimension}, {len(dataset.queries):,} queries")
             for backend in setting.backends:
-                bench = _Bench(args, setting, dataset, backend, pool, progress, seconds, clients, batch, preset.repeat)
+                bench = _Bench(args, setting, dataset, backend, pool, progress, seconds, clients, batch, preset.repeat,
+                               placement)  # fmt: skip
                 result.rows.extend(bench.run(echo_models))
-                result.targets.extend(report.targets(result.rows, dataset.name, backend, clients))
+                server_cpus = len(placement.server) if placement.server else None
+                result.targets.extend(
+                    report.targets(result.rows, dataset.name, backend, clients, threads=args.threads,
+                                   server_cpus=server_cpus)
+                )  # fmt: skip
                 echo_models = ()
+        placement.record("clients", "load clients", pool.cpu_sets())  # once they have run: they pin as they start
     finally:
         pool.close()
+    result.pinning = placement.to_json()
+    print(f"\n{placement.describe()}", file=sys.stdout)
     report.print_table(result.rows, sys.stdout)
+    report.print_cpu(result.rows, sys.stdout)
     report.print_targets(result.targets, sys.stdout)
     json_path = args.json or args.work_dir / "results.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +221,87 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no plot: install matplotlib (pip install 'flux-server[bench]')", file=sys.stdout)
     return 0 if all(t.passed for t in result.targets) else 1
+
+
+@dataclass
+class Placement:
+    """Which CPUs the servers (and the in-process library) and the load clients may use; both
+    None when every process shares every CPU. ``processes`` keeps each process's set as read back."""
+
+    server: frozenset[int] | None
+    clients: frozenset[int] | None
+    available: frozenset[int]
+    processes: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, role: str, name: str, cpu_sets: dict[int, list[int]]) -> None:
+        """Note where each process of ``name`` may run, so the JSON shows the pinning held."""
+        for pid, cpus in cpu_sets.items():
+            self.processes.append({"role": role, "name": name, "pid": pid, "cpus": cpus})
+
+    def describe(self) -> str:
+        method = (
+            "server CPU per call: user + sys of the server's whole process tree (/proc/PID/stat) over the "
+            "loaded phase, over the calls answered in it"
+        )
+        if self.server is None or self.clients is None:
+            return (
+                f"shared CPUs: servers, the in-process library and the load clients all run on CPUs "
+                f"{format_cpus(self.available)}; {method}"
+            )
+        return (
+            f"pinned: servers and the in-process library on CPUs {format_cpus(self.server)} (the library shows "
+            f"what a server could reach there), load clients on CPUs {format_cpus(self.clients)}; {method}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        pinned = self.server is not None and self.clients is not None
+        return {
+            "mode": "pinned" if pinned else "shared",
+            "server_cpus": sorted(self.server) if self.server is not None else None,
+            "client_cpus": sorted(self.clients) if self.clients is not None else None,
+            "available_cpus": sorted(self.available),
+            "processes": self.processes,
+        }
+
+
+def _placement(args: argparse.Namespace) -> Placement:
+    """Server and client CPU sets from the flags; by default, disjoint halves of the CPUs this
+    process may use, server first, or shared when there is only one."""
+    available = frozenset(os.sched_getaffinity(0))
+    if args.shared_cpus:
+        if args.server_cpus or args.client_cpus:
+            raise SystemExit(
+                "flux bench serving: --shared-cpus pins nothing; leave out --server-cpus and --client-cpus"
+            )
+        return Placement(None, None, available)
+    try:
+        server = parse_cpus(args.server_cpus) if args.server_cpus else None
+        clients = parse_cpus(args.client_cpus) if args.client_cpus else None
+    except ValueError as exc:
+        raise SystemExit(f"flux bench serving: {exc}") from None
+    if server is None and clients is None:
+        if len(available) < 2:
+            return Placement(None, None, available)
+        ordered = sorted(available)
+        server, clients = frozenset(ordered[: len(ordered) // 2]), frozenset(ordered[len(ordered) // 2 :])
+    server = server if server is not None else available - (clients or frozenset())
+    clients = clients if clients is not None else available - server
+    for flag, cpus in (("--server-cpus", server), ("--client-cpus", clients)):
+        if not cpus:
+            raise SystemExit(
+                f"flux bench serving: {flag} leaves no CPU (this process may use {format_cpus(available)})"
+            )
+        if not cpus <= available:
+            raise SystemExit(
+                f"flux bench serving: {flag} {format_cpus(cpus)} is not within the CPUs this process may use, "
+                f"{format_cpus(available)}"
+            )
+    if server & clients:
+        raise SystemExit(
+            f"flux bench serving: --server-cpus and --client-cpus share CPUs {format_cpus(server & clients)}; "
+            "use --shared-cpus to share every CPU"
+        )
+    return Placement(server, clients, available)
 
 
 class _Progress:
@@ -252,6 +372,7 @@ class _Bench:
         clients: int,
         batch: int,
         preset_repeat: int = 1,
+        placement: Placement | None = None,
     ) -> None:
         if backend not in SWEEP_PARAM:
             raise SystemExit(f"flux bench serving: backend {backend!r} has no in-process runner")
@@ -265,40 +386,49 @@ class _Bench:
         self.values = setting.sweep.get(backend) or (-1.0,)
         self.rows: list[report.Row] = []
         self.library_found: dict[float, np.ndarray] = {}
+        self.placement = placement or Placement(None, None, frozenset(os.sched_getaffinity(0)))
+        self.cpus = self.placement.server  # the servers' and the library's
 
     def run(self, echo_models: Sequence[tuple[str, int]] = ()) -> list[report.Row]:
         """Measure every swept value in two phases, each alternating between the ceilings and Flux,
         so that a ratio compares runs made seconds apart on a machine whose load may drift."""
         path = self._artifact()
-        library = Library(self.backend, path, self.data.dimension, self.data.metric.value, self.data.queries)
-        echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1))
-        bare = bare_server(path, threads=self.args.server_threads, search_threads=self.threads)
+        data = self.data
+        library = Library(self.backend, path, data.dimension, data.metric.value, data.queries, cpus=self.cpus)
+        echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1), cpus=self.cpus)
+        bare = bare_server(path, threads=self.args.server_threads, search_threads=self.threads, cpus=self.cpus)
         try:
             for value in self.values:  # one worker: latency, batches, and memory
                 for _ in range(self.repeat):
                     self._library(library, value)
                     many = [] if self.workers > 1 else [self.clients]
                     for clients in [1, *many]:
-                        self._unary(echo.address, "echo", value, clients, 1)
-                        self._unary(bare.address, "bare", value, clients, 1)
-                        self._unary(flux.address, "flux-unary", value, clients, 1)
-                    self._batches(bare.address, value, "bare-batch")
-                    self._batches(flux.address, value, "flux-batch")
+                        self._unary(echo, "echo", value, clients, 1)
+                        self._unary(bare, "bare", value, clients, 1)
+                        self._unary(flux, "flux-unary", value, clients, 1)
+                    self._batches(bare, value, "bare-batch")
+                    self._batches(flux, value, "flux-batch")
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
+            self._placed("library", "library", library.cpu_sets())
+            for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
+                self._placed("server", f"{name} (1 process)", server.cpu_sets())
         finally:
             for closing in (library, echo, bare, flux):
                 closing.close()
         if self.workers > 1:  # many clients: each server with one process per worker
-            echo, flux = self._echo_server("processes", self.workers), flux_server(self._config(path, self.workers))
-            bare = bare_server(path, threads=self.args.server_threads, processes=self.workers)
+            echo = self._echo_server("processes", self.workers)
+            flux = flux_server(self._config(path, self.workers), cpus=self.cpus)
+            bare = bare_server(path, threads=self.args.server_threads, processes=self.workers, cpus=self.cpus)
             try:
                 for value in self.values:
                     for _ in range(self.repeat):
-                        self._unary(echo.address, "echo", value, self.clients, self.workers)
-                        self._unary(bare.address, "bare", value, self.clients, self.workers)
-                        self._unary(flux.address, "flux-unary", value, self.clients, self.workers)
+                        self._unary(echo, "echo", value, self.clients, self.workers)
+                        self._unary(bare, "bare", value, self.clients, self.workers)
+                        self._unary(flux, "flux-unary", value, self.clients, self.workers)
                 self._rss(flux.rss(), "flux-unary")
+                for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
+                    self._placed("server", f"{name} ({self.workers} workers)", server.cpu_sets())
             finally:
                 for closing in (echo, bare, flux):
                     closing.close()
@@ -306,10 +436,14 @@ class _Bench:
             echo = self._echo_server(model, self.workers if model == "processes" else 1, threads)
             try:
                 workers = self.workers if model == "processes" else 1
-                self._unary(echo.address, f"echo-{model}-{threads}t", self.values[0], self.clients, workers)
+                self._unary(echo, f"echo-{model}-{threads}t", self.values[0], self.clients, workers)
+                self._placed("server", f"echo-{model}-{threads}t", echo.cpu_sets())
             finally:
                 echo.close()
         return report.merge(self.rows)
+
+    def _placed(self, role: str, name: str, cpu_sets: dict[int, list[int]]) -> None:
+        self.placement.record(role, f"{self.data.name}/{self.backend}: {name}", cpu_sets)
 
     def _artifact(self) -> Path:
         params = self.setting.build.get(self.backend, {})
@@ -332,7 +466,8 @@ class _Bench:
         return path
 
     def _add(self, mode: str, load: int, batch: int, value: float | None, queries: int, seconds: float,
-             latencies: np.ndarray, found: np.ndarray | None, workers: int = 1) -> report.Row:  # fmt: skip
+             latencies: np.ndarray, found: np.ndarray | None, workers: int = 1,
+             cpu_seconds: float | None = None) -> report.Row:  # fmt: skip
         quality = same = None
         if found is not None:
             answered = found[:, 0] >= 0
@@ -343,20 +478,24 @@ class _Bench:
                 same = agreement(found, self.library_found[value])
         r = report.row(self.data.name, self.backend, mode, load=load, batch=batch, param=self.param, value=value,
                        queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality,
-                       same_as_library=same, workers=workers)  # fmt: skip
+                       same_as_library=same, workers=workers, cpu_seconds=cpu_seconds)  # fmt: skip
         self.rows.append(r)
         self.progress(
             f"{self.data.name}/{self.backend}: {r.label} {self.param}={report._num(value)}: "
-            f"{r.qps:,.0f} QPS, p50 {r.p50_ms:.3f} ms" + (f", recall {r.recall:.4f}" if r.recall is not None else "")
+            f"{r.qps:,.0f} QPS, p50 {r.p50_ms:.3f} ms"
+            + (f", CPU {r.cpu_us_per_call:,.1f} µs/call" if r.cpu_us_per_call is not None else "")
+            + (f", recall {r.recall:.4f}" if r.recall is not None else "")
         )
         return r
 
     def _library(self, library: Library, value: float) -> None:
         for threads in sorted({1, self.threads}):
             t = library.single(value, self.k, self.seconds, threads)
-            self._add("library", threads, 1, value, t.calls, t.seconds, t.latencies_ms, t.labels)
+            self._add("library", threads, 1, value, t.calls, t.seconds, t.latencies_ms, t.labels,
+                      cpu_seconds=t.cpu_seconds)  # fmt: skip
         t = library.batch(value, self.k, self.seconds, self.batch, self.threads)
-        self._add("library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels)
+        self._add("library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels,
+                  cpu_seconds=t.cpu_seconds)  # fmt: skip
 
     def _search_requests(self, value: float) -> list[bytes]:
         params = {} if value < 0 else {self.param: value}
@@ -372,7 +511,7 @@ class _Bench:
         )
         answer = pb.SearchResponse(index=INDEX, version=1, neighbors=neighbors).SerializeToString()
         threads = threads or self.args.server_threads
-        return echo_server({SEARCH: answer}, model=model, threads=threads, processes=processes)
+        return echo_server({SEARCH: answer}, model=model, threads=threads, processes=processes, cpus=self.cpus)
 
     def _config(self, path: Path, workers: int) -> dict[str, Any]:
         return {
@@ -381,12 +520,14 @@ class _Bench:
             "indexes": [{"name": INDEX, "path": str(path.resolve())}],
         }
 
-    def _unary(self, address: str, mode: str, value: float, clients: int, workers: int) -> None:
-        result = self.pool.run(self._job(address, SEARCH, self._search_requests(value)), clients)
+    def _unary(self, server: ServerProcess, mode: str, value: float, clients: int, workers: int) -> None:
+        job = self._job(server.address, SEARCH, self._search_requests(value))
+        result = self.pool.run(job, clients, server.cpu_seconds)
         found = self._found(result.responses) if mode != "echo" else None  # the echo does not search
-        self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers)
+        self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers,
+                  result.server_cpu_seconds)  # fmt: skip
 
-    def _batches(self, address: str, value: float, mode: str) -> None:
+    def _batches(self, server: ServerProcess, value: float, mode: str) -> None:
         groups = batches(len(self.data.queries), self.batch)
         params = {} if value < 0 else {self.param: value}
         requests = [
@@ -395,10 +536,10 @@ class _Bench:
             ).SerializeToString()
             for rows in groups
         ]
-        result = self.pool.run(self._job(address, BATCH_SEARCH, requests), 1)
+        result = self.pool.run(self._job(server.address, BATCH_SEARCH, requests), 1, server.cpu_seconds)
         found = self._found_batches(result.responses, groups)
         self._add(mode, 1, self.batch, value, result.calls * self.batch, result.seconds,
-                  result.latencies_ms, found)  # fmt: skip
+                  result.latencies_ms, found, cpu_seconds=result.server_cpu_seconds)  # fmt: skip
 
     def _rss(self, rss: int, mode: str) -> None:
         """Record a process's memory on the last row of ``mode`` (the last run it served)."""
@@ -456,6 +597,7 @@ def _environment() -> dict[str, Any]:
             packages[name] = None
     return {
         "cpus": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "protobuf_backend": api_implementation.Type(),
