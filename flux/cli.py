@@ -14,7 +14,7 @@ from typing import Never
 
 import numpy as np
 
-from flux import __version__
+from flux import __version__, remote
 from flux.core.backend import Metric, Progress
 from flux.errors import FluxError
 
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_cmd_inspect)
 
     query = commands.add_parser("query", help="ask a running server for neighbours", description=_cmd_query.__doc__)
-    query.add_argument("--target", default="127.0.0.1:50051", help="server address (default: 127.0.0.1:50051)")
+    remote.add_options(query, timeout=5.0)
     query.add_argument("--index", default="demo", help="index name (default: demo)")
     what = query.add_mutually_exclusive_group(required=True)
     what.add_argument("--id", help="neighbours of this stored item")
@@ -89,14 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--seed", type=int, default=0)
     query.add_argument("-k", type=int, default=10, help="neighbours to return (default: 10)")
     query.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="search parameter")
-    query.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default: 5)")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.set_defaults(run=_cmd_query)
 
-    health = commands.add_parser("health", help="print a running server's health", description=_cmd_health.__doc__)
-    health.add_argument("--target", default="127.0.0.1:50051")
+    health = commands.add_parser(
+        "health",
+        help="print a running server's health",
+        description=_cmd_health.__doc__,
+        epilog="With auth on, the health of one index needs a token: set FLUX_TOKEN.",
+    )
+    remote.add_options(health, timeout=5.0)
     health.add_argument("--service", default="", help="health service name; '' is the whole server")
-    health.add_argument("--timeout", type=float, default=5.0)
     health.set_defaults(run=_cmd_health)
 
     from flux.bench.cli import add_parser as add_bench
@@ -113,7 +116,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve the indexes of a config file until SIGTERM or SIGINT, then drain and exit 0."""
     from flux import config as flux_config
     from flux import demo
-    from flux.server import serve
+    from flux.server import EXIT_CANNOT_BIND, CannotBind, serve
 
     if args.config:
         config = flux_config.load(args.config)
@@ -130,7 +133,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     }
     if logging_overrides:
         config = config.model_copy(update={"logging": config.logging.model_copy(update=logging_overrides)})
-    return serve(config)
+    try:
+        return serve(config)
+    except CannotBind as exc:  # one line naming the address, and an exit code of its own (docs/operations.md)
+        print(f"flux serve: {exc.message}", file=sys.stderr)
+        return EXIT_CANNOT_BIND
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -195,11 +202,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     """Ask a running server for the neighbours of a vector or a stored item; print a table."""
-    from flux_client import FluxClient
     from flux_client import FluxError as ClientError
 
     try:
-        with FluxClient(args.target, timeout=args.timeout) as client:
+        with remote.connect(args) as client:
             params = _params(args.param)
             if args.id is not None:
                 result = client.search_by_id(args.index, args.id, args.k, params=params)
@@ -212,9 +218,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
                 else:
                     vector = np.array([float(v) for v in args.vector.split(",")], dtype=np.float32)
                 result = client.search(args.index, vector, args.k, params=params)
-    except ClientError as exc:
-        print(f"flux query: {exc}", file=sys.stderr)
-        return 1
+    except (ClientError, ValueError, OSError) as exc:
+        return remote.fail("query", exc)
     rows = [(i, d) for i, d in zip(result.ids.tolist(), result.distances.tolist(), strict=True) if i]
     if args.json:
         print(
@@ -240,14 +245,16 @@ def _cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
+    try:
+        with remote.connect(args) as client:
+            response = health_pb2_grpc.HealthStub(client.channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
-        except grpc.RpcError as exc:
-            print(f"flux health: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+    except grpc.RpcError as exc:
+        print(f"flux health: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        return remote.fail("health", exc)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1

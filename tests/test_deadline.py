@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from flux.core import artifact, deadline
-from flux.core.filters import Filter
 from flux.core.index import ServedIndex
+from flux.core.query.request import FilterSpec, Query, RowOverride
 from flux.errors import DeadlineExceeded
 from tests import support
 
@@ -25,14 +26,18 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> ServedIndex:
 
 def test_filtered_and_per_row_batches_stop_once_the_deadline_has_passed(index: ServedIndex) -> None:
     queries = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
-    unwanted = Filter.create(exclude_ids=["item:000001"])
-    rows = [{**index.default_params} for _ in range(8)]  # not one shared object: answered group by group
+
+    def batch(**fields: Any) -> Query:
+        return Query("exact", 5, vectors=queries, dimension=16, vectors_field="queries", batch=True, **fields)
+
+    unwanted = batch(filter=FilterSpec(exclude_ids=["item:000001"]))
+    per_row = batch(overrides=[RowOverride(k=k) for k in [5, 3] * 4])  # rows with their own k
     with deadline.within(-1.0):
         with pytest.raises(DeadlineExceeded, match="deadline passed"):
-            index.search_filtered(queries, [5] * 8, rows, [unwanted] * 8)
+            index.answer(unwanted)
         with pytest.raises(DeadlineExceeded):
-            index.search_batch(queries, [5, 3] * 4, rows)
-        assert len(index.search(queries, 5, index.default_params)) == 8  # one library call: one step, not cut
+            index.answer(per_row)
+        assert index.answer(batch()).counts == [5] * 8  # one library call: one step, not cut
     with deadline.within(math.inf):
-        assert [len(a.labels) for a in index.search_filtered(queries, [5] * 8, rows, [unwanted] * 8)] == [5] * 8
-    assert [len(h.ids) for h in index.search_batch(queries, [5, 3] * 4, rows)] == [5, 3] * 4  # no call, no deadline
+        assert index.answer(unwanted).counts == [5] * 8
+    assert index.answer(per_row).counts == [5, 3] * 4  # no call, no deadline

@@ -112,7 +112,7 @@ def test_filtered_answers_never_break_their_filter(
             if COSTS[costs] is not None:
                 index.planner.costs = Costs(COSTS[costs].scan, COSTS[costs].fetch)  # type: ignore[union-attr]
             index.planner.list_share = 1 if listed else 2**62  # passing items listed, or always in a mask
-            answer = index.search_filtered(query[None, :], [k], [index.default_params], [query_filter])[0]
+            answer = index.planner.search(query[None, :], [k], [index.default_params], [query_filter])[0]
             found = answer.labels.tolist()
 
             assert answer.strategy in (Strategy.EXACT_SCAN, Strategy.OVERFETCH)

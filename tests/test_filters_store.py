@@ -162,7 +162,7 @@ def test_filters_on_an_artifact_without_attributes() -> None:
     params = [index.default_params]
     allow = Filter.create(allow=[("market", ["US"])])
     deny = Filter.create(deny=[("market", ["US"])], exclude_ids=["fixture:00", "no-such-id"])
-    nothing, everything = index.search_filtered(np.vstack([query, query]), [5, 5], params * 2, [allow, deny])
+    nothing, everything = index.planner.search(np.vstack([query, query]), [5, 5], params * 2, [allow, deny])
     assert len(nothing.labels) == 0
     assert nothing.fewer_than_k
     assert len(everything.labels) == 5

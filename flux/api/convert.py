@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flux.core.backend import Capabilities, Labels, Matrix, Metric
+from flux.core.backend import Capabilities, Matrix, Metric
 from flux.core.catalog import IndexState
-from flux.core.filters import Answer, Filter, Strategy
-from flux.core.index import Hits, ServedIndex
+from flux.core.filters import Strategy
+from flux.core.query.request import FilterSpec, Query, Result, RowOverride
 from flux.core.versions import State
 from flux.errors import InvalidArgument
-from flux_api.v1 import admin_service_pb2, types_pb2
+from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -42,12 +42,12 @@ STATES = {
 def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
     """View the message's bytes as a rows x dimension float32 matrix: no copy, no per-element work.
 
-    Rejects a missing dimension, a byte length that is not a whole number of rows,
-    an empty matrix, and NaN or Inf values, each naming ``field``.
+    Rejects a missing dimension, a byte length that is not a whole number of rows and an empty
+    matrix, each naming ``field``. The values are the core's to check (``flux.core.index.check_vectors``).
     """
     dimension = message.dimension
     if dimension == 0:
-        raise InvalidArgument(f"{field}.dimension must be set to the vector dimension", field=f"{field}.dimension")
+        raise InvalidArgument(f"{field}.dimension is 0; set it to the vector dimension", field=f"{field}.dimension")
     data = message.data
     row_bytes = 4 * dimension
     if len(data) % row_bytes:
@@ -58,12 +58,7 @@ def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
         )
     if not data:
         raise InvalidArgument(f"{field} holds no vectors; send at least one", field=f"{field}.data")
-    matrix = np.frombuffer(data, dtype=_LITTLE_ENDIAN_F32).reshape(-1, dimension)
-    finite = np.isfinite(matrix)
-    if not finite.all():
-        row = int(np.argmin(finite.all(axis=1)))
-        raise InvalidArgument(f"{field} row {row} contains NaN or Inf; every value must be finite", field=field)
-    return matrix
+    return np.frombuffer(data, dtype=_LITTLE_ENDIAN_F32).reshape(-1, dimension)
 
 
 def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
@@ -72,115 +67,132 @@ def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
     return types_pb2.FloatVectors(dimension=matrix.shape[1], data=matrix.tobytes())
 
 
-_INDEX = types_pb2.SEARCH_STRATEGY_INDEX
+# -- searches: one decoder per request, one encoder per response ---------------------------------
+
+
+def search_query(request: vector_service_pb2.SearchRequest) -> Query:
+    return Query(
+        request.index,
+        request.k,
+        vectors=decode_vectors(request.vector, "vector"),
+        dimension=request.vector.dimension,
+        params=request.params,
+        filter=_filter(request.filter) if request.HasField("filter") else None,
+        version=request.version,
+        routing_key=request.routing_key,
+    )
+
+
+def batch_query(request: vector_service_pb2.BatchSearchRequest) -> Query:
+    return Query(
+        request.index,
+        request.k,
+        vectors=decode_vectors(request.queries, "queries"),
+        dimension=request.queries.dimension,
+        vectors_field="queries",
+        params=request.params,
+        filter=_filter(request.filter) if request.HasField("filter") else None,
+        overrides=[
+            RowOverride(o.k, o.params, _filter(o.filter) if o.HasField("filter") else None) for o in request.overrides
+        ],
+        batch=True,
+        version=request.version,
+        routing_key=request.routing_key,
+    )
+
+
+def by_id_query(request: vector_service_pb2.SearchByIdRequest) -> Query:
+    return Query(
+        request.index,
+        request.k,
+        item_id=request.id,
+        params=request.params,
+        filter=_filter(request.filter) if request.HasField("filter") else None,
+        version=request.version,
+        routing_key=request.routing_key,
+    )
+
+
+def search_response(result: Result) -> vector_service_pb2.SearchResponse:
+    response = vector_service_pb2.SearchResponse(index=result.index, version=result.version, alias=result.alias)
+    _neighbors(response.neighbors, result)
+    return response
+
+
+def by_id_response(result: Result) -> vector_service_pb2.SearchByIdResponse:
+    response = vector_service_pb2.SearchByIdResponse(index=result.index, version=result.version, alias=result.alias)
+    _neighbors(response.neighbors, result)
+    return response
+
+
+def batch_response(result: Result, *, packed: bool) -> vector_service_pb2.BatchSearchResponse:
+    """Rows (one Neighbors per query), or with ``packed`` the same neighbours in flat arrays."""
+    response = vector_service_pb2.BatchSearchResponse(index=result.index, version=result.version, alias=result.alias)
+    if packed:
+        _packed(response.packed, result)
+    else:
+        _rows(response.results, result)
+    return response
+
+
 STRATEGIES = {
-    Strategy.INDEX: _INDEX,
+    Strategy.INDEX: types_pb2.SEARCH_STRATEGY_INDEX,
     Strategy.EXACT_SCAN: types_pb2.SEARCH_STRATEGY_EXACT_SCAN,
     Strategy.OVERFETCH: types_pb2.SEARCH_STRATEGY_OVERFETCH,
 }
 
 
-def neighbors(hits: Hits, k: int = 0) -> types_pb2.Neighbors:
-    """An unfiltered answer; ``k`` (when known) tells whether it came back short."""
-    return types_pb2.Neighbors(
-        ids=hits.ids, distances=hits.distances.tolist(), strategy=_INDEX, fewer_than_k_matched=len(hits.ids) < k
-    )
-
-
-def neighbors_rows(index: ServedIndex, labels: Labels, distances: Matrix) -> list[types_pb2.Neighbors]:
-    """One Neighbors per row of the backend's answer, padding (label -1) dropped."""
-    return [
-        types_pb2.Neighbors(ids=ids, distances=dists, strategy=_INDEX, fewer_than_k_matched=short)
-        for ids, dists, short in _rows(index, labels, distances)
-    ]
-
-
-def add_rows(
-    into: RepeatedCompositeFieldContainer[types_pb2.Neighbors], index: ServedIndex, labels: Labels, distances: Matrix
-) -> None:
-    """``neighbors_rows``, appended to a response's repeated field: for batches, filling messages
-    in place costs about half as much as building them and copying them in."""
-    add = into.add
-    for ids, dists, short in _rows(index, labels, distances):
-        row = add()
-        row.ids.extend(ids)
-        row.distances.extend(dists)
-        row.strategy = _INDEX
-        if short:
-            row.fewer_than_k_matched = True
-
-
-def pack_rows(into: types_pb2.PackedNeighbors, index: ServedIndex, labels: Labels, distances: Matrix) -> None:
-    """The backend's answer as one PackedNeighbors: a few vectorised calls, whatever the batch size."""
-    queries, k = labels.shape
-    if _all_full(labels):
-        into.ids.extend(index.ids_of(labels.ravel()).tolist())
-        into.distances.extend(distances.ravel().tolist())
-        into.counts.extend([k] * queries)
-        into.fewer_than_k_matched.extend([False] * queries)
-    else:
-        found = labels >= 0
-        counts = found.sum(axis=1)
-        into.ids.extend(index.ids_of(labels[found]).tolist())
-        into.distances.extend(distances[found].tolist())
-        into.counts.extend(counts.tolist())
-        into.fewer_than_k_matched.extend((counts < k).tolist())
-    into.strategies.extend([_INDEX] * queries)
-
-
-def pack(into: types_pb2.PackedNeighbors, rows: list[types_pb2.Neighbors]) -> None:
-    """Rows already answered one by one (filters, per-query overrides), as one PackedNeighbors."""
-    for row in rows:
-        into.ids.extend(row.ids)
-        into.distances.extend(row.distances)
-        into.counts.append(len(row.ids))
-        into.strategies.append(row.strategy)
-        into.fewer_than_k_matched.append(row.fewer_than_k_matched)
-
-
-def _rows(index: ServedIndex, labels: Labels, distances: Matrix) -> Iterator[tuple[list[str], list[float], bool]]:
-    """Each row's ids, distances and whether padding was dropped from it.
-
-    The ids of every row come from one vectorised lookup, and every row converts to
-    Python objects in one ``tolist``; only rows with padding take a slower path.
-    """
-    if _all_full(labels):
-        for ids, dists in zip(index.ids_of(labels).tolist(), distances.tolist(), strict=True):
-            yield ids, dists, False
-        return
-    for row, dist in zip(labels, distances, strict=True):
-        found = row >= 0
-        ids = index.ids_of(row[found]).tolist()
-        yield ids, dist[found].tolist(), len(ids) < len(row)
-
-
-def _all_full(labels: Labels) -> bool:
-    """Whether every row holds k results (no padding label -1): the usual case, and the fast one."""
-    return bool(labels.size) and min(labels[:, -1].tolist()) >= 0
-
-
-def decode_filter(message: types_pb2.Filter, field: str) -> Filter | None:
-    """A request's filter in core form, validated; None when it filters nothing."""
-    return Filter.create(
+def _filter(message: types_pb2.Filter) -> FilterSpec:
+    return FilterSpec(
         allow=[(r.namespace, r.tokens) for r in message.allow],
         deny=[(r.namespace, r.tokens) for r in message.deny],
         exclude_ids=message.exclude_ids,
         max_per_tag=message.max_per_crowding_tag,
-        field=field,
     )
 
 
-def answers(index: ServedIndex, found: list[Answer]) -> list[types_pb2.Neighbors]:
-    """Filtered answers, with the strategy that found each."""
-    return [
-        types_pb2.Neighbors(
-            ids=index.ids_of(a.labels).tolist(),
-            distances=a.distances.tolist(),
-            strategy=STRATEGIES[a.strategy],
-            fewer_than_k_matched=a.fewer_than_k,
-        )
-        for a in found
-    ]
+def _neighbors(into: types_pb2.Neighbors, result: Result) -> None:
+    """The one row of a Search or SearchById answer, filled in place."""
+    into.ids.extend(result.ids.tolist())
+    into.distances.extend(result.distances.tolist())
+    into.strategy = STRATEGIES[result.strategies[0]]
+    into.fewer_than_k_matched = result.fewer_than_k[0]
+
+
+def _rows(into: RepeatedCompositeFieldContainer[types_pb2.Neighbors], result: Result) -> None:
+    """One Neighbors per row, appended in place: for batches, filling messages where they will
+    stay costs about half as much as building them and copying them in."""
+    add = into.add
+    for ids, distances, strategy, short in _row_lists(result):
+        row = add()
+        row.ids.extend(ids)
+        row.distances.extend(distances)
+        row.strategy = STRATEGIES[strategy]
+        if short:
+            row.fewer_than_k_matched = True
+
+
+def _row_lists(result: Result) -> Iterator[tuple[list[Any], list[float], Strategy, bool]]:
+    """Each row as Python lists: ids, distances, strategy, and whether it holds fewer than k."""
+    if result.full_k:  # every row holds k: one conversion of each array, reshaped
+        k = result.full_k
+        ids, distances = result.ids.reshape(-1, k).tolist(), result.distances.reshape(-1, k).tolist()
+        yield from zip(ids, distances, result.strategies, result.fewer_than_k, strict=True)
+        return
+    ids, distances = result.ids.tolist(), result.distances.tolist()
+    start = 0
+    for count, strategy, short in zip(result.counts, result.strategies, result.fewer_than_k, strict=True):
+        yield ids[start : start + count], distances[start : start + count], strategy, short
+        start += count
+
+
+def _packed(into: types_pb2.PackedNeighbors, result: Result) -> None:
+    """Every row in flat arrays: a few vectorised calls, whatever the batch size."""
+    into.ids.extend(result.ids.tolist())
+    into.distances.extend(result.distances.tolist())
+    into.counts.extend(result.counts)
+    into.strategies.extend([STRATEGIES[s] for s in result.strategies])
+    into.fewer_than_k_matched.extend(result.fewer_than_k)
 
 
 def capabilities(caps: Capabilities) -> admin_service_pb2.Capabilities:

@@ -349,7 +349,7 @@ class _Measure:
 
         def one(row: int) -> tuple[Labels, str]:
             query = self.queries[row : row + 1]
-            answer = self.index.search_filtered(query, [self.k], [self.params], [scenario.filters[row]])[0]
+            answer = self.index.planner.search(query, [self.k], [self.params], [scenario.filters[row]])[0]
             return answer.labels, answer.strategy.value
 
         timed = _timed(len(self.queries), one, paired=self._unfiltered)

@@ -9,16 +9,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from flux.core import deadline
 from flux.core.artifact import Artifact
 from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Labels, Matrix, resolve_params
-from flux.core.filters import Answer, Filter, Planner
+from flux.core.filters import Filter, Planner
 from flux.core.ids import Ids
-from flux.errors import InvalidArgument, ItemNotFound
+from flux.core.query.request import FilterSpec, IdArray, Query, Result
+from flux.errors import InvalidArgument, ItemNotFound, shown
 
 #: Distinct search-parameter overrides whose resolution an index remembers.
 _RESOLVED_CACHE = 256
+
+#: The largest squared norm a vector may have: 2**125 (about 4.3e37). Between two such vectors every
+#: distance the backends compute in float32 stays finite: an L2 distance is at most 4 * 2**125 = 2**127,
+#: an inner product (and each partial sum of one) at most 2**125, both below float32's largest, about 2**128.
+MAX_SQUARED_NORM = 2.0**125
 
 
 @dataclass(frozen=True)
@@ -27,14 +32,32 @@ class Limits:
 
     max_k: int = 1024
     max_batch: int = 1024
+    max_id_bytes: int = 1024  # UTF-8; every answer carries k ids per query, so one long id costs every reader
 
 
-@dataclass(frozen=True)
-class Hits:
-    """The answer to one query: ids and distances, nearest first."""
+def check_vectors(matrix: Matrix, field: str) -> None:
+    """Refuse rows holding NaN or Inf, or a squared norm above ``MAX_SQUARED_NORM``, naming the first such row.
 
-    ids: list[str]
-    distances: Matrix
+    One check for queries and upserts alike, before any backend sees them, so no backend ever
+    computes an infinite distance (or warns about an overflow) whatever its arithmetic. The
+    squared norms are computed in float32, where NaN stays NaN and an overflow becomes Inf,
+    so the one comparison also catches the values that are not finite.
+    """
+    squared = np.einsum("ij,ij->i", matrix, matrix)  # einsum does not warn on overflow; NaN stays NaN
+    # The usual case is one comparison (False for NaN too); one row needs no reduction.
+    largest = squared[0] if len(squared) == 1 else squared.max(initial=0.0)
+    if largest <= MAX_SQUARED_NORM:
+        return
+    fine = squared <= MAX_SQUARED_NORM
+    row = int(np.argmin(fine))
+    if not np.isfinite(matrix[row]).all():
+        raise InvalidArgument(f"{field} row {row} contains NaN or Inf; every value must be finite", field=field)
+    raise InvalidArgument(
+        f"{field} row {row} has a squared norm of {float(squared[row]):.3g} in float32, above the largest Flux "
+        f"accepts, 2**125 (about {MAX_SQUARED_NORM:.2g}; a norm of about {MAX_SQUARED_NORM**0.5:.2g}): distances "
+        "to it would overflow float32; scale the vectors down",
+        field=field,
+    )
 
 
 class ServedIndex:
@@ -91,6 +114,19 @@ class ServedIndex:
         if not 1 <= k <= self.limits.max_k:
             raise InvalidArgument(f"{field} must be between 1 and {self.limits.max_k}, got {k}", field=field)
 
+    def check_ids(self, ids: Sequence[str], field: str) -> None:
+        """Ids a write would store must fit ``limits.max_id_bytes`` (UTF-8): answers carry them, k per query."""
+        limit = self.limits.max_id_bytes
+        if max(map(len, ids), default=0) <= limit // 4:  # UTF-8 takes at most 4 bytes per character
+            return
+        for row, item in enumerate(ids):
+            if len(item) > limit // 4 and (size := len(item.encode("utf-8", "surrogatepass"))) > limit:
+                raise InvalidArgument(
+                    f"{field}[{row}] is {size} bytes long (UTF-8); ids may be at most {limit} bytes "
+                    "(limits.max_id_bytes): use a shorter id, e.g. a hash of a long key",
+                    field=f"{field}[{row}]",
+                )
+
     def params(self, overrides: Mapping[str, float], field: str = "params") -> dict[str, float]:
         """Merge ``overrides`` over this index's defaults, validated against the backend's knobs."""
         if not overrides:
@@ -104,73 +140,129 @@ class ServedIndex:
                 self._resolved[key] = resolved
         return resolved
 
-    def search(self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1) -> list[Hits]:
-        """Search already-validated queries; one ``Hits`` per row."""
-        return self._hits(*self.nearest(queries, k, params, threads=threads))
+    def answer(self, query: Query) -> Result:
+        """The one entry point of every search: validate ``query``, then answer it the cheapest way.
+
+        A plain query (no per-row k or params, no filter) is one backend call, encoded straight from
+        its label matrix; rows with their own k or params, and filtered rows, go to the planner
+        (``flux.core.filters``), which groups rows that share params and chooses per filter how. A
+        search by id looks the item's vector up and leaves the item itself out of its answer.
+        """
+        vectors, exclude = self._query_vectors(query)
+        k = query.k
+        self.check_k(k)
+        params = self.params(query.params)
+        threads = self.batch_threads if query.batch else 1
+        shared = self._filter(query.filter, "filter", exclude)
+        if not query.overrides and shared is None:
+            if exclude is None:
+                labels, distances = self.nearest(vectors, k, params, threads=threads)
+                return Result.from_padded(labels, distances, self.ids_of, k, self.name, self.version)
+            return self._by_id(vectors, exclude, k, params)
+        ks, rows_params, filters = self._rows(query, len(vectors), k, params, shared, exclude)
+        answers = self.planner.search(vectors, ks, rows_params, filters, threads=threads)
+        return Result.from_answers(answers, self.ids_of, self.name, self.version)
+
+    def search(self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1) -> list[list[str]]:
+        """The ids of the k nearest neighbours of already-validated queries, row by row (for tools and checks)."""
+        labels, _ = self.nearest(queries, k, params, threads=threads)
+        return [[_text(i) for i in self.ids_of(row[row >= 0])] for row in labels]
 
     def nearest(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
         """The backend's answer to already-validated queries: q x k labels and distances, padded
-        with label -1 where fewer than k were found. The serving path encodes these directly."""
+        with label -1 where fewer than k were found."""
         with self._serial:
             return self.backend.search(queries, k, params, threads=threads)
 
-    def ids_of(self, labels: Labels) -> np.ndarray:
+    def ids_of(self, labels: Labels) -> IdArray:
         """The id of each label, in the shape of ``labels`` (which must all be >= 0), as str or
         UTF-8 bytes (``flux.core.ids.packed``): for protobuf string fields, which take either."""
         return self.ids.of(labels)
 
-    def search_batch(self, queries: Matrix, ks: Sequence[int], params: Sequence[Mapping[str, float]]) -> list[Hits]:
-        """Search rows that may each have their own k and params, grouping rows that share params."""
-        if len(set(ks)) == 1 and all(p is params[0] for p in params):
-            return self.search(queries, ks[0], params[0], threads=self.batch_threads)
-        groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
-        for row, p in enumerate(params):
-            groups.setdefault(tuple(sorted(p.items())), []).append(row)
-        results: list[Hits | None] = [None] * len(queries)
-        for key, rows in groups.items():
-            deadline.check()  # a search per group of rows sharing params: stop when the caller has given up
-            k_max = max(ks[r] for r in rows)
-            hits = self.search(queries[rows], k_max, dict(key), threads=self.batch_threads)
-            for row, hit in zip(rows, hits, strict=True):
-                results[row] = Hits(hit.ids[: ks[row]], hit.distances[: ks[row]])
-        return [r for r in results if r is not None]
+    # -- validating and planning a query --------------------------------------------------------
 
-    def search_by_id(self, item_id: str, k: int, params: Mapping[str, float]) -> Hits:
-        """The k nearest neighbours of a stored item, the item itself excluded."""
-        label = self.label_of(item_id)
-        try:
-            vector = self.backend.get_vectors(np.array([label], np.int64))
-        except KeyError:  # deleted since the lookup
-            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id") from None
-        with self._serial:
-            labels, distances = self.backend.search(vector, k + 1, params)
-        keep = labels[0] != label
-        return self._hits(labels[:, keep][:, :k], distances[:, keep][:, :k])[0]
+    def _query_vectors(self, query: Query) -> tuple[Matrix, _Itself | None]:
+        """The query rows, checked; for a search by id, the item's vector and the item to leave out."""
+        if query.item_id is not None:
+            label = self.label_of(query.item_id)
+            try:
+                vector = self.backend.get_vectors(np.array([label], np.int64))
+            except KeyError:  # deleted since the lookup
+                raise self._no_item(query.item_id) from None
+            return vector, _Itself(query.item_id, label)
+        vectors, name = query.vectors, query.vectors_field
+        assert vectors is not None, "a query names vectors or an item"
+        self.check_dimension(query.dimension, name)
+        check_vectors(vectors, name)
+        if not query.batch and len(vectors) != 1:
+            raise InvalidArgument(
+                f"{name} must hold exactly one vector, got {len(vectors)}; use BatchSearch for several", field=name
+            )
+        if len(vectors) > self.limits.max_batch:
+            raise InvalidArgument(
+                f"{name} holds {len(vectors)} vectors; the limit is {self.limits.max_batch} per call, split the batch",
+                field=name,
+            )
+        return vectors, None
 
-    def search_filtered(
+    def _filter(self, spec: FilterSpec | None, field: str, exclude: _Itself | None) -> Filter | None:
+        """``spec`` validated, with the searched-by item excluded when there is one."""
+        if spec is None:
+            return None
+        found = Filter.create(
+            allow=spec.allow,
+            deny=spec.deny,
+            exclude_ids=spec.exclude_ids,
+            max_per_tag=spec.max_per_tag,
+            field=field,
+        )
+        if found is not None and exclude is not None:
+            found = replace(found, exclude_ids=(*found.exclude_ids, exclude.id))
+        return found
+
+    def _rows(
         self,
-        queries: Matrix,
-        ks: Sequence[int],
-        params: Sequence[Mapping[str, float]],
-        filters: Sequence[Filter | None],
-        *,
-        threads: int = 1,
-    ) -> list[Answer]:
-        """Search already-validated queries, each with its own k, params and filter (None for none);
-        the planner (flux.core.filters) chooses per query how."""
-        return self.planner.search(queries, ks, params, filters, threads=threads)
+        query: Query,
+        rows: int,
+        k: int,
+        params: Mapping[str, float],
+        shared: Filter | None,
+        exclude: _Itself | None,
+    ) -> tuple[list[int], list[Mapping[str, float]], list[Filter | None]]:
+        """Each row's k, params and filter, its override's over the query's."""
+        if not query.overrides:
+            return [k] * rows, [params] * rows, [shared] * rows
+        if len(query.overrides) != rows:
+            raise InvalidArgument(
+                f"overrides has {len(query.overrides)} entries for {rows} queries; send none or one per query",
+                field="overrides",
+            )
+        ks: list[int] = []
+        rows_params: list[Mapping[str, float]] = []
+        filters: list[Filter | None] = []
+        for row, override in enumerate(query.overrides):
+            row_k = override.k or k
+            self.check_k(row_k, f"overrides[{row}].k")
+            ks.append(row_k)
+            own = override.params
+            rows_params.append(self.params({**query.params, **own}, f"overrides[{row}].params") if own else params)
+            own_filter = override.filter
+            filters.append(
+                shared if own_filter is None else self._filter(own_filter, f"overrides[{row}].filter", exclude)
+            )
+        return ks, rows_params, filters
 
-    def search_by_id_filtered(self, item_id: str, k: int, params: Mapping[str, float], query_filter: Filter) -> Answer:
-        """The k nearest neighbours of a stored item that pass ``query_filter``, the item itself excluded."""
-        label = self.label_of(item_id)
-        try:
-            vector = self.backend.get_vectors(np.array([label], np.int64))
-        except KeyError:  # deleted since the lookup
-            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id") from None
-        itself = replace(query_filter, exclude_ids=(*query_filter.exclude_ids, item_id))
-        return self.planner.search(vector, [k], [params], [itself])[0]
+    def _by_id(self, vector: Matrix, itself: _Itself, k: int, params: Mapping[str, float]) -> Result:
+        """The k nearest neighbours of a stored item's vector, the item itself left out."""
+        labels, distances = self.nearest(vector, k + 1, params)
+        keep = labels[0] != itself.label
+        labels, distances = labels[:, keep][:, :k], distances[:, keep][:, :k]
+        return Result.from_padded(labels, distances, self.ids_of, k, self.name, self.version)
+
+    def _no_item(self, item_id: str) -> ItemNotFound:
+        return ItemNotFound(f"index {self.name!r} has no item with id {shown(item_id)}", field="id")
 
     def labels_of(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds; the others are left out."""
@@ -179,11 +271,17 @@ class ServedIndex:
     def label_of(self, item_id: str) -> int:
         label = self.ids.label(item_id)
         if label is None:
-            raise ItemNotFound(f"index {self.name!r} has no item with id {item_id!r}", field="id")
+            raise self._no_item(item_id)
         return label
 
-    def _hits(self, labels: np.ndarray, distances: Matrix) -> list[Hits]:
-        found = (labels >= 0).sum(axis=1)
-        k = labels.shape[1]
-        ids = self.ids.strings(np.where(labels >= 0, labels, 0).ravel())  # one lookup for every row
-        return [Hits(ids[row * k : row * k + n], distances[row, :n]) for row, n in enumerate(found.tolist())]
+
+@dataclass(frozen=True)
+class _Itself:
+    """The stored item a search by id starts from, which its answer leaves out."""
+
+    id: str
+    label: int
+
+
+def _text(item: str | bytes) -> str:
+    return item.decode() if isinstance(item, bytes) else item

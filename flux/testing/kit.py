@@ -161,22 +161,22 @@ class ServingTests(_Base):
         ids[0], ids[1], ids[2] = "トラック:一", "🎵 " * 10, "x" * 2000
         index = self.serve(tmp_path / "a", base, ids)
         for row in (0, 1, 2, 2999):
-            hits = index.search(base[row : row + 1], 1, index.default_params)[0]
-            assert hits.ids == [ids[row]]
+            found = index.search(base[row : row + 1], 1, index.default_params)[0]
+            assert found == [ids[row]]
             assert index.label_of(ids[row]) == row
 
     @pytest.mark.usefixtures("registered")
     def test_concurrent_searches_agree_with_serial_ones(self, tmp_path: Path) -> None:
         base, queries = _data(2000, 16, queries=200)
         index = self.serve(tmp_path / "a", base, [str(i) for i in range(2000)])
-        serial = [index.search(q[None], 10, index.default_params)[0].ids for q in queries]
+        serial = [index.search(q[None], 10, index.default_params)[0] for q in queries]
         results: dict[int, list[str]] = {}
         errors: list[BaseException] = []
 
         def work(rows: range) -> None:
             try:
                 for row in rows:
-                    results[row] = index.search(queries[row : row + 1], 10, index.default_params)[0].ids
+                    results[row] = index.search(queries[row : row + 1], 10, index.default_params)[0]
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
 

@@ -60,9 +60,15 @@ class FluxClient:
             self._channel = grpc.insecure_channel(target, options=settings.options)
         else:
             self._channel = grpc.secure_channel(target, settings.credentials, options=settings.options)
-        self._metadata = settings.metadata or None
-        self._vectors = vector_service_pb2_grpc.VectorServiceStub(self._channel)
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        #: The client's channel, with its TLS, token and retries, for stubs of other services
+        #: (``WriteServiceStub(client.channel)``, gRPC health): every call on it carries the token.
+        self.channel: grpc.Channel = (
+            grpc.intercept_channel(self._channel, _channel.WithMetadata(settings.metadata))
+            if settings.metadata
+            else self._channel
+        )
+        self._vectors = vector_service_pb2_grpc.VectorServiceStub(self.channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
 
     def search(
         self,
@@ -167,6 +173,6 @@ class FluxClient:
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+            return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

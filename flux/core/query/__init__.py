@@ -1,0 +1,1 @@
+"""Queries: what a search asks and gets, and how filtered searches are planned."""
