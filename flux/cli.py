@@ -143,7 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     """Build an index artifact from a vector file, ready for `flux serve`."""
     from flux import datasets
-    from flux.core import artifact, builder
+    from flux.core.storage import artifact, builder
 
     started = time.perf_counter()
     vectors, ids, attributes = datasets.load_items(args.vectors)
@@ -178,7 +178,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Verify every checksum of an artifact, open it with its backend, and print the manifest and stats."""
-    from flux.core import artifact
+    from flux.core.storage import artifact
 
     loaded = artifact.load(args.artifact)
     manifest = loaded.manifest

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flux.core.attributes import ItemAttributes
 from flux.core.backend import Matrix
+from flux.core.storage.attributes import ItemAttributes
 from flux.errors import InvalidArgument
 
 

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from flux import config as flux_config
-from flux.core import artifact, builder
 from flux.core.backend import Metric
+from flux.core.storage import artifact, builder
 from flux.datasets import clustered
 
 log = logging.getLogger(__name__)

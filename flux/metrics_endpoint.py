@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flux.core.catalog import Catalog
+from flux.core.serving.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

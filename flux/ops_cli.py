@@ -48,7 +48,8 @@ def _check(args: argparse.Namespace) -> int:
 def _summary(config: flux_config.FluxConfig) -> list[str]:
     """What the server will do, after the checks that need the file system."""
     from flux.api.tls import server_credentials
-    from flux.core import confine, versions
+    from flux.core.serving import versions
+    from flux.core.storage import confine
     from flux.errors import ConfigError
 
     server, limits = config.server, config.limits
@@ -83,7 +84,8 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
 
 def _folder_problems(source: Path, found: dict[int, Path]) -> list[str]:
     """What the server would refuse or pass over in a source directory, one line each."""
-    from flux.core import artifact, versions
+    from flux.core.serving import versions
+    from flux.core.storage import artifact
     from flux.errors import ArtifactError
 
     problems = [

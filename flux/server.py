@@ -34,10 +34,10 @@ from flux.api.tls import server_credentials
 from flux.api.vector_service import VectorServicer
 from flux.api.write_service import WriteServicer
 from flux.config import FluxConfig
-from flux.core.aliases import Alias, Arm
-from flux.core.catalog import Catalog, IndexState
-from flux.core.index import Limits
-from flux.core.writes import Writer
+from flux.core.serving.aliases import Alias, Arm
+from flux.core.serving.catalog import Catalog, IndexState
+from flux.core.serving.index import Limits
+from flux.core.writes.writer import Writer
 from flux.errors import Code, FluxError
 from flux.metrics_endpoint import MetricsEndpoint
 from flux.signals import StopSignals

@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 
 from flux import config as flux_config
-from flux.core import builder
 from flux.core.backend import Metric
+from flux.core.storage import builder
 from flux.datasets import clustered
 from flux.server import FluxServer, build_server
 from flux_api.v1 import types_pb2

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from flux import config as flux_config
-from flux.core.aliases import Alias, Arm
+from flux.core.serving.aliases import Alias, Arm
 from flux.errors import ConfigError
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2 as admin

@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from flux.core import artifact
-from flux.core.ids import Ids
+from flux.core.storage import artifact
+from flux.core.storage.ids import Ids
 from flux.errors import ArtifactError
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb

@@ -1,6 +1,6 @@
 """The shipped conformance kit, run against every in-tree backend exactly as a plugin author would."""
 
-from flux.core import registry
+from flux.core.storage import registry
 from flux.testing import conformance_suite
 
 TestExact = conformance_suite(registry.get("exact"), min_recall=1.0)

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flux.core import artifact, deadline
-from flux.core.index import ServedIndex
+from flux.core.query import deadline
 from flux.core.query.request import FilterSpec, Query, RowOverride
+from flux.core.serving.index import ServedIndex
+from flux.core.storage import artifact
 from flux.errors import DeadlineExceeded
 from tests import support
 

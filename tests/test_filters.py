@@ -15,7 +15,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from flux.core.attributes import ItemAttributes
+from flux.core.storage.attributes import ItemAttributes
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -60,8 +60,8 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="module")
 def server(catalog: Catalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
-    from flux.core import builder
     from flux.core.backend import Metric
+    from flux.core.storage import builder
 
     root = tmp_path_factory.mktemp("filtered")
     indexes = []
@@ -354,7 +354,7 @@ def test_filters_on_an_index_built_without_attributes(stub: VectorServiceStub, c
 
 
 def test_learnt_costs_ignore_a_cold_first_call_and_follow_a_real_change() -> None:
-    from flux.core.filters import Costs
+    from flux.core.query.filters import Costs
 
     costs = Costs(scan=1e-7, fetch=1e-6)
     costs.learn_scan(seconds=0.05, items=2000)  # a first scan: cold caches, norms computed once

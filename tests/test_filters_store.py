@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from flux.cli import main
-from flux.core import artifact, builder
-from flux.core.attributes import NO_TAG, AttributeStore, ItemAttributes
 from flux.core.backend import Metric
-from flux.core.filters import Filter
-from flux.core.index import ServedIndex
+from flux.core.query.filters import Filter
+from flux.core.serving.index import ServedIndex
+from flux.core.storage import artifact, builder
+from flux.core.storage.attributes import NO_TAG, AttributeStore, ItemAttributes
 from flux.datasets import load_items
 from flux.errors import ArtifactError, InvalidArgument
 from tests import support

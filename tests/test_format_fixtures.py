@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flux.core import artifact
 from flux.core.backend import defaults
-from flux.core.ids import Ids
+from flux.core.storage import artifact
+from flux.core.storage.ids import Ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "artifacts"
 CASES = [

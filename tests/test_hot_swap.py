@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from flux.core.index import ServedIndex
-from flux.core.manager import IndexManager, VersionHooks
+from flux.core.serving.index import ServedIndex
+from flux.core.serving.manager import IndexManager, VersionHooks
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2 as admin
 from flux_api.v1 import types_pb2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flux.core.ids import Ids, packed
+from flux.core.storage.ids import Ids, packed
 from flux_api.v1 import types_pb2
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flux.core import registry
 from flux.core.backend import Backend
+from flux.core.storage import registry
 from flux.errors import BackendError, NotFound
 
 

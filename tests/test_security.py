@@ -283,7 +283,7 @@ def test_version_directories_and_artifact_files_that_lead_out_are_refused(
         [{"name": "tracks", "path": str(source), "versions": {"policy": "specific", "versions": [1]}}],
         server={"data_root": str(root)},
     )
-    caplog.set_level(logging.WARNING, logger="flux.core.confine")
+    caplog.set_level(logging.WARNING, logger="flux.core.storage.confine")
     with support.running_server(config) as server, support.channel_to(server) as channel:
         admin = AdminServiceStub(channel)
         cases = (

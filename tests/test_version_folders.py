@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from flux.core.manager import UNFINISHED_SECONDS
+from flux.core.serving.manager import UNFINISHED_SECONDS
 from flux_api.v1 import admin_service_pb2 as admin
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
@@ -100,7 +100,7 @@ def test_entries_that_are_no_version_are_passed_over_and_named_in_the_log(
     staging = publish(tmp_path / "staging", 2)
     for name in ("v3", "01", "..1", ".staging-4"):
         shutil.copytree(staging, source / name)
-    with caplog.at_level(logging.WARNING, logger="flux.core.manager"), serve(source) as server:
+    with caplog.at_level(logging.WARNING, logger="flux.core.serving.manager"), serve(source) as server:
         assert set(listed(server.address)) == {1}
         warned = caplog.text
     assert "v3 is not a version folder" in warned

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flux.core import artifact, builder, gate
-from flux.core.attributes import ItemAttributes
 from flux.core.backend import Metric
-from flux.core.index import ServedIndex
-from flux.core.quality import Nearest, brute_force, nearest_rows
+from flux.core.serving import gate
+from flux.core.serving.index import ServedIndex
+from flux.core.serving.quality import Nearest, brute_force, nearest_rows
+from flux.core.storage import artifact, builder
+from flux.core.storage.attributes import ItemAttributes
 from tests import support
 
 N, DIM = 40_000, 16

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flux.core.versions import Policy, State, Step, plan
+from flux.core.serving.versions import Policy, State, Step, plan
 
 A, L, R, ACT, F = State.AVAILABLE, State.LOADING, State.READY, State.ACTIVE, State.FAILED
 LATEST, KEEP2 = Policy(), Policy(keep=2)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flux.core import wal
-from flux.core.commit import GroupCommit, Ticket
+from flux.core.writes import wal
+from flux.core.writes.commit import GroupCommit, Ticket
 from flux.errors import Code, FailedPrecondition, LogCorrupt
 
 
@@ -91,7 +91,7 @@ def test_a_torn_tail_is_dropped_with_a_warning_and_the_log_goes_on(
     else:  # record 5's payload never fully reached the disk
         flip(segment, ends[5] - 2)
     good_end = ends[5] if damage != "payload flipped" else last_start
-    with caplog.at_level(logging.WARNING, logger="flux.core.wal"):
+    with caplog.at_level(logging.WARNING, logger="flux.core.writes.wal"):
         log = wal.Log.open(tmp_path)
     assert log.torn is not None
     assert log.torn.offset == good_end

@@ -16,8 +16,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from flux.api.convert import encode_vectors
-from flux.core import wal
-from flux.core.index import Limits
+from flux.core.serving.index import Limits
+from flux.core.writes import wal
 from flux.errors import ConfigError
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2 as apb
@@ -197,7 +197,7 @@ def test_a_torn_last_record_is_dropped_on_restart_and_the_rest_is_served(
     segment = tmp_path / "torn" / "wal" / wal.segment_name(1)
     with segment.open("ab") as fh:  # the crash came while record 6 was being written
         fh.write(wal.encode(6, b"U" + bytes(200))[:90])
-    with caplog.at_level(logging.WARNING, logger="flux.core.wal"), serving(index) as (_, client):
+    with caplog.at_level(logging.WARNING, logger="flux.core.writes.wal"), serving(index) as (_, client):
         assert "dropped a torn last record" in caplog.text
         assert client.count("torn") == 5
         assert client.nearest("torn", data[4]) == [("t4", 0.0)]
@@ -460,7 +460,7 @@ def test_a_snapshot_cut_short_by_a_crash_is_cleaned_up_on_start(
     staging = tmp_path / "left" / ".2.k3x9q1"  # what artifact.write had made when the process died
     (staging / "index").mkdir(parents=True)
     (staging / "index" / "vectors.npy").write_bytes(b"half a file")
-    with caplog.at_level(logging.WARNING, logger="flux.core.writes"), serving(index) as (_, client):
+    with caplog.at_level(logging.WARNING, logger="flux.core.writes.writer"), serving(index) as (_, client):
         assert f"removing {staging}, a snapshot a crash cut short" in caplog.text
         assert not staging.exists()
         assert client.count("left") == 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from flux.api import convert
-from flux.core import artifact
-from flux.core.catalog import Catalog
-from flux.core.manager import IndexManager, VersionSlot
+from flux.core.serving.catalog import Catalog
+from flux.core.serving.manager import IndexManager, VersionSlot
+from flux.core.storage import artifact
 from flux_api.v1 import admin_service_pb2 as pb
 from flux_api.v1 import admin_service_pb2_grpc
 

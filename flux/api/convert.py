@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flux.core.backend import Capabilities, Matrix, Metric
-from flux.core.catalog import IndexState
-from flux.core.filters import Strategy
+from flux.core.query.filters import Strategy
 from flux.core.query.request import FilterSpec, Query, Result, RowOverride
-from flux.core.versions import State
+from flux.core.serving.catalog import IndexState
+from flux.core.serving.versions import State
 from flux.errors import InvalidArgument
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 
@@ -43,7 +43,7 @@ def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
     """View the message's bytes as a rows x dimension float32 matrix: no copy, no per-element work.
 
     Rejects a missing dimension, a byte length that is not a whole number of rows and an empty
-    matrix, each naming ``field``. The values are the core's to check (``flux.core.index.check_vectors``).
+    matrix, each naming ``field``. The values are the core's to check (``flux.core.serving.index.check_vectors``).
     """
     dimension = message.dimension
     if dimension == 0:

@@ -3,7 +3,7 @@
 A call can wait for a handler thread (up to ``server.max_concurrent_calls`` are admitted,
 ``server.threads`` run at once); when its deadline passes meanwhile, nobody will read the
 answer, so it ends with DEADLINE_EXCEEDED before any search runs. Once started, the call
-runs under its deadline (``flux.core.deadline``), which batches answered step by step check.
+runs under its deadline (``flux.core.query.deadline``), which batches answered step by step check.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from flux.api.wrapping import WrappingInterceptor
-from flux.core import deadline
+from flux.core.query import deadline
 
 
 class DeadlineInterceptor(WrappingInterceptor):

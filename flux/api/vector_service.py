@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from flux.api import convert
-from flux.core.catalog import Catalog
+from flux.core.serving.catalog import Catalog
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1 import vector_service_pb2_grpc
 

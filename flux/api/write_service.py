@@ -8,11 +8,11 @@ from collections.abc import Iterator, Mapping
 import grpc
 
 from flux.api import convert
-from flux.core.attributes import ItemAttributes
 from flux.core.backend import Matrix
-from flux.core.catalog import Catalog
-from flux.core.commit import Ticket
-from flux.core.writes import Applied, Writer, immutable_message
+from flux.core.serving.catalog import Catalog
+from flux.core.storage.attributes import ItemAttributes
+from flux.core.writes.commit import Ticket
+from flux.core.writes.writer import Applied, Writer, immutable_message
 from flux.errors import FailedPrecondition, InvalidArgument
 from flux_api.v1 import types_pb2, write_service_pb2_grpc
 from flux_api.v1 import write_service_pb2 as pb

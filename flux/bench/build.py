@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from flux.core import builder, registry
 from flux.core.backend import Metric, defaults
+from flux.core.storage import builder, registry
 from flux.datasets import clustered
 
 TARGET = 0.90  # Flux's build throughput must be at least this share of the library's

@@ -31,8 +31,8 @@ import numpy as np
 
 from flux.bench.library import SWEEP_PARAM, Library
 from flux.bench.servers import flux_server
-from flux.core import builder
 from flux.core.backend import Metric
+from flux.core.storage import builder
 from flux.datasets import clustered
 
 #: Encode plus decode, as a share of the round trip through FluxClient.search.

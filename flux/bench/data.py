@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flux.core import registry
 from flux.core.backend import Labels, Matrix, Metric
+from flux.core.storage import registry
 from flux.datasets import load_vectors
 from flux.errors import InvalidArgument
 

@@ -37,11 +37,11 @@ import numpy as np
 
 from flux.bench.data import Synthetic, ground_truth
 from flux.bench.servers import flux_server
-from flux.core import artifact, builder
-from flux.core.attributes import ItemAttributes, Mask
 from flux.core.backend import Labels, Matrix, Metric
-from flux.core.filters import Filter
-from flux.core.index import ServedIndex
+from flux.core.query.filters import Filter
+from flux.core.serving.index import ServedIndex
+from flux.core.storage import artifact, builder
+from flux.core.storage.attributes import ItemAttributes, Mask
 from flux_api.v1 import types_pb2, vector_service_pb2_grpc
 from flux_api.v1 import vector_service_pb2 as pb
 

@@ -108,7 +108,7 @@ def bare_server(
 def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     from flux import config as flux_config
-    from flux.core.catalog import IndexState
+    from flux.core.serving.catalog import IndexState
     from flux.server import Workers, build_server
 
     raw = {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": 0}}
@@ -260,8 +260,8 @@ def _bare_serve(path: Path, threads: int, search_threads: int, address: str, reu
     import grpc
     import numpy as np
 
-    from flux.core import artifact
     from flux.core.backend import defaults
+    from flux.core.storage import artifact
     from flux_api.v1 import types_pb2
     from flux_api.v1 import vector_service_pb2 as pb
 

@@ -43,8 +43,8 @@ from flux.bench.library import SWEEP_PARAM, Library, batches
 from flux.bench.load import Job, LoadClients
 from flux.bench.procs import format_cpus, parse_cpus
 from flux.bench.servers import ECHO_MODELS, SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
-from flux.core import artifact, builder
 from flux.core.backend import Metric
+from flux.core.storage import artifact, builder
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 

@@ -36,8 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from flux.bench.procs import spawn_flux_serve
-from flux.core import builder
 from flux.core.backend import Metric
+from flux.core.storage import builder
 from flux.datasets import clustered
 
 BACKENDS = ("hnsw", "annoy")  # the defaults; voyager on request (its search holds the GIL: docs/performance.md)

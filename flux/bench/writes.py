@@ -29,8 +29,8 @@ import grpc
 import numpy as np
 
 from flux.bench.servers import flux_server
-from flux.core import builder
 from flux.core.backend import Metric
+from flux.core.storage import builder
 from flux.datasets import clustered
 from flux_api.v1 import types_pb2
 from flux_api.v1 import write_service_pb2 as pb

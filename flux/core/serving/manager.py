@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flux import metrics
-from flux.core import artifact, confine, gate, versions
 from flux.core.backend import Metric
-from flux.core.index import Limits, ServedIndex
-from flux.core.versions import State
+from flux.core.serving import gate, versions
+from flux.core.serving.index import Limits, ServedIndex
+from flux.core.serving.versions import State
+from flux.core.storage import artifact, confine
 from flux.errors import (
     ArtifactError,
     FailedPrecondition,
@@ -110,12 +111,12 @@ class IndexSettings:
     backend: str | None = None
     dimension: int | None = None
     metric: Metric | None = None
-    #: When set, every version directory and artifact file must resolve inside it (flux.core.confine).
+    #: When set, every version directory and artifact file must resolve inside it (flux.core.storage.confine).
     data_root: Path | None = None
 
 
 class VersionHooks:
-    """What a writable index adds to the version steps (``flux.core.writes.Writer``); by default, nothing."""
+    """What a writable index adds to the version steps (``flux.core.writes.writer.Writer``); by default, nothing."""
 
     def loaded(self, index: ServedIndex) -> None:
         """A version has loaded and passed its gate: bring it up to date; raise FluxError to refuse it."""
@@ -398,7 +399,7 @@ class IndexManager:
     def publish(self, write: Callable[[Path, int], artifact.Manifest]) -> VersionSlot:
         """Save the active in-memory index as the next version and serve it as that version, without a reload.
 
-        For writable indexes, whose active index changes in memory (``flux.core.writes``):
+        For writable indexes, whose active index changes in memory (``flux.core.writes.writer``):
         ``write(path, version)`` saves it there (a snapshot). The new version's slot takes over
         the loaded index and its requests in flight; the old version stays on disk, unloaded.
         Holding the operations lock keeps the poller from loading the new directory as a second copy.

@@ -11,7 +11,7 @@ A record is a 20-byte header followed by its payload, little-endian::
     u32 payload length | u64 sequence | u32 crc32(payload) | u32 crc32(the 16 bytes before)
 
 Sequences start at 1 and rise by one from record to record, across segments. The payload is
-opaque here (``flux.core.mutations`` defines it).
+opaque here (``flux.core.writes.mutations`` defines it).
 
 Durability: ``append`` writes a batch of records with one write and makes them durable with
 one fdatasync before it returns. A new segment's directory entry is synced too.
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from flux.core.fsync import fsync_path
+from flux.core.storage.fsync import fsync_path
 from flux.errors import FailedPrecondition, LogCorrupt
 
 log = logging.getLogger(__name__)

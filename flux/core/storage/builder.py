@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from flux.core import artifact, registry
-from flux.core.attributes import AttributeStore, ItemAttributes
 from flux.core.backend import Matrix, Metric, Progress, defaults, resolve_params
+from flux.core.storage import artifact, registry
+from flux.core.storage.attributes import AttributeStore, ItemAttributes
 from flux.errors import InvalidArgument
 
 

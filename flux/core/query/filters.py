@@ -30,9 +30,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from flux.core import deadline
-from flux.core.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
 from flux.core.backend import Backend, Labels, Matrix, Metric
+from flux.core.query import deadline
+from flux.core.storage.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
 from flux.errors import InvalidArgument
 
 #: Ids one query may exclude.

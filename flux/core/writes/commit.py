@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flux import metrics
-from flux.core.wal import Log
+from flux.core.writes.wal import Log
 from flux.errors import FailedPrecondition, FluxError, Unavailable
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from flux.core import artifact
+from flux.core.storage import artifact
 from flux.errors import ArtifactError
 
 

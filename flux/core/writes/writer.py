@@ -3,10 +3,10 @@
 How a write travels (``Writer``):
 
 1. ``submit_upsert`` / ``submit_delete`` check it against the active version (errors name the
-   field), encode it (``flux.core.mutations``) and queue it for group commit (``flux.core.commit``).
-2. The flusher appends whatever is queued to the log (``flux.core.wal``) with one fdatasync,
+   field), encode it (``flux.core.writes.mutations``) and queue it for group commit (``flux.core.writes.commit``).
+2. The flusher appends whatever is queued to the log (``flux.core.writes.wal``) with one fdatasync,
    then applies those records in log order to the index that answers searches: the id map
-   grows (``flux.core.ids``), the backend adds or deletes, the attributes follow.
+   grows (``flux.core.storage.ids``), the backend adds or deletes, the attributes follow.
 3. Only then is the write acknowledged: a search that starts afterwards sees it, and no crash
    can lose it.
 
@@ -38,14 +38,15 @@ from typing import NamedTuple
 import numpy as np
 
 from flux import metrics
-from flux.core import artifact, builder, versions
-from flux.core.attributes import ItemAttributes
 from flux.core.backend import Matrix, Metric
-from flux.core.commit import GroupCommit, Ticket
-from flux.core.index import ServedIndex, check_vectors
-from flux.core.manager import IndexManager, VersionHooks
-from flux.core.mutations import Delete, Op, Upsert, decode, encode
-from flux.core.wal import Log, LogLocked
+from flux.core.serving import versions
+from flux.core.serving.index import ServedIndex, check_vectors
+from flux.core.serving.manager import IndexManager, VersionHooks
+from flux.core.storage import artifact, builder
+from flux.core.storage.attributes import ItemAttributes
+from flux.core.writes.commit import GroupCommit, Ticket
+from flux.core.writes.mutations import Delete, Op, Upsert, decode, encode
+from flux.core.writes.wal import Log, LogLocked
 from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable, shown
 
 log = logging.getLogger(__name__)

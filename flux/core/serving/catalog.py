@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
-from flux.core.aliases import Alias
-from flux.core.index import Limits, ServedIndex
-from flux.core.manager import IndexManager, IndexSettings, Listener, MemoryBudget
 from flux.core.query.request import Query, Result
-from flux.core.versions import State
+from flux.core.serving.aliases import Alias
+from flux.core.serving.index import Limits, ServedIndex
+from flux.core.serving.manager import IndexManager, IndexSettings, Listener, MemoryBudget
+from flux.core.serving.versions import State
 from flux.errors import IndexNotFound, InvalidArgument
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from flux.core.artifact import Artifact
-from flux.core.attributes import AttributeStore
 from flux.core.backend import Backend, Labels, Matrix, resolve_params
-from flux.core.filters import Filter, Planner
-from flux.core.ids import Ids
+from flux.core.query.filters import Filter, Planner
 from flux.core.query.request import FilterSpec, IdArray, Query, Result
+from flux.core.storage.artifact import Artifact
+from flux.core.storage.attributes import AttributeStore
+from flux.core.storage.ids import Ids
 from flux.errors import InvalidArgument, ItemNotFound, shown
 
 #: Distinct search-parameter overrides whose resolution an index remembers.
@@ -82,7 +82,7 @@ class ServedIndex:
         self.backend: Backend = artifact.backend
         self.limits = limits
         self.batch_threads = batch_threads
-        self.ids = Ids(artifact.ids)  # grows with upserts (flux.core.writes)
+        self.ids = Ids(artifact.ids)  # grows with upserts (flux.core.writes.writer)
         # A backend that does not declare thread-safe search gets one search at a time.
         thread_safe = type(self.backend).capabilities.thread_safe_search
         self._serial: AbstractContextManager[object] = nullcontext() if thread_safe else threading.Lock()
@@ -92,7 +92,7 @@ class ServedIndex:
         self._resolved: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
         #: The items' attributes, by label; the write path changes them (``set``, ``clear``).
         self.attributes = artifact.attributes or AttributeStore.empty(len(artifact.ids))
-        #: Plans the filtered queries (flux.core.filters); its learnt costs are public, for tools and tests.
+        #: Plans the filtered queries (flux.core.query.filters); its learnt costs are public, for tools and tests.
         self.planner = Planner(self.nearest, self.backend, self.attributes, self.labels_of, artifact.filter_vectors)
 
     @property
@@ -145,7 +145,7 @@ class ServedIndex:
 
         A plain query (no per-row k or params, no filter) is one backend call, encoded straight from
         its label matrix; rows with their own k or params, and filtered rows, go to the planner
-        (``flux.core.filters``), which groups rows that share params and chooses per filter how. A
+        (``flux.core.query.filters``), which groups rows that share params and chooses per filter how. A
         search by id looks the item's vector up and leaves the item itself out of its answer.
         """
         vectors, exclude = self._query_vectors(query)
@@ -178,7 +178,7 @@ class ServedIndex:
 
     def ids_of(self, labels: Labels) -> IdArray:
         """The id of each label, in the shape of ``labels`` (which must all be >= 0), as str or
-        UTF-8 bytes (``flux.core.ids.packed``): for protobuf string fields, which take either."""
+        UTF-8 bytes (``flux.core.storage.ids.packed``): for protobuf string fields, which take either."""
         return self.ids.of(labels)
 
     # -- validating and planning a query --------------------------------------------------------

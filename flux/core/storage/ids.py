@@ -1,6 +1,6 @@
 """The string ids of one loaded index, by label, and the label of each id; upserts grow it.
 
-Searches read without a lock, while one writer at a time (``flux.core.writes``) changes it:
+Searches read without a lock, while one writer at a time (``flux.core.writes.writer``) changes it:
 
 * a new id gets a new label, never one used before in this process, so a label a search
   got from the backend always names the id it had when the search ran, even if that id
