@@ -6,10 +6,20 @@ import grpc
 
 from flux.api import convert
 from flux.core.serving.catalog import Catalog
+from flux.core.serving.index import ServedIndex
 from flux.core.serving.manager import IndexManager, VersionSlot
 from flux.core.storage import artifact
+from flux.errors import FailedPrecondition, Unavailable
 from flux_api.v1 import admin_service_pb2 as pb
 from flux_api.v1 import admin_service_pb2_grpc
+
+VersionRequest = (
+    pb.LoadVersionRequest
+    | pb.ActivateVersionRequest
+    | pb.PinVersionRequest
+    | pb.RollbackVersionRequest
+    | pb.UnloadVersionRequest
+)
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
@@ -33,30 +43,31 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         )
 
     def LoadVersion(self, request: pb.LoadVersionRequest, context: grpc.ServicerContext) -> pb.LoadVersionResponse:
-        slot = self._catalog.manager(request.index).load(request.version)
-        return pb.LoadVersionResponse(version=version_info(slot))
+        return pb.LoadVersionResponse(version=version_info(self._versions(request).load(request.version)))
 
     def ActivateVersion(
         self, request: pb.ActivateVersionRequest, context: grpc.ServicerContext
     ) -> pb.ActivateVersionResponse:
-        slot = self._catalog.manager(request.index).activate(request.version)
-        return pb.ActivateVersionResponse(version=version_info(slot))
+        return pb.ActivateVersionResponse(version=version_info(self._versions(request).activate(request.version)))
 
     def PinVersion(self, request: pb.PinVersionRequest, context: grpc.ServicerContext) -> pb.PinVersionResponse:
-        slot = self._catalog.manager(request.index).pin(request.version or None)
+        slot = self._versions(request).pin(request.version or None)  # 0: unpin
         return pb.PinVersionResponse(version=version_info(slot) if slot else None)
 
     def RollbackVersion(
         self, request: pb.RollbackVersionRequest, context: grpc.ServicerContext
     ) -> pb.RollbackVersionResponse:
-        previous, slot = self._catalog.manager(request.index).rollback()
+        previous, slot = self._versions(request).rollback()
         return pb.RollbackVersionResponse(previous_version=previous, version=version_info(slot))
 
     def UnloadVersion(
         self, request: pb.UnloadVersionRequest, context: grpc.ServicerContext
     ) -> pb.UnloadVersionResponse:
-        slot = self._catalog.manager(request.index).unload(request.version)
-        return pb.UnloadVersionResponse(version=version_info(slot))
+        return pb.UnloadVersionResponse(version=version_info(self._versions(request).unload(request.version)))
+
+    def _versions(self, request: VersionRequest) -> IndexManager:
+        """The manager of the index a version operation names."""
+        return self._catalog.manager(request.index)
 
     def ListAliases(self, request: pb.ListAliasesRequest, context: grpc.ServicerContext) -> pb.ListAliasesResponse:
         return pb.ListAliasesResponse(
@@ -97,15 +108,20 @@ def describe(manager: IndexManager, state: pb.IndexState.ValueType) -> pb.IndexI
         info.error = f"version {failures[0].version}: {failures[0].error}"
     elif state != pb.INDEX_STATE_LOADING:
         info.error = manager.problem()
-    slot = manager.active
-    loaded = slot.loaded if slot is not None else None
-    if slot is None or loaded is None:
-        info.backend = settings.backend or ""
-        info.dimension = settings.dimension or 0
-        if settings.metric is not None:
-            info.metric = convert.METRICS[settings.metric]
-        return info
-    index = loaded.index
+    try:
+        with manager.acquire() as index:  # held, so no swap closes it while it is read
+            _describe_active(info, index, manager.slot(index.version))
+            return info
+    except (Unavailable, FailedPrecondition):  # no active version: what the config expects
+        pass
+    info.backend = settings.backend or ""
+    info.dimension = settings.dimension or 0
+    if settings.metric is not None:
+        info.metric = convert.METRICS[settings.metric]
+    return info
+
+
+def _describe_active(info: pb.IndexInfo, index: ServedIndex, slot: VersionSlot) -> None:
     manifest = index.manifest
     info.backend = manifest.backend
     info.dimension = manifest.dimension
@@ -124,7 +140,6 @@ def describe(manager: IndexManager, state: pb.IndexState.ValueType) -> pb.IndexI
         }
     )
     info.capabilities.CopyFrom(convert.capabilities(type(index.backend).capabilities))
-    return info
 
 
 def version_info(slot: VersionSlot) -> pb.VersionInfo:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
+SearchRequests = (
+    vector_service_pb2.SearchRequest | vector_service_pb2.BatchSearchRequest | vector_service_pb2.SearchByIdRequest
+)
 
 METRICS = {
     Metric.L2: types_pb2.METRIC_L2,
@@ -71,46 +74,32 @@ def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
 
 
 def search_query(request: vector_service_pb2.SearchRequest) -> Query:
-    return Query(
-        request.index,
-        request.k,
-        vectors=decode_vectors(request.vector, "vector"),
-        dimension=request.vector.dimension,
-        params=request.params,
-        filter=_filter(request.filter) if request.HasField("filter") else None,
-        version=request.version,
-        routing_key=request.routing_key,
-    )
+    vectors = decode_vectors(request.vector, "vector")
+    return Query(request.index, request.k, vectors, request.vector.dimension, **_shared(request))
 
 
 def batch_query(request: vector_service_pb2.BatchSearchRequest) -> Query:
-    return Query(
-        request.index,
-        request.k,
-        vectors=decode_vectors(request.queries, "queries"),
-        dimension=request.queries.dimension,
-        vectors_field="queries",
-        params=request.params,
-        filter=_filter(request.filter) if request.HasField("filter") else None,
-        overrides=[
-            RowOverride(o.k, o.params, _filter(o.filter) if o.HasField("filter") else None) for o in request.overrides
-        ],
-        batch=True,
-        version=request.version,
-        routing_key=request.routing_key,
-    )
+    vectors = decode_vectors(request.queries, "queries")
+    overrides = [
+        RowOverride(o.k, o.params, _filter(o.filter) if o.HasField("filter") else None) for o in request.overrides
+    ]
+    query = Query(request.index, request.k, vectors, request.queries.dimension, "queries", **_shared(request))
+    query.overrides, query.batch = overrides, True
+    return query
 
 
 def by_id_query(request: vector_service_pb2.SearchByIdRequest) -> Query:
-    return Query(
-        request.index,
-        request.k,
-        item_id=request.id,
-        params=request.params,
-        filter=_filter(request.filter) if request.HasField("filter") else None,
-        version=request.version,
-        routing_key=request.routing_key,
-    )
+    return Query(request.index, request.k, item_id=request.id, **_shared(request))
+
+
+def _shared(request: SearchRequests) -> dict[str, Any]:
+    """What every search request carries alike: params, filter, version and routing key."""
+    return {
+        "params": request.params,
+        "filter": _filter(request.filter) if request.HasField("filter") else None,
+        "version": request.version,
+        "routing_key": request.routing_key,
+    }
 
 
 def search_response(result: Result) -> vector_service_pb2.SearchResponse:

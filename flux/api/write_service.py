@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 import grpc
 
@@ -18,6 +19,7 @@ from flux_api.v1 import types_pb2, write_service_pb2_grpc
 from flux_api.v1 import write_service_pb2 as pb
 
 #: Batches of one stream in the log's queue at once: enough to fill group commits, bounded memory.
+_Answer = TypeVar("_Answer")
 _WINDOW = 64
 
 Batch = pb.UpsertRequest | pb.UpsertStreamRequest
@@ -31,13 +33,7 @@ class WriteServicer(write_service_pb2_grpc.WriteServiceServicer):
     def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext) -> pb.UpsertResponse:
         writer = self._writer(request.index)
         done: Applied = writer.submit_upsert(*_items(request, "")).wait()
-        return pb.UpsertResponse(
-            index=writer.name,
-            version=done.version,
-            inserted=done.inserted,
-            updated=done.updated,
-            log_sequence=done.sequence,
-        )
+        return _written(pb.UpsertResponse, writer, done, inserted=done.inserted, updated=done.updated)
 
     def UpsertStream(
         self, request_iterator: Iterator[pb.UpsertStreamRequest], context: grpc.ServicerContext
@@ -79,13 +75,7 @@ class WriteServicer(write_service_pb2_grpc.WriteServiceServicer):
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         writer = self._writer(request.index)
         done = writer.delete(list(request.ids))
-        return pb.DeleteResponse(
-            index=writer.name,
-            version=done.version,
-            deleted=done.deleted,
-            not_found=done.missing,
-            log_sequence=done.sequence,
-        )
+        return _written(pb.DeleteResponse, writer, done, deleted=done.deleted, not_found=done.missing)
 
     def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotResponse:
         writer = self._writer(request.index)
@@ -122,3 +112,8 @@ def _attributes(message: types_pb2.ItemAttributes, field: str) -> ItemAttributes
     return ItemAttributes.create(
         [(r.namespace, r.tokens) for r in message.restricts], message.crowding_tag, field=field
     )
+
+
+def _written(response: Callable[..., _Answer], writer: Writer, done: Applied, **counts: int) -> _Answer:
+    """A write's answer: the index, the version and the log record that hold it, and what it did."""
+    return response(index=writer.name, version=done.version, log_sequence=done.sequence, **counts)
