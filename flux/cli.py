@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Never
 
@@ -21,8 +22,18 @@ from flux.errors import FluxError
 log = logging.getLogger("flux")
 
 
+#: Entry point group of commands other distributions add to ``flux`` (``flux bench`` from flux-bench):
+#: each names a ``main(argv) -> int`` that parses the arguments after the command's name.
+COMMANDS_GROUP = "flux.commands"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    added = _added_commands()
+    if argv and argv[0] in added:  # loaded only when asked for: `flux serve` imports none of them
+        run: Callable[[list[str]], int] = added[argv[0]].load()
+        return int(run(argv[1:]))
+    parser = _parser(added)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -36,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _added_commands() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
+def _parser(added: dict[str, EntryPoint]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flux", description="Flux: gRPC nearest-neighbour serving.")
     parser.add_argument("--version", action="version", version=f"flux {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,13 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="health service name; '' is the whole server")
     health.set_defaults(run=_cmd_health)
 
-    from flux.bench.cli import add_parser as add_bench
     from flux.ops_cli import add_parsers as add_ops_commands
     from flux.versions_cli import add_parsers as add_version_commands
 
     add_version_commands(commands)
     add_ops_commands(commands)
-    add_bench(commands)
+    for name, entry in sorted(added.items()):  # listed in the help; `flux NAME --help` asks the command itself
+        source = entry.dist.name if entry.dist is not None else entry.value
+        commands.add_parser(name, help=f"(from {source}; `flux {name} --help`)", add_help=False)
     return parser
 
 

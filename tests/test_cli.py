@@ -158,3 +158,19 @@ def test_serve_on_a_busy_port_prints_one_line_naming_it_and_exits_3(tmp_path: Pa
     assert result.returncode == 3, result.stderr
     expected = f"flux serve: cannot listen on 127.0.0.1:{busy} (server.{key}): address already in use"
     assert result.stderr.splitlines() == [expected]  # no traceback, no log line from gRPC's C core
+
+
+def test_serving_loads_no_benchmark_code_and_flux_bench_comes_from_its_own_distribution() -> None:
+    """flux-bench adds `flux bench` through the flux.commands entry point; the server never imports it."""
+    for command in (["-c", "import flux.server"], ["-m", "flux", "serve", "--help"]):
+        run = subprocess.run([sys.executable, "-X", "importtime", *command], capture_output=True, text=True, check=True)
+        imported = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if "|" in line]
+        assert "flux.server" in imported or command[-1] == "--help"
+        assert not [m for m in imported if m.split(".")[0] == "flux_bench"], command
+    listed = flux("--help")
+    assert "bench" in listed.stdout
+    assert "flux-bench" in listed.stdout
+    modes = flux("bench", "--help")
+    assert modes.returncode == 0
+    assert "serving" in modes.stdout
+    assert "swap" in modes.stdout

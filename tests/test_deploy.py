@@ -346,6 +346,7 @@ def test_builder_stage_sources_are_enough_to_build_the_wheels(tmp_path: Path) ->
     assert {"exact", "hnsw", "annoy"} <= {line.split(" =")[0] for line in entry_points.splitlines()}
     assert "flux/server.py" in names
     assert "flux_backends/hnsw.py" in names
+    assert not [n for n in names if "bench" in n], "the server wheel carries benchmark code (flux-bench has it)"
     # setuptools only warns when a license file is missing; the image must still ship it.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     for license_file in project.get("license-files", []):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flux.bench.filters import SELECTIVITIES, TARGET_RECALL
 from flux.cli import main
+from flux_bench.filters import SELECTIVITIES, TARGET_RECALL
 
 FILTERS = {f"{s:.1%}" for s in SELECTIVITIES} | {"mixed"}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from flux.bench.procs import spawn_flux_serve
 from flux_api.v1 import types_pb2, vector_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_bench.procs import spawn_flux_serve
 from tests import support
 
 CLIENTS = 64

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flux.bench.swap import verdict
 from flux.cli import main
+from flux_bench.swap import verdict
 
 
 @pytest.mark.parametrize(("backend", "gate"), [("annoy", "default"), ("hnsw", "recommended")])

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from flux.bench.procs import Child, serve_forever, spawn_flux_serve
+from flux_bench.procs import Child, serve_forever, spawn_flux_serve
 
 TARGET = 3.0  # answered p99 under overload at most this many times the unloaded p99
 PRESETS = {"quick": {"seconds": 3.0, "unloaded_calls": 500, "n": 5_000}}

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from flux.bench.procs import Child, children_of, cpu_seconds, cpu_set, process_tree, rss_bytes
+from flux_bench.procs import Child, children_of, cpu_seconds, cpu_set, process_tree, rss_bytes
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]

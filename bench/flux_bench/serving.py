@@ -37,16 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from flux.bench import report
-from flux.bench.data import Dataset, Synthetic, from_files, recall, synthetic
-from flux.bench.library import SWEEP_PARAM, Library, batches
-from flux.bench.load import Job, LoadClients
-from flux.bench.procs import format_cpus, parse_cpus
-from flux.bench.servers import ECHO_MODELS, SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
 from flux.core.backend import Metric
 from flux.core.storage import artifact, builder
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
+from flux_bench import report
+from flux_bench.data import Dataset, Synthetic, from_files, recall, synthetic
+from flux_bench.library import SWEEP_PARAM, Library, batches
+from flux_bench.load import Job, LoadClients
+from flux_bench.procs import format_cpus, parse_cpus
+from flux_bench.servers import ECHO_MODELS, SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
 
 SEARCH = SEARCH_METHOD
 BATCH_SEARCH = "/flux_api.v1.VectorService/BatchSearch"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from flux.bench.procs import Child, cpu_set, rss_bytes, serve_forever
+from flux_bench.procs import Child, cpu_set, rss_bytes, serve_forever
 
 #: The search knob each library takes per query, and the name Flux gives it.
 SWEEP_PARAM = {"hnsw": "ef", "annoy": "search_k"}

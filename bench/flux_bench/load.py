@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flux.bench.procs import Child, cpu_set
+from flux_bench.procs import Child, cpu_set
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 
