@@ -33,15 +33,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in added:  # loaded only when asked for: `flux serve` imports none of them
         run: Callable[[list[str]], int] = added[argv[0]].load()
         return int(run(argv[1:]))
-    parser = _parser(added)
-    args = parser.parse_args(argv)
+    args = _parser(added).parse_args(argv)
+    return run_command(args, f"flux {args.command}")
+
+
+def run_command(args: argparse.Namespace, name: str) -> int:
+    """Run a parsed command (``args.run``) with logging set up; a FluxError is one line naming ``name``, exit 2."""
     logging.basicConfig(
         level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.run(args))
     except FluxError as exc:
-        print(f"flux {args.command}: {exc.message}", file=sys.stderr)
+        print(f"{name}: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import os
-import sys
 
-from flux.errors import FluxError
+from flux.cli import run_command
 
 #: Modules that each add one ``flux bench MODE`` sub-command.
 MODES: tuple[str, ...] = (
@@ -37,13 +34,4 @@ def main(argv: list[str]) -> int:
     for module in MODES:
         importlib.import_module(module).add_parser(modes)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.run(args))
-    except FluxError as exc:
-        print(f"flux bench {args.bench_mode}: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args, f"flux bench {args.bench_mode}")
