@@ -98,15 +98,15 @@ def test_entries_that_are_no_version_are_passed_over_and_named_in_the_log(
     source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     staging = publish(tmp_path / "staging", 2)
-    for name in ("v3", "01", "..1", ".staging-4"):
+    for name in ("v3", "01", "..1", ".4.a1b2c3"):
         shutil.copytree(staging, source / name)
     with caplog.at_level(logging.WARNING, logger="flux.core.serving.manager"), serve(source) as server:
         assert set(listed(server.address)) == {1}
         warned = caplog.text
     assert "v3 is not a version folder" in warned
     assert "01 is not a version folder" in warned  # would be version 1 a second time
-    assert "..1" not in warned  # hidden, as the staging folders of `flux build` are
-    assert ".staging-4" not in warned
+    assert "..1 is not a version folder" in warned  # hidden, but not a staging folder
+    assert ".4.a1b2c3" not in warned  # what `flux build` and snapshots write before the rename
 
 
 def test_config_check_names_the_folders_the_server_would_refuse(source: Path, tmp_path: Path) -> None:

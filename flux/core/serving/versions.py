@@ -10,8 +10,9 @@ A source is a directory with one artifact per version, each named by its number:
     tracks/2/manifest.json ...
 
 A folder's number must be the version its manifest names (the manager refuses it otherwise).
-Hidden entries (a leading ".") are staging, such as the temporary folder ``flux build`` writes
-before its rename; any other entry that is not a number is no version and is left alone.
+Entries named ``.<name>.<random>`` are staging, the folders ``flux build`` and snapshots write
+before their rename; any other entry that is not a number is no version: it is left alone and
+named once in the log.
 
 A path that is itself an artifact (it holds manifest.json) is a source of one version,
 the one its manifest names.
@@ -19,6 +20,7 @@ the one its manifest names.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -76,11 +78,15 @@ def folders(path: Path) -> dict[int, Path]:
     return {int(p.name): p for p in path.iterdir() if is_version_name(p.name) and p.is_dir()}
 
 
+#: What ``flux build`` and snapshots write a version into before renaming it: ``.<name>.<random>``.
+_STAGING = re.compile(r"^\.[^.]+\.")
+
+
 def strays(path: Path) -> list[Path]:
-    """Entries of the source directory ``path`` that are neither a version folder nor hidden (staging)."""
+    """Entries of the source directory ``path`` that are neither a version folder nor a staging folder."""
     if not path.is_dir() or (path / artifact.MANIFEST).is_file():
         return []
-    return sorted(p for p in path.iterdir() if not p.name.startswith(".") and not is_version_name(p.name))
+    return sorted(p for p in path.iterdir() if not _STAGING.match(p.name) and not is_version_name(p.name))
 
 
 def is_version_name(name: str) -> bool:
