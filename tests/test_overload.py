@@ -84,7 +84,11 @@ def test_bench_overload_quick_run_prints_the_table_and_writes_json(tmp_path: Pat
     phases = {p["phase"]: p for p in report["phases"]}
     limited = f"64 clients, limit {report['settings']['limit']}"
     assert set(phases) == {"1 client", limited, "64 clients, no limit"}
-    assert phases["1 client"]["ok"] == 500
+    # One client in turn: a refusal is possible only when its next call reaches a worker (limit 1)
+    # before that worker has released the call just answered, a race a busy machine can lose.
+    unloaded = phases["1 client"]
+    assert unloaded["ok"] + unloaded["refused"] == 500
+    assert unloaded["ok"] >= 495
     assert phases[limited]["refused"] > 0
     assert phases["64 clients, no limit"]["refused"] == 0
     assert report["passed"] == (result.returncode == 0)
