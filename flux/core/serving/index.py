@@ -166,7 +166,7 @@ class ServedIndex:
     def search(self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1) -> list[list[str]]:
         """The ids of the k nearest neighbours of already-validated queries, row by row (for tools and checks)."""
         labels, _ = self.nearest(queries, k, params, threads=threads)
-        return [[_text(i) for i in self.ids_of(row[row >= 0])] for row in labels]
+        return [self.ids.strings(row[row >= 0]) for row in labels]
 
     def nearest(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
@@ -281,7 +281,3 @@ class _Itself:
 
     id: str
     label: int
-
-
-def _text(item: str | bytes) -> str:
-    return item.decode() if isinstance(item, bytes) else item
