@@ -16,10 +16,10 @@ help: ## list the targets
 
 install: $(VENV)/.installed $(VENV)/.generated ## create .venv with Flux, its backends, dev tools and generated code
 
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml bench/pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml core/pyproject.toml backends/pyproject.toml bench/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e clients/python -e '.[all,dev]' -e bench
+	$(BIN)/python -m pip install --quiet -e clients/python -e core -e "backends[all]" -e '.[all,dev]' -e bench
 	@touch $@
 
 $(VENV)/.generated: $(VENV)/.installed $(PROTOS) tools/protogen.py

@@ -16,8 +16,8 @@ from typing import Never
 import numpy as np
 
 from flux import __version__, remote
-from flux.core.backend import Metric, Progress
-from flux.errors import FluxError
+from flux_core.backend import Metric, Progress
+from flux_core.errors import FluxError
 
 log = logging.getLogger("flux")
 
@@ -163,7 +163,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     """Build an index artifact from a vector file, ready for `flux serve`."""
     from flux import datasets
-    from flux.core.storage import artifact, builder
+    from flux_core.storage import artifact, builder
 
     started = time.perf_counter()
     vectors, ids, attributes = datasets.load_items(args.vectors)
@@ -198,7 +198,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Verify every checksum of an artifact, open it with its backend, and print the manifest and stats."""
-    from flux.core.storage import artifact
+    from flux_core.storage import artifact
 
     loaded = artifact.load(args.artifact)
     manifest = loaded.manifest

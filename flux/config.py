@@ -18,13 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flux import config_env
-from flux.core.backend import Metric
 from flux.core.serving.gate import GateConfig
 from flux.core.serving.manager import IndexSettings
 from flux.core.serving.versions import Policy
-from flux.core.storage import confine
 from flux.core.writes.writer import WriteSettings
-from flux.errors import ConfigError
+from flux_core.backend import Metric
+from flux_core.errors import ConfigError
+from flux_core.storage import confine
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from flux.errors import ConfigError
+from flux_core.errors import ConfigError
 
 PREFIX = "FLUX_"
 SEPARATOR = "__"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flux.core.backend import Matrix
-from flux.core.storage.attributes import ItemAttributes
-from flux.errors import InvalidArgument
+from flux_core.backend import Matrix
+from flux_core.errors import InvalidArgument
+from flux_core.storage.attributes import ItemAttributes
 
 
 def clustered(n: int, dimension: int, *, clusters: int = 64, spread: float = 0.35, seed: int = 0) -> Matrix:

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from flux import config as flux_config
-from flux.core.backend import Metric
-from flux.core.storage import artifact, builder
 from flux.datasets import clustered
+from flux_core.backend import Metric
+from flux_core.storage import artifact, builder
 
 log = logging.getLogger(__name__)
 

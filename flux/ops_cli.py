@@ -10,7 +10,7 @@ from typing import Any
 
 from flux import config as flux_config
 from flux.api.auth import hash_token
-from flux.errors import FluxError
+from flux_core.errors import FluxError
 
 
 def add_parsers(commands: Any) -> None:
@@ -49,8 +49,8 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
     """What the server will do, after the checks that need the file system."""
     from flux.api.tls import server_credentials
     from flux.core.serving import versions
-    from flux.core.storage import confine
-    from flux.errors import ConfigError
+    from flux_core.errors import ConfigError
+    from flux_core.storage import confine
 
     server, limits = config.server, config.limits
     if config.tls is not None:
@@ -85,8 +85,8 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
 def _folder_problems(source: Path, found: dict[int, Path]) -> list[str]:
     """What the server would refuse or pass over in a source directory, one line each."""
     from flux.core.serving import versions
-    from flux.core.storage import artifact
-    from flux.errors import ArtifactError
+    from flux_core.errors import ArtifactError
+    from flux_core.storage import artifact
 
     problems = [
         f"{path.name}/: no {artifact.MANIFEST}, refused"

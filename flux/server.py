@@ -38,13 +38,13 @@ from flux.core.serving.aliases import Alias, Arm
 from flux.core.serving.catalog import Catalog, IndexState
 from flux.core.serving.index import Limits
 from flux.core.writes.writer import Writer
-from flux.errors import Code, FluxError
 from flux.metrics_endpoint import MetricsEndpoint
 from flux.signals import StopSignals
 from flux_api.v1 import admin_service_pb2, vector_service_pb2, write_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import add_AdminServiceServicer_to_server
 from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
 from flux_api.v1.write_service_pb2_grpc import add_WriteServiceServicer_to_server
+from flux_core.errors import Code, FluxError
 
 log = logging.getLogger(__name__)
 

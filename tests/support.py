@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 
 from flux import config as flux_config
-from flux.core.backend import Metric
-from flux.core.storage import builder
 from flux.datasets import clustered
 from flux.server import FluxServer, build_server
 from flux_api.v1 import types_pb2
+from flux_core.backend import Metric
+from flux_core.storage import builder
 
 
 def dataset(n: int = 5000, dimension: int = 64, queries: int = 200, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

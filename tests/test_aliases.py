@@ -14,13 +14,13 @@ from prometheus_client import REGISTRY
 
 from flux import config as flux_config
 from flux.core.serving.aliases import Alias, Arm
-from flux.errors import ConfigError
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2 as admin
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_core.errors import ConfigError
 from tests import support
 
 DIM = 8

@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from flux.core.storage import artifact
-from flux.core.storage.ids import Ids
-from flux.errors import ArtifactError
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_core.errors import ArtifactError
+from flux_core.storage import artifact
+from flux_core.storage.ids import Ids
 from tests import support
 
 

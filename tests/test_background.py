@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from flux.core.storage.background import BACKGROUND_NICE, at_low_priority
+from flux_core.storage.background import BACKGROUND_NICE, at_low_priority
 
 
 def _where() -> tuple[int, int]:

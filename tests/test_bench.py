@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 
 from flux.cli import main
-from flux.core.backend import Metric
-from flux.errors import InvalidArgument
 from flux_bench import data
 from flux_bench.procs import Child, cpu_seconds, cpu_set, format_cpus, parse_cpus
 from flux_bench.report import Row, merge, operating_value
 from flux_bench.serving import _placement
+from flux_core.backend import Metric
+from flux_core.errors import InvalidArgument
 from tests.support import brute_force, build_artifact
 from tests.test_cli import ENV, FLUX, flux
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from flux import config
-from flux.core.backend import Metric
-from flux.errors import ConfigError
+from flux_core.backend import Metric
+from flux_core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,7 +1,7 @@
 """The shipped conformance kit, run against every in-tree backend exactly as a plugin author would."""
 
-from flux.core.storage import registry
 from flux.testing import conformance_suite
+from flux_core.storage import registry
 
 TestExact = conformance_suite(registry.get("exact"), min_recall=1.0)
 TestHnsw = conformance_suite(registry.get("hnsw"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flux.datasets import clustered, load_vectors
-from flux.errors import InvalidArgument
+from flux_core.errors import InvalidArgument
 
 
 def write_fvecs(path: Path, matrix: np.ndarray) -> None:

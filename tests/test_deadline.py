@@ -12,8 +12,8 @@ import pytest
 from flux.core.query import deadline
 from flux.core.query.request import FilterSpec, Query, RowOverride
 from flux.core.serving.index import ServedIndex
-from flux.core.storage import artifact
-from flux.errors import DeadlineExceeded
+from flux_core.errors import DeadlineExceeded
+from flux_core.storage import artifact
 from tests import support
 
 

@@ -329,7 +329,7 @@ def test_builder_stage_sources_are_enough_to_build_the_wheels(tmp_path: Path) ->
     out = tmp_path / "wheels"
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out)]
     result = subprocess.run(
-        [*pip_wheel, "./clients/python", "."],
+        [*pip_wheel, "./clients/python", "./core", "./backends", "."],
         cwd=src,
         capture_output=True,
         text=True,
@@ -338,16 +338,34 @@ def test_builder_stage_sources_are_enough_to_build_the_wheels(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr
     wheels = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
-    assert set(wheels) == {"flux_client", "flux_server"}
-    with zipfile.ZipFile(wheels["flux_server"]) as wheel:
-        entry_points = wheel.read(next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))).decode()
-        names = wheel.namelist()
-    assert "flux = flux.cli:main" in entry_points
-    assert {"exact", "hnsw", "annoy"} <= {line.split(" =")[0] for line in entry_points.splitlines()}
-    assert "flux/server.py" in names
-    assert "flux_backends/hnsw.py" in names
-    assert not [n for n in names if "bench" in n], "the server wheel carries benchmark code (flux-bench has it)"
+    assert set(wheels) == {"flux_client", "flux_core", "flux_backends", "flux_server"}
+    server, backends, core = (_wheel_files(wheels[name]) for name in ("flux_server", "flux_backends", "flux_core"))
+    assert "flux = flux.cli:main" in server["entry_points.txt"]
+    assert {"exact", "hnsw", "annoy"} <= {line.split(" =")[0] for line in backends["entry_points.txt"].splitlines()}
+    assert "flux/server.py" in server["names"]
+    assert "flux_backends/hnsw.py" in backends["names"]
+    assert "flux_core/storage/artifact.py" in core["names"]
+    assert not [n for n in server["names"] if "bench" in n], (
+        "the server wheel carries benchmark code (flux-bench has it)"
+    )
+    # A pipeline worker installs flux-core without the server: numpy must be all it pulls in.
+    assert [line for line in core["METADATA"].splitlines() if line.startswith("Requires-Dist")] == [
+        "Requires-Dist: numpy>=1.24"
+    ]
+    names = server["names"].splitlines()
     # setuptools only warns when a license file is missing; the image must still ship it.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     for license_file in project.get("license-files", []):
         assert any(n.endswith(f".dist-info/licenses/{license_file}") for n in names), f"{license_file} not copied"
+
+
+def _wheel_files(path: Path) -> dict[str, str]:
+    """A wheel's file names (under "names") and its entry points and metadata."""
+    with zipfile.ZipFile(path) as wheel:
+        names = wheel.namelist()
+        read = {
+            n.rsplit("/", 1)[-1]: wheel.read(n).decode()
+            for n in names
+            if n.endswith((".dist-info/METADATA", "entry_points.txt"))
+        }
+    return {"names": "\n".join(names), **read}

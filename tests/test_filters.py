@@ -15,11 +15,11 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from flux.core.storage.attributes import ItemAttributes
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_core.storage.attributes import ItemAttributes
 from tests import support
 
 N, DIM, K = 4000, 16, 10
@@ -60,8 +60,8 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="module")
 def server(catalog: Catalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
-    from flux.core.backend import Metric
-    from flux.core.storage import builder
+    from flux_core.backend import Metric
+    from flux_core.storage import builder
 
     root = tmp_path_factory.mktemp("filtered")
     indexes = []

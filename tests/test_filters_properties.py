@@ -17,11 +17,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux.core.backend import Metric
 from flux.core.query.filters import Costs, Filter, Strategy
 from flux.core.serving.index import ServedIndex
-from flux.core.storage import artifact, builder
-from flux.core.storage.attributes import ItemAttributes
+from flux_core.backend import Metric
+from flux_core.storage import artifact, builder
+from flux_core.storage.attributes import ItemAttributes
 
 NAMESPACES = {"market": ["US", "SE", "DE"], "genre": ["rock", "jazz", "pop", "folk"]}
 TAGS = ["a", "b", "c", "d", ""]

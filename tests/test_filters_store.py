@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from flux.cli import main
-from flux.core.backend import Metric
 from flux.core.query.filters import Filter
 from flux.core.serving.index import ServedIndex
-from flux.core.storage import artifact, builder
-from flux.core.storage.attributes import NO_TAG, AttributeStore, ItemAttributes
 from flux.datasets import load_items
-from flux.errors import ArtifactError, InvalidArgument
+from flux_core.backend import Metric
+from flux_core.errors import ArtifactError, InvalidArgument
+from flux_core.storage import artifact, builder
+from flux_core.storage.attributes import NO_TAG, AttributeStore, ItemAttributes
 from tests import support
 
 FIXTURES = Path(__file__).parent / "fixtures" / "artifacts" / "v1"

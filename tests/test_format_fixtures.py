@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flux.core.backend import defaults
-from flux.core.storage import artifact
-from flux.core.storage.ids import Ids
+from flux_core.backend import defaults
+from flux_core.storage import artifact
+from flux_core.storage.ids import Ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "artifacts"
 CASES = [

@@ -15,9 +15,9 @@ from contextlib import AbstractContextManager, contextmanager
 import grpc
 import numpy as np
 
-from flux.core.backend import ReadWriteGate
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2, vector_service_pb2, vector_service_pb2_grpc
+from flux_core.backend import ReadWriteGate
 from tests import support
 
 WAIT = 10.0  # seconds any one step of a unit test may take before it counts as stuck

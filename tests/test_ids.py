@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flux.core.storage.ids import Ids, packed
 from flux_api.v1 import types_pb2
+from flux_core.storage.ids import Ids, packed
 
 
 def test_ids_of_similar_length_are_packed_into_far_less_memory_than_strings() -> None:

@@ -24,10 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from flux import config as flux_config
 from flux import config_env
 from flux.api.auth import hash_token
-from flux.errors import ConfigError
 from flux.server import FluxServer, build_server
 from flux_api.v1 import types_pb2, vector_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_core.errors import ConfigError
 from tests import support
 
 FLUX = [sys.executable, "-m", "flux"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flux.core.backend import Backend
-from flux.core.storage import registry
-from flux.errors import BackendError, NotFound
+from flux_core.backend import Backend
+from flux_core.errors import BackendError, NotFound
+from flux_core.storage import registry
 
 
 def install_distribution(site: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
@@ -72,14 +72,14 @@ def test_a_missing_optional_dependency_gives_an_install_hint(site: Path) -> None
 @pytest.mark.parametrize(
     ("source", "fragment"),
     [
-        ("Plugin = 42\n", "not a subclass of flux.core.backend.Backend"),
+        ("Plugin = 42\n", "not a subclass of flux_core.backend.Backend"),
         (
             GOOD.replace('"plugin-good"', '"other-name"'),
             "declares name 'other-name', but is registered as 'plugin-bad'",
         ),
         (GOOD + "        api_version = 99\n", "implements backend API version 99; this Flux supports 1"),
         (
-            "from flux.core.backend import Backend\nclass Plugin(Backend):\n    name = 'plugin-bad'\n",
+            "from flux_core.backend import Backend\nclass Plugin(Backend):\n    name = 'plugin-bad'\n",
             "does not implement",
         ),
         ("raise RuntimeError('boom at import')\n", "failed while importing: RuntimeError('boom at import')"),

@@ -15,11 +15,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
-from flux.core.backend import Metric
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from flux_backends.exact import ExactBackend
+from flux_core.backend import Metric
 from tests import support
 from tests.conftest import BACKENDS, METRICS
 

@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flux import config as flux_config
 from flux.api.auth import hash_token
-from flux.errors import ConfigError
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
@@ -33,6 +32,7 @@ from flux_client import (
     Unauthenticated,
     Unavailable,
 )
+from flux_core.errors import ConfigError
 from tests import support
 from tests.pki import SERVER_NAME
 
@@ -283,7 +283,7 @@ def test_version_directories_and_artifact_files_that_lead_out_are_refused(
         [{"name": "tracks", "path": str(source), "versions": {"policy": "specific", "versions": [1]}}],
         server={"data_root": str(root)},
     )
-    caplog.set_level(logging.WARNING, logger="flux.core.storage.confine")
+    caplog.set_level(logging.WARNING, logger="flux_core.storage.confine")
     with support.running_server(config) as server, support.channel_to(server) as channel:
         admin = AdminServiceStub(channel)
         cases = (

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flux.core.backend import Metric
 from flux.core.serving import gate
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.quality import Nearest, brute_force, nearest_rows
-from flux.core.storage import artifact, builder
-from flux.core.storage.attributes import ItemAttributes
+from flux_core.backend import Metric
+from flux_core.storage import artifact, builder
+from flux_core.storage.attributes import ItemAttributes
 from tests import support
 
 N, DIM = 40_000, 16

@@ -11,7 +11,7 @@ import pytest
 
 from flux.core.writes import wal
 from flux.core.writes.commit import GroupCommit, Ticket
-from flux.errors import Code, FailedPrecondition, LogCorrupt
+from flux_core.errors import Code, FailedPrecondition, LogCorrupt
 
 
 def payload(sequence: int) -> bytes:

@@ -18,12 +18,12 @@ from grpc_status import rpc_status
 from flux.api.convert import encode_vectors
 from flux.core.serving.index import Limits
 from flux.core.writes import wal
-from flux.errors import ConfigError
 from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2 as apb
 from flux_api.v1 import admin_service_pb2_grpc, types_pb2, vector_service_pb2_grpc, write_service_pb2_grpc
 from flux_api.v1 import vector_service_pb2 as vpb
 from flux_api.v1 import write_service_pb2 as wpb
+from flux_core.errors import ConfigError
 from tests import support
 
 DIM = 8

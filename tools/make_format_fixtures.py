@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flux.core.backend import Metric, defaults
-from flux.core.storage import artifact, builder
+from flux_core.backend import Metric, defaults
+from flux_core.storage import artifact, builder
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "artifacts"

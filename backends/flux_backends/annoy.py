@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from annoy import AnnoyIndex
 
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
+from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
 
 _AnnoyMetric = Literal["angular", "euclidean", "dot"]
 _METRICS: dict[Metric, _AnnoyMetric] = {Metric.L2: "euclidean", Metric.COSINE: "angular", Metric.IP: "dot"}

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Progress
+from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Progress
 
 # Queries are scored in chunks so that one chunk's score matrix stays near this many floats.
 _SCORE_BUDGET = 1 << 24

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import hnswlib
 import numpy as np
 
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
+from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
 
 _SPACES = {Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "ip"}
 _PROGRESS_SECONDS = 0.5  # how often a build reports how many items are in

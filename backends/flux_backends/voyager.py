@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 from voyager import Index, RecallError, Space
 
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
+from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
 
 _SPACES = {Metric.L2: Space.Euclidean, Metric.COSINE: Space.Cosine, Metric.IP: Space.InnerProduct}
 _BUILD_CHUNK = 20_000  # rows per add_items call, so that progress can be reported

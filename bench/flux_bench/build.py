@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from flux.core.backend import Metric, defaults
-from flux.core.storage import builder, registry
 from flux.datasets import clustered
+from flux_core.backend import Metric, defaults
+from flux_core.storage import builder, registry
 
 TARGET = 0.90  # Flux's build throughput must be at least this share of the library's
 

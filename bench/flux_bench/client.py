@@ -29,11 +29,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from flux.core.backend import Metric
-from flux.core.storage import builder
 from flux.datasets import clustered
 from flux_bench.library import SWEEP_PARAM, Library
 from flux_bench.servers import flux_server
+from flux_core.backend import Metric
+from flux_core.storage import builder
 
 #: Encode plus decode, as a share of the round trip through FluxClient.search.
 TARGET_SHARE = 0.10

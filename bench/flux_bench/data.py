@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flux.core.backend import Labels, Matrix, Metric
-from flux.core.storage import registry
 from flux.datasets import load_vectors
-from flux.errors import InvalidArgument
+from flux_core.backend import Labels, Matrix, Metric
+from flux_core.errors import InvalidArgument
+from flux_core.storage import registry
 
 
 @dataclass(frozen=True)

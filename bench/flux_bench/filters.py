@@ -35,15 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from flux.core.backend import Labels, Matrix, Metric
 from flux.core.query.filters import Filter
 from flux.core.serving.index import ServedIndex
-from flux.core.storage import artifact, builder
-from flux.core.storage.attributes import ItemAttributes, Mask
 from flux_api.v1 import types_pb2, vector_service_pb2_grpc
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_bench.data import Synthetic, ground_truth
 from flux_bench.servers import flux_server
+from flux_core.backend import Labels, Matrix, Metric
+from flux_core.storage import artifact, builder
+from flux_core.storage.attributes import ItemAttributes, Mask
 
 TARGET_RECALL = 0.95
 #: Filtered latency at 1% selectivity may be at most this many times the unfiltered latency.

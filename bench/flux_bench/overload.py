@@ -168,9 +168,9 @@ def _run_server(args: argparse.Namespace, root: Path, artifact: Path, limit: int
 def run(args: argparse.Namespace) -> int:
     for key, value in PRESETS.get(args.preset or "", {}).items():
         setattr(args, key, value)
-    from flux.core.backend import Metric
-    from flux.core.storage import builder
     from flux.datasets import clustered
+    from flux_core.backend import Metric
+    from flux_core.storage import builder
 
     with tempfile.TemporaryDirectory(prefix="flux-bench-overload-") as tmp:
         root = Path(tmp)

@@ -260,10 +260,10 @@ def _bare_serve(path: Path, threads: int, search_threads: int, address: str, reu
     import grpc
     import numpy as np
 
-    from flux.core.backend import defaults
-    from flux.core.storage import artifact
     from flux_api.v1 import types_pb2
     from flux_api.v1 import vector_service_pb2 as pb
+    from flux_core.backend import defaults
+    from flux_core.storage import artifact
 
     loaded = artifact.load(path)
     backend, ids, version = loaded.backend, loaded.ids, loaded.manifest.version

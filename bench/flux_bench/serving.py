@@ -37,8 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from flux.core.backend import Metric
-from flux.core.storage import artifact, builder
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_bench import report
@@ -47,6 +45,8 @@ from flux_bench.library import SWEEP_PARAM, Library, batches
 from flux_bench.load import Job, LoadClients
 from flux_bench.procs import format_cpus, parse_cpus
 from flux_bench.servers import ECHO_MODELS, SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
+from flux_core.backend import Metric
+from flux_core.storage import artifact, builder
 
 SEARCH = SEARCH_METHOD
 BATCH_SEARCH = "/flux_api.v1.VectorService/BatchSearch"

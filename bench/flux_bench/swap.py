@@ -35,10 +35,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from flux.core.backend import Metric
-from flux.core.storage import builder
 from flux.datasets import clustered
 from flux_bench.procs import spawn_flux_serve
+from flux_core.backend import Metric
+from flux_core.storage import builder
 
 BACKENDS = ("hnsw", "annoy")  # the defaults; voyager on request (its search holds the GIL: docs/performance.md)
 GATES = {

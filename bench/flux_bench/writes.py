@@ -28,13 +28,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from flux.core.backend import Metric
-from flux.core.storage import builder
 from flux.datasets import clustered
 from flux_api.v1 import types_pb2
 from flux_api.v1 import write_service_pb2 as pb
 from flux_api.v1.write_service_pb2_grpc import WriteServiceStub
 from flux_bench.servers import flux_server
+from flux_core.backend import Metric
+from flux_core.storage import builder
 
 TARGET = 10.0  # group commit over one fsync per write, 8 streaming writers of batch 1
 _INDEX = "bench"

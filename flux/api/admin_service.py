@@ -8,10 +8,10 @@ from flux.api import convert
 from flux.core.serving.catalog import Catalog
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.manager import IndexManager, VersionSlot
-from flux.core.storage import artifact
-from flux.errors import FailedPrecondition, Unavailable
 from flux_api.v1 import admin_service_pb2 as pb
 from flux_api.v1 import admin_service_pb2_grpc
+from flux_core.errors import FailedPrecondition, Unavailable
+from flux_core.storage import artifact
 
 VersionRequest = (
     pb.LoadVersionRequest

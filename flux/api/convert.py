@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flux.core.backend import Capabilities, Matrix, Metric
 from flux.core.query.filters import Strategy
 from flux.core.query.request import FilterSpec, Query, Result, RowOverride
 from flux.core.serving.catalog import IndexState
 from flux.core.serving.versions import State
-from flux.errors import InvalidArgument
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
+from flux_core.backend import Capabilities, Matrix, Metric
+from flux_core.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer

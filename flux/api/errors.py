@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from flux import callcontext
 from flux.api.wrapping import WrappingInterceptor
-from flux.errors import Code, FluxError
+from flux_core.errors import Code, FluxError
 
 log = logging.getLogger(__name__)
 

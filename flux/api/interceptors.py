@@ -6,7 +6,7 @@
 3. auth (when tokens are configured): refuses by role before the method is looked up;
 4. deadlines: a call whose caller gave up is not started;
 5. malformed requests: INVALID_ARGUMENT for bytes that do not parse;
-6. errors: ``flux.errors`` to statuses, INTERNAL with a request id for anything else.
+6. errors: ``flux_core.errors`` to statuses, INTERNAL with a request id for anything else.
 """
 
 from __future__ import annotations

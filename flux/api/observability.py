@@ -33,7 +33,7 @@ from prometheus_client import Counter, Histogram
 from flux import callcontext, metrics
 from flux.api.errors import to_status
 from flux.api.wrapping import WrappingInterceptor
-from flux.errors import ResponseTooLarge
+from flux_core.errors import ResponseTooLarge
 
 log = logging.getLogger("flux.requests")
 

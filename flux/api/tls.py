@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 
 from flux.config import TLSConfig
-from flux.errors import ConfigError
+from flux_core.errors import ConfigError
 
 
 def read_pem(path: Path, key: str, marker: str = "-----BEGIN ") -> bytes:

@@ -21,7 +21,7 @@ import grpc
 from flux import callcontext
 from flux.api.wrapping import WrappingInterceptor
 from flux.config import TracingConfig
-from flux.errors import ConfigError
+from flux_core.errors import ConfigError
 
 try:
     from opentelemetry import propagate, trace

@@ -2,7 +2,7 @@
 
 Each handler crosses into the core once (``Catalog.search``), which holds the index version from
 the first check to the resolved answer, so a swap in the middle never mixes versions; the encoders
-work on the answer alone. Errors are raised as ``flux.errors`` and mapped in one interceptor.
+work on the answer alone. Errors are raised as ``flux_core.errors`` and mapped in one interceptor.
 """
 
 from __future__ import annotations

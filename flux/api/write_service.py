@@ -9,14 +9,14 @@ from typing import TypeVar
 import grpc
 
 from flux.api import convert
-from flux.core.backend import Matrix
 from flux.core.serving.catalog import Catalog
-from flux.core.storage.attributes import ItemAttributes
 from flux.core.writes.commit import Ticket
 from flux.core.writes.writer import Applied, Writer, immutable_message
-from flux.errors import FailedPrecondition, InvalidArgument
 from flux_api.v1 import types_pb2, write_service_pb2_grpc
 from flux_api.v1 import write_service_pb2 as pb
+from flux_core.backend import Matrix
+from flux_core.errors import FailedPrecondition, InvalidArgument
+from flux_core.storage.attributes import ItemAttributes
 
 #: Batches of one stream in the log's queue at once: enough to fill group commits, bounded memory.
 _Answer = TypeVar("_Answer")

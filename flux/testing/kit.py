@@ -20,11 +20,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from flux.core.backend import Backend, Metric, defaults
 from flux.core.serving.index import ServedIndex
-from flux.core.storage import artifact, builder, registry
 from flux.datasets import clustered
 from flux.testing.oracle import brute_force, distances, recall
+from flux_core.backend import Backend, Metric, defaults
+from flux_core.storage import artifact, builder, registry
 
 METRICS = tuple(Metric)
 DIMENSIONS = (8, 64)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
-from flux.errors import DeadlineExceeded
+from flux_core.errors import DeadlineExceeded
 
 _DEADLINE: ContextVar[float] = ContextVar("flux_deadline", default=math.inf)
 

@@ -30,10 +30,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from flux.core.backend import Backend, Labels, Matrix, Metric
 from flux.core.query import deadline
-from flux.core.storage.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
-from flux.errors import InvalidArgument
+from flux_core.backend import Backend, Labels, Matrix, Metric
+from flux_core.errors import InvalidArgument
+from flux_core.storage.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
 
 #: Ids one query may exclude.
 MAX_EXCLUDE_IDS = 10_000

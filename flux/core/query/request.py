@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from flux.core.backend import Labels, Matrix
 from flux.core.query.filters import Answer, Strategy
+from flux_core.backend import Labels, Matrix
 
-#: Ids as an index hands them out: str, or UTF-8 bytes (``flux.core.storage.ids.packed``), one per neighbour.
+#: Ids as an index hands them out: str, or UTF-8 bytes (``flux_core.storage.ids.packed``), one per neighbour.
 IdArray = npt.NDArray[np.object_] | npt.NDArray[np.bytes_]
 #: The id of each label (all >= 0), in the shape of the labels: ``ServedIndex.ids_of``.
 IdLookup = Callable[[Labels], IdArray]

@@ -21,7 +21,7 @@ from flux.core.serving.aliases import Alias
 from flux.core.serving.index import Limits, ServedIndex
 from flux.core.serving.manager import IndexManager, IndexSettings, Listener, MemoryBudget
 from flux.core.serving.versions import State
-from flux.errors import IndexNotFound, InvalidArgument
+from flux_core.errors import IndexNotFound, InvalidArgument
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flux.core.backend import Backend, Labels, Matrix
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.quality import Nearest, overlap
-from flux.core.storage.background import at_low_priority
+from flux_core.backend import Backend, Labels, Matrix
+from flux_core.storage.background import at_low_priority
 
 #: Vectors per read from the backend: about 2 ms of GIL for hnswlib at 128 dimensions.
 ROWS_PER_READ = 256

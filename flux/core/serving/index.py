@@ -9,13 +9,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from flux.core.backend import Backend, Labels, Matrix, resolve_params
 from flux.core.query.filters import Filter, Planner
 from flux.core.query.request import FilterSpec, IdArray, Query, Result
-from flux.core.storage.artifact import Artifact
-from flux.core.storage.attributes import AttributeStore
-from flux.core.storage.ids import Ids
-from flux.errors import InvalidArgument, ItemNotFound, shown
+from flux_core.backend import Backend, Labels, Matrix, resolve_params
+from flux_core.errors import InvalidArgument, ItemNotFound, shown
+from flux_core.storage.artifact import Artifact
+from flux_core.storage.attributes import AttributeStore
+from flux_core.storage.ids import Ids
 
 #: Distinct search-parameter overrides whose resolution an index remembers.
 _RESOLVED_CACHE = 256
@@ -178,7 +178,7 @@ class ServedIndex:
 
     def ids_of(self, labels: Labels) -> IdArray:
         """The id of each label, in the shape of ``labels`` (which must all be >= 0), as str or
-        UTF-8 bytes (``flux.core.storage.ids.packed``): for protobuf string fields, which take either."""
+        UTF-8 bytes (``flux_core.storage.ids.packed``): for protobuf string fields, which take either."""
         return self.ids.of(labels)
 
     # -- validating and planning a query --------------------------------------------------------

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flux import metrics
-from flux.core.backend import Metric
 from flux.core.serving import gate, versions
 from flux.core.serving.index import Limits, ServedIndex
 from flux.core.serving.versions import State
-from flux.core.storage import artifact, confine
-from flux.errors import (
+from flux_core.backend import Metric
+from flux_core.errors import (
     ArtifactError,
     FailedPrecondition,
     FluxError,
@@ -29,6 +28,7 @@ from flux.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from flux_core.storage import artifact, confine
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class IndexSettings:
     backend: str | None = None
     dimension: int | None = None
     metric: Metric | None = None
-    #: When set, every version directory and artifact file must resolve inside it (flux.core.storage.confine).
+    #: When set, every version directory and artifact file must resolve inside it (flux_core.storage.confine).
     data_root: Path | None = None
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from flux.core.backend import Metric
+from flux_core.backend import Metric
 
 
 def distances(base: np.ndarray, queries: np.ndarray, metric: Metric | str) -> np.ndarray:

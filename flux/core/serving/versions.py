@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from flux.core.storage import artifact
-from flux.errors import ArtifactError
+from flux_core.errors import ArtifactError
+from flux_core.storage import artifact
 
 
 class State(Enum):

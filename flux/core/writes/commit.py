@@ -24,7 +24,7 @@ from typing import Any
 
 from flux import metrics
 from flux.core.writes.wal import Log
-from flux.errors import FailedPrecondition, FluxError, Unavailable
+from flux_core.errors import FailedPrecondition, FluxError, Unavailable
 
 log = logging.getLogger(__name__)
 

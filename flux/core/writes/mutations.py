@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from flux.core.backend import Matrix
-from flux.core.storage.attributes import ItemAttributes
+from flux_core.backend import Matrix
+from flux_core.storage.attributes import ItemAttributes
 
 _LENGTH = struct.Struct("<I")
 _F32 = np.dtype("<f4")

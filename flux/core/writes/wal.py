@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from flux.core.storage.fsync import fsync_path
-from flux.errors import FailedPrecondition, LogCorrupt
+from flux_core.errors import FailedPrecondition, LogCorrupt
+from flux_core.storage.fsync import fsync_path
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ How a write travels (``Writer``):
    field), encode it (``flux.core.writes.mutations``) and queue it for group commit (``flux.core.writes.commit``).
 2. The flusher appends whatever is queued to the log (``flux.core.writes.wal``) with one fdatasync,
    then applies those records in log order to the index that answers searches: the id map
-   grows (``flux.core.storage.ids``), the backend adds or deletes, the attributes follow.
+   grows (``flux_core.storage.ids``), the backend adds or deletes, the attributes follow.
 3. Only then is the write acknowledged: a search that starts afterwards sees it, and no crash
    can lose it.
 
@@ -38,16 +38,16 @@ from typing import NamedTuple
 import numpy as np
 
 from flux import metrics
-from flux.core.backend import Matrix, Metric
 from flux.core.serving import versions
 from flux.core.serving.index import ServedIndex, check_vectors
 from flux.core.serving.manager import IndexManager, VersionHooks
-from flux.core.storage import artifact, builder
-from flux.core.storage.attributes import ItemAttributes
 from flux.core.writes.commit import GroupCommit, Ticket
 from flux.core.writes.mutations import Delete, Op, Upsert, decode, encode
 from flux.core.writes.wal import Log, LogLocked
-from flux.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable, shown
+from flux_core.backend import Matrix, Metric
+from flux_core.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable, shown
+from flux_core.storage import artifact, builder
+from flux_core.storage.attributes import ItemAttributes
 
 log = logging.getLogger(__name__)
 

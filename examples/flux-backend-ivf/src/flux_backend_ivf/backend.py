@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from flux.core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
+from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
 
 # k-means sees at most this many vectors per list: more barely moves the centroids.
 _TRAIN_PER_LIST = 256

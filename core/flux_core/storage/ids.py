@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flux.core.backend import Labels
+from flux_core.backend import Labels
 
 #: What one id costs as a Python string beyond its characters, with its pointer in an object array.
 _STR_OVERHEAD = 57

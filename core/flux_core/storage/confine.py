@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flux.errors import ArtifactError
+from flux_core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Layout::
     <dir>/manifest.json   what the index is, and a checksum of every other file
     <dir>/ids.json        the string id of each label, in label order (null: the label holds no item)
     <dir>/<backend files> whatever the backend's ``save`` wrote
-    <dir>/attributes.npz  the items' restricts and crowding tags (flux.core.storage.attributes), if given
+    <dir>/attributes.npz  the items' restricts and crowding tags (flux_core.storage.attributes), if given
     <dir>/filter_vectors.npy  a float32 copy of the vectors for exact filtered scans, if given
 
 An artifact is written into a temporary sibling directory and renamed into place,
@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from flux.core.backend import Backend, Matrix, Metric
-from flux.core.storage import registry
-from flux.core.storage.attributes import AttributeStore
-from flux.core.storage.background import at_low_priority
-from flux.core.storage.fsync import fsync_path
-from flux.core.storage.ids import packed
-from flux.errors import ArtifactError
+from flux_core.backend import Backend, Matrix, Metric
+from flux_core.errors import ArtifactError
+from flux_core.storage import registry
+from flux_core.storage.attributes import AttributeStore
+from flux_core.storage.background import at_low_priority
+from flux_core.storage.fsync import fsync_path
+from flux_core.storage.ids import packed
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Artifact:
     path: Path
     manifest: Manifest
     backend: Backend
-    ids: np.ndarray  # indexed by label: UTF-8 bytes or str (``flux.core.storage.ids.packed``)
+    ids: np.ndarray  # indexed by label: UTF-8 bytes or str (``flux_core.storage.ids.packed``)
     #: The items' attributes by label (``load`` gives every artifact a store, empty without the file).
     attributes: AttributeStore | None = None
     #: The float32 copy of the vectors, memory-mapped; None when the artifact has none.

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from flux.core.backend import Labels
-from flux.errors import ArtifactError, InvalidArgument
+from flux_core.backend import Labels
+from flux_core.errors import ArtifactError, InvalidArgument
 
 #: Labels in memory are int64: numpy indexes with int32 arrays three times slower.
 Postings = npt.NDArray[np.int64]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from flux.core.backend import Matrix, Metric, Progress, defaults, resolve_params
-from flux.core.storage import artifact, registry
-from flux.core.storage.attributes import AttributeStore, ItemAttributes
-from flux.errors import InvalidArgument
+from flux_core.backend import Matrix, Metric, Progress, defaults, resolve_params
+from flux_core.errors import InvalidArgument
+from flux_core.storage import artifact, registry
+from flux_core.storage.attributes import AttributeStore, ItemAttributes
 
 
 def build(

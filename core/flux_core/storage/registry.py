@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 from importlib.metadata import EntryPoint, entry_points
 
-from flux.core.backend import SUPPORTED_API_VERSIONS, Backend
-from flux.errors import BackendError, NotFound
+from flux_core.backend import SUPPORTED_API_VERSIONS, Backend
+from flux_core.errors import BackendError, NotFound
 
 GROUP = "flux.backends"
 
@@ -100,7 +100,7 @@ def _import(ep: EntryPoint) -> type[Backend]:
 def validate(name: str, backend: object, *, origin: str) -> None:
     """Refuse a plugin that is not a complete Backend subclass under its own name and a supported API version."""
     if not isinstance(backend, type) or not issubclass(backend, Backend):
-        raise BackendError(f"{origin} is {backend!r}, not a subclass of flux.core.backend.Backend")
+        raise BackendError(f"{origin} is {backend!r}, not a subclass of flux_core.backend.Backend")
     abstract = sorted(getattr(backend, "__abstractmethods__", ()))
     if abstract:
         raise BackendError(f"{origin} does not implement {', '.join(abstract)}")
