@@ -136,7 +136,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve the indexes of a config file until SIGTERM or SIGINT, then drain and exit 0."""
     from flux import config as flux_config
     from flux import demo
-    from flux.server import EXIT_CANNOT_BIND, CannotBind, serve
+    from flux.binding import EXIT_CANNOT_BIND, CannotBind
+    from flux.process import serve
 
     if args.config:
         config = flux_config.load(args.config)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flux import config_env
 from flux.core.serving.gate import GateConfig
-from flux.core.serving.manager import IndexSettings
+from flux.core.serving.index_settings import IndexSettings
 from flux.core.serving.versions import Policy
 from flux.core.writes.writer import WriteSettings
 from flux_core.backend import Metric

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from flux.cli import main
-from flux_bench.filters import SELECTIVITIES, TARGET_RECALL
+from flux_bench.filters import TARGET_RECALL
+from flux_bench.filters_workload import SELECTIVITIES
 
 FILTERS = {f"{s:.1%}" for s in SELECTIVITIES} | {"mixed"}
 

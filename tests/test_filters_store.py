@@ -15,7 +15,8 @@ from flux.datasets import load_items
 from flux_core.backend import Metric
 from flux_core.errors import ArtifactError, InvalidArgument
 from flux_core.storage import artifact, builder
-from flux_core.storage.attributes import NO_TAG, AttributeStore, ItemAttributes
+from flux_core.storage.attribute_table import NO_TAG
+from flux_core.storage.attributes import AttributeStore, ItemAttributes
 from tests import support
 
 FIXTURES = Path(__file__).parent / "fixtures" / "artifacts" / "v1"

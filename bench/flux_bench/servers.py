@@ -109,7 +109,8 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     from flux import config as flux_config
     from flux.core.serving.catalog import IndexState
-    from flux.server import Workers, build_server
+    from flux.process import Workers
+    from flux.server import build_server
 
     raw = {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": 0}}
     config = flux_config.parse(raw, source="benchmark config")

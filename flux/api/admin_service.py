@@ -7,7 +7,8 @@ import grpc
 from flux.api import convert
 from flux.core.serving.catalog import Catalog
 from flux.core.serving.index import ServedIndex
-from flux.core.serving.manager import IndexManager, VersionSlot
+from flux.core.serving.manager import IndexManager
+from flux.core.serving.version_table import VersionSlot
 from flux_api.v1 import admin_service_pb2 as pb
 from flux_api.v1 import admin_service_pb2_grpc
 from flux_core.errors import FailedPrecondition, Unavailable

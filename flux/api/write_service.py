@@ -10,8 +10,9 @@ import grpc
 
 from flux.api import convert
 from flux.core.serving.catalog import Catalog
+from flux.core.writes.checks import immutable_message
 from flux.core.writes.commit import Ticket
-from flux.core.writes.writer import Applied, Writer, immutable_message
+from flux.core.writes.writer import Applied, Writer
 from flux_api.v1 import types_pb2, write_service_pb2_grpc
 from flux_api.v1 import write_service_pb2 as pb
 from flux_core.backend import Matrix

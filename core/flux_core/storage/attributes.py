@@ -1,13 +1,13 @@
-"""Item attributes: what filters match on. The storage and the matching live here too.
+"""Item attributes: what filters match on, and the store that keeps them per label.
 
 An item has restrict tokens in namespaces (``{"market": ("US", "SE")}``) and at most one
 crowding tag (for example its artist). Attributes travel with builds and upserts.
 
 ``AttributeStore`` keeps them per label: for every (namespace, token) the sorted labels of
 the items holding it (a posting list), and for every label its crowding tag as a number.
-Searches read one immutable ``Table`` for their whole life; writes (``set``, ``clear``)
-build the next table beside it and publish it in one assignment, so a search never sees
-half a write.
+Searches read one immutable ``Table`` (flux_core.storage.attribute_table, where the matching
+lives) for their whole life; writes (``set``, ``clear``) build the next table beside it and
+publish it in one assignment, so a search never sees half a write.
 
 On disk a store is one ``.npz`` file (``save``/``load``) of plain arrays, no pickles:
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +31,8 @@ import numpy.typing as npt
 
 from flux_core.backend import Labels
 from flux_core.errors import ArtifactError, InvalidArgument
+from flux_core.storage.attribute_table import NO_TAG, Mask, Postings, Table
 
-#: Labels in memory are int64: numpy indexes with int32 arrays three times slower.
-Postings = npt.NDArray[np.int64]
-Mask = npt.NDArray[np.bool_]
-NO_TAG = -1
 _FORMAT = 1
 
 
@@ -83,79 +80,6 @@ def parse_restricts(
             raise InvalidArgument(f"{where}.tokens must hold at least one token, none empty", field=f"{where}.tokens")
         out[namespace] = unique
     return out
-
-
-@dataclass(frozen=True)
-class Table:
-    """The attributes of every label at one moment. Never changed once published."""
-
-    postings: Mapping[str, Mapping[str, Postings]]  # namespace -> token -> ascending labels
-    tags: npt.NDArray[np.int32]  # crowding tag number per label, NO_TAG for none
-    live: Mask  # the label holds an item
-    changed: Mask  # set or cleared since the store was loaded or built
-    live_count: int
-    any_changed: bool
-
-    @property
-    def size(self) -> int:
-        """Labels covered: 0 .. size-1."""
-        return len(self.tags)
-
-    def matching(self, allow: Mapping[str, Collection[str]], deny: Mapping[str, Collection[str]]) -> Mask:
-        """A mask over labels: True where a live item holds, in every ``allow`` namespace, at least
-        one of its tokens (AND across namespaces, OR within one) and no token of ``deny``."""
-        return self._mask({namespace: self._lists(namespace, tokens) for namespace, tokens in allow.items()}, deny)
-
-    def select(
-        self, allow: Mapping[str, Collection[str]], deny: Mapping[str, Collection[str]], list_limit: int
-    ) -> tuple[Labels | None, Mask | None]:
-        """The items ``matching`` marks: as ascending labels when one ``allow`` namespace holds at
-        most ``list_limit`` postings of its tokens (few items pass), else as a mask over labels;
-        the other of the two is None.
-
-        The labels cost O(postings read) where the mask costs O(labels): with few passing items,
-        building, counting and listing a mask would cost more than the rest of the query."""
-        lists = {namespace: self._lists(namespace, tokens) for namespace, tokens in allow.items()}
-        sizes = {namespace: sum(len(p) for p in found) for namespace, found in lists.items()}
-        narrowest = min(sizes, key=sizes.__getitem__, default=None)
-        if narrowest is not None and sizes[narrowest] <= list_limit:
-            first = lists.pop(narrowest)
-            labels = first[0] if len(first) == 1 else _ascending_unique(_joined(first))  # one list already is
-            for found in lists.values():
-                labels = labels[self._holds(_joined(found), labels)]
-            for namespace, tokens in deny.items():
-                labels = labels[~self._holds(_joined(self._lists(namespace, tokens)), labels)]
-            return labels, None
-        return None, self._mask(lists, deny)
-
-    def _mask(self, lists: Mapping[str, list[Postings]], deny: Mapping[str, Collection[str]]) -> Mask:
-        mask: Mask | None = None
-        for found in lists.values():
-            hit = np.zeros(self.size, np.bool_)
-            hit[_joined(found)] = True
-            if mask is None:
-                mask = hit
-            else:
-                mask &= hit
-        if mask is None:
-            mask = self.live.copy()
-        for namespace, tokens in deny.items():
-            mask[_joined(self._lists(namespace, tokens))] = False
-        return mask
-
-    def _holds(self, postings: Postings, labels: Postings) -> Mask:
-        """Which of ``labels`` appear in ``postings``: by sorting when both are short, else by a mask."""
-        if len(postings) <= self.size // 16:
-            return np.isin(labels, postings)
-        hit = np.zeros(self.size, np.bool_)
-        hit[postings] = True
-        holds: Mask = hit[labels]
-        return holds
-
-    def _lists(self, namespace: str, tokens: Collection[str]) -> list[Postings]:
-        """The posting list of each of ``tokens`` in ``namespace`` that any item holds."""
-        by_token = self.postings.get(namespace, {})
-        return [p for p in map(by_token.get, tokens) if p is not None]
 
 
 class AttributeStore:
@@ -225,7 +149,7 @@ class AttributeStore:
         nested: dict[str, dict[str, Postings]] = {}
         for number, (namespace, token) in enumerate(keys):
             nested.setdefault(namespace, {})[token] = postings[offsets[number] : offsets[number + 1]]
-        table = _table(nested, tags, live, np.zeros(len(tags), np.bool_))
+        table = Table.create(nested, tags, live, np.zeros(len(tags), np.bool_))
         return cls(table, tag_names, (keys, offsets, postings))
 
     # -- persistence ----------------------------------------------------------------------------
@@ -331,7 +255,7 @@ class AttributeStore:
                 by_token[token] = current
             else:
                 by_token.pop(token, None)
-        self._table = _table(
+        self._table = Table.create(
             {ns: by_token for ns, by_token in postings.items() if by_token},
             _grown(old.tags, size, NO_TAG, labels, tags),
             _grown(old.live, size, False, labels, live),
@@ -353,28 +277,8 @@ class AttributeStore:
         return out
 
 
-def _joined(lists: list[Postings]) -> Postings:
-    if len(lists) == 1:
-        return lists[0]
-    return np.concatenate(lists) if lists else np.empty(0, np.int64)
-
-
-def _ascending_unique(labels: Postings) -> Postings:
-    """``np.unique`` without its hashing, which is slower on a few thousand labels."""
-    ordered = np.sort(labels)
-    if len(ordered) > 1:
-        ordered = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
-    return ordered
-
-
 def _keys(item: ItemAttributes) -> frozenset[tuple[str, str]]:
     return frozenset((namespace, token) for namespace, tokens in item.restricts.items() for token in tokens)
-
-
-def _table(
-    postings: Mapping[str, Mapping[str, Postings]], tags: npt.NDArray[np.int32], live: Mask, changed: Mask
-) -> Table:
-    return Table(postings, tags, live, changed, int(np.count_nonzero(live)), bool(changed.any()))
 
 
 def _grown(array: np.ndarray, size: int, fill: object, labels: Labels, values: object) -> np.ndarray:

@@ -14,6 +14,7 @@ The two strategies' costs differ by two orders of magnitude between backends (An
 grows with k', hnswlib's barely does), so each index learns them from its own searches:
 seconds per scanned item and per fetched candidate, as medians of recent searches. docs/filters.md has
 the measurements, and why hnswlib's own filter (a Python call per candidate) is not used.
+How an exact scan ranks, and the crowding cap, are ``flux.core.query.ranking``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from flux.core.query import deadline
-from flux_core.backend import Backend, Labels, Matrix, Metric
+from flux.core.query import deadline, ranking
+from flux_core.backend import Backend, Labels, Matrix
 from flux_core.errors import InvalidArgument
-from flux_core.storage.attributes import NO_TAG, AttributeStore, Mask, Table, parse_restricts
+from flux_core.storage.attribute_table import NO_TAG, Mask, Table
+from flux_core.storage.attributes import AttributeStore, parse_restricts
 
 #: Ids one query may exclude.
 MAX_EXCLUDE_IDS = 10_000
@@ -286,7 +288,7 @@ class Planner:
             return Answer(labels, np.empty(0, np.float32), Strategy.EXACT_SCAN, True)
         started = time.perf_counter()
         vectors, squared_norms = self._gather(labels, table)
-        scores = _scores(vectors, squared_norms, query, self._backend.metric)
+        scores = ranking.scores(vectors, squared_norms, query, self._backend.metric)
         # Pick a shortlist on the fast scores, then rank it on exact distances: a few spare
         # candidates absorb the rounding of the fast ones.
         spare = 2 * k + 8
@@ -296,7 +298,7 @@ class Planner:
             order = scores.argpartition(spare - 1)[:spare]
         else:
             order = np.arange(len(scores))
-        exact = _distances(vectors[order], query, self._backend.metric)
+        exact = ranking.distances(vectors[order], query, self._backend.metric)
         ranked = np.argsort(exact, kind="stable")[:k]
         self.costs.learn_scan(time.perf_counter() - started, len(labels))
         return Answer(labels[order[ranked]], exact[ranked], Strategy.EXACT_SCAN, len(ranked) < k)
@@ -307,7 +309,7 @@ class Planner:
         copy = self._vectors
         if copy is None:
             vectors = self._backend.get_vectors(labels)
-            return vectors, _squared_norms(vectors)
+            return vectors, ranking.squared_norms(vectors)
         norms = self._copy_norms(copy)
         if not table.any_changed and labels[-1] < len(copy):
             return np.take(copy, labels, axis=0), np.take(norms, labels)  # take: faster than copy[labels]
@@ -319,27 +321,14 @@ class Planner:
             out[~current] = self._backend.get_vectors(labels[~current])
         squared = np.empty(len(labels), np.float32)
         squared[current] = np.take(norms, labels[current])
-        squared[~current] = _squared_norms(out[~current])
+        squared[~current] = ranking.squared_norms(out[~current])
         return out, squared
 
     def _copy_norms(self, copy: Matrix) -> Matrix:
         """The squared norm of every row of the copy, computed once (two racing scans both compute it)."""
         if self._norms is None:
-            self._norms = _squared_norms(copy)
+            self._norms = ranking.squared_norms(copy)
         return self._norms
-
-
-def crowd(tags: npt.NDArray[np.int32], cap: int) -> Mask:
-    """Which of a nearest-first sequence to keep so that at most ``cap`` share a tag; untagged items always stay."""
-    order = np.argsort(tags, kind="stable")
-    grouped = tags[order]
-    starts = np.ones(len(grouped), np.bool_)
-    starts[1:] = grouped[1:] != grouped[:-1]
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(grouped)), 0))
-    seen = np.empty(len(tags), np.int64)
-    seen[order] = np.arange(len(grouped)) - first  # how many earlier items share the tag
-    keep: Mask = (seen < cap) | (tags == NO_TAG)
-    return keep
 
 
 def _passing(labels: Labels, distances: Matrix, plan: _Plan, table: Table) -> tuple[Labels, Matrix]:
@@ -352,7 +341,7 @@ def _passing(labels: Labels, distances: Matrix, plan: _Plan, table: Table) -> tu
         keep[keep] = plan.mask[labels[keep]]
     labels, distances = labels[keep], distances[keep]
     if plan.cap:
-        within = crowd(_tags(table, labels), plan.cap)
+        within = ranking.crowd(_tags(table, labels), plan.cap)
         labels, distances = labels[within], distances[within]
     return labels, distances
 
@@ -372,7 +361,7 @@ def _crowded_order(scores: Matrix, tags: npt.NDArray[np.int32], cap: int, wanted
     while True:
         top = np.argpartition(scores, shortlist - 1)[:shortlist] if shortlist < len(scores) else np.arange(len(scores))
         top = top[np.argsort(scores[top], kind="stable")]
-        kept = top[crowd(tags[top], cap)]
+        kept = top[ranking.crowd(tags[top], cap)]
         if len(kept) >= wanted or shortlist == len(scores):
             return kept[:wanted]
         shortlist = min(len(scores), shortlist * GROWTH)
@@ -384,36 +373,6 @@ def _tags(table: Table, labels: Labels) -> npt.NDArray[np.int32]:
         return table.tags[labels]
     out = np.full(len(labels), NO_TAG, np.int32)
     out[inside] = table.tags[labels[inside]]
-    return out
-
-
-def _scores(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric) -> Matrix:
-    """Float32 scores that order items as their distances do (up to rounding), cheaply."""
-    dots: Matrix = vectors @ query
-    if metric is Metric.L2:
-        squared: Matrix = squared_norms - 2 * dots
-        return squared
-    if metric is Metric.COSINE:
-        return np.negative(dots / np.maximum(np.sqrt(squared_norms), np.float32(1e-30)))
-    return np.negative(dots)
-
-
-def _squared_norms(vectors: Matrix) -> Matrix:
-    squared: Matrix = np.einsum("ij,ij->i", vectors, vectors)
-    return squared
-
-
-def _distances(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:
-    """Distances in Flux's convention, computed in float64."""
-    v, q = vectors.astype(np.float64), query.astype(np.float64)
-    if metric is Metric.L2:
-        diff = v - q
-        squared: Matrix = np.einsum("ij,ij->i", diff, diff).astype(np.float32)
-        return squared
-    dots = v @ q
-    if metric is Metric.COSINE:
-        dots = dots / (np.maximum(np.linalg.norm(v, axis=1), 1e-30) * max(float(np.linalg.norm(q)), 1e-30))
-    out: Matrix = (1.0 - dots).astype(np.float32)
     return out
 
 

@@ -18,8 +18,10 @@ from enum import Enum
 
 from flux.core.query.request import Query, Result
 from flux.core.serving.aliases import Alias
+from flux.core.serving.budget import MemoryBudget
 from flux.core.serving.index import Limits, ServedIndex
-from flux.core.serving.manager import IndexManager, IndexSettings, Listener, MemoryBudget
+from flux.core.serving.index_settings import IndexSettings
+from flux.core.serving.manager import IndexManager, Listener
 from flux.core.serving.versions import State
 from flux_core.errors import IndexNotFound, InvalidArgument
 

@@ -1,8 +1,9 @@
 """Carries out version steps for one index: load, gate, swap, release. Requests never wait on a load.
 
-Every request ``acquire``s the version it will use for its whole life; a swap only
-changes which version the next request gets. A version taken out of service is closed
-when its last request releases it.
+The manager follows the policy (``flux.core.serving.versions``) over what the source holds, and
+carries out the control plane's operations (load, activate, pin, roll back, unload, publish).
+What requests and the control plane read, the versions and the one that answers, is the table it
+builds on (``flux.core.serving.version_table``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from flux import metrics
 from flux.core.serving import gate, versions
+from flux.core.serving.budget import MemoryBudget
 from flux.core.serving.index import Limits, ServedIndex
+from flux.core.serving.index_settings import IndexSettings
+from flux.core.serving.version_table import LoadedVersion, VersionSlot, VersionTable
 from flux.core.serving.versions import State
-from flux_core.backend import Metric
-from flux_core.errors import (
-    ArtifactError,
-    FailedPrecondition,
-    FluxError,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
+from flux_core.errors import FailedPrecondition, FluxError, NotFound, ResourceExhausted, Unavailable
 from flux_core.storage import artifact, confine
 
 log = logging.getLogger(__name__)
@@ -39,80 +34,8 @@ _MAX_STEPS = 64
 UNFINISHED_SECONDS = 2.0
 
 
-class MemoryBudget:
-    """Bytes that loaded versions may take, estimated from their artifacts' size; 0 means no limit."""
-
-    def __init__(self, limit: int = 0) -> None:
-        self.limit = limit
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def reserve(self, nbytes: int, what: str) -> None:
-        with self._lock:
-            if self.limit and self._used + nbytes > self.limit:
-                raise ResourceExhausted(
-                    f"{what} needs about {nbytes / 2**20:.1f} MiB, but only "
-                    f"{(self.limit - self._used) / 2**20:.1f} MiB of the {self.limit / 2**20:.1f} MiB "
-                    "memory budget are free; unload a version or raise server.memory_budget_bytes"
-                )
-            self._used += nbytes
-
-    def release(self, nbytes: int) -> None:
-        with self._lock:
-            self._used -= nbytes
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-
-@dataclass
-class _Loaded:
-    """One loaded instance of a version, and the requests using it."""
-
-    index: ServedIndex
-    nbytes: int
-    in_flight: int = 0
-    retired: bool = False
-
-
-@dataclass
-class VersionSlot:
-    version: int
-    path: Path
-    state: State = State.AVAILABLE
-    error: str = ""
-    report: gate.GateReport | None = None
-    artifact_bytes: int = 0
-    load_seconds: float = 0.0
-    loaded: _Loaded | None = field(default=None, repr=False)
-    #: FAILED only for want of manifest.json: tried again once the manifest appears.
-    unfinished: bool = False
-
-    @property
-    def in_flight(self) -> int:
-        return self.loaded.in_flight if self.loaded else 0
-
-
 #: Called with (index name, serving?) whenever an index gains or loses its active version.
 Listener = Callable[[str, bool], None]
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """What the manager needs from the config, in core terms."""
-
-    name: str
-    source: Path
-    policy: versions.Policy = field(default_factory=versions.Policy)
-    gate: gate.GateConfig = field(default_factory=gate.GateConfig)
-    search_params: dict[str, float] = field(default_factory=dict)
-    # What every version's artifact must say, when set (a guard against serving the wrong data).
-    backend: str | None = None
-    dimension: int | None = None
-    metric: Metric | None = None
-    #: When set, every version directory and artifact file must resolve inside it (flux_core.storage.confine).
-    data_root: Path | None = None
 
 
 class VersionHooks:
@@ -126,8 +49,8 @@ class VersionHooks:
         return nullcontext()
 
 
-class IndexManager:
-    """The versions of one index: which exist, which are loaded, which one answers."""
+class IndexManager(VersionTable):
+    """Changes the table of one index's versions: the policy's steps, and the control plane's operations."""
 
     def __init__(
         self,
@@ -138,98 +61,17 @@ class IndexManager:
         budget: MemoryBudget | None = None,
         listener: Listener | None = None,
     ) -> None:
-        self.settings = settings
-        self.name = settings.name
+        super().__init__(settings, budget or MemoryBudget())
         self._limits = limits
         self._batch_threads = batch_threads
-        self._budget = budget or MemoryBudget()
         self._listener = listener
-        self._slots: dict[int, VersionSlot] = {}
-        self._active: VersionSlot | None = None
-        self._scanned = False  # until the source is first read, "no version" means "not yet"
         self._strays: set[str] = set()  # entries of the source that are no version, already logged
         self.pinned: int | None = None
-        self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
         self._ops = threading.RLock()  # serialises loads, swaps and unloads: held for long work
         self._closed = False
         self._behind = False  # a background refresh was asked for and has not started yet
         self._refresher: threading.Thread | None = None
         self.hooks = VersionHooks()  # a Writer replaces them when the index takes writes
-
-    # -- the request path -------------------------------------------------------------
-
-    @contextmanager
-    def acquire(self, version: int = 0) -> Iterator[ServedIndex]:
-        """The version a request runs on, held until the request ends."""
-        with self._lock:
-            slot = self._active if version == 0 else self._slots.get(version)
-            loaded = slot.loaded if slot is not None and slot.state in (State.ACTIVE, State.READY) else None
-            if loaded is None:
-                raise self._why_not_serving(version)
-            loaded.in_flight += 1
-        try:
-            yield loaded.index
-        finally:
-            with self._lock:
-                loaded.in_flight -= 1
-                close = loaded.retired and loaded.in_flight == 0
-            if close:
-                self._close(loaded)
-
-    def _why_not_serving(self, version: int) -> FluxError:
-        if version:
-            return NotFound(
-                f"index {self.name!r} has no loaded version {version} (loaded: {self._loaded_versions() or 'none'})",
-                field="version",
-            )
-        states = {s.state for s in self._slots.values()}
-        if not self._scanned or states & {State.AVAILABLE, State.LOADING, State.READY}:  # READY: not yet active
-            return Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
-        failed = [s for s in self._slots.values() if s.state is State.FAILED]
-        if failed:
-            newest = max(failed, key=lambda s: s.version)
-            # Any reader sees this: paths start at the source folder's name, never at / (the log has them in full).
-            source = self.settings.source
-            reason = newest.error.replace(f"{source}/", f"{source.name}/")
-            return FailedPrecondition(
-                f"index {self.name!r} failed to load version {newest.version}: {reason}", field="index"
-            )
-        source = self.settings.source
-        why = (
-            "it does not exist"
-            if not source.exists()
-            else f"{source.name}/{artifact.MANIFEST} is missing, and it holds no numbered version folder (1/, 2/, ...)"
-        )
-        return FailedPrecondition(
-            f"index {self.name!r} has no version to serve: {source.name} is neither an artifact "
-            f"(with {artifact.MANIFEST}) nor a directory of numbered versions: {why}",
-            field="index",
-        )
-
-    def problem(self) -> str:
-        """Why no version is active, or "" when one is."""
-        with self._lock:
-            return "" if self._active is not None else self._why_not_serving(0).message
-
-    def _loaded_versions(self) -> str:
-        return ", ".join(str(v) for v, s in sorted(self._slots.items()) if s.loaded is not None)
-
-    # -- what the control plane reads --------------------------------------------------
-
-    @property
-    def active(self) -> VersionSlot | None:
-        return self._active
-
-    def slots(self) -> list[VersionSlot]:
-        with self._lock:
-            return sorted(self._slots.values(), key=lambda s: -s.version)
-
-    def slot(self, version: int) -> VersionSlot:
-        with self._lock:
-            found = self._slots.get(version)
-        if found is None:
-            raise NotFound(f"index {self.name!r} has no version {version}", field="version")
-        return found
 
     # -- background reconciliation ---------------------------------------------------
 
@@ -313,10 +155,6 @@ class IndexManager:
 
     def _available(self) -> set[int]:
         return set(versions.scan(self.settings.source))
-
-    def _states(self) -> dict[int, State]:
-        with self._lock:
-            return {v: s.state for v, s in self._slots.items()}
 
     def _do(self, step: versions.Step) -> None:
         slot = self._slots[step.version]
@@ -444,12 +282,12 @@ class IndexManager:
         try:
             confine.check_artifact(slot.path, self.settings.data_root)
             manifest = artifact.read_manifest(slot.path)
-            self._check_number(slot, manifest)
+            self.settings.check_number(slot.path, slot.version, manifest)
             slot.artifact_bytes = artifact.size_bytes(manifest)
             self._budget.reserve(slot.artifact_bytes, f"version {slot.version} of index {self.name!r}")
             reserved = slot.artifact_bytes
             loaded = artifact.load(slot.path)
-            self._check_expectations(slot, loaded.manifest)
+            self.settings.check_expectations(loaded.manifest)
             index = ServedIndex(
                 self.name,
                 loaded,
@@ -480,7 +318,7 @@ class IndexManager:
             self._fail(slot, f"activation gate: {report.reason}", "gate", started)
             return
         with self._lock:
-            slot.loaded = _Loaded(index, reserved)
+            slot.loaded = LoadedVersion(index, reserved)
             slot.state = State.READY
             slot.load_seconds = time.perf_counter() - started
         metrics.VERSION_LOAD_SECONDS.labels(self.name).observe(slot.load_seconds)
@@ -530,10 +368,6 @@ class IndexManager:
         if close:
             self._close(loaded)
 
-    def _close(self, loaded: _Loaded) -> None:
-        loaded.index.backend.close()
-        self._budget.release(loaded.nbytes)
-
     def _fail(self, slot: VersionSlot, reason: str, kind: str, started: float) -> None:
         with self._lock:
             slot.state, slot.error = State.FAILED, reason
@@ -548,29 +382,6 @@ class IndexManager:
         if slot.state is State.FAILED:
             raise FailedPrecondition(f"version {slot.version} of index {self.name!r} failed: {slot.error}")
 
-    def _check_number(self, slot: VersionSlot, manifest: artifact.Manifest) -> None:
-        """A numbered folder must hold the version it is named after: answers name the manifest's
-        version, while the control plane and ``SearchRequest.version`` go by the folder's."""
-        if slot.path != self.settings.source and manifest.version != slot.version:
-            raise ArtifactError(
-                f"{artifact.MANIFEST}: the artifact was built as version {manifest.version}, but its folder is "
-                f"{slot.path.name}; build it with --version {slot.version} or publish it as folder {manifest.version}"
-            )
-
-    def _check_expectations(self, slot: VersionSlot, manifest: artifact.Manifest) -> None:
-        actual = {"backend": manifest.backend, "dimension": manifest.dimension, "metric": manifest.metric}
-        wanted = {
-            "backend": self.settings.backend,
-            "dimension": self.settings.dimension,
-            "metric": self.settings.metric,
-        }
-        for key, want in wanted.items():
-            if want is not None and want != actual[key]:
-                raise ArtifactError(
-                    f"{artifact.MANIFEST}: {key} is {_show(actual[key])}, "
-                    f"but the config expects {_show(want)} for index {self.name!r}"
-                )
-
 
 @contextmanager
 def _nothing() -> Iterator[None]:
@@ -584,7 +395,3 @@ def _quiet_for(folder: Path) -> float:
     except OSError:
         return 0.0
     return time.time() - changed
-
-
-def _show(value: object) -> str:
-    return repr(getattr(value, "value", value))

@@ -2,11 +2,13 @@
 
 How a write travels (``Writer``):
 
-1. ``submit_upsert`` / ``submit_delete`` check it against the active version (errors name the
-   field), encode it (``flux.core.writes.mutations``) and queue it for group commit (``flux.core.writes.commit``).
+1. ``submit_upsert`` / ``submit_delete`` check it against the active version (``flux.core.writes.checks``;
+   errors name the field), encode it (``flux.core.writes.mutations``) and queue it for group commit
+   (``flux.core.writes.commit``).
 2. The flusher appends whatever is queued to the log (``flux.core.writes.wal``) with one fdatasync,
-   then applies those records in log order to the index that answers searches: the id map
-   grows (``flux_core.storage.ids``), the backend adds or deletes, the attributes follow.
+   then applies those records in log order to the index that answers searches
+   (``flux.core.writes.apply``): the id map grows (``flux_core.storage.ids``), the backend adds or
+   deletes, the attributes follow.
 3. Only then is the write acknowledged: a search that starts afterwards sees it, and no crash
    can lose it.
 
@@ -33,19 +35,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from flux import metrics
 from flux.core.serving import versions
-from flux.core.serving.index import ServedIndex, check_vectors
+from flux.core.serving.index import ServedIndex
 from flux.core.serving.manager import IndexManager, VersionHooks
+from flux.core.writes.apply import apply_ops
+from flux.core.writes.checks import check_ids, check_upsert, immutable_message
 from flux.core.writes.commit import GroupCommit, Ticket
-from flux.core.writes.mutations import Delete, Op, Upsert, decode, encode
+from flux.core.writes.mutations import Delete, Upsert, decode, encode
 from flux.core.writes.wal import Log, LogLocked
 from flux_core.backend import Matrix, Metric
-from flux_core.errors import FailedPrecondition, FluxError, InvalidArgument, LogCorrupt, Unavailable, shown
+from flux_core.errors import FailedPrecondition, FluxError, LogCorrupt, Unavailable
 from flux_core.storage import artifact, builder
 from flux_core.storage.attributes import ItemAttributes
 
@@ -74,13 +77,6 @@ class Applied:
 
     version: int
     sequence: int
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    missing: int = 0
-
-
-class _Counts(NamedTuple):
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
@@ -133,26 +129,13 @@ class Writer(VersionHooks):
     ) -> Ticket:
         """Check and queue an upsert without waiting; ``field`` prefixes the field names in errors."""
         index, commit = self._writable(deleting=False)
-        _check_ids(ids, f"{field}ids", index.limits.max_batch)
-        index.check_ids(ids, f"{field}ids")  # only here: a delete must reach ids stored under a higher limit
-        index.check_dimension(vectors.shape[1], f"{field}vectors")
-        check_vectors(vectors, f"{field}vectors")
-        if len(vectors) != len(ids):
-            raise InvalidArgument(
-                f"{field}vectors holds {len(vectors)} vectors for {len(ids)} ids; send one vector per id",
-                field=f"{field}vectors",
-            )
-        if attributes is not None and len(attributes) != len(ids):
-            raise InvalidArgument(
-                f"{field}attributes holds {len(attributes)} entries for {len(ids)} ids; send none or one per id",
-                field=f"{field}attributes",
-            )
+        check_upsert(index, ids, vectors, attributes, field)
         op = Upsert(list(ids), vectors, attributes)
         return commit.submit(encode(op), op)
 
     def submit_delete(self, ids: Sequence[str], *, field: str = "") -> Ticket:
         index, commit = self._writable(deleting=True)
-        _check_ids(ids, f"{field}ids", index.limits.max_batch)
+        check_ids(ids, f"{field}ids", index.limits.max_batch)
         op = Delete(list(ids))
         return commit.submit(encode(op), op)
 
@@ -176,7 +159,7 @@ class Writer(VersionHooks):
         with self._apply_lock:
             index = self._head
             assert index is not None
-            counts = _apply_ops(index, [t.op for t in tickets])
+            counts = apply_ops(index, [t.op for t in tickets])
             self._applied = tickets[-1].sequence
             version = index.version
             self._since_snapshot += sum(len(t.op.ids) for t in tickets)
@@ -200,10 +183,10 @@ class Writer(VersionHooks):
                 ) from exc
             items += len(chunk[-1].ids)
             if len(chunk) == _REPLAY_CHUNK:
-                _apply_ops(index, chunk)
+                apply_ops(index, chunk)
                 count, chunk = count + len(chunk), []
         if chunk:
-            _apply_ops(index, chunk)
+            apply_ops(index, chunk)
             count += len(chunk)
         if count:
             log.info(
@@ -410,90 +393,3 @@ class Writer(VersionHooks):
             if _STAGING.match(staging.name) and staging.is_dir():
                 log.warning("index %r: removing %s, a snapshot a crash cut short", self.name, staging)
                 shutil.rmtree(staging, ignore_errors=True)
-
-
-def immutable_message(index: str, backend: str) -> str:
-    return (
-        f"index {index!r} uses the {backend} backend, which is immutable: build a new version with "
-        "`flux build` and publish it to the index's source instead of writing to it"
-    )
-
-
-def _check_ids(ids: Sequence[str], field: str, limit: int) -> None:
-    if not ids:
-        raise InvalidArgument(f"{field} is empty; send at least one id", field=field)
-    if len(ids) > limit:
-        raise InvalidArgument(
-            f"{field} holds {len(ids)} ids; the limit is {limit} per call (limits.max_batch), split the batch",
-            field=field,
-        )
-    seen: dict[str, int] = {}
-    for row, item in enumerate(ids):
-        if not item:
-            raise InvalidArgument(f"{field}[{row}] is empty; ids are non-empty strings", field=f"{field}[{row}]")
-        first = seen.setdefault(item, row)
-        if first != row:
-            raise InvalidArgument(
-                f"{field}[{row}] {shown(item)} repeats {field}[{first}]; give each id once per request",
-                field=f"{field}[{row}]",
-            )
-
-
-def _apply_ops(index: ServedIndex, ops: Sequence[Op]) -> list[_Counts]:
-    """Apply ``ops`` in order; each run of upserts (or of deletes) becomes one backend call."""
-    counts: list[_Counts] = []
-    start = 0
-    for end in range(1, len(ops) + 1):
-        if end == len(ops) or type(ops[end]) is not type(ops[start]):
-            run = ops[start:end]
-            if isinstance(run[0], Upsert):
-                counts += _upsert(index, [op for op in run if isinstance(op, Upsert)])
-            else:
-                counts += _delete(index, [op for op in run if isinstance(op, Delete)])
-            start = end
-    return counts
-
-
-def _upsert(index: ServedIndex, run: list[Upsert]) -> list[_Counts]:
-    latest: dict[str, tuple[int, int]] = {}  # id -> (op, row) of its last vector in the run
-    counts = []
-    for number, op in enumerate(run):
-        inserted = 0
-        for row, item in enumerate(op.ids):
-            if item not in latest and index.ids.label(item) is None:
-                inserted += 1
-            latest[item] = (number, row)
-        counts.append(_Counts(inserted=inserted, updated=len(op.ids) - inserted))
-    if len(run) == 1:
-        vectors = run[0].vectors
-    else:
-        offsets = np.cumsum([0, *(len(op.ids) for op in run)])
-        rows = [int(offsets[number]) + row for number, row in latest.values()]
-        vectors = np.concatenate([op.vectors for op in run])[rows]
-    labels = index.ids.assign(list(latest))
-    index.backend.add(np.ascontiguousarray(vectors, np.float32), labels)
-    index.attributes.set(labels, [_attributes(run[number], row) for number, row in latest.values()])
-    metrics.WRITES.labels(index.name, "upsert").inc(len(labels))
-    return counts
-
-
-def _attributes(op: Upsert, row: int) -> ItemAttributes:
-    return op.attributes[row] if op.attributes is not None else ItemAttributes()
-
-
-def _delete(index: ServedIndex, run: list[Delete]) -> list[_Counts]:
-    gone: dict[str, None] = {}
-    counts = []
-    for op in run:
-        deleted = 0
-        for item in op.ids:
-            if item not in gone and index.ids.label(item) is not None:
-                gone[item] = None
-                deleted += 1
-        counts.append(_Counts(deleted=deleted, missing=len(op.ids) - deleted))
-    labels = index.ids.release(list(gone))
-    if len(labels):
-        index.backend.delete(labels)
-        index.attributes.clear(labels)
-        metrics.WRITES.labels(index.name, "delete").inc(len(labels))
-    return counts

@@ -1,0 +1,267 @@
+"""How ``flux bench filters`` times each searcher on one query at a time, and scores what it found.
+
+Three searchers answer the same queries: Flux's search path in-process (``Measure``), a Flux
+server in another process through its Search RPC (``Grpc``), and the library in-process
+(``library_rows``; for hnswlib also with its own ``filter`` callable). Each filtered query is
+timed right after the same query unfiltered, so that the load of a shared machine, which drifts
+during a run, weighs on both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flux.core.query.filters import Filter
+from flux.core.serving.index import ServedIndex
+from flux_api.v1 import types_pb2, vector_service_pb2_grpc
+from flux_api.v1 import vector_service_pb2 as pb
+from flux_bench.filters_workload import Scenario
+from flux_bench.servers import flux_server
+from flux_core.backend import Labels, Matrix
+
+WARMUP = 20
+#: hnswlib's own filter takes ~0.1 s a query at 0.1% of 200,000 items: it is measured on this many.
+LIBRARY_FILTER_QUERIES = 100
+
+
+@dataclass
+class Row:
+    backend: str
+    scenario: str
+    who: str  # flux | flux-grpc | library | library-filter
+    selectivity: float
+    queries: int
+    recall: float
+    p50_ms: float
+    p95_ms: float
+    #: The same queries unfiltered, each timed right before its filtered call (so that the
+    #: machine's load, which drifts during a run, weighs on both alike), and the ratio of p50s.
+    unfiltered_p50_ms: float | None = None
+    slowdown: float | None = None
+    strategies: dict[str, int] = field(default_factory=dict)
+
+
+class Measure:
+    """Flux's search path in-process: what the Search RPC runs, minus gRPC."""
+
+    def __init__(self, index: ServedIndex, queries: Matrix, k: int, progress: Callable[[str], None]) -> None:
+        self.index, self.queries, self.k, self.progress = index, queries, k, progress
+        self.params = index.default_params
+
+    def _unfiltered(self, row: int) -> tuple[Labels, str]:
+        labels, _ = self.index.nearest(self.queries[row : row + 1], self.k, self.params)
+        return labels[0], "index"
+
+    def unfiltered(self, truth: Labels) -> Row:
+        self.progress(f"{self.index.name}: unfiltered")
+        return _row(self.index.name, "none", "flux", 1.0, _timed(len(self.queries), self._unfiltered), list(truth))
+
+    def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
+        self.progress(f"{self.index.name}: filter {scenario.name}")
+
+        def one(row: int) -> tuple[Labels, str]:
+            query = self.queries[row : row + 1]
+            answer = self.index.planner.search(query, [self.k], [self.params], [scenario.filters[row]])[0]
+            return answer.labels, answer.strategy.value
+
+        timed = _timed(len(self.queries), one, paired=self._unfiltered)
+        return _row(self.index.name, scenario.name, "flux", scenario.selectivity, timed, truth)
+
+
+#: Answers one query (by row number): the labels found, and the strategy that found them.
+Search = Callable[[int], tuple[Labels, str]]
+
+
+@dataclass
+class Timed:
+    found: list[Labels]
+    latencies_ms: np.ndarray
+    strategies: dict[str, int]
+    paired_ms: np.ndarray | None  # the unfiltered call timed right before each
+
+
+def _timed(
+    count: int, search: Search, prepare: Callable[[int], None] | None = None, paired: Search | None = None
+) -> Timed:
+    """Each query once, one at a time, after a warm-up; ``prepare(row)`` runs untimed before each,
+    ``paired(row)`` (the same query unfiltered) is timed right before each."""
+    for row in range(min(WARMUP, count)):
+        if prepare:
+            prepare(row)
+        if paired:
+            paired(row)
+        search(row)
+    found: list[Labels] = []
+    latencies: list[int] = []
+    before: list[int] = []
+    strategies: dict[str, int] = {}
+    clock = time.perf_counter_ns
+    for row in range(count):
+        if prepare:
+            prepare(row)
+        if paired:
+            started = clock()
+            paired(row)
+            before.append(clock() - started)
+        started = clock()
+        labels, strategy = search(row)
+        latencies.append(clock() - started)
+        found.append(labels)
+        strategies[strategy] = strategies.get(strategy, 0) + 1
+    to_ms = np.float64(1e6)
+    return Timed(found, np.array(latencies) / to_ms, strategies, np.array(before) / to_ms if paired else None)
+
+
+def _row(backend: str, scenario: str, who: str, selectivity: float, timed: Timed, truth: Sequence[Labels]) -> Row:
+    found = timed.found
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth[: len(found)], strict=True))
+    wanted = sum(len(t) for t in truth[: len(found)])
+    p50 = float(np.percentile(timed.latencies_ms, 50))
+    paired = None if timed.paired_ms is None else float(np.percentile(timed.paired_ms, 50))
+    strategies = {name: count for name, count in timed.strategies.items() if name}
+    return Row(
+        backend,
+        scenario,
+        who,
+        round(selectivity, 5),
+        len(found),
+        round(hits / max(wanted, 1), 4),
+        round(p50, 4),
+        round(float(np.percentile(timed.latencies_ms, 95)), 4),
+        None if paired is None else round(paired, 4),
+        None if paired is None else round(p50 / paired, 2),
+        strategies,
+    )
+
+
+def library_rows(
+    backend: str,
+    path: Path,
+    dimension: int,
+    queries: Matrix,
+    k: int,
+    scenarios: list[Scenario],
+    truths: dict[str, list[Labels]],
+    unfiltered_truth: Labels,
+    progress: Callable[[str], None],
+) -> list[Row]:
+    """The library in-process on the artifact's own index file; for hnswlib also its filter callable."""
+    progress(f"{backend}: the library in-process")
+    if backend == "hnsw":
+        import hnswlib
+
+        index = hnswlib.Index(space="l2", dim=dimension)
+        index.load_index(str(path / "index.hnsw"))
+        index.set_ef(64)  # the hnsw backend's default ef, as Flux used
+
+        def search(row: int) -> tuple[Labels, str]:
+            labels, _ = index.knn_query(queries[row : row + 1], k=k, num_threads=1)
+            return np.asarray(labels[0], np.int64), "index"
+
+        rows = [_row(backend, "none", "library", 1.0, _timed(len(queries), search), list(unfiltered_truth))]
+        allowed: list[set[int]] = [set()]
+        current: list[Scenario] = []
+
+        def prepare(row: int) -> None:
+            allowed[0] = set(np.flatnonzero(current[0].masks(row)).tolist())  # the caller's work, not timed
+
+        def filtered(row: int) -> tuple[Labels, str]:
+            try:
+                labels, _ = index.knn_query(queries[row : row + 1], k=k, num_threads=1, filter=allowed[0].__contains__)
+            except RuntimeError:  # hnswlib raises when fewer than k pass among what it visits
+                return np.empty(0, np.int64), "failed"
+            return np.asarray(labels[0], np.int64), "filter"
+
+        for scenario in scenarios:
+            progress(f"{backend}: hnswlib's own filter, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
+            current[:] = [scenario]
+            timed = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
+            rows.append(
+                _row(backend, scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name])
+            )
+        return rows
+    if backend == "annoy":
+        from annoy import AnnoyIndex
+
+        annoy = AnnoyIndex(dimension, "euclidean")
+        annoy.load(str(path / "index.ann"))
+        search_k = 10 * annoy.get_n_trees() * k  # the annoy backend's default, as Flux used
+
+        def nearest(row: int) -> tuple[Labels, str]:
+            return np.asarray(annoy.get_nns_by_vector(queries[row], k, search_k), np.int64), "index"
+
+        timed = _timed(len(queries), nearest)
+        annoy.unload()
+        return [_row(backend, "none", "library", 1.0, timed, list(unfiltered_truth))]
+    return []
+
+
+@contextmanager
+def serve(backend: str, path: Path) -> Iterator[vector_service_pb2_grpc.VectorServiceStub]:
+    import grpc
+
+    server = flux_server({"indexes": [{"name": backend, "path": str(path)}]})
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            yield vector_service_pb2_grpc.VectorServiceStub(channel)
+    finally:
+        server.close()
+
+
+class Grpc:
+    """One client, one query per Search call, against a Flux server in another process."""
+
+    def __init__(
+        self,
+        stub: vector_service_pb2_grpc.VectorServiceStub,
+        backend: str,
+        queries: Matrix,
+        k: int,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.stub, self.backend, self.k, self.progress = stub, backend, k, progress
+        self.vectors = [
+            types_pb2.FloatVectors(dimension=queries.shape[1], data=q.astype("<f4").tobytes()) for q in queries
+        ]
+
+    def _labels(self, response: pb.SearchResponse) -> Labels:
+        return np.array([int(i.split(":")[1]) for i in response.neighbors.ids], np.int64)
+
+    def _unfiltered(self, row: int) -> tuple[Labels, str]:
+        response = self.stub.Search(pb.SearchRequest(index=self.backend, vector=self.vectors[row], k=self.k))
+        return self._labels(response), _strategy(response)
+
+    def unfiltered(self, truth: Labels) -> Row:
+        self.progress(f"{self.backend}: unfiltered through gRPC")
+        return _row(self.backend, "none", "flux-grpc", 1.0, _timed(len(self.vectors), self._unfiltered), list(truth))
+
+    def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
+        self.progress(f"{self.backend}: filter {scenario.name} through gRPC")
+        messages = [_message(f) for f in scenario.filters]
+
+        def one(row: int) -> tuple[Labels, str]:
+            request = pb.SearchRequest(index=self.backend, vector=self.vectors[row], k=self.k, filter=messages[row])
+            response = self.stub.Search(request)
+            return self._labels(response), _strategy(response)
+
+        timed = _timed(len(self.vectors), one, paired=self._unfiltered)
+        return _row(self.backend, scenario.name, "flux-grpc", scenario.selectivity, timed, truth)
+
+
+def _strategy(response: pb.SearchResponse) -> str:
+    return types_pb2.SearchStrategy.Name(response.neighbors.strategy).lower().removeprefix("search_strategy_")
+
+
+def _message(query_filter: Filter) -> types_pb2.Filter:
+    return types_pb2.Filter(
+        allow=[types_pb2.Restrict(namespace=ns, tokens=t) for ns, t in query_filter.allow.items()],
+        deny=[types_pb2.Restrict(namespace=ns, tokens=t) for ns, t in query_filter.deny.items()],
+        exclude_ids=query_filter.exclude_ids,
+        max_per_crowding_tag=query_filter.max_per_tag,
+    )

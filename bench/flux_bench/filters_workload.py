@@ -1,0 +1,188 @@
+"""What ``flux bench filters`` searches: items with attributes, a random filter per query, and exact answers.
+
+Every item holds one of ``BUCKETS`` ``bucket`` tokens (so allowing s% of the tokens lets s% of
+the items pass), one to three of ``MARKETS`` ``market`` tokens, an ``explicit`` flag and an
+``artist`` crowding tag shared by nearby items. A ``Scenario`` is one filter family (a
+selectivity, or the ``mixed`` filter); its exact answers are float64 brute force over the items
+that pass, crowding applied in distance order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flux.core.query.filters import Filter
+from flux_bench.data import Synthetic
+from flux_core.backend import Labels, Matrix, Metric
+from flux_core.storage import artifact, builder
+from flux_core.storage.attribute_table import Mask
+from flux_core.storage.attributes import ItemAttributes
+
+SELECTIVITIES = (0.5, 0.1, 0.01, 0.001)
+BUCKETS = 1000
+MARKETS = 10
+MIXED_EXCLUDED, MIXED_FROM, MIXED_CAP = 1000, 2000, 2
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named filter family: one filter per query, and each filter's passing mask and crowding cap."""
+
+    name: str
+    selectivity: float  # share of the items that pass, measured
+    filters: list[Filter]
+    masks: Callable[[int], Mask]  # query -> the items its filter lets through
+    cap: int = 0
+    tags: np.ndarray | None = None  # each item's crowding tag, when ``cap`` is set
+
+
+@dataclass(frozen=True)
+class Items:
+    """Every item's attributes, and the same as arrays for building masks quickly."""
+
+    attributes: list[ItemAttributes]
+    bucket: np.ndarray  # (n,) int
+    markets: np.ndarray  # (n, MARKETS) bool
+    explicit: np.ndarray  # (n,) bool
+    artist: np.ndarray  # (n,) int
+
+    @classmethod
+    def generate(cls, base: Matrix, seed: int) -> Items:
+        rng = np.random.default_rng(seed + 1)
+        n = len(base)
+        bucket = rng.integers(0, BUCKETS, n)
+        markets = np.zeros((n, MARKETS), np.bool_)
+        for row, held in enumerate(rng.integers(1, 4, n)):
+            markets[row, rng.choice(MARKETS, held, replace=False)] = True
+        explicit = rng.random(n) < 0.1
+        # Nearby items share an artist (a bucket of 12 random hyperplanes), so crowding bites.
+        planes = rng.standard_normal((base.shape[1], 12)).astype(np.float32)
+        centred = base - base.mean(axis=0)
+        artist = ((centred @ planes) > 0).astype(np.int64) @ (1 << np.arange(12))
+        attributes = [
+            ItemAttributes(
+                {
+                    "bucket": (f"b{bucket[i]}",),
+                    "market": tuple(f"m{m}" for m in np.flatnonzero(markets[i])),
+                    "explicit": ("true" if explicit[i] else "false",),
+                },
+                f"artist:{artist[i]}",
+            )
+            for i in range(n)
+        ]
+        return cls(attributes, bucket, markets, explicit, artist)
+
+
+def scenarios(items: Items, base: Matrix, queries: Matrix, seed: int) -> list[Scenario]:
+    rng = np.random.default_rng(seed + 2)
+    q = len(queries)
+    out = []
+    for selectivity in SELECTIVITIES:
+        chosen = [rng.choice(BUCKETS, max(1, round(selectivity * BUCKETS)), replace=False) for _ in range(q)]
+        filters = [Filter(allow={"bucket": tuple(f"b{b}" for b in c)}, deny={}) for c in chosen]
+
+        def mask(row: int, chosen: list[np.ndarray] = chosen) -> Mask:
+            passing: Mask = np.isin(items.bucket, chosen[row])
+            return passing
+
+        share = float(np.mean([mask(r).mean() for r in range(min(q, 50))]))
+        out.append(Scenario(f"{selectivity:.1%}", share, filters, mask))
+
+    near = _nearest(base, queries, MIXED_FROM)
+    markets = [rng.choice(MARKETS, 2, replace=False) for _ in range(q)]
+    excluded = [rng.choice(near[r], MIXED_EXCLUDED, replace=False) for r in range(q)]
+    mixed = [
+        Filter(
+            allow={"market": tuple(f"m{m}" for m in markets[r])},
+            deny={"explicit": ("true",)},
+            exclude_ids=tuple(f"item:{i}" for i in excluded[r]),
+            max_per_tag=MIXED_CAP,
+        )
+        for r in range(q)
+    ]
+
+    def mixed_mask(row: int) -> Mask:
+        passing: Mask = items.markets[:, markets[row]].any(axis=1) & ~items.explicit
+        passing[excluded[row]] = False
+        return passing
+
+    share = float(np.mean([mixed_mask(r).mean() for r in range(min(q, 50))]))
+    out.append(Scenario("mixed", share, mixed, mixed_mask, cap=MIXED_CAP, tags=items.artist))
+    return out
+
+
+def _scores(base: Matrix, queries: Matrix) -> Iterator[tuple[int, Matrix]]:
+    """Squared distances up to a per-query constant, in float32, 64 queries at a time."""
+    norms = np.einsum("ij,ij->i", base, base)
+    for start in range(0, len(queries), 64):
+        yield start, norms[None, :] - 2 * (queries[start : start + 64] @ base.T)
+
+
+def _nearest(base: Matrix, queries: Matrix, count: int) -> np.ndarray:
+    out = np.empty((len(queries), count), np.int64)
+    for start, scores in _scores(base, queries):
+        out[start : start + len(scores)] = np.argpartition(scores, count - 1, axis=1)[:, :count]
+    return out
+
+
+def truth(base: Matrix, queries: Matrix, scenario: Scenario, k: int) -> list[Labels]:
+    """Exact filtered answers: a float32 shortlist, ranked on float64 distances, crowding applied in order."""
+    truth: list[Labels] = []
+    for start, scores in _scores(base, queries):
+        for offset, row_scores in enumerate(scores):
+            row = start + offset
+            passing = np.flatnonzero(scenario.masks(row))
+            wanted = min(len(passing), 2 * k + 8 if not scenario.cap else 50 * k)
+            short = passing[np.argpartition(row_scores[passing], wanted - 1)[:wanted]] if wanted else passing
+            diff = base[short].astype(np.float64) - queries[row].astype(np.float64)
+            ranked = short[np.argsort(np.einsum("ij,ij->i", diff, diff), kind="stable")]
+            if scenario.tags is not None:
+                ranked = _crowded(ranked, scenario.tags, scenario.cap)
+            truth.append(ranked[:k])
+    return truth
+
+
+def _crowded(ranked: Labels, tags: np.ndarray, cap: int) -> Labels:
+    seen: dict[int, int] = {}
+    keep = []
+    for label in ranked.tolist():
+        tag = int(tags[label])
+        if seen.get(tag, 0) < cap:
+            seen[tag] = seen.get(tag, 0) + 1
+            keep.append(label)
+    return np.array(keep, np.int64)
+
+
+def build_index(
+    work: Path,
+    spec: Synthetic,
+    backend: str,
+    params: dict[str, float],
+    base: Matrix,
+    items: Items,
+    progress: Callable[[str], None],
+) -> Path:
+    """The index with attributes, built once and kept in ``work``."""
+    suffix = "-".join(f"{k}{v:g}" for k, v in sorted(params.items()))
+    path = work / "filters" / f"{spec.key()}-{backend}{'-' + suffix if suffix else ''}"
+    if (path / artifact.MANIFEST).exists():
+        return path
+    progress(f"building {backend} over {len(base):,} items with attributes (kept in {path})")
+    ids = [f"item:{i}" for i in range(len(base))]
+    builder.build(
+        path,
+        base,
+        ids,
+        backend=backend,
+        metric=Metric.L2,
+        name=backend,
+        params=params,
+        threads=os.cpu_count() or 1,
+        attributes=items.attributes,
+    )
+    return path

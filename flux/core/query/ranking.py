@@ -1,0 +1,58 @@
+"""How the filter planner ranks candidates it computes itself, and caps how many share a crowding tag.
+
+An exact scan shortlists on cheap float32 scores (``scores``), then ranks the shortlist on
+float64 distances in Flux's convention (``distances``), as the ``exact`` backend does; a few
+spare candidates absorb the rounding of the fast scores. ``crowd`` applies the crowding cap to
+any nearest-first sequence, whether scanned or fetched from the index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from flux_core.backend import Matrix, Metric
+from flux_core.storage.attribute_table import NO_TAG, Mask
+
+
+def crowd(tags: npt.NDArray[np.int32], cap: int) -> Mask:
+    """Which of a nearest-first sequence to keep so that at most ``cap`` share a tag; untagged items always stay."""
+    order = np.argsort(tags, kind="stable")
+    grouped = tags[order]
+    starts = np.ones(len(grouped), np.bool_)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(grouped)), 0))
+    seen = np.empty(len(tags), np.int64)
+    seen[order] = np.arange(len(grouped)) - first  # how many earlier items share the tag
+    keep: Mask = (seen < cap) | (tags == NO_TAG)
+    return keep
+
+
+def scores(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric) -> Matrix:
+    """Float32 scores that order items as their distances do (up to rounding), cheaply."""
+    dots: Matrix = vectors @ query
+    if metric is Metric.L2:
+        squared: Matrix = squared_norms - 2 * dots
+        return squared
+    if metric is Metric.COSINE:
+        return np.negative(dots / np.maximum(np.sqrt(squared_norms), np.float32(1e-30)))
+    return np.negative(dots)
+
+
+def squared_norms(vectors: Matrix) -> Matrix:
+    squared: Matrix = np.einsum("ij,ij->i", vectors, vectors)
+    return squared
+
+
+def distances(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:
+    """Distances in Flux's convention, computed in float64."""
+    v, q = vectors.astype(np.float64), query.astype(np.float64)
+    if metric is Metric.L2:
+        diff = v - q
+        squared: Matrix = np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+        return squared
+    dots = v @ q
+    if metric is Metric.COSINE:
+        dots = dots / (np.maximum(np.linalg.norm(v, axis=1), 1e-30) * max(float(np.linalg.norm(q)), 1e-30))
+    out: Matrix = (1.0 - dots).astype(np.float32)
+    return out
