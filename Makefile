@@ -30,8 +30,8 @@ proto: $(VENV)/.installed ## regenerate clients/python/src/flux_api from protos/
 	$(BIN)/python tools/protogen.py
 	@touch $(VENV)/.generated
 
-run: install ## serve the demo index on 127.0.0.1:50051 (built on first start)
-	$(BIN)/flux serve
+run: install ## serve the demo index on 127.0.0.1:50051 (built on first start); PORT=50052 for another port
+	$(BIN)/flux serve $(if $(PORT),--port $(PORT))
 
 test: install lint typecheck pytest ## lint, type-check and run the test suite
 
@@ -56,6 +56,8 @@ breaking: install ## buf breaking against the contract on main (BREAKING_AGAINST
 
 # Java stubs and example (clients/java).
 -include clients/java/java.mk
+# Go stubs and example (clients/go).
+-include clients/go/go.mk
 
 clean: ## remove .venv, caches and the demo index
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -143,7 +143,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config = flux_config.load(args.config)
     else:
         log.info("no --config given: serving the built-in demo index from %s", args.demo_dir / demo.NAME)
-        config = demo.config(args.demo_dir)
+        # FLUX_SECTION__KEY overrides apply to the demo's config as to a file's (the flags below win).
+        config = flux_config.with_environment(demo.config(args.demo_dir), source="built-in demo config")
     overrides = {
         k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None
     }

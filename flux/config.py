@@ -322,6 +322,17 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     return parse(raw, source=str(path), base=path.parent, origins=origins)
 
 
+def with_environment(config: FluxConfig, *, source: str, environ: Mapping[str, str] | None = None) -> FluxConfig:
+    """``config`` with the ``FLUX_A__B`` overrides of ``environ`` (default: the process environment) applied, as
+    ``load`` applies them to a file: for configs made in code, such as the built-in demo's. Only the keys the
+    config sets and the ones the environment sets are given, so every default stays a default."""
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    raw, origins = config_env.apply(raw, os.environ if environ is None else environ)
+    if not origins:
+        return config
+    return parse(raw, source=source, origins=origins)
+
+
 def parse(
     raw: Any, *, source: str = "<config>", base: Path | None = None, origins: Mapping[str, str] | None = None
 ) -> FluxConfig:

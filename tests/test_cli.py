@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 FLUX = [sys.executable, "-m", "flux"]
+REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -29,9 +30,11 @@ def flux(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProc
 
 
 @contextmanager
-def serving(*args: str) -> Iterator[str]:
-    """Run `flux serve` on a free port; yield its address once it reports ready; SIGTERM it afterwards."""
-    process = subprocess.Popen([*FLUX, "serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True, env=ENV)
+def serving(*args: str, **env: str) -> Iterator[str]:
+    """Run `flux serve` on a free port (unless ``env`` names one); yield its address once it reports ready;
+    SIGTERM it afterwards."""
+    port = [] if "FLUX_SERVER__PORT" in env else ["--port", "0"]
+    process = subprocess.Popen([*FLUX, "serve", *port, *args], stderr=subprocess.PIPE, text=True, env={**ENV, **env})
     assert process.stderr is not None
     address, seen = "", []
     try:
@@ -103,6 +106,28 @@ def test_serve_without_a_config_builds_and_serves_the_demo(tmp_path: Path) -> No
         assert table[0] == "index demo version 1: 10 neighbours"
         assert len([line for line in table[2:] if line.split()[1].startswith("track:")]) == 10
         assert flux("health", "--target", address, "--service", "flux.index.demo").stdout.strip() == "SERVING"
+
+
+def test_environment_overrides_apply_to_the_demo_config_too(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serving("--demo-dir", str(tmp_path), FLUX_SERVER__PORT=str(port), FLUX_LIMITS__MAX_K="7") as address:
+        assert address == f"127.0.0.1:{port}"
+        refused = flux("query", "--target", address, "--random", "-k", "8", check=False)
+        assert refused.returncode == 1
+        assert "k must be between 1 and 7" in refused.stderr
+        assert flux("query", "--target", address, "--random", "-k", "7").stdout.startswith("index demo version 1: 7")
+
+
+def test_make_run_takes_a_port() -> None:
+    def command(*args: str) -> list[str]:
+        done = subprocess.run(["make", "-n", "run", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if "flux serve" in line]
+
+    assert command("PORT=50052") == [".venv/bin/flux serve --port 50052"]
+    assert [line.rstrip() for line in command()] == [".venv/bin/flux serve"]
 
 
 def test_health_of_one_index_sends_the_token_in_flux_token_when_auth_is_on(tmp_path: Path) -> None:

@@ -16,18 +16,25 @@ from flux.server import FluxServer
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_client import (
     AsyncFluxClient,
+    BatchTooLarge,
+    DimensionMismatch,
     FailedPrecondition,
     Filter,
     FluxClient,
+    IndexFailed,
     IndexNotFound,
     InvalidArgument,
     ItemNotFound,
+    KOutOfRange,
     NotFound,
+    UnknownParam,
+    VersionNotFound,
     _channel,
     _codec,
     _status,
 )
 from tests import support
+from tests.test_client_install import released_contract_version
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -267,3 +274,101 @@ def test_constructor_arguments_are_checked() -> None:
     ]:
         with pytest.raises(ValueError, match=fragment):
             FluxClient("127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_errors_are_typed_by_their_reason_and_carry_metadata_and_field_violations(client: FluxClient) -> None:
+    with pytest.raises(DimensionMismatch) as wrong:
+        client.search("exact-l2", np.ones(32))
+    assert isinstance(wrong.value, InvalidArgument | ValueError)
+    assert (wrong.value.reason, wrong.value.domain) == ("DIMENSION_MISMATCH", "flux.vectors")
+    assert wrong.value.metadata == {"field": "vector.dimension", "index": "exact-l2"}
+    [violation] = wrong.value.field_violations
+    assert violation.field == "vector.dimension"
+    assert "dimension 64" in violation.description
+
+    with pytest.raises(KOutOfRange) as k:
+        client.search("exact-l2", np.ones(64), k=257)
+    assert (k.value.field, k.value.limit) == ("k", 256)
+    with pytest.raises(BatchTooLarge) as batch:
+        client.search("exact-l2", np.ones((513, 64)), k=1)
+    assert batch.value.limit == 512
+    with pytest.raises(UnknownParam):
+        client.search("annoy-l2", np.ones(64), params={"ef": 10})
+    with pytest.raises(VersionNotFound):
+        client.search("exact-l2", np.ones(64), version=99)
+    with pytest.raises(IndexFailed) as broken:
+        client.search("broken", np.ones(64))
+    assert isinstance(broken.value, FailedPrecondition)
+    with pytest.raises(KOutOfRange) as local:  # refused before sending, typed alike
+        client.search("exact-l2", np.ones(64), k=0)
+    assert (local.value.reason, local.value.domain, local.value.field) == ("K_OUT_OF_RANGE", "", "k")
+
+
+def test_a_reader_learns_what_it_needs_to_query_an_index(client: FluxClient) -> None:
+    info = client.describe_index("hnsw-l2")
+    admin = client.describe("hnsw-l2")
+    assert (info.name, info.backend, info.dimension, info.metric, info.count, info.version, info.state) == (
+        admin.name,
+        admin.backend,
+        admin.dimension,
+        admin.metric,
+        admin.count,
+        admin.version,
+        admin.state,
+    )
+    assert info.default_search_params == admin.default_search_params == {"ef": 64.0}
+    assert info.capabilities == admin.capabilities
+    assert (info.build_params, info.stats, info.alias) == ({}, {}, "")  # an admin's only
+    broken = client.describe_index("broken")
+    assert (broken.state, broken.dimension) == ("failed", 0)
+    with pytest.raises(IndexNotFound):
+        client.describe_index("no-such-index")
+
+
+def test_an_alias_is_described_by_the_arm_its_routing_key_selects(artifacts: dict[str, Path]) -> None:
+    indexes = [{"name": n, "path": str(artifacts[n])} for n in ("exact-l2", "hnsw-cosine")]
+    alias = {"name": "split", "arms": [{"index": "exact-l2", "weight": 50}, {"index": "hnsw-cosine", "weight": 50}]}
+    raw = {"server": {"host": "127.0.0.1", "port": 0}, "indexes": indexes, "aliases": [alias]}
+    with (
+        support.running_server(flux_config.parse(raw, source="alias test")) as server,
+        FluxClient(server.address) as flux,
+    ):
+        described = {key: flux.describe_index("split", routing_key=key) for key in (f"user-{i}" for i in range(40))}
+        answered = {key: flux.search("split", np.ones(64), k=1, routing_key=key).index for key in described}
+    assert {key: info.name for key, info in described.items()} == answered
+    assert {info.name: info.metric for info in described.values()} == {"exact-l2": "l2", "hnsw-cosine": "cosine"}
+    assert {info.alias for info in described.values()} == {"split"}
+
+
+def test_server_info_names_the_contract_release_the_software_and_the_backends(client: FluxClient) -> None:
+    import flux
+    from flux_client import CONTRACT_VERSION
+
+    info = client.server_info()
+    assert info.contract_version == CONTRACT_VERSION == released_contract_version()
+    assert info.server_version == flux.__version__
+    backends = {b.name: b for b in info.backends}
+    assert {"exact", "hnsw", "annoy", "voyager"} <= set(backends)
+    assert backends["hnsw"].default_search_params == {"ef": 64.0}
+    assert backends["hnsw"].capabilities["mutable"] is True
+    assert backends["annoy"].capabilities["mutable"] is False
+    assert info.supports("1.0.0")
+    assert info.supports(CONTRACT_VERSION)
+    assert not info.supports("2.0.0")
+    major, minor, _ = (int(p) for p in CONTRACT_VERSION.split("."))
+    assert not info.supports(f"{major}.{minor + 1}.0")
+
+
+def test_the_asyncio_client_reads_and_types_errors_alike(server: FluxServer, client: FluxClient) -> None:
+    async def run() -> None:
+        async with AsyncFluxClient(server.address) as flux:
+            assert await flux.describe_index("hnsw-l2") == client.describe_index("hnsw-l2")
+            assert await flux.server_info() == client.server_info()
+            with pytest.raises(DimensionMismatch) as wrong:
+                await flux.search("exact-l2", np.ones(32))
+            assert wrong.value.metadata == {"field": "vector.dimension", "index": "exact-l2"}
+            with pytest.raises(KOutOfRange) as k:
+                await flux.batch_search("exact-l2", np.ones((2, 64)), k=300)
+            assert k.value.limit == 256
+
+    asyncio.run(run())

@@ -71,3 +71,25 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, fragment: s
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: no such file"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_environment_overrides_apply_to_a_config_made_in_code_and_keep_its_defaults(tmp_path: Path) -> None:
+    made = config.parse(
+        {"server": {"host": "127.0.0.1", "port": 50051}, "indexes": [{"name": "demo", "path": str(tmp_path)}]},
+        source="built-in demo config",
+    )
+    assert config.with_environment(made, source="demo", environ={"HOME": "/root"}) is made  # nothing to apply
+    changed = config.with_environment(
+        made, source="demo", environ={"FLUX_SERVER__PORT": "6000", "FLUX_INDEXES__0__SEARCH_PARAMS": "{ef: 99}"}
+    )
+    assert (changed.server.port, changed.server.host, changed.indexes[0].search_params) == (
+        6000,
+        "127.0.0.1",
+        {"ef": 99},
+    )
+    assert changed.server.threads == made.server.threads
+    assert changed.indexes[0].path == made.indexes[0].path
+    with pytest.raises(ConfigError) as caught:
+        config.with_environment(made, source="built-in demo config", environ={"FLUX_SERVER__PORT": "high"})
+    assert str(caught.value).startswith("built-in demo config: server.port")
+    assert "(set by the environment variable FLUX_SERVER__PORT)" in str(caught.value)

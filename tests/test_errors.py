@@ -217,3 +217,9 @@ def test_an_unexpected_error_is_internal_without_a_traceback(
         index.backend.search = original  # type: ignore[method-assign]
     assert "secret" not in error.details()
     assert "Traceback" not in error.details()
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.domain) == ("INTERNAL", "flux.vectors")
+    assert info.metadata["request_id"] in error.details()  # the id to report, also as metadata

@@ -1,4 +1,5 @@
-"""The Java stubs, proven against a live server: the example compiles and finds the Python client's neighbours.
+"""The Java stubs, proven against a live server: the example compiles, finds the Python client's neighbours and
+reads the reasons of errors from their google.rpc details; the jars carry poms Maven can install.
 
 ``make java`` installs the Debian packages and builds the stubs jar; CI runs it before the
 tests and sets FLUX_REQUIRE_JAVA=1, so there this test fails rather than skips when Java
@@ -12,12 +13,15 @@ import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
 
+from flux import __version__ as server_version
 from flux.server import FluxServer
-from flux_client import FluxClient
+from flux_client import CONTRACT_VERSION, FluxClient
+from tests.test_client_install import released_contract_version
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "clients" / "java" / "example" / "FluxExample.java"
@@ -77,6 +81,9 @@ def test_the_java_example_finds_the_same_neighbours_as_the_python_client(
     out = run_example(classpath, server.address, path)
 
     assert out["health"] == [["SERVING"]]
+    [(contract, software, backends)] = out["server"]
+    assert (contract, software) == (CONTRACT_VERSION, server_version)
+    assert int(backends) >= 4
     assert out["index"] == [[INDEX, "64", "5000", "3"]]
     with FluxClient(server.address) as flux:
         singles = [flux.search(INDEX, q, k=K) for q in queries]
@@ -92,17 +99,98 @@ def test_the_java_example_finds_the_same_neighbours_as_the_python_client(
             # Java prints each float32 exactly (shortest round-trip form): the same bits come back.
             assert np.array(distances.split(","), dtype=np.float32).tolist() == expected_distances.tolist()
 
-    [(code, reason, message)] = out["error"]
-    assert (code, reason) == ("NOT_FOUND", "INDEX_NOT_FOUND")
+    [(code, trailer, reason, domain, message)] = out["error"]
+    assert (code, trailer, reason, domain) == ("NOT_FOUND", "INDEX_NOT_FOUND", "INDEX_NOT_FOUND", "flux.vectors")
     assert f"{INDEX}-missing" in message
+    assert out["invalid"] == [["INVALID_ARGUMENT", "DIMENSION_MISMATCH", "vector.dimension", INDEX]]
 
 
 def test_the_jar_carries_the_contract_version_and_the_protos(classpath: str) -> None:
     jar = Path(classpath.split(":")[1])  # after the example's classes: the stubs jar
     version = make("java-version")
+    assert version == CONTRACT_VERSION == released_contract_version()
     assert jar.name == f"flux-api-{version}.jar"
     with zipfile.ZipFile(jar) as archive:
         names = set(archive.namelist())
         manifest = archive.read("META-INF/MANIFEST.MF").decode()
+        pom = archive.read("META-INF/maven/io.flux/flux-api/pom.xml").decode()
     assert {"flux_api/v1/vector_service.proto", "io/flux/api/v1/VectorServiceGrpc.class"} <= names
     assert f"Implementation-Version: {version}" in manifest
+    assert pom == Path(make("java-artifacts").splitlines()[0].split()[1]).read_text()
+
+
+def test_the_google_rpc_jar_holds_the_error_details_and_the_stubs_jar_does_not(classpath: str) -> None:
+    [(stubs, _), (rpc, _)] = [line.split() for line in make("java-artifacts").splitlines()]
+    with zipfile.ZipFile(rpc) as archive:
+        names = set(archive.namelist())
+    expected = {"com/google/rpc/Status.class", "com/google/rpc/ErrorInfo.class", "com/google/rpc/BadRequest.class"}
+    assert expected | {"google/rpc/error_details.proto"} <= names
+    with zipfile.ZipFile(stubs) as archive:  # so that Maven users, who have proto-google-common-protos, leave it out
+        assert not [n for n in archive.namelist() if n.startswith("com/google/")]
+
+
+MAVEN = "http://maven.apache.org/POM/4.0.0"
+
+
+def pom_of(path: str) -> tuple[tuple[str, str, str], list[tuple[str, str, str, str]]]:
+    root = ElementTree.parse(path).getroot()
+
+    def text(node: ElementTree.Element, name: str) -> str:
+        found = node.find(f"{{{MAVEN}}}{name}")
+        return "" if found is None or found.text is None else found.text
+
+    coordinates = (text(root, "groupId"), text(root, "artifactId"), text(root, "version"))
+    dependencies = [
+        (text(d, "groupId"), text(d, "artifactId"), text(d, "version"), text(d, "scope") or "compile")
+        for d in root.iter(f"{{{MAVEN}}}dependency")
+    ]
+    return coordinates, dependencies
+
+
+def test_the_poms_name_the_jars_and_the_dependencies_they_are_built_against(classpath: str) -> None:
+    version = make("java-version")
+    [(_, stubs_pom), (_, rpc_pom)] = [line.split() for line in make("java-artifacts").splitlines()]
+    grpc = next(Path("/usr/share/java").glob("grpc-stub-[0-9]*.jar")).stem.removeprefix("grpc-stub-")
+    protobuf = next(Path("/usr/share/java").glob("protobuf-[0-9]*.jar")).stem.removeprefix("protobuf-")
+    coordinates, dependencies = pom_of(stubs_pom)
+    assert coordinates == ("io.flux", "flux-api", version)
+    assert dependencies == [
+        ("com.google.protobuf", "protobuf-java", protobuf, "compile"),
+        ("io.grpc", "grpc-protobuf", grpc, "compile"),
+        ("io.grpc", "grpc-stub", grpc, "compile"),
+        ("org.apache.tomcat", "annotations-api", "6.0.53", "provided"),
+    ]
+    assert pom_of(rpc_pom) == (
+        ("io.flux", "flux-api-google-rpc", version),
+        [("com.google.protobuf", "protobuf-java", protobuf, "compile")],
+    )
+
+
+def test_mvn_install_file_takes_the_jars_with_their_poms(classpath: str, tmp_path: Path) -> None:
+    """`mvn install:install-file -DpomFile=...` into an empty local repository, with Debian's Maven repository
+    (maven, libmaven-install-plugin-java: `make java` installs them) as the only source: no Maven Central."""
+    debian = Path("/usr/share/maven-repo")
+    plugin = max(
+        (p.parent.name for p in (debian / "org/apache/maven/plugins/maven-install-plugin").glob("*/*.jar")),
+        key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()),
+    )
+    settings = tmp_path / "settings.xml"
+    settings.write_text(
+        f"<settings><mirrors><mirror><id>debian</id><mirrorOf>*</mirrorOf><url>{debian.as_uri()}</url>"
+        "</mirror></mirrors></settings>"
+    )
+    repository = tmp_path / "repository"
+    version = make("java-version")
+    for line in make("java-artifacts").splitlines():
+        jar, pom = line.split()
+        done = subprocess.run(
+            ["mvn", "-q", "-B", "-s", str(settings), f"-Dmaven.repo.local={repository}",
+             f"org.apache.maven.plugins:maven-install-plugin:{plugin}:install-file",
+             f"-Dfile={jar}", f"-DpomFile={pom}"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    for artifact in ("flux-api", "flux-api-google-rpc"):
+        installed = repository / "io" / "flux" / artifact / version
+        assert (installed / f"{artifact}-{version}.jar").is_file()
+        assert pom_of(str(installed / f"{artifact}-{version}.pom"))[0] == ("io.flux", artifact, version)

@@ -24,6 +24,7 @@ from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from flux_client import (
+    CONTRACT_VERSION,
     TLS,
     FailedPrecondition,
     FluxClient,
@@ -227,8 +228,12 @@ def test_the_client_sends_its_token_over_tls_and_tokens_never_reach_the_logs(
         secure = TLS.from_files(ca=pki["ca"], server_name=SERVER_NAME)
         with FluxClient(server.address, tls=secure, token=TOKENS["reader"]) as client:
             assert len(client.search("small", queries[0], k=3).ids) == 3
-            with pytest.raises(PermissionDenied):
+            described = client.describe_index("small")  # VectorService: what a reader needs to query
+            assert (described.dimension, described.metric, described.state) == (8, "l2", "serving")
+            assert client.server_info().contract_version == CONTRACT_VERSION
+            with pytest.raises(PermissionDenied) as denied:
                 client.describe("small")  # AdminService: admin only
+            assert denied.value.metadata == {"role": "reader", "required_role": "admin"}
         other = FluxClient(server.address, tls=secure, token=TOKENS["admin"], retries=0)
         with other, pytest.raises(Unauthenticated):
             other.search("small", queries[0], k=3)  # a token this server does not list
@@ -368,6 +373,8 @@ def test_with_tokens_unknown_index_errors_list_no_names_and_index_health_needs_a
                 health_pb2.HealthCheckRequest(service="flux.index.nope"), metadata=_bearer("reader"), timeout=5
             )
         assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+        assert "'flux.index.nope'" in unknown.value.details()
+        assert "small" not in unknown.value.details()  # names no index that exists
 
 
 def _health_of(address: str, service: str) -> object:

@@ -4,13 +4,16 @@
     python tools/protogen.py --check  # exit 1 when the committed code is stale
 
 Generated code lives in its own package, ``flux_api``, imported by the server and
-the client alike; nothing hand-written lives there.
+the client alike; nothing hand-written lives there. ``flux_api.CONTRACT_VERSION`` is the
+newest release heading of protos/CHANGELOG.md, so the check also fails after a release
+until the code is generated again.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import sys
 import tempfile
@@ -22,6 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUTPUT = ROOT / "clients" / "python" / "src"
 PACKAGE = "flux_api"
+CHANGELOG = PROTOS / "CHANGELOG.md"
+_GENERATED = '"""Generated from protos/ by tools/protogen.py; do not edit."""\n'
+
+
+def contract_version() -> str:
+    """The newest release of the contract: the first ``## X.Y.Z`` heading of protos/CHANGELOG.md."""
+    found = re.search(r"^## (\d+\.\d+\.\d+)", CHANGELOG.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"{CHANGELOG.relative_to(ROOT)} has no release heading (## X.Y.Z)")
+    return found.group(1)
 
 
 def _protoc_include() -> str:
@@ -48,8 +61,13 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for package_dir in [out / PACKAGE, *[p for p in (out / PACKAGE).rglob("*") if p.is_dir()]]:
-        (package_dir / "__init__.py").write_text('"""Generated from protos/ by tools/protogen.py; do not edit."""\n')
+    for package_dir in [p for p in (out / PACKAGE).rglob("*") if p.is_dir()]:
+        (package_dir / "__init__.py").write_text(_GENERATED)
+    (out / PACKAGE / "__init__.py").write_text(
+        _GENERATED
+        + "\n#: The release of the wire contract this code was generated from (protos/CHANGELOG.md).\n"
+        + f'CONTRACT_VERSION = "{contract_version()}"\n'
+    )
     (out / PACKAGE / "py.typed").write_text("")
 
 

@@ -26,6 +26,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from flux import callcontext
+from flux.api.errors import status
+from flux_core.errors import Code, Reason
 
 
 class Role(IntEnum):
@@ -113,23 +115,31 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if token is None:
             return self._refusal(
                 method,
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{method} needs a token with the {needed.name.lower()} role: "
-                "send the metadata 'authorization: Bearer <token>'",
+                status(
+                    Code.UNAUTHENTICATED,
+                    f"{method} needs a token with the {needed.name.lower()} role: "
+                    "send the metadata 'authorization: Bearer <token>'",
+                    Reason.UNAUTHENTICATED,
+                    metadata={"required_role": needed.name.lower()},
+                ),
             )
         callcontext.principal.set(token.name)
         if token.role < needed:
             return self._refusal(
                 method,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"token {token.name!r} has the {token.role.name.lower()} role; "
-                f"{method} needs the {needed.name.lower()} role",
+                status(
+                    Code.PERMISSION_DENIED,
+                    f"token {token.name!r} has the {token.role.name.lower()} role; "
+                    f"{method} needs the {needed.name.lower()} role",
+                    Reason.PERMISSION_DENIED,
+                    metadata={"role": token.role.name.lower(), "required_role": needed.name.lower()},
+                ),
             )
         return continuation(details)
 
-    def _refusal(self, method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def _refusal(self, method: str, refusal: grpc.Status) -> grpc.RpcMethodHandler:
         def refuse(request: Any, context: grpc.ServicerContext, *_: Any) -> Any:
-            context.abort(code, message)
+            context.abort_with_status(refusal)
 
         requests, responses = self._shapes.get(method, (False, False))
         if requests and responses:
@@ -159,7 +169,27 @@ class IndexHealthServicer(health.HealthServicer):  # type: ignore[misc]
         self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         self._admit(request.service, context)
-        return super().Check(request, context)
+        answer = super().Check(request, context)
+        if context.code() is grpc.StatusCode.NOT_FOUND:  # the standard servicer sets the code, with no message
+            context.abort_with_status(self._unknown(request.service))
+        return answer
+
+    def _unknown(self, service: str) -> grpc.Status:
+        """NOT_FOUND for a service name health knows nothing of, saying which names it knows."""
+        name = repr(service if len(service) <= 128 else service[:128] + "...")
+        if service.startswith(self._prefix):
+            return status(
+                Code.NOT_FOUND,
+                f"health knows no service {name}: no index of that name is configured "
+                f"(each configured index has the health service {self._prefix}<name>)",
+                Reason.INDEX_NOT_FOUND,
+            )
+        return status(
+            Code.NOT_FOUND,
+            f"health knows no service {name}: ask for '' (the server), a Flux service "
+            f"(flux_api.v1.VectorService, ...) or one index ({self._prefix}<name>)",
+            Reason.NOT_FOUND,
+        )
 
     def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext, send_response_callback: Any = None
@@ -173,8 +203,11 @@ class IndexHealthServicer(health.HealthServicer):  # type: ignore[misc]
             and service.startswith(self._prefix)
             and self._tokens.match(context.invocation_metadata()) is None
         ):
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"the health of one index ({self._prefix}<name>) needs a token of any role: "
-                "send the metadata 'authorization: Bearer <token>'",
+            context.abort_with_status(
+                status(
+                    Code.UNAUTHENTICATED,
+                    f"the health of one index ({self._prefix}<name>) needs a token of any role: "
+                    "send the metadata 'authorization: Bearer <token>'",
+                    Reason.UNAUTHENTICATED,
+                )
             )

@@ -13,7 +13,7 @@ from flux.core.serving.catalog import IndexState
 from flux.core.serving.versions import State
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
 from flux_core.backend import Capabilities, Matrix, Metric
-from flux_core.errors import InvalidArgument
+from flux_core.errors import InvalidArgument, Reason
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -50,7 +50,11 @@ def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
     """
     dimension = message.dimension
     if dimension == 0:
-        raise InvalidArgument(f"{field}.dimension is 0; set it to the vector dimension", field=f"{field}.dimension")
+        raise InvalidArgument(
+            f"{field}.dimension is 0; set it to the vector dimension",
+            field=f"{field}.dimension",
+            reason=Reason.MALFORMED_VECTORS,
+        )
     data = message.data
     row_bytes = 4 * dimension
     if len(data) % row_bytes:
@@ -58,9 +62,12 @@ def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
             f"{field}.data holds {len(data)} bytes, which is not a whole number of "
             f"{dimension}-dimensional float32 vectors ({row_bytes} bytes each)",
             field=f"{field}.data",
+            reason=Reason.MALFORMED_VECTORS,
         )
     if not data:
-        raise InvalidArgument(f"{field} holds no vectors; send at least one", field=f"{field}.data")
+        raise InvalidArgument(
+            f"{field} holds no vectors; send at least one", field=f"{field}.data", reason=Reason.EMPTY_BATCH
+        )
     return np.frombuffer(data, dtype=_LITTLE_ENDIAN_F32).reshape(-1, dimension)
 
 

@@ -13,8 +13,12 @@ from typing import Any
 
 import grpc
 
+from flux.api.errors import status
 from flux.api.wrapping import WrappingInterceptor
 from flux.core.query import deadline
+from flux_core.errors import Code, Reason
+
+_LATE = status(Code.DEADLINE_EXCEEDED, "the deadline passed before the call could start", Reason.DEADLINE_EXCEEDED)
 
 
 class DeadlineInterceptor(WrappingInterceptor):
@@ -33,7 +37,7 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def in_time(request: Any, context: grpc.ServicerContext) -> Any:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call could start")
+            context.abort_with_status(_LATE)
         token = deadline.start(math.inf if remaining is None else remaining)  # no generator: every call comes here
         try:
             return behaviour(request, context)

@@ -1,48 +1,166 @@
-"""Maps exceptions to gRPC statuses, in this one place, for every servicer.
+"""Maps exceptions to gRPC statuses, in this one place, for every servicer and interceptor.
 
-A ``FluxError`` becomes its declared code with its message and, when it names a
-field, a ``google.rpc.BadRequest`` detail. Anything else is a bug: it is logged with
-its traceback under a request id, and the caller sees INTERNAL with that id only,
-never the traceback.
+Every error Flux answers carries a ``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer: a ``google.rpc.ErrorInfo`` (domain ``flux.vectors``, a stable reason, metadata such as
+the field at fault, the index and the limit exceeded) and, for INVALID_ARGUMENT with a field,
+a ``google.rpc.BadRequest``. The reason is repeated in the ``flux-error-reason`` trailer for
+clients that do not decode status details. The reasons are listed in ``flux_core.errors.Reason``
+and in the contract (``protos/flux_api/v1/vector_service.proto``).
+
+A ``FluxError`` raised without a reason gets one from ``reason_of``, which tells causes apart by
+the error's class and the field it names (and, for a few, by its message): the core raises
+errors without knowing how they travel. Anything else is a bug: it is logged with its traceback
+under a request id, and the caller sees INTERNAL with that id only, never the traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2, status_pb2
 
 from flux import callcontext
 from flux.api.wrapping import WrappingInterceptor
-from flux_core.errors import Code, FluxError
+from flux_core.errors import (
+    DOMAIN,
+    Code,
+    FailedPrecondition,
+    FluxError,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 
 REASON_KEY = "flux-error-reason"
+#: Metadata values longer than this (an index name a caller made up, say) are left out.
+_MAX_METADATA_VALUE = 256
+
+_VECTORS = re.compile(r"^(?:messages\[\d+\]\.)?(?:vector|queries|vectors)$")
+_PARAMS = re.compile(r"(?:^|\.)(?:search_)?params$")
+_PARAM = re.compile(r"(?:^|\.)(?:search_)?params\.[^.]+$")
+_FILTER = re.compile(r"^(?:overrides\[\d+\]\.)?filter(?:\.|$)")
+_ATTRIBUTES = re.compile(r"(?:^|\.)attributes\[\d+\]")
+_ONE_ID = re.compile(r"(?:^|\.)ids\[\d+\]$")
+_IDS = re.compile(r"(?:^|\.)ids$")
+_PER_ROW = re.compile(r"^(?:overrides|(?:messages\[\d+\]\.)?attributes)$")
 
 
-def to_status(error: FluxError) -> grpc.Status:
-    details: list[Message] = []
+def reason_of(error: FluxError) -> str:
+    """The stable reason of ``error``: its own, or else the one its class and field point to."""
     if error.reason:
-        details.append(error_details_pb2.ErrorInfo(reason=error.reason, domain="flux"))
-    if error.field and error.code is Code.INVALID_ARGUMENT:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+        return error.reason
+    field, message = error.field or "", error.message
+    if isinstance(error, InvalidArgument):
+        return _invalid_argument(field, message)
+    if isinstance(error, NotFound):
+        return {"version": Reason.VERSION_NOT_FOUND, "index": Reason.INDEX_NOT_FOUND}.get(field, Reason.NOT_FOUND)
+    if isinstance(error, FailedPrecondition):
+        return _failed_precondition(field, message)
+    if isinstance(error, Unavailable):
+        if "shutting down" in message:
+            return Reason.SHUTTING_DOWN
+        return Reason.INDEX_LOADING if field == "index" or "still loading" in message else Reason.UNAVAILABLE
+    if isinstance(error, ResourceExhausted):
+        return Reason.MEMORY_BUDGET_EXCEEDED if "memory budget" in message else Reason.RESOURCE_EXHAUSTED
+    return error.code.name
+
+
+def _invalid_argument(field: str, message: str) -> Reason:
+    if field.endswith(".dimension"):  # a dimension of 0 is MALFORMED_VECTORS, given where it is raised
+        return Reason.DIMENSION_MISMATCH
+    if _VECTORS.match(field):
+        if "NaN or Inf" in message:
+            return Reason.NOT_FINITE
+        if "squared norm" in message:
+            return Reason.NORM_TOO_LARGE
+        if "the limit is" in message:
+            return Reason.BATCH_TOO_LARGE
+        return Reason.COUNT_MISMATCH  # Search with other than one vector; vectors not one per id
+    if field == "k" or field.endswith(".k"):
+        return Reason.K_OUT_OF_RANGE
+    if _PARAMS.search(field):
+        return Reason.UNKNOWN_PARAM
+    if _PARAM.search(field):
+        return Reason.PARAM_OUT_OF_RANGE
+    if _FILTER.match(field):
+        return Reason.INVALID_FILTER
+    if _ATTRIBUTES.search(field):
+        return Reason.INVALID_ATTRIBUTES
+    if _PER_ROW.match(field):
+        return Reason.COUNT_MISMATCH
+    if _ONE_ID.search(field):
+        if "repeats" in message:
+            return Reason.DUPLICATE_ID
+        return Reason.ID_TOO_LONG if "bytes long" in message else Reason.INVALID_ID
+    if _IDS.search(field):
+        return Reason.BATCH_TOO_LARGE if "the limit is" in message else Reason.EMPTY_BATCH
+    if field == "version":
+        return Reason.VERSION_ON_ALIAS
+    return Reason.INVALID_ARGUMENT
+
+
+def _failed_precondition(field: str, message: str) -> Reason:
+    if "immutable" in message:
+        return Reason.INDEX_IMMUTABLE
+    if "read-only on this server" in message:
+        return Reason.INDEX_READ_ONLY
+    if "refuses writes" in message:
+        return Reason.WRITES_FAILED
+    if "roll back" in message:
+        return Reason.NO_ROLLBACK_TARGET
+    if field == "version":
+        return Reason.VERSION_ACTIVE
+    if field == "index":
+        return Reason.INDEX_FAILED
+    if re.match(r"version \d+ of index .* failed: ", message):
+        return Reason.VERSION_FAILED
+    return Reason.FAILED_PRECONDITION
+
+
+def status(
+    code: Code,
+    message: str,
+    reason: str,
+    *,
+    field: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> grpc.Status:
+    """A status with ErrorInfo (and BadRequest for an INVALID_ARGUMENT naming a field), for ``abort_with_status``."""
+    info = {key: value for key, value in (metadata or {}).items() if value and len(value) <= _MAX_METADATA_VALUE}
+    if field:
+        info["field"] = field
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=info)]
+    if field and code is Code.INVALID_ARGUMENT:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
     packed = []
     for detail in details:
         packed.append(any_pb2.Any())
         packed[-1].Pack(detail)
-    status = rpc_status.to_status(status_pb2.Status(code=error.code, message=error.message, details=packed))
-    if error.reason:
-        return _Status(status.code, status.details, (*status.trailing_metadata, (REASON_KEY, error.reason)))
-    return status
+    rich = status_pb2.Status(code=code, message=message, details=packed)
+    return _Status(
+        grpc.StatusCode[code.name],
+        message,
+        (("grpc-status-details-bin", rich.SerializeToString()), (REASON_KEY, reason)),
+    )
+
+
+def to_status(error: FluxError, metadata: Mapping[str, str] | None = None) -> grpc.Status:
+    """The status of a raised ``FluxError``; ``metadata`` is added to the error's own."""
+    merged = {**(metadata or {}), **error.metadata}
+    return status(error.code, error.message, reason_of(error), field=error.field, metadata=merged)
 
 
 class _Status(NamedTuple):
@@ -51,12 +169,24 @@ class _Status(NamedTuple):
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
+def request_index(request: Any) -> str:
+    """The index (or alias) a request names, "" when it names none (or is a stream)."""
+    name = getattr(request, "index", None) or getattr(request, "name", None)
+    return name if isinstance(name, str) else ""
+
+
 class ErrorInterceptor(WrappingInterceptor):
     """Wraps every handler that answers once (unary, client stream) so that raised exceptions become statuses.
 
     gRPC asks the interceptor for the handler on every call; the wrapped handler of each
     method is built once and remembered (``WrappingInterceptor``), so a call allocates nothing here.
+    ``limits`` gives the server limit behind a reason (``K_OUT_OF_RANGE``: max_k), sent as the
+    ``limit`` metadata of its ErrorInfo.
     """
+
+    def __init__(self, methods: Collection[str], limits: Mapping[str, int] | None = None) -> None:
+        super().__init__(methods)
+        self._limits = {reason: str(limit) for reason, limit in (limits or {}).items()}
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         # Calls that answer once: unary ones, and client streams (WriteService.UpsertStream).
@@ -69,14 +199,22 @@ class ErrorInterceptor(WrappingInterceptor):
             try:
                 return behaviour(request, context)
             except FluxError as error:
-                status = to_status(error)
+                answer = self._status(error, request)
             except Exception:
                 if context.code() is not None:  # aborted on purpose (context.abort), e.g. a malformed stream message
                     raise
                 request_id = callcontext.request_id.get() or uuid.uuid4().hex[:16]
                 log.exception("%s failed unexpectedly (request id %s)", method, request_id)
                 message = f"internal error in Flux (request id {request_id}); the server logged the cause"
-                status = rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
-            context.abort_with_status(status)
+                answer = status(Code.INTERNAL, message, Reason.INTERNAL, metadata={"request_id": request_id})
+            context.abort_with_status(answer)
 
         return handler._replace(**{kind: guarded})
+
+    def _status(self, error: FluxError, request: Any) -> grpc.Status:
+        reason = reason_of(error)
+        metadata = {"index": request_index(request)}
+        limit = self._limits.get(reason)
+        if limit is not None and (reason != Reason.INVALID_FILTER or (error.field or "").endswith("exclude_ids")):
+            metadata["limit"] = limit
+        return status(error.code, error.message, reason, field=error.field, metadata={**metadata, **error.metadata})

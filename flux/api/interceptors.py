@@ -6,7 +6,9 @@
 3. auth (when tokens are configured): refuses by role before the method is looked up;
 4. deadlines: a call whose caller gave up is not started;
 5. malformed requests: INVALID_ARGUMENT for bytes that do not parse;
-6. errors: ``flux_core.errors`` to statuses, INTERNAL with a request id for anything else.
+6. errors: ``flux_core.errors`` to statuses with an ErrorInfo reason, INTERNAL with a request id for anything else.
+
+Every refusal, whichever interceptor answers it, carries an ErrorInfo reason (``flux.api.errors.status``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from flux.api.errors import ErrorInterceptor
 from flux.api.malformed import MalformedRequestInterceptor
 from flux.api.observability import ObservabilityInterceptor
 from flux.config import FluxConfig
+from flux.core.query.filters import MAX_EXCLUDE_IDS
+from flux_core.errors import Reason
 
 
 def method_shapes(services: Iterable[str]) -> dict[str, tuple[bool, bool]]:
@@ -52,5 +56,20 @@ def chain(config: FluxConfig, *, services: Iterable[str], indexes: Collection[st
     if config.auth.tokens:
         tokens = [Token(t.name, Role[t.role.upper()], t.sha256) for t in config.auth.tokens]
         interceptors.append(AuthInterceptor(tokens, shapes))
-    interceptors += [DeadlineInterceptor(shapes), MalformedRequestInterceptor(shapes), ErrorInterceptor(shapes)]
+    interceptors += [
+        DeadlineInterceptor(shapes),
+        MalformedRequestInterceptor(shapes),
+        ErrorInterceptor(shapes, limits(config)),
+    ]
     return interceptors
+
+
+def limits(config: FluxConfig) -> dict[str, int]:
+    """The server limit behind each reason that names one, for the ``limit`` metadata of its ErrorInfo."""
+    return {
+        Reason.K_OUT_OF_RANGE: config.limits.max_k,
+        Reason.BATCH_TOO_LARGE: config.limits.max_batch,
+        Reason.ID_TOO_LONG: config.limits.max_id_bytes,
+        Reason.INVALID_FILTER: MAX_EXCLUDE_IDS,  # only for filter.exclude_ids
+        Reason.RESPONSE_TOO_LARGE: config.limits.max_message_bytes,
+    }

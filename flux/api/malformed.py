@@ -2,8 +2,8 @@
 
 Left to gRPC, a request that fails to parse ends with INTERNAL ("Exception deserializing
 request!"), which says the server is at fault. Here the parse failure becomes a marker
-that the handler turns into INVALID_ARGUMENT naming the message type, for every kind of
-method (unary and streaming).
+that the handler turns into INVALID_ARGUMENT (reason MALFORMED_REQUEST) naming the message type,
+for every kind of method (unary and streaming).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 
 import grpc
 
+from flux.api.errors import status
 from flux.api.wrapping import WrappingInterceptor
+from flux_core.errors import Code, Reason
 
 
 class _Malformed:
@@ -39,8 +41,12 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         except Exception as exc:  # protobuf raises DecodeError, and others for some inputs
             return _Malformed(exc)
 
+    refusal = status(
+        Code.INVALID_ARGUMENT, f"the request is not a valid message for {method}", Reason.MALFORMED_REQUEST
+    )
+
     def refuse(context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message for {method}")
+        context.abort_with_status(refusal)
 
     if handler.request_streaming:
         kind = "stream_stream" if handler.response_streaming else "stream_unary"

@@ -121,7 +121,8 @@ class ObservabilityInterceptor(WrappingInterceptor):
                         f"the answer is {len(data):,} bytes, more than the server may send "
                         f"(limits.max_message_bytes: {limit:,} bytes); ask for less per call: "
                         "a smaller k or fewer queries per batch"
-                    )
+                    ),
+                    {"limit": str(limit)},
                 )
             )
         return data

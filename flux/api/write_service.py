@@ -16,7 +16,7 @@ from flux.core.writes.writer import Applied, Writer
 from flux_api.v1 import types_pb2, write_service_pb2_grpc
 from flux_api.v1 import write_service_pb2 as pb
 from flux_core.backend import Matrix
-from flux_core.errors import FailedPrecondition, InvalidArgument
+from flux_core.errors import FailedPrecondition, InvalidArgument, Reason
 from flux_core.storage.attributes import ItemAttributes
 
 #: Batches of one stream in the log's queue at once: enough to fill group commits, bounded memory.
@@ -60,6 +60,7 @@ class WriteServicer(write_service_pb2_grpc.WriteServiceServicer):
                         f"{field}index is {message.index!r}, but this stream writes to {writer.name!r}; "
                         "one stream writes one index",
                         field=f"{field}index",
+                        reason=Reason.STREAM_INDEX_MISMATCH,
                     )
                 pending.append(writer.submit_upsert(*_items(message, field), field=field))
                 if len(pending) >= _WINDOW:
@@ -67,7 +68,9 @@ class WriteServicer(write_service_pb2_grpc.WriteServiceServicer):
         except grpc.RpcError:  # the client cancelled or its deadline passed: nobody waits for an answer
             return answer  # (the batches it sent are committed all the same)
         if writer is None:
-            raise InvalidArgument("the stream held no message; send at least one batch", field="messages")
+            raise InvalidArgument(
+                "the stream held no message; send at least one batch", field="messages", reason=Reason.EMPTY_BATCH
+            )
         while pending:
             settle(pending.popleft())
         answer.index = writer.name
@@ -90,16 +93,22 @@ class WriteServicer(write_service_pb2_grpc.WriteServiceServicer):
         with self._catalog.manager(name).acquire() as index:  # NOT_FOUND, UNAVAILABLE, ... as for a search
             backend = index.backend
         if not type(backend).capabilities.mutable:
-            raise FailedPrecondition(immutable_message(name, backend.name), field="index")
+            raise FailedPrecondition(
+                immutable_message(name, backend.name), field="index", reason=Reason.INDEX_IMMUTABLE
+            )
         raise FailedPrecondition(
-            f"index {name!r} does not take writes; set writes.enabled: true in its config", field="index"
+            f"index {name!r} does not take writes; set writes.enabled: true in its config",
+            field="index",
+            reason=Reason.WRITES_DISABLED,
         )
 
 
 def _items(request: Batch, field: str) -> tuple[list[str], Matrix, list[ItemAttributes] | None]:
     """The ids, vectors and attributes of one batch; ``field`` prefixes the field names in errors."""
     if not request.ids:  # before the vectors, which are then empty too
-        raise InvalidArgument(f"{field}ids is empty; send at least one id", field=f"{field}ids")
+        raise InvalidArgument(
+            f"{field}ids is empty; send at least one id", field=f"{field}ids", reason=Reason.EMPTY_BATCH
+        )
     vectors = convert.decode_vectors(request.vectors, f"{field}vectors")
     attributes = (
         [_attributes(a, f"{field}attributes[{n}]") for n, a in enumerate(request.attributes)]

@@ -1,12 +1,17 @@
 package io.flux.example;
 
+import com.google.protobuf.Any;
 import com.google.protobuf.ByteString;
-import io.flux.api.v1.AdminServiceGrpc;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.BadRequest;
+import com.google.rpc.ErrorInfo;
 import io.flux.api.v1.BatchSearchRequest;
 import io.flux.api.v1.BatchSearchResponse;
+import io.flux.api.v1.DescribeIndexRequest;
 import io.flux.api.v1.FloatVectors;
-import io.flux.api.v1.GetIndexRequest;
-import io.flux.api.v1.IndexInfo;
+import io.flux.api.v1.GetServerInfoRequest;
+import io.flux.api.v1.GetServerInfoResponse;
+import io.flux.api.v1.IndexDescription;
 import io.flux.api.v1.Neighbors;
 import io.flux.api.v1.SearchRequest;
 import io.flux.api.v1.SearchResponse;
@@ -19,6 +24,7 @@ import io.grpc.StatusRuntimeException;
 import io.grpc.health.v1.HealthCheckRequest;
 import io.grpc.health.v1.HealthCheckResponse;
 import io.grpc.health.v1.HealthGrpc;
+import io.grpc.protobuf.StatusProto;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -33,8 +39,10 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 
 /**
- * Queries a Flux server the way a consuming Java service would: health check, Search,
- * BatchSearch and one error, with deadlines and retries configured on the channel.
+ * Queries a Flux server the way a consuming Java service would: health check, the server's
+ * versions, the index's description, Search, BatchSearch and two errors read through their
+ * google.rpc details, with deadlines and retries configured on the channel. Every call needs
+ * the reader role only.
  *
  * <pre>
  * java -cp "$(make -s java-classpath)" io.flux.example.FluxExample TARGET INDEX QUERIES [K]
@@ -73,17 +81,25 @@ public final class FluxExample {
               .check(HealthCheckRequest.newBuilder().setService("").build());
       System.out.println("health\t" + health.getStatus());
 
-      IndexInfo info =
-          AdminServiceGrpc.newBlockingStub(channel)
+      VectorServiceGrpc.VectorServiceBlockingStub vectors = VectorServiceGrpc.newBlockingStub(channel);
+      GetServerInfoResponse server =
+          vectors
               .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
-              .getIndex(GetIndexRequest.newBuilder().setName(index).build())
+              .getServerInfo(GetServerInfoRequest.getDefaultInstance());
+      System.out.printf(
+          "server\t%s\t%s\t%d%n",
+          server.getContractVersion(), server.getServerVersion(), server.getBackendsCount());
+
+      IndexDescription info =
+          vectors
+              .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+              .describeIndex(DescribeIndexRequest.newBuilder().setIndex(index).build())
               .getIndex();
       System.out.printf(
           "index\t%s\t%d\t%d\t%d%n",
           info.getName(), info.getDimension(), info.getCount(), info.getVersion());
       float[][] queries = readQueries(args[2], info.getDimension());
 
-      VectorServiceGrpc.VectorServiceBlockingStub vectors = VectorServiceGrpc.newBlockingStub(channel);
       for (int row = 0; row < queries.length; row++) {
         SearchResponse response =
             vectors
@@ -110,7 +126,7 @@ public final class FluxExample {
         print("batch", row, batch.getVersion(), batch.getResults(row));
       }
 
-      // An index that does not exist: NOT_FOUND, with the cause in a trailer.
+      // An index that does not exist: NOT_FOUND; the cause is in a trailer and in the status details.
       try {
         vectors
             .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
@@ -124,9 +140,34 @@ public final class FluxExample {
       } catch (StatusRuntimeException e) {
         Status status = e.getStatus();
         Metadata trailers = e.getTrailers();
-        String reason = trailers == null ? null : trailers.get(REASON);
+        String trailer = trailers == null ? null : trailers.get(REASON);
+        ErrorInfo why = errorInfo(e);
         System.out.printf(
-            "error\t%s\t%s\t%s%n", status.getCode(), reason, status.getDescription());
+            "error\t%s\t%s\t%s\t%s\t%s%n",
+            status.getCode(), trailer, why.getReason(), why.getDomain(), status.getDescription());
+      }
+
+      // A query one value too long: INVALID_ARGUMENT, naming the field at fault (BadRequest).
+      float[] tooLong = Arrays.copyOf(queries[0], queries[0].length + 1);
+      try {
+        vectors
+            .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+            .search(
+                SearchRequest.newBuilder()
+                    .setIndex(index)
+                    .setVector(encode(new float[][] {tooLong}))
+                    .setK(k)
+                    .build());
+        System.out.println("invalid\tnone");
+      } catch (StatusRuntimeException e) {
+        ErrorInfo why = errorInfo(e);
+        BadRequest bad = detail(e, BadRequest.class);
+        System.out.printf(
+            "invalid\t%s\t%s\t%s\t%s%n",
+            e.getStatus().getCode(),
+            why.getReason(),
+            bad == null ? "" : bad.getFieldViolations(0).getField(),
+            why.getMetadataOrDefault("index", ""));
       }
     } finally {
       channel.shutdownNow().awaitTermination(DEADLINE_SECONDS, TimeUnit.SECONDS);
@@ -162,6 +203,30 @@ public final class FluxExample {
         Collections.singletonList(Collections.singletonMap("round_robin", new HashMap<>())));
     config.put("methodConfig", Collections.singletonList(method));
     return config;
+  }
+
+  /** The ErrorInfo of a failed call: Flux's stable reason (e.g. INDEX_NOT_FOUND) and metadata. */
+  static ErrorInfo errorInfo(StatusRuntimeException e) {
+    ErrorInfo info = detail(e, ErrorInfo.class);
+    return info == null ? ErrorInfo.getDefaultInstance() : info;
+  }
+
+  /** The first detail of type {@code type} in the call's google.rpc.Status, or null. */
+  static <T extends com.google.protobuf.Message> T detail(StatusRuntimeException e, Class<T> type) {
+    com.google.rpc.Status status = StatusProto.fromThrowable(e);
+    if (status == null) {
+      return null;
+    }
+    for (Any detail : status.getDetailsList()) {
+      if (detail.is(type)) {
+        try {
+          return detail.unpack(type);
+        } catch (InvalidProtocolBufferException ignored) {
+          return null;
+        }
+      }
+    }
+    return null;
   }
 
   /** The wire form of vectors: little-endian float32 values, row after row. */

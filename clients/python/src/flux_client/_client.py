@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 import numpy.typing as npt
 
-from flux_api.v1 import admin_service_pb2, admin_service_pb2_grpc, vector_service_pb2_grpc
+from flux_api.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    vector_service_pb2,
+    vector_service_pb2_grpc,
+    write_service_pb2,
+    write_service_pb2_grpc,
+)
 from flux_client import _channel, _codec
 from flux_client._channel import TLS
-from flux_client._errors import from_rpc_error, invalid
-from flux_client._types import Filter, IndexInfo, SearchResult
+from flux_client._errors import FluxError, from_rpc_error, invalid
+from flux_client._types import Attributes, Filter, IndexInfo, SearchResult, ServerInfo, WriteResult
 
 
 class FluxClient:
@@ -69,6 +76,7 @@ class FluxClient:
         )
         self._vectors = vector_service_pb2_grpc.VectorServiceStub(self.channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+        self._writes = write_service_pb2_grpc.WriteServiceStub(self.channel)
 
     def search(
         self,
@@ -157,6 +165,67 @@ class FluxClient:
         """Every index the server is configured to serve, by name, including loading and failed ones."""
         response = self._call(self._admin.ListIndexes, admin_service_pb2.ListIndexesRequest(), timeout)
         return [_codec.index_info(i) for i in response.indexes]
+
+    def describe_index(self, index: str, *, routing_key: str = "", timeout: float | None = None) -> IndexInfo:
+        """What a caller with the reader role may know of ``index`` (VectorService.DescribeIndex): backend,
+        dimension, metric, count, version, default search params, capabilities and state. ``describe`` tells
+        an admin more. For an alias, the index of the arm ``routing_key`` selects (``alias`` names the alias)."""
+        request = vector_service_pb2.DescribeIndexRequest(index=index, routing_key=routing_key)
+        return _codec.index_description(self._call(self._vectors.DescribeIndex, request, timeout))
+
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """The server's contract release, software version and installed backends (reader role)."""
+        request = vector_service_pb2.GetServerInfoRequest()
+        return _codec.server_info(self._call(self._vectors.GetServerInfo, request, timeout))
+
+    def upsert(
+        self,
+        index: str,
+        ids: Sequence[str],
+        vectors: npt.ArrayLike,
+        *,
+        attributes: Sequence[Attributes | None] | None = None,
+        timeout: float | None = None,
+    ) -> WriteResult:
+        """Insert items, or replace those whose ids the index holds: one row of ``vectors`` per id (a 1-D
+        vector for one id), and optionally one ``Attributes`` (or None) per id. Answers once the write is
+        durable and visible to searches; ``inserted`` and ``updated`` count what it did. Never re-sent
+        behind the caller's back; resending one whose answer was lost is safe (writes are idempotent)."""
+        request = _codec.upsert_request(index, ids, vectors, attributes)
+        return _codec.write_result(self._call(self._writes.Upsert, request, timeout))
+
+    def upsert_stream(
+        self,
+        index: str,
+        batches: Iterable[_codec.Batch],
+        *,
+        timeout: float | None = None,
+    ) -> WriteResult:
+        """A bulk load in one call (UpsertStream): ``batches`` yields ``(ids, vectors)`` or ``(ids, vectors,
+        attributes)`` tuples, encoded and sent as they come, so a generator can stream more than fits in
+        memory. Answers once every batch is durable and applied; ``messages`` counts the batches. When a
+        batch is refused (by the server, or here before it is sent, its fields named ``batches[n]...``),
+        the batches before it may have been applied."""
+        failures: list[Exception] = []
+        messages = _codec.stream_messages(index, batches, failures)
+        try:
+            response = self._call(self._writes.UpsertStream, messages, timeout)
+        except FluxError:
+            if failures:
+                raise failures[0] from None
+            raise
+        if failures:
+            raise failures[0]
+        return _codec.write_result(response)
+
+    def delete(self, index: str, ids: Sequence[str], *, timeout: float | None = None) -> WriteResult:
+        """Remove items so that no search returns them again; ``deleted`` and ``not_found`` count the ids."""
+        return _codec.write_result(self._call(self._writes.Delete, _codec.delete_request(index, ids), timeout))
+
+    def snapshot(self, index: str, *, timeout: float | None = None) -> WriteResult:
+        """Write the index as it is now as its next version and shorten its log; ``version`` is that version."""
+        request = write_service_pb2.SnapshotRequest(index=index)
+        return _codec.write_result(self._call(self._writes.Snapshot, request, timeout))
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -7,15 +7,16 @@ functions against the round trip.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import json_format
 
-from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2
+from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2, write_service_pb2
 from flux_client._errors import invalid
-from flux_client._types import Filter, IndexInfo, SearchResult
+from flux_client._types import Attributes, BackendInfo, Filter, IndexInfo, SearchResult, ServerInfo, WriteResult
 
 _F32 = np.dtype("<f4")
 _INTEGERS = (int, np.integer)
@@ -65,7 +66,9 @@ def batch_request(
     _options(request, params, filter, version, routing_key)
     if ks is not None:
         if len(ks) != len(matrix):
-            raise invalid(f"ks has {len(ks)} entries for {len(matrix)} queries; give one per query", "ks")
+            raise invalid(
+                f"ks has {len(ks)} entries for {len(matrix)} queries; give one per query", "ks", "COUNT_MISMATCH"
+            )
         request.overrides.extend(
             vector_service_pb2.QueryOverride(k=_k(row_k, f"ks[{row}]")) for row, row_k in enumerate(ks)
         )
@@ -135,9 +138,147 @@ def index_info(info: admin_service_pb2.IndexInfo) -> IndexInfo:
         error=info.error,
         build_params=json_format.MessageToDict(info.build_params),
         default_search_params=dict(info.default_search_params),
-        capabilities={f.name: getattr(info.capabilities, f.name) for f in info.capabilities.DESCRIPTOR.fields},
+        capabilities=_capabilities(info.capabilities),
         stats=json_format.MessageToDict(info.stats),
     )
+
+
+def index_description(response: vector_service_pb2.DescribeIndexResponse) -> IndexInfo:
+    """What DescribeIndex tells a reader, as an IndexInfo (without what only GetIndex tells an admin)."""
+    info = response.index
+    return IndexInfo(
+        name=info.name,
+        backend=info.backend,
+        dimension=info.dimension,
+        metric=_METRICS.get(info.metric, ""),
+        count=info.count,
+        version=info.version,
+        state=admin_service_pb2.IndexState.Name(info.state).removeprefix("INDEX_STATE_").lower(),
+        default_search_params=dict(info.default_search_params),
+        capabilities=_capabilities(info.capabilities),
+        alias=response.alias,
+    )
+
+
+def server_info(response: vector_service_pb2.GetServerInfoResponse) -> ServerInfo:
+    return ServerInfo(
+        contract_version=response.contract_version,
+        server_version=response.server_version,
+        backends=tuple(
+            BackendInfo(b.name, _capabilities(b.capabilities), dict(b.default_search_params)) for b in response.backends
+        ),
+    )
+
+
+def _capabilities(caps: admin_service_pb2.Capabilities) -> dict[str, bool]:
+    return {f.name: getattr(caps, f.name) for f in caps.DESCRIPTOR.fields}
+
+
+# -- writes -----------------------------------------------------------------------------------------
+
+
+def upsert_request(
+    index: str,
+    ids: Sequence[str],
+    vectors: npt.ArrayLike,
+    attributes: Sequence[Attributes | None] | None,
+    prefix: str = "",
+) -> write_service_pb2.UpsertRequest:
+    """An Upsert of ``ids`` with one vector (a row of ``vectors``) and, optionally, ``attributes`` each;
+    ``prefix`` starts the field names of errors (``batches[3].``, for a stream)."""
+    request = write_service_pb2.UpsertRequest(index=index, ids=_ids(ids, f"{prefix}ids"))
+    matrix = as_matrix(vectors, f"{prefix}vectors")
+    matrix = matrix.reshape(1, -1) if matrix.ndim == 1 else matrix
+    if len(matrix) != len(request.ids):
+        raise invalid(
+            f"{prefix}vectors holds {len(matrix)} vectors for {len(request.ids)} ids; give one vector per id",
+            f"{prefix}vectors",
+            "COUNT_MISMATCH",
+        )
+    request.vectors.CopyFrom(_vectors(matrix))
+    if attributes is not None:
+        if isinstance(attributes, Attributes) or len(attributes) != len(request.ids):
+            raise invalid(
+                f"{prefix}attributes must hold one entry (an Attributes or None) per id",
+                f"{prefix}attributes",
+                "COUNT_MISMATCH",
+            )
+        request.attributes.extend(_attributes(a, f"{prefix}attributes[{row}]") for row, a in enumerate(attributes))
+    return request
+
+
+Batch = tuple[Sequence[str], npt.ArrayLike] | tuple[Sequence[str], npt.ArrayLike, Any]
+
+
+def stream_message(index: str, number: int, batch: Batch) -> write_service_pb2.UpsertStreamRequest:
+    """Message ``number`` of an UpsertStream; errors name ``batches[number]...``."""
+    if not isinstance(batch, tuple) or len(batch) not in (2, 3):
+        raise invalid(f"batches[{number}] must be a tuple (ids, vectors) or (ids, vectors, attributes)", "batches")
+    ids, vectors, *rest = batch
+    request = upsert_request(index, ids, vectors, rest[0] if rest else None, f"batches[{number}].")
+    return write_service_pb2.UpsertStreamRequest(
+        index=request.index, ids=request.ids, vectors=request.vectors, attributes=request.attributes
+    )
+
+
+def stream_messages(
+    index: str, batches: Iterable[Batch], failures: list[Exception]
+) -> Iterator[write_service_pb2.UpsertStreamRequest]:
+    """The messages of an UpsertStream, encoded as gRPC asks for them. A batch that cannot be encoded (or
+    an iterator that raises) ends the stream there and lands in ``failures``, for the caller to raise once
+    the call has ended: gRPC would otherwise cancel the call and hide why."""
+    try:
+        for number, batch in enumerate(batches):
+            yield stream_message(index, number, batch)
+    except Exception as exc:  # the caller's iterator may raise anything
+        failures.append(exc)
+
+
+def delete_request(index: str, ids: Sequence[str]) -> write_service_pb2.DeleteRequest:
+    return write_service_pb2.DeleteRequest(index=index, ids=_ids(ids, "ids"))
+
+
+def write_result(
+    response: write_service_pb2.UpsertResponse
+    | write_service_pb2.UpsertStreamResponse
+    | write_service_pb2.DeleteResponse
+    | write_service_pb2.SnapshotResponse,
+) -> WriteResult:
+    counts = {
+        name: getattr(response, name)
+        for name in ("inserted", "updated", "deleted", "not_found", "messages")
+        if name in response.DESCRIPTOR.fields_by_name
+    }
+    return WriteResult(index=response.index, version=response.version, log_sequence=response.log_sequence, **counts)
+
+
+def _ids(ids: Sequence[str], field: str) -> list[str]:
+    if isinstance(ids, str | bytes):
+        raise invalid(f"{field} must be a list of ids, not one string", field)
+    listed = list(ids)
+    for row, item in enumerate(listed):
+        if not isinstance(item, str):
+            raise invalid(
+                f"{field}[{row}] must be a string, got {type(item).__name__}", f"{field}[{row}]", "INVALID_ID"
+            )
+    return listed
+
+
+def _attributes(attributes: Attributes | None, field: str) -> types_pb2.ItemAttributes:
+    if attributes is None:
+        return types_pb2.ItemAttributes()
+    if not isinstance(attributes, Attributes):
+        raise invalid(f"{field} must be an Attributes or None", field, "INVALID_ATTRIBUTES")
+    restricts = []
+    for namespace, tokens in attributes.restricts.items():
+        if isinstance(tokens, str):
+            raise invalid(
+                f"{field}.restricts[{namespace!r}] must be a list of tokens, e.g. [{tokens!r}]",
+                field,
+                "INVALID_ATTRIBUTES",
+            )
+        restricts.append(types_pb2.Restrict(namespace=namespace, tokens=list(tokens)))
+    return types_pb2.ItemAttributes(restricts=restricts, crowding_tag=attributes.crowding_tag)
 
 
 def _vectors(matrix: npt.NDArray[np.float32]) -> types_pb2.FloatVectors:
@@ -180,29 +321,33 @@ def _filter(spec: Filter) -> types_pb2.Filter:
         out = []
         for namespace, tokens in namespaces.items():
             if isinstance(tokens, str):
-                raise invalid(f"filter.{field}[{namespace!r}] must be a list of tokens, e.g. [{tokens!r}]", "filter")
+                raise invalid(
+                    f"filter.{field}[{namespace!r}] must be a list of tokens, e.g. [{tokens!r}]",
+                    "filter",
+                    "INVALID_FILTER",
+                )
             out.append(types_pb2.Restrict(namespace=namespace, tokens=list(tokens)))
         return out
 
     if isinstance(spec.exclude_ids, str):
-        raise invalid("filter.exclude_ids must be a list of ids, not one string", "filter")
+        raise invalid("filter.exclude_ids must be a list of ids, not one string", "filter", "INVALID_FILTER")
     return types_pb2.Filter(
         allow=restricts("allow", spec.allow),
         deny=restricts("deny", spec.deny),
         exclude_ids=list(spec.exclude_ids),
-        max_per_crowding_tag=_count(spec.max_per_crowding_tag, "filter.max_per_crowding_tag"),
+        max_per_crowding_tag=_count(spec.max_per_crowding_tag, "filter.max_per_crowding_tag", "INVALID_FILTER"),
     )
 
 
-def _count(value: int, field: str) -> int:
+def _count(value: int, field: str, reason: str = "INVALID_ARGUMENT") -> int:
     if isinstance(value, bool) or not isinstance(value, _INTEGERS) or value < 0:
-        raise invalid(f"{field} must be a whole number >= 0, got {value!r}", field)
+        raise invalid(f"{field} must be a whole number >= 0, got {value!r}", field, reason)
     return int(value)
 
 
 def _k(k: int, field: str) -> int:
     if isinstance(k, bool) or not isinstance(k, _INTEGERS) or k < 1:
-        raise invalid(f"{field} must be a positive integer, got {k!r}", field)
+        raise invalid(f"{field} must be a positive integer, got {k!r}", field, "K_OUT_OF_RANGE")
     return int(k)
 
 

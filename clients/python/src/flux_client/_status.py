@@ -8,8 +8,8 @@ client needs protobuf alone rather than googleapis-common-protos: only the wire 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -19,6 +19,8 @@ DETAILS_KEY = "grpc-status-details-bin"
 #: Trailer in which the server also names the cause of an error (the ErrorInfo reason),
 #: for clients that do not read the status details.
 REASON_KEY = "flux-error-reason"
+#: ``ErrorInfo.domain`` of the errors Flux answers.
+DOMAIN = "flux.vectors"
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -28,12 +30,16 @@ def _declare() -> dict[str, Any]:
     proto = descriptor_pb2.FileDescriptorProto(name="flux_client/rpc_status.proto", package="flux_client.rpc")
     proto.syntax = "proto3"
 
-    def message(name: str, *fields: tuple[str, int, int, int, str]) -> None:
+    def message(name: str, *fields: tuple[str, int, int, int, str]) -> descriptor_pb2.DescriptorProto:
         added = proto.message_type.add(name=name)
+        _fields(added, fields)
+        return added
+
+    def _fields(into: descriptor_pb2.DescriptorProto, fields: Iterable[tuple[str, int, int, int, str]]) -> None:
         for field_name, number, kind, label, type_name in fields:
-            field = added.field.add(name=field_name, number=number, type=kind, label=label)
+            added = into.field.add(name=field_name, number=number, type=kind, label=label)
             if type_name:
-                field.type_name = type_name
+                added.type_name = type_name
 
     one, many = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
     message("Any", ("type_url", 1, _F.TYPE_STRING, one, ""), ("value", 2, _F.TYPE_BYTES, one, ""))
@@ -43,7 +49,15 @@ def _declare() -> dict[str, Any]:
         ("message", 2, _F.TYPE_STRING, one, ""),
         ("details", 3, _F.TYPE_MESSAGE, many, ".flux_client.rpc.Any"),
     )
-    message("ErrorInfo", ("reason", 1, _F.TYPE_STRING, one, ""), ("domain", 2, _F.TYPE_STRING, one, ""))
+    info = message(
+        "ErrorInfo",
+        ("reason", 1, _F.TYPE_STRING, one, ""),
+        ("domain", 2, _F.TYPE_STRING, one, ""),
+        ("metadata", 3, _F.TYPE_MESSAGE, many, ".flux_client.rpc.ErrorInfo.MetadataEntry"),
+    )
+    entry = info.nested_type.add(name="MetadataEntry")
+    entry.options.map_entry = True
+    _fields(entry, [("key", 1, _F.TYPE_STRING, one, ""), ("value", 2, _F.TYPE_STRING, one, "")])
     message("FieldViolation", ("field", 1, _F.TYPE_STRING, one, ""), ("description", 2, _F.TYPE_STRING, one, ""))
     message("BadRequest", ("field_violations", 1, _F.TYPE_MESSAGE, many, ".flux_client.rpc.FieldViolation"))
     pool = descriptor_pool.DescriptorPool()
@@ -56,29 +70,43 @@ _MESSAGES = _declare()
 
 
 @dataclass(frozen=True)
+class FieldViolation:
+    """One ``google.rpc.BadRequest`` field violation: the request field at fault and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
 class Details:
-    """What the server said beyond the code and message: why (``reason``) and which field (``field``)."""
+    """What the server said beyond the code and message: why (``reason``, in ``domain``, with
+    ``metadata``) and which fields (``violations``)."""
 
     reason: str = ""
-    field: str = ""
+    domain: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    violations: tuple[FieldViolation, ...] = ()
 
 
 def details(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> Details:
-    """The ErrorInfo reason and first BadRequest field of a failed call; empty when absent or unreadable."""
+    """The ErrorInfo and BadRequest of a failed call; empty when absent or unreadable."""
     trailers = dict(trailing_metadata or ())
-    reason, field = "", ""
+    reason, domain, metadata, violations = "", "", {}, []
     raw = trailers.get(DETAILS_KEY)
     if isinstance(raw, bytes):
         try:
             status = _MESSAGES["Status"].FromString(raw)
             for detail in status.details:
                 kind = detail.type_url.rpartition("/")[2]
-                if kind == "google.rpc.ErrorInfo":
-                    reason = reason or _MESSAGES["ErrorInfo"].FromString(detail.value).reason
+                if kind == "google.rpc.ErrorInfo" and not reason:
+                    info = _MESSAGES["ErrorInfo"].FromString(detail.value)
+                    reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
                 elif kind == "google.rpc.BadRequest":
-                    violations = _MESSAGES["BadRequest"].FromString(detail.value).field_violations
-                    field = field or (violations[0].field if violations else "")
+                    found = _MESSAGES["BadRequest"].FromString(detail.value).field_violations
+                    violations += [FieldViolation(v.field, v.description) for v in found]
         except DecodeError:
             pass  # a malformed trailer must not hide the status itself
-    fallback = trailers.get(REASON_KEY)
-    return Details(reason=reason or (fallback if isinstance(fallback, str) else ""), field=field)
+    if not reason:  # a server that sent the reason in the trailer only
+        fallback = trailers.get(REASON_KEY)
+        reason = fallback if isinstance(fallback, str) else ""
+    return Details(reason=reason, domain=domain, metadata=metadata, violations=tuple(violations))

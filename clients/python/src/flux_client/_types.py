@@ -62,3 +62,60 @@ class IndexInfo:
     default_search_params: dict[str, float] = field(default_factory=dict)
     capabilities: dict[str, bool] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    alias: str = ""  # DescribeIndex asked through an alias: its name (``name`` is the arm's index)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A backend the server has installed (GetServerInfo)."""
+
+    name: str
+    capabilities: dict[str, bool] = field(default_factory=dict)
+    default_search_params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a client talks to (VectorService.GetServerInfo).
+
+    ``contract_version`` is the release of the wire contract the server speaks (``protos/CHANGELOG.md``);
+    this client's own is ``flux_client.CONTRACT_VERSION``. ``server_version`` is the server software's.
+    """
+
+    contract_version: str
+    server_version: str
+    backends: tuple[BackendInfo, ...] = ()
+
+    def supports(self, contract_version: str) -> bool:
+        """Whether the server speaks ``contract_version`` (e.g. "1.1.0") or a later release of the same major."""
+        mine, theirs = _release(contract_version), _release(self.contract_version)
+        return mine[0] == theirs[0] and theirs >= mine
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What filters match on, given with an upserted item: restrict tokens per namespace and a crowding tag,
+    e.g. ``Attributes({"market": ["US", "SE"]}, crowding_tag="artist:42")``."""
+
+    restricts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    crowding_tag: str = ""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did (WriteService): the index and the version that hold it now, the write's sequence
+    number in the index's log, and the counts that apply to the call (``inserted`` and ``updated`` for
+    upserts, ``deleted`` and ``not_found`` for deletes, ``messages`` for a stream)."""
+
+    index: str
+    version: int
+    log_sequence: int
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    not_found: int = 0
+    messages: int = 0

@@ -27,6 +27,13 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """AdminService is Flux's control plane: what the server holds and in what state.
+    It needs the admin role when auth is on; VectorService.DescribeIndex tells a
+    reader what it needs to query an index.
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") described on
+    VectorService, with the same reasons; those of version operations are mostly
+    INDEX_NOT_FOUND, VERSION_NOT_FOUND, VERSION_FAILED, VERSION_ACTIVE,
+    NO_ROLLBACK_TARGET and MEMORY_BUDGET_EXCEEDED.
     """
 
     def __init__(self, channel):
@@ -84,6 +91,13 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """AdminService is Flux's control plane: what the server holds and in what state.
+    It needs the admin role when auth is on; VectorService.DescribeIndex tells a
+    reader what it needs to query an index.
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") described on
+    VectorService, with the same reasons; those of version operations are mostly
+    INDEX_NOT_FOUND, VERSION_NOT_FOUND, VERSION_FAILED, VERSION_ACTIVE,
+    NO_ROLLBACK_TARGET and MEMORY_BUDGET_EXCEEDED.
     """
 
     def ListIndexes(self, request, context):
@@ -224,6 +238,13 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """AdminService is Flux's control plane: what the server holds and in what state.
+    It needs the admin role when auth is on; VectorService.DescribeIndex tells a
+    reader what it needs to query an index.
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") described on
+    VectorService, with the same reasons; those of version operations are mostly
+    INDEX_NOT_FOUND, VERSION_NOT_FOUND, VERSION_FAILED, VERSION_ACTIVE,
+    NO_ROLLBACK_TARGET and MEMORY_BUDGET_EXCEEDED.
     """
 
     @staticmethod

@@ -27,7 +27,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService is Flux's control plane: what the server holds and in what state."""
+    """AdminService is Flux's control plane: what the server holds and in what state.
+    It needs the admin role when auth is on; VectorService.DescribeIndex tells a
+    reader what it needs to query an index.
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") described on
+    VectorService, with the same reasons; those of version operations are mostly
+    INDEX_NOT_FOUND, VERSION_NOT_FOUND, VERSION_FAILED, VERSION_ACTIVE,
+    NO_ROLLBACK_TARGET and MEMORY_BUDGET_EXCEEDED.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -79,7 +87,15 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService is Flux's control plane: what the server holds and in what state."""
+    """AdminService is Flux's control plane: what the server holds and in what state.
+    It needs the admin role when auth is on; VectorService.DescribeIndex tells a
+    reader what it needs to query an index.
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") described on
+    VectorService, with the same reasons; those of version operations are mostly
+    INDEX_NOT_FOUND, VERSION_NOT_FOUND, VERSION_FAILED, VERSION_ACTIVE,
+    NO_ROLLBACK_TARGET and MEMORY_BUDGET_EXCEEDED.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListIndexes: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListIndexesRequest, _admin_service_pb2.ListIndexesResponse]  # type: ignore[assignment]
@@ -127,7 +143,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListAliases describes every alias, with requests and latency per arm."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService is Flux's control plane: what the server holds and in what state."""
+    """AdminService is Flux's control plane: what the server holds and in what state.
+    It needs the admin role when auth is on; VectorService.DescribeIndex tells a
+    reader what it needs to query an index.
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") described on
+    VectorService, with the same reasons; those of version operations are mostly
+    INDEX_NOT_FOUND, VERSION_NOT_FOUND, VERSION_FAILED, VERSION_ACTIVE,
+    NO_ROLLBACK_TARGET and MEMORY_BUDGET_EXCEEDED.
+    """
 
     @_abc_1.abstractmethod
     def ListIndexes(

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from flux_api.v1 import admin_service_pb2 as _admin_service_pb2
 from flux_api.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -428,3 +429,250 @@ class SearchByIdResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchByIdResponse: _TypeAlias = SearchByIdResponse  # noqa: Y015
+
+@_typing.final
+class DescribeIndexRequest(_message.Message):
+    """DescribeIndexRequest names the index (or alias) to describe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The name of an index or of an alias."""
+    routing_key: _builtins.str
+    """When `index` names an alias that splits traffic: the routing key whose arm
+    to describe, as in SearchRequest. Empty: an arm drawn at random.
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        routing_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "routing_key", b"routing_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeIndexRequest: _TypeAlias = DescribeIndexRequest  # noqa: Y015
+
+@_typing.final
+class DescribeIndexResponse(_message.Message):
+    """DescribeIndexResponse describes one index."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    alias: _builtins.str
+    """The alias the request named, if it named one."""
+    @_builtins.property
+    def index(self) -> Global___IndexDescription:
+        """The index (for an alias: the index of the selected arm)."""
+
+    def __init__(
+        self,
+        *,
+        index: Global___IndexDescription | None = ...,
+        alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeIndexResponse: _TypeAlias = DescribeIndexResponse  # noqa: Y015
+
+@_typing.final
+class IndexDescription(_message.Message):
+    """IndexDescription is what any caller allowed to search an index may know of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DefaultSearchParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEFAULT_SEARCH_PARAMS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name queries use."""
+    backend: _builtins.str
+    """The backend that serves it, for example "hnsw"."""
+    dimension: _builtins.int
+    """Values per vector: the dimension every query must have."""
+    metric: _types_pb2.Metric.ValueType
+    """How distances are measured."""
+    count: _builtins.int
+    """How many items the active version holds (0 while none is active)."""
+    version: _builtins.int
+    """The version being served (0 while none is)."""
+    state: _admin_service_pb2.IndexState.ValueType
+    """Where the index is in its life on this server."""
+    @_builtins.property
+    def default_search_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The search params a query gets when it sets none; a query may override
+        each of them (and only them) through `params`.
+        """
+
+    @_builtins.property
+    def capabilities(self) -> _admin_service_pb2.Capabilities:
+        """What the backend can do (for example whether the index takes writes at all)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        backend: _builtins.str = ...,
+        dimension: _builtins.int = ...,
+        metric: _types_pb2.Metric.ValueType = ...,
+        count: _builtins.int = ...,
+        version: _builtins.int = ...,
+        default_search_params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        capabilities: _admin_service_pb2.Capabilities | None = ...,
+        state: _admin_service_pb2.IndexState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "capabilities", b"capabilities", "count", b"count", "default_search_params", b"default_search_params", "dimension", b"dimension", "metric", b"metric", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexDescription: _TypeAlias = IndexDescription  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """GetServerInfoRequest has no fields yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    """GetServerInfoResponse names what the caller is talking to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_VERSION_FIELD_NUMBER: _builtins.int
+    SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    contract_version: _builtins.str
+    """The release of the flux_api contract the server speaks, for example
+    "1.1.0" (see protos/CHANGELOG.md). A client built from contract X.Y.Z can
+    use every RPC and field of X.Y.Z when the server's version is at least
+    X.Y.Z with the same major version.
+    """
+    server_version: _builtins.str
+    """The version of the server software (the flux-server distribution), for
+    example "0.1.0"; for bug reports and fleet inventories, not for features.
+    """
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackendInfo]:
+        """The backends installed on the server, by name."""
+
+    def __init__(
+        self,
+        *,
+        contract_version: _builtins.str = ...,
+        server_version: _builtins.str = ...,
+        backends: _abc.Iterable[Global___BackendInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "contract_version", b"contract_version", "server_version", b"server_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class BackendInfo(_message.Message):
+    """BackendInfo describes a backend the server can serve indexes with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DefaultSearchParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    DEFAULT_SEARCH_PARAMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name an index's config and manifest use, for example "hnsw"."""
+    @_builtins.property
+    def capabilities(self) -> _admin_service_pb2.Capabilities:
+        """What the backend can do."""
+
+    @_builtins.property
+    def default_search_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The backend's search params with their built-in defaults (an index's
+        config may set other defaults; DescribeIndex lists an index's own).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        capabilities: _admin_service_pb2.Capabilities | None = ...,
+        default_search_params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "default_search_params", b"default_search_params", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackendInfo: _TypeAlias = BackendInfo  # noqa: Y015

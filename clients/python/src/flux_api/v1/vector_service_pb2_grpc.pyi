@@ -27,22 +27,100 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class VectorServiceStub:
-    """VectorService is Flux's data plane: nearest-neighbour queries against named indexes.
+    """VectorService is Flux's data plane: nearest-neighbour queries against named indexes,
+    and what a caller with the reader role may learn about them (DescribeIndex, GetServerInfo).
 
     Status codes shared by every RPC of this service:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
-    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with DescribeIndex                    |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
-    | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
+    | RESOURCE_EXHAUSTED  | the request or answer is larger than the server accepts,   | send smaller batches, ask for less, or retry |
+    |                     | or the server is at its limit of concurrent calls          | with backoff                                 |
     | DEADLINE_EXCEEDED   | the call's deadline passed                                 | raise the deadline or lower k / params       |
+    | UNAUTHENTICATED     | auth is on and the call carries no known token             | send `authorization: Bearer <token>`         |
+    | PERMISSION_DENIED   | the token's role is too low for the service                | use a token with the role the message names  |
     | INTERNAL            | a bug in Flux or a backend; the message carries a request id | report it with the request id              |
 
-    Errors carry a google.rpc.Status in the grpc-status-details-bin trailer; for
-    INVALID_ARGUMENT it holds a google.rpc.BadRequest naming the offending field.
+    Error details. Every error Flux answers carries a google.rpc.Status in the
+    grpc-status-details-bin trailer holding a google.rpc.ErrorInfo, and for
+    INVALID_ARGUMENT also a google.rpc.BadRequest whose field violation names the
+    request field at fault (for example `vector.dimension`, `overrides[3].k`,
+    `filter.allow[1].namespace`). The ErrorInfo reason is also sent in the
+    `flux-error-reason` trailer for clients that do not decode status details.
+
+    ErrorInfo.domain is always "flux.vectors". ErrorInfo.metadata may hold:
+    `field` (the request field at fault), `index` (the index or alias the
+    request named), `limit` (the server limit that was exceeded), `request_id`
+    (INTERNAL), `role` and `required_role` (PERMISSION_DENIED, UNAUTHENTICATED).
+
+    ErrorInfo.reason is stable: a client may branch on it. New reasons may be
+    added in minor releases, so treat an unknown reason like its status code.
+    The reasons, by status code (WriteService and AdminService use the same ones):
+
+    INVALID_ARGUMENT
+      MALFORMED_REQUEST      the bytes are not a valid message of the RPC's request type
+      MALFORMED_VECTORS      a FloatVectors with dimension 0, or data that is not whole rows
+      EMPTY_BATCH            no vectors, no ids, or a stream with no message
+      DIMENSION_MISMATCH     the vectors' dimension differs from the index's
+      NOT_FINITE             a vector holds NaN or Inf
+      NORM_TOO_LARGE         a vector is so long that distances to it would overflow float32
+      COUNT_MISMATCH         Search got other than one vector; overrides, vectors or
+                             attributes are not one per query or per id
+      BATCH_TOO_LARGE        more queries or ids than max_batch (`limit`)
+      K_OUT_OF_RANGE         k is 0 or above max_k (`limit`)
+      UNKNOWN_PARAM          a search param the index's backend does not know
+      PARAM_OUT_OF_RANGE     a search param outside its range
+      INVALID_FILTER         a malformed filter (see Filter), or too many exclude_ids (`limit`)
+      INVALID_ATTRIBUTES     malformed item attributes in a write
+      INVALID_ID             an empty id in a write
+      DUPLICATE_ID           an id given twice in one write
+      ID_TOO_LONG            an id longer than the server's max_id_bytes (`limit`)
+      VERSION_ON_ALIAS       a version asked of an alias
+      STREAM_INDEX_MISMATCH  an UpsertStream message names another index than the first
+      INVALID_ARGUMENT       any other malformed request
+    NOT_FOUND
+      INDEX_NOT_FOUND        no index (or alias) has the name
+      ITEM_NOT_FOUND         the index holds no item with the id (SearchById)
+      VERSION_NOT_FOUND      the index has no such version, or it is not loaded
+      NOT_FOUND              anything else that does not exist
+    FAILED_PRECONDITION
+      INDEX_FAILED           the index has no version it can serve (failed or missing artifact)
+      VERSION_FAILED         the version asked for failed to load or failed its gate
+      VERSION_ACTIVE         the version is active, so it cannot be unloaded
+      NO_ROLLBACK_TARGET     no older version to roll back to
+      INDEX_IMMUTABLE        a write to an index whose backend cannot change (annoy)
+      WRITES_DISABLED        a write to an index whose config does not enable writes
+      INDEX_READ_ONLY        another server holds the index's write-ahead log
+      WRITES_FAILED          the index's log failed; writes wait for a restart
+      ARTIFACT_INVALID       an artifact is corrupt, truncated or inconsistent
+      BACKEND_ERROR          a backend plugin is missing, broken or incompatible
+      FAILED_PRECONDITION    any other refused state
+    UNAVAILABLE
+      INDEX_LOADING          the index has not finished loading; retry with backoff
+      SHUTTING_DOWN          the server is shutting down; retry against another replica
+      UNAVAILABLE            any other temporary refusal
+    RESOURCE_EXHAUSTED
+      RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
+      MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
+      MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
+      OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+      RESOURCE_EXHAUSTED     any other limit
+    DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
+    UNAUTHENTICATED          UNAUTHENTICATED
+    PERMISSION_DENIED        PERMISSION_DENIED
+    INTERNAL                 INTERNAL (`request_id`)
+    DATA_LOSS                LOG_CORRUPT
+
+    A few statuses come from gRPC itself, before any Flux code runs, and so carry
+    no details: a request above max_message_bytes and a call beyond
+    max_concurrent_calls (both RESOURCE_EXHAUSTED), a deadline that expires in
+    transit, and a server that cannot be reached (UNAVAILABLE). Clients give them
+    the reasons MESSAGE_TOO_LARGE, OVERLOADED, DEADLINE_EXCEEDED and UNAVAILABLE
+    (the Python client does so, leaving ErrorInfo's domain empty).
     """
 
     @_typing.overload
@@ -74,25 +152,120 @@ class VectorServiceStub:
     Returns NOT_FOUND when the index or the id does not exist, and the codes
     of Search for k and params.
     """
+    DescribeIndex: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.DescribeIndexRequest, _vector_service_pb2.DescribeIndexResponse]
+    """DescribeIndex tells a caller with the reader role what it needs to query
+    an index: its backend, dimension, metric, item count, version, default
+    search params, capabilities and state. AdminService.GetIndex tells an admin
+    more (build params, statistics, load errors, version policy).
+
+    `index` may name an alias; the answer then describes the index of the arm
+    that `routing_key` selects. Returns NOT_FOUND when no index or alias has
+    the name (with auth on, the message does not list the others), and
+    UNAVAILABLE while the server shuts down. An index still loading or failed
+    is described from its config, with its state.
+    """
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.GetServerInfoRequest, _vector_service_pb2.GetServerInfoResponse]
+    """GetServerInfo names the contract release and the server software a
+    caller talks to, and the backends the server has installed. It needs the
+    reader role and always answers OK while the server runs.
+    """
 
 @_typing.type_check_only
 class VectorServiceAsyncStub(VectorServiceStub):
-    """VectorService is Flux's data plane: nearest-neighbour queries against named indexes.
+    """VectorService is Flux's data plane: nearest-neighbour queries against named indexes,
+    and what a caller with the reader role may learn about them (DescribeIndex, GetServerInfo).
 
     Status codes shared by every RPC of this service:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
-    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with DescribeIndex                    |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
-    | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
+    | RESOURCE_EXHAUSTED  | the request or answer is larger than the server accepts,   | send smaller batches, ask for less, or retry |
+    |                     | or the server is at its limit of concurrent calls          | with backoff                                 |
     | DEADLINE_EXCEEDED   | the call's deadline passed                                 | raise the deadline or lower k / params       |
+    | UNAUTHENTICATED     | auth is on and the call carries no known token             | send `authorization: Bearer <token>`         |
+    | PERMISSION_DENIED   | the token's role is too low for the service                | use a token with the role the message names  |
     | INTERNAL            | a bug in Flux or a backend; the message carries a request id | report it with the request id              |
 
-    Errors carry a google.rpc.Status in the grpc-status-details-bin trailer; for
-    INVALID_ARGUMENT it holds a google.rpc.BadRequest naming the offending field.
+    Error details. Every error Flux answers carries a google.rpc.Status in the
+    grpc-status-details-bin trailer holding a google.rpc.ErrorInfo, and for
+    INVALID_ARGUMENT also a google.rpc.BadRequest whose field violation names the
+    request field at fault (for example `vector.dimension`, `overrides[3].k`,
+    `filter.allow[1].namespace`). The ErrorInfo reason is also sent in the
+    `flux-error-reason` trailer for clients that do not decode status details.
+
+    ErrorInfo.domain is always "flux.vectors". ErrorInfo.metadata may hold:
+    `field` (the request field at fault), `index` (the index or alias the
+    request named), `limit` (the server limit that was exceeded), `request_id`
+    (INTERNAL), `role` and `required_role` (PERMISSION_DENIED, UNAUTHENTICATED).
+
+    ErrorInfo.reason is stable: a client may branch on it. New reasons may be
+    added in minor releases, so treat an unknown reason like its status code.
+    The reasons, by status code (WriteService and AdminService use the same ones):
+
+    INVALID_ARGUMENT
+      MALFORMED_REQUEST      the bytes are not a valid message of the RPC's request type
+      MALFORMED_VECTORS      a FloatVectors with dimension 0, or data that is not whole rows
+      EMPTY_BATCH            no vectors, no ids, or a stream with no message
+      DIMENSION_MISMATCH     the vectors' dimension differs from the index's
+      NOT_FINITE             a vector holds NaN or Inf
+      NORM_TOO_LARGE         a vector is so long that distances to it would overflow float32
+      COUNT_MISMATCH         Search got other than one vector; overrides, vectors or
+                             attributes are not one per query or per id
+      BATCH_TOO_LARGE        more queries or ids than max_batch (`limit`)
+      K_OUT_OF_RANGE         k is 0 or above max_k (`limit`)
+      UNKNOWN_PARAM          a search param the index's backend does not know
+      PARAM_OUT_OF_RANGE     a search param outside its range
+      INVALID_FILTER         a malformed filter (see Filter), or too many exclude_ids (`limit`)
+      INVALID_ATTRIBUTES     malformed item attributes in a write
+      INVALID_ID             an empty id in a write
+      DUPLICATE_ID           an id given twice in one write
+      ID_TOO_LONG            an id longer than the server's max_id_bytes (`limit`)
+      VERSION_ON_ALIAS       a version asked of an alias
+      STREAM_INDEX_MISMATCH  an UpsertStream message names another index than the first
+      INVALID_ARGUMENT       any other malformed request
+    NOT_FOUND
+      INDEX_NOT_FOUND        no index (or alias) has the name
+      ITEM_NOT_FOUND         the index holds no item with the id (SearchById)
+      VERSION_NOT_FOUND      the index has no such version, or it is not loaded
+      NOT_FOUND              anything else that does not exist
+    FAILED_PRECONDITION
+      INDEX_FAILED           the index has no version it can serve (failed or missing artifact)
+      VERSION_FAILED         the version asked for failed to load or failed its gate
+      VERSION_ACTIVE         the version is active, so it cannot be unloaded
+      NO_ROLLBACK_TARGET     no older version to roll back to
+      INDEX_IMMUTABLE        a write to an index whose backend cannot change (annoy)
+      WRITES_DISABLED        a write to an index whose config does not enable writes
+      INDEX_READ_ONLY        another server holds the index's write-ahead log
+      WRITES_FAILED          the index's log failed; writes wait for a restart
+      ARTIFACT_INVALID       an artifact is corrupt, truncated or inconsistent
+      BACKEND_ERROR          a backend plugin is missing, broken or incompatible
+      FAILED_PRECONDITION    any other refused state
+    UNAVAILABLE
+      INDEX_LOADING          the index has not finished loading; retry with backoff
+      SHUTTING_DOWN          the server is shutting down; retry against another replica
+      UNAVAILABLE            any other temporary refusal
+    RESOURCE_EXHAUSTED
+      RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
+      MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
+      MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
+      OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+      RESOURCE_EXHAUSTED     any other limit
+    DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
+    UNAUTHENTICATED          UNAUTHENTICATED
+    PERMISSION_DENIED        PERMISSION_DENIED
+    INTERNAL                 INTERNAL (`request_id`)
+    DATA_LOSS                LOG_CORRUPT
+
+    A few statuses come from gRPC itself, before any Flux code runs, and so carry
+    no details: a request above max_message_bytes and a call beyond
+    max_concurrent_calls (both RESOURCE_EXHAUSTED), a deadline that expires in
+    transit, and a server that cannot be reached (UNAVAILABLE). Clients give them
+    the reasons MESSAGE_TOO_LARGE, OVERLOADED, DEADLINE_EXCEEDED and UNAVAILABLE
+    (the Python client does so, leaving ErrorInfo's domain empty).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -121,24 +294,119 @@ class VectorServiceAsyncStub(VectorServiceStub):
     Returns NOT_FOUND when the index or the id does not exist, and the codes
     of Search for k and params.
     """
+    DescribeIndex: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.DescribeIndexRequest, _vector_service_pb2.DescribeIndexResponse]  # type: ignore[assignment]
+    """DescribeIndex tells a caller with the reader role what it needs to query
+    an index: its backend, dimension, metric, item count, version, default
+    search params, capabilities and state. AdminService.GetIndex tells an admin
+    more (build params, statistics, load errors, version policy).
+
+    `index` may name an alias; the answer then describes the index of the arm
+    that `routing_key` selects. Returns NOT_FOUND when no index or alias has
+    the name (with auth on, the message does not list the others), and
+    UNAVAILABLE while the server shuts down. An index still loading or failed
+    is described from its config, with its state.
+    """
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.GetServerInfoRequest, _vector_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """GetServerInfo names the contract release and the server software a
+    caller talks to, and the backends the server has installed. It needs the
+    reader role and always answers OK while the server runs.
+    """
 
 class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
-    """VectorService is Flux's data plane: nearest-neighbour queries against named indexes.
+    """VectorService is Flux's data plane: nearest-neighbour queries against named indexes,
+    and what a caller with the reader role may learn about them (DescribeIndex, GetServerInfo).
 
     Status codes shared by every RPC of this service:
 
     | code                | when                                                       | what to do                                   |
     |---------------------|------------------------------------------------------------|----------------------------------------------|
     | INVALID_ARGUMENT    | malformed: dimension, NaN/Inf, k, params, batch, filter    | fix the request; the message names the field |
-    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with AdminService.ListIndexes         |
+    | NOT_FOUND           | the index, alias, version or (SearchById) id does not exist | check with DescribeIndex                    |
     | UNAVAILABLE         | the index is still loading, or the server is shutting down | retry with backoff                           |
     | FAILED_PRECONDITION | the index failed to load (corrupt or missing artifact)     | see AdminService.GetIndex for the reason     |
-    | RESOURCE_EXHAUSTED  | the request is larger than the server accepts              | send smaller batches                         |
+    | RESOURCE_EXHAUSTED  | the request or answer is larger than the server accepts,   | send smaller batches, ask for less, or retry |
+    |                     | or the server is at its limit of concurrent calls          | with backoff                                 |
     | DEADLINE_EXCEEDED   | the call's deadline passed                                 | raise the deadline or lower k / params       |
+    | UNAUTHENTICATED     | auth is on and the call carries no known token             | send `authorization: Bearer <token>`         |
+    | PERMISSION_DENIED   | the token's role is too low for the service                | use a token with the role the message names  |
     | INTERNAL            | a bug in Flux or a backend; the message carries a request id | report it with the request id              |
 
-    Errors carry a google.rpc.Status in the grpc-status-details-bin trailer; for
-    INVALID_ARGUMENT it holds a google.rpc.BadRequest naming the offending field.
+    Error details. Every error Flux answers carries a google.rpc.Status in the
+    grpc-status-details-bin trailer holding a google.rpc.ErrorInfo, and for
+    INVALID_ARGUMENT also a google.rpc.BadRequest whose field violation names the
+    request field at fault (for example `vector.dimension`, `overrides[3].k`,
+    `filter.allow[1].namespace`). The ErrorInfo reason is also sent in the
+    `flux-error-reason` trailer for clients that do not decode status details.
+
+    ErrorInfo.domain is always "flux.vectors". ErrorInfo.metadata may hold:
+    `field` (the request field at fault), `index` (the index or alias the
+    request named), `limit` (the server limit that was exceeded), `request_id`
+    (INTERNAL), `role` and `required_role` (PERMISSION_DENIED, UNAUTHENTICATED).
+
+    ErrorInfo.reason is stable: a client may branch on it. New reasons may be
+    added in minor releases, so treat an unknown reason like its status code.
+    The reasons, by status code (WriteService and AdminService use the same ones):
+
+    INVALID_ARGUMENT
+      MALFORMED_REQUEST      the bytes are not a valid message of the RPC's request type
+      MALFORMED_VECTORS      a FloatVectors with dimension 0, or data that is not whole rows
+      EMPTY_BATCH            no vectors, no ids, or a stream with no message
+      DIMENSION_MISMATCH     the vectors' dimension differs from the index's
+      NOT_FINITE             a vector holds NaN or Inf
+      NORM_TOO_LARGE         a vector is so long that distances to it would overflow float32
+      COUNT_MISMATCH         Search got other than one vector; overrides, vectors or
+                             attributes are not one per query or per id
+      BATCH_TOO_LARGE        more queries or ids than max_batch (`limit`)
+      K_OUT_OF_RANGE         k is 0 or above max_k (`limit`)
+      UNKNOWN_PARAM          a search param the index's backend does not know
+      PARAM_OUT_OF_RANGE     a search param outside its range
+      INVALID_FILTER         a malformed filter (see Filter), or too many exclude_ids (`limit`)
+      INVALID_ATTRIBUTES     malformed item attributes in a write
+      INVALID_ID             an empty id in a write
+      DUPLICATE_ID           an id given twice in one write
+      ID_TOO_LONG            an id longer than the server's max_id_bytes (`limit`)
+      VERSION_ON_ALIAS       a version asked of an alias
+      STREAM_INDEX_MISMATCH  an UpsertStream message names another index than the first
+      INVALID_ARGUMENT       any other malformed request
+    NOT_FOUND
+      INDEX_NOT_FOUND        no index (or alias) has the name
+      ITEM_NOT_FOUND         the index holds no item with the id (SearchById)
+      VERSION_NOT_FOUND      the index has no such version, or it is not loaded
+      NOT_FOUND              anything else that does not exist
+    FAILED_PRECONDITION
+      INDEX_FAILED           the index has no version it can serve (failed or missing artifact)
+      VERSION_FAILED         the version asked for failed to load or failed its gate
+      VERSION_ACTIVE         the version is active, so it cannot be unloaded
+      NO_ROLLBACK_TARGET     no older version to roll back to
+      INDEX_IMMUTABLE        a write to an index whose backend cannot change (annoy)
+      WRITES_DISABLED        a write to an index whose config does not enable writes
+      INDEX_READ_ONLY        another server holds the index's write-ahead log
+      WRITES_FAILED          the index's log failed; writes wait for a restart
+      ARTIFACT_INVALID       an artifact is corrupt, truncated or inconsistent
+      BACKEND_ERROR          a backend plugin is missing, broken or incompatible
+      FAILED_PRECONDITION    any other refused state
+    UNAVAILABLE
+      INDEX_LOADING          the index has not finished loading; retry with backoff
+      SHUTTING_DOWN          the server is shutting down; retry against another replica
+      UNAVAILABLE            any other temporary refusal
+    RESOURCE_EXHAUSTED
+      RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
+      MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
+      MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
+      OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+      RESOURCE_EXHAUSTED     any other limit
+    DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
+    UNAUTHENTICATED          UNAUTHENTICATED
+    PERMISSION_DENIED        PERMISSION_DENIED
+    INTERNAL                 INTERNAL (`request_id`)
+    DATA_LOSS                LOG_CORRUPT
+
+    A few statuses come from gRPC itself, before any Flux code runs, and so carry
+    no details: a request above max_message_bytes and a call beyond
+    max_concurrent_calls (both RESOURCE_EXHAUSTED), a deadline that expires in
+    transit, and a server that cannot be reached (UNAVAILABLE). Clients give them
+    the reasons MESSAGE_TOO_LARGE, OVERLOADED, DEADLINE_EXCEEDED and UNAVAILABLE
+    (the Python client does so, leaving ErrorInfo's domain empty).
     """
 
     @_abc_1.abstractmethod
@@ -182,6 +450,35 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Returns NOT_FOUND when the index or the id does not exist, and the codes
         of Search for k and params.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeIndex(
+        self,
+        request: _vector_service_pb2.DescribeIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vector_service_pb2.DescribeIndexResponse, _abc.Awaitable[_vector_service_pb2.DescribeIndexResponse]]:
+        """DescribeIndex tells a caller with the reader role what it needs to query
+        an index: its backend, dimension, metric, item count, version, default
+        search params, capabilities and state. AdminService.GetIndex tells an admin
+        more (build params, statistics, load errors, version policy).
+
+        `index` may name an alias; the answer then describes the index of the arm
+        that `routing_key` selects. Returns NOT_FOUND when no index or alias has
+        the name (with auth on, the message does not list the others), and
+        UNAVAILABLE while the server shuts down. An index still loading or failed
+        is described from its config, with its state.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _vector_service_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vector_service_pb2.GetServerInfoResponse, _abc.Awaitable[_vector_service_pb2.GetServerInfoResponse]]:
+        """GetServerInfo names the contract release and the server software a
+        caller talks to, and the backends the server has installed. It needs the
+        reader role and always answers OK while the server runs.
         """
 
 def add_VectorServiceServicer_to_server(servicer: VectorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

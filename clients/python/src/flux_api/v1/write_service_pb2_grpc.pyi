@@ -49,6 +49,13 @@ class WriteServiceStub:
     | RESOURCE_EXHAUSTED  | the message is larger than the server accepts                     | send smaller batches                         |
     | DEADLINE_EXCEEDED   | the call's deadline passed; the write may still be applied        | retry: writes are idempotent                 |
     | INTERNAL            | a bug in Flux or a backend; the message carries a request id      | report it with the request id                |
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") and BadRequest
+    details described on VectorService, with the same reasons; those of writes
+    are mostly EMPTY_BATCH, BATCH_TOO_LARGE, INVALID_ID, DUPLICATE_ID,
+    ID_TOO_LONG, DIMENSION_MISMATCH, NOT_FINITE, COUNT_MISMATCH,
+    INVALID_ATTRIBUTES, STREAM_INDEX_MISMATCH, INDEX_NOT_FOUND, INDEX_IMMUTABLE,
+    WRITES_DISABLED, INDEX_READ_ONLY, WRITES_FAILED, INDEX_LOADING and SHUTTING_DOWN.
     """
 
     @_typing.overload
@@ -117,6 +124,13 @@ class WriteServiceAsyncStub(WriteServiceStub):
     | RESOURCE_EXHAUSTED  | the message is larger than the server accepts                     | send smaller batches                         |
     | DEADLINE_EXCEEDED   | the call's deadline passed; the write may still be applied        | retry: writes are idempotent                 |
     | INTERNAL            | a bug in Flux or a backend; the message carries a request id      | report it with the request id                |
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") and BadRequest
+    details described on VectorService, with the same reasons; those of writes
+    are mostly EMPTY_BATCH, BATCH_TOO_LARGE, INVALID_ID, DUPLICATE_ID,
+    ID_TOO_LONG, DIMENSION_MISMATCH, NOT_FINITE, COUNT_MISMATCH,
+    INVALID_ATTRIBUTES, STREAM_INDEX_MISMATCH, INDEX_NOT_FOUND, INDEX_IMMUTABLE,
+    WRITES_DISABLED, INDEX_READ_ONLY, WRITES_FAILED, INDEX_LOADING and SHUTTING_DOWN.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -181,6 +195,13 @@ class WriteServiceServicer(metaclass=_abc_1.ABCMeta):
     | RESOURCE_EXHAUSTED  | the message is larger than the server accepts                     | send smaller batches                         |
     | DEADLINE_EXCEEDED   | the call's deadline passed; the write may still be applied        | retry: writes are idempotent                 |
     | INTERNAL            | a bug in Flux or a backend; the message carries a request id      | report it with the request id                |
+
+    Errors carry the google.rpc.ErrorInfo (domain "flux.vectors") and BadRequest
+    details described on VectorService, with the same reasons; those of writes
+    are mostly EMPTY_BATCH, BATCH_TOO_LARGE, INVALID_ID, DUPLICATE_ID,
+    ID_TOO_LONG, DIMENSION_MISMATCH, NOT_FINITE, COUNT_MISMATCH,
+    INVALID_ATTRIBUTES, STREAM_INDEX_MISMATCH, INDEX_NOT_FOUND, INDEX_IMMUTABLE,
+    WRITES_DISABLED, INDEX_READ_ONLY, WRITES_FAILED, INDEX_LOADING and SHUTTING_DOWN.
     """
 
     @_abc_1.abstractmethod
