@@ -5,8 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PROTOS := $(wildcard protos/flux_api/v1/*.proto)
-# buf breaking compares the contract with the one on this ref (see CONTRIBUTING in README).
+# buf breaking compares the contract with the one on this ref (see CONTRIBUTING in README), and with the
+# image of the newest release in protos/CHANGELOG.md, committed under protos/releases/ when it was cut.
 BREAKING_AGAINST ?= ../.git\#branch=main,subdir=protos
+CONTRACT_RELEASE := $(shell sed -n 's/^## \([0-9][0-9.]*\).*/\1/p' protos/CHANGELOG.md 2>/dev/null | head -n 1)
+RELEASE_IMAGE ?= releases/flux_api-v$(CONTRACT_RELEASE).binpb
+# The folder both checks run in (a copy of protos/, say); BREAKING_AGAINST and RELEASE_IMAGE are relative to it.
+BREAKING_DIR ?= protos
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint typecheck proto proto-check buf-lint breaking pytest clean
@@ -51,8 +56,12 @@ proto-check: install ## fail when the committed generated code differs from prot
 buf-lint: install ## buf lint (STANDARD) over protos/
 	cd protos && ../$(BIN)/buf lint
 
-breaking: install ## buf breaking against the contract on main (BREAKING_AGAINST=... to change)
-	cd protos && ../$(BIN)/buf breaking --against '$(BREAKING_AGAINST)'
+breaking: install ## buf breaking against the contract on main (BREAKING_AGAINST=...) and the newest release's image
+	cd $(BREAKING_DIR) && $(abspath $(BIN))/buf breaking --against '$(BREAKING_AGAINST)'
+	cd $(BREAKING_DIR) && $(abspath $(BIN))/buf breaking --against '$(RELEASE_IMAGE)'
+
+golden: install ## answer protos/examples/ anew from a fresh server (after an intended change: review the diff)
+	$(BIN)/python tools/golden.py record
 
 # Java stubs and example (clients/java).
 -include clients/java/java.mk

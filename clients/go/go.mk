@@ -21,7 +21,7 @@ go_env := GO111MODULE=off GOPATH=$(GO_PATH):/usr/share/gocode GOCACHE=$(abspath 
 go_missing = $(shell for p in $(GO_DEBS); do \
 	dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done)
 
-.PHONY: go go-deps go-build go-missing go-example go-clean
+.PHONY: go go-deps go-build go-missing go-example go-clean go-golden go-golden-program
 
 go: go-deps ## install the Go toolchain (Debian packages) and build the Go stubs and example
 	@$(MAKE) --no-print-directory go-build
@@ -50,6 +50,17 @@ $(GO_STUBS): $(PROTOS) $(GO_DIR)/go.mk
 
 $(GO_EXAMPLE): $(GO_STUBS) $(wildcard $(GO_DIR)/example/*.go)
 	cd $(GO_DIR)/example && $(go_env) go vet . && $(go_env) go build -o $(abspath $@) .
+
+# The golden replay (clients/go/golden): protos/examples/ replayed with the generated types and protojson.
+GO_GOLDEN := $(GO_BUILD)/flux-golden
+
+go-golden: $(GO_GOLDEN) ## build the golden replay of protos/examples/ (the packages must be installed)
+
+go-golden-program: ## print the path of the built golden replay (flux-golden TARGET EXAMPLES)
+	@echo "$(abspath $(GO_GOLDEN))"
+
+$(GO_GOLDEN): $(GO_STUBS) $(wildcard $(GO_DIR)/golden/*.go)
+	cd $(GO_DIR)/golden && $(go_env) go vet . && $(go_env) go build -o $(abspath $@) .
 
 go-clean: ## remove clients/go/build
 	chmod -R u+w $(GO_BUILD) 2>/dev/null || true

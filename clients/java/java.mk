@@ -21,10 +21,11 @@ JAVA_HEALTH  := $(JAVA_BUILD)/health/classes
 JAVA_EXAMPLE := $(JAVA_BUILD)/example/.built
 JAVA_RELEASE := 8
 
-# maven and its install plugin only install the jars into a Maven repository (tests/test_java_client.py).
+# maven and its install plugin only install the jars into a Maven repository (tests/test_java_client.py);
+# gson is what protobuf-util's JsonFormat (in libprotobuf-java) parses with: the golden replay needs it.
 JAVA_DEBS := openjdk-17-jdk-headless protobuf-compiler libprotobuf-dev libprotobuf-java libgrpc-java \
 	protobuf-compiler-grpc-java-plugin libgeronimo-annotation-1.3-spec-java libnetty-java libperfmark-java grpc-proto \
-	maven libmaven-install-plugin-java
+	maven libmaven-install-plugin-java libgoogle-gson-java
 JAVA_SHARE := /usr/share/java
 GRPC_JAVA_PLUGIN := /usr/bin/grpc_java_plugin
 # protobuf's well-known types (google/protobuf/struct.proto) come with libprotobuf-dev.
@@ -51,7 +52,8 @@ java_pom = sed -e 's/@VERSION@/$(JAVA_VERSION)/g' -e 's/@GRPC_VERSION@/$(call ja
 java_missing = $(shell for p in $(JAVA_DEBS); do \
 	dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done)
 
-.PHONY: java java-deps java-build java-missing java-classpath java-version java-artifacts java-clean
+.PHONY: java java-deps java-build java-missing java-classpath java-version java-artifacts java-clean \
+	java-golden java-golden-classpath
 
 java: java-deps ## install the Java toolchain (Debian packages) and build the stubs jar and the example
 	@$(MAKE) --no-print-directory java-build
@@ -137,6 +139,22 @@ $(JAVA_EXAMPLE): $(JAVA_JAR) $(RPC_JAR) $(JAVA_HEALTH)/.built $(wildcard $(JAVA_
 	mkdir -p $(JAVA_BUILD)/example
 	javac -Xlint:all -Xlint:-options -Werror --release $(JAVA_RELEASE) -encoding UTF-8 \
 		-cp $(JAVA_JAR):$(RPC_JAR):$(JAVA_HEALTH):$(JAVA_COMPILE_CP) -d $(JAVA_BUILD)/example $(JAVA_DIR)/example/*.java
+	@touch $@
+
+# The golden replay (clients/java/golden): protos/examples/ replayed with the generated types and JsonFormat.
+JAVA_GOLDEN     := $(JAVA_BUILD)/golden/.built
+JAVA_GOLDEN_CP  := $(JAVA_SHARE)/protobuf-util.jar:$(JAVA_SHARE)/gson.jar
+
+java-golden: $(JAVA_GOLDEN) ## build the golden replay of protos/examples/ (the packages must be installed)
+
+java-golden-classpath: ## print the class path the golden replay runs with (io.flux.golden.GoldenReplay TARGET EXAMPLES)
+	@echo "$(abspath $(JAVA_BUILD)/golden):$(abspath $(JAVA_JAR)):$(abspath $(RPC_JAR)):$(JAVA_GOLDEN_CP):$(JAVA_RUNTIME_CP)"
+
+$(JAVA_GOLDEN): $(JAVA_JAR) $(RPC_JAR) $(wildcard $(JAVA_DIR)/golden/*.java) $(JAVA_DIR)/java.mk
+	rm -rf $(JAVA_BUILD)/golden
+	mkdir -p $(JAVA_BUILD)/golden
+	javac -Xlint:all -Xlint:-options -Werror --release $(JAVA_RELEASE) -encoding UTF-8 \
+		-cp $(JAVA_JAR):$(RPC_JAR):$(JAVA_GOLDEN_CP):$(JAVA_COMPILE_CP) -d $(JAVA_BUILD)/golden $(JAVA_DIR)/golden/*.java
 	@touch $@
 
 java-clean: ## remove clients/java/build
