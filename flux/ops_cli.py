@@ -32,7 +32,9 @@ def add_parsers(commands: Any) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     """Validate a config file as `flux serve` would (environment overrides included), check that the
-    index paths, versions and TLS files exist and stay in the data root; print a summary. Exit 1 on error."""
+    index paths, versions and TLS files exist and stay in the data root, and that an index taking
+    writes can take them (its path is a folder of versions, its backend is mutable), with the
+    server's own checks; print a summary. Exit 1 on error."""
     try:
         config = flux_config.load(args.file)
         lines = _summary(config)
@@ -72,6 +74,9 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
     for i, index in enumerate(config.indexes):
         if not index.path.exists():
             raise ConfigError(f"indexes[{i}].path: {index.path} does not exist")
+        problem = _writes_problem(index)
+        if problem:
+            raise ConfigError(f"indexes[{i}].writes: {problem}")
         found = versions.scan(index.path)
         for path in found.values():
             if server.data_root is not None:
@@ -80,6 +85,30 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
         lines.append(f"  {index.name:<12} {index.path}: versions {listed} ({index.versions.policy})")
         lines += [f"  {'':<12} {problem}" for problem in _folder_problems(index.path, found)]
     return lines
+
+
+def _writes_problem(index: flux_config.IndexConfig) -> str:
+    """Why the server would refuse the writes ``index`` is configured to take ("" when it would not).
+
+    The server's own checks decide: the one its Writer makes at start (a path that is a bare
+    artifact), and the message a write to an immutable backend gets. For an empty source the
+    server creates version 1 from the config's backend, dimension and metric."""
+    from flux.core.serving import versions
+    from flux.core.writes.checks import immutable_message, writable_source_problem
+    from flux_core.storage import artifact, registry
+
+    settings = index.write_settings()
+    if settings is None:
+        return ""
+    if refused := writable_source_problem(index.name, index.path):
+        return refused
+    found = versions.scan(index.path)
+    backend = index.backend
+    if found:
+        backend = backend or artifact.read_manifest(found[max(found)]).backend  # the version writes go to
+    if backend is not None and not registry.get(backend).capabilities.mutable:
+        return immutable_message(index.name, backend)
+    return ""
 
 
 def _folder_problems(source: Path, found: dict[int, Path]) -> list[str]:

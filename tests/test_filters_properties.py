@@ -1,6 +1,7 @@
 """Property: over random data, attributes and filters, a filtered answer never breaks its filter.
 
-Whatever strategy answers (the planner's own choice, or each one forced through its costs),
+Whatever strategy answers (the planner's own choice, or each one forced through its costs;
+faiss pushes the filter down into its search),
 and however the passing items are held (listed from the posting lists, or in a mask),
 no excluded id, no item outside the allow/deny restricts, and never more than the cap per
 crowding tag comes back; the answer holds min(k, what can be returned) items, nearest first,
@@ -17,7 +18,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux.core.query.filters import Costs, Filter, Strategy
+from flux.core.query.costs import Costs
+from flux.core.query.filters import Filter, Strategy
 from flux.core.serving.index import ServedIndex
 from flux_core.backend import Metric
 from flux_core.storage import artifact, builder
@@ -27,8 +29,9 @@ NAMESPACES = {"market": ["US", "SE", "DE"], "genre": ["rock", "jazz", "pop", "fo
 TAGS = ["a", "b", "c", "d", ""]
 COSTS = {
     "planner": None,
-    "exact": Costs(scan=0.0, fetch=1.0),  # scanning always looks cheaper
-    "overfetch": Costs(scan=1.0, fetch=0.0),  # fetching always looks cheaper
+    "exact": Costs(4, gather=0.0, sweep=0.0, scan_fixed=0.0, fetch_fixed=1.0),  # scanning always looks cheaper
+    # fetching (or pushing the filter down, for faiss) always looks cheaper
+    "index": Costs(4, gather=1.0, sweep=1.0, fetch_fixed=0.0, fetch_per_value=0.0, fetch_squared=0.0),
 }
 
 
@@ -104,18 +107,18 @@ def test_filtered_answers_never_break_their_filter(
     expected = min(k, returnable(items, passing, query_filter.max_per_tag))
     squared = ((base.astype(np.float64) - query) ** 2).sum(axis=1)
     with tempfile.TemporaryDirectory() as folder:
-        for backend in ("exact", "hnsw"):
+        for backend in ("exact", "hnsw", "faiss"):
             path = Path(folder) / backend
             ids = [f"id{i}" for i in range(len(base))]
             builder.build(path, base, ids, backend=backend, metric=Metric.L2, name="p", attributes=items)
             index = ServedIndex("p", artifact.load(path))
             if COSTS[costs] is not None:
-                index.planner.costs = Costs(COSTS[costs].scan, COSTS[costs].fetch)  # type: ignore[union-attr]
+                index.planner.costs = COSTS[costs]  # type: ignore[assignment]
             index.planner.list_share = 1 if listed else 2**62  # passing items listed, or always in a mask
             answer = index.planner.search(query[None, :], [k], [index.default_params], [query_filter])[0]
             found = answer.labels.tolist()
 
-            assert answer.strategy in (Strategy.EXACT_SCAN, Strategy.OVERFETCH)
+            assert answer.strategy in (Strategy.EXACT_SCAN, Strategy.OVERFETCH, Strategy.NATIVE_FILTER)
             assert len(set(found)) == len(found)
             assert passing[found].all(), "an excluded or restricted item came back"
             if query_filter.max_per_tag:

@@ -110,7 +110,9 @@ class WritesMachine(RuleBasedStateMachine):
         item = data.draw(st.sampled_from(sorted(self.model)))
         query = encode_vectors(self.model[item])
         found = self.vectors.Search(vpb.SearchRequest(index="m", vector=query, k=1)).neighbors
-        assert (list(found.ids), found.distances[0]) == ([item], pytest.approx(0.0, abs=1e-4))
+        assert found.distances[0] == pytest.approx(0.0, abs=1e-4)
+        # Two ids may hold the same vector (the model draws vectors from few seeds): either is nearest.
+        np.testing.assert_array_equal(self.model[found.ids[0]], self.model[item])
 
     @rule(item=IDS)
     def search_by_id(self, item: str) -> None:

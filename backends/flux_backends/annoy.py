@@ -20,6 +20,7 @@ _METRICS: dict[Metric, _AnnoyMetric] = {Metric.L2: "euclidean", Metric.COSINE: "
 # Annoy's own default (n_trees * k nodes) gives poor recall for inner product and low
 # dimensions; ten times that keeps recall@10 above 0.95 on the kit's data at modest cost.
 _AUTO_SEARCH_K = 10
+_MAX_SEARCH_K = 2**31 - 1  # Annoy takes a C int
 
 
 class AnnoyBackend(Backend):
@@ -37,7 +38,11 @@ class AnnoyBackend(Backend):
     }
     search_params: ClassVar[Mapping[str, Param]] = {
         "search_k": Param(
-            0, -1, 2**31 - 1, doc="nodes inspected per query; 0 means 10 * n_trees * k, -1 Annoy's own n_trees * k"
+            0,
+            -1,
+            _MAX_SEARCH_K,
+            doc="nodes inspected per query, raised as far as k results need; 0 means 10 * n_trees * k, "
+            "-1 Annoy's own n_trees * k",
         ),
     }
 
@@ -89,10 +94,21 @@ class AnnoyBackend(Backend):
     ) -> tuple[Labels, Matrix]:
         labels = np.full((len(queries), k), -1, np.int64)
         distances = np.full((len(queries), k), np.inf, np.float32)
-        search_k = int(params["search_k"]) or _AUTO_SEARCH_K * self._index.get_n_trees() * k
+        n, trees = self._index.get_n_items(), self._index.get_n_trees()
+        search_k = int(params["search_k"])
+        if search_k <= 0:
+            search_k = (_AUTO_SEARCH_K if search_k == 0 else 1) * trees * k
+        wanted = min(k, n)
 
         def one(row: int) -> None:
-            found, dist = self._index.get_nns_by_vector(queries[row], k, search_k, include_distances=True)
+            budget = search_k
+            while True:
+                found, dist = self._index.get_nns_by_vector(queries[row], k, budget, include_distances=True)
+                # A small search_k inspects too few leaves for k results (as ef < k would): raise it until
+                # they are found, at worst to every leaf of every tree (n_trees * n), which holds them all.
+                if len(found) >= wanted or budget >= min(trees * n, _MAX_SEARCH_K):
+                    break
+                budget = min(max(2 * budget, trees * wanted), _MAX_SEARCH_K)
             labels[row, : len(found)] = found
             distances[row, : len(found)] = self._to_flux(np.asarray(dist, np.float32))
 

@@ -113,8 +113,8 @@ class ExactBackend(Backend):
 
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> ExactBackend:
-        vectors = np.load(directory / "vectors.npy", mmap_mode="r", allow_pickle=False)
-        labels = np.load(directory / "labels.npy", allow_pickle=False)
+        vectors = _load_npy(directory / "vectors.npy", mmap=True)
+        labels = _load_npy(directory / "labels.npy")
         if vectors.dtype != np.float32 or vectors.shape != (count, dimension):
             raise ValueError(
                 f"vectors.npy holds {vectors.dtype} {vectors.shape}, expected float32 ({count}, {dimension})"
@@ -216,6 +216,14 @@ class ExactBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         return {"vector_bytes": int(self._state.vectors.nbytes)}
+
+
+def _load_npy(path: Path, *, mmap: bool = False) -> Any:
+    """``np.load``, with an empty file refused as ValueError (numpy raises EOFError, which Flux would not name)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except EOFError as exc:
+        raise ValueError(f"{path.name} is empty or cut short: {exc}") from exc
 
 
 def _rows_of(state: _State, labels: Labels) -> Labels:

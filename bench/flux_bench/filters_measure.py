@@ -2,7 +2,8 @@
 
 Three searchers answer the same queries: Flux's search path in-process (``Measure``), a Flux
 server in another process through its Search RPC (``Grpc``), and the library in-process
-(``library_rows``; for hnswlib also with its own ``filter`` callable). Each filtered query is
+(``library_rows``; for hnswlib also with its own ``filter`` callable, for faiss with its own
+``IDSelectorBitmap`` at the default beam). A query's filter is built untimed before its call. Each filtered query is
 timed right after the same query unfiltered, so that the load of a shared machine, which drifts
 during a run, weighs on both alike.
 """
@@ -65,12 +66,17 @@ class Measure:
     def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
         self.progress(f"{self.index.name}: filter {scenario.name}")
 
+        current: list[Filter] = []
+
+        def prepare(row: int) -> None:
+            current[:] = [scenario.filters[row]]  # the caller's work, not timed
+
         def one(row: int) -> tuple[Labels, str]:
             query = self.queries[row : row + 1]
-            answer = self.index.planner.search(query, [self.k], [self.params], [scenario.filters[row]])[0]
+            answer = self.index.planner.search(query, [self.k], [self.params], current)[0]
             return answer.labels, answer.strategy.value
 
-        timed = _timed(len(self.queries), one, paired=self._unfiltered)
+        timed = _timed(len(self.queries), one, prepare, paired=self._unfiltered)
         return _row(self.index.name, scenario.name, "flux", scenario.selectivity, timed, truth)
 
 
@@ -199,7 +205,52 @@ def library_rows(
         timed = _timed(len(queries), nearest)
         annoy.unload()
         return [_row(backend, "none", "library", 1.0, timed, list(unfiltered_truth))]
+    if backend == "faiss":
+        return _faiss_rows(path, queries, k, scenarios, truths, unfiltered_truth, progress)
     return []
+
+
+def _faiss_rows(
+    path: Path,
+    queries: Matrix,
+    k: int,
+    scenarios: list[Scenario],
+    truths: dict[str, list[Labels]],
+    unfiltered_truth: Labels,
+    progress: Callable[[str], None],
+) -> list[Row]:
+    """faiss in-process on the artifact's index file: unfiltered, and with its own IDSelectorBitmap
+    at the faiss backend's default beam (efSearch 64), the filter pushed down without a depth."""
+    import faiss
+
+    index = faiss.read_index(str(path / "index.faiss"))
+    faiss.omp_set_num_threads(1)
+    parameters = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # not in faiss's stubs
+    plain = parameters(efSearch=64)
+
+    def search(row: int) -> tuple[Labels, str]:
+        _, labels = index.search(queries[row : row + 1], k, params=plain)
+        return np.asarray(labels[0], np.int64), "index"
+
+    rows = [_row("faiss", "none", "library", 1.0, _timed(len(queries), search), list(unfiltered_truth))]
+    bits: list[np.ndarray] = []
+    current: list[Scenario] = []
+
+    def prepare(row: int) -> None:  # the caller's work, not timed
+        bits[:] = [np.packbits(current[0].masks(row), bitorder="little")]
+
+    def filtered(row: int) -> tuple[Labels, str]:
+        selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bits[0]))
+        _, labels = index.search(queries[row : row + 1], k, params=parameters(efSearch=64, sel=selector))
+        found = np.asarray(labels[0], np.int64)
+        return found[found >= 0], "filter"
+
+    for scenario in scenarios:
+        progress(f"faiss: its own IDSelectorBitmap, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
+        current[:] = [scenario]
+        timed = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
+        rows.append(_row("faiss", scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name]))
+    return rows
 
 
 @contextmanager
@@ -243,14 +294,17 @@ class Grpc:
 
     def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
         self.progress(f"{self.backend}: filter {scenario.name} through gRPC")
-        messages = [_message(f) for f in scenario.filters]
+        current: list[pb.SearchRequest] = []
+
+        def prepare(row: int) -> None:  # the caller's work, not timed
+            message = _message(scenario.filters[row])
+            current[:] = [pb.SearchRequest(index=self.backend, vector=self.vectors[row], k=self.k, filter=message)]
 
         def one(row: int) -> tuple[Labels, str]:
-            request = pb.SearchRequest(index=self.backend, vector=self.vectors[row], k=self.k, filter=messages[row])
-            response = self.stub.Search(request)
+            response = self.stub.Search(current[0])
             return self._labels(response), _strategy(response)
 
-        timed = _timed(len(self.vectors), one, paired=self._unfiltered)
+        timed = _timed(len(self.vectors), one, prepare, paired=self._unfiltered)
         return _row(self.backend, scenario.name, "flux-grpc", scenario.selectivity, timed, truth)
 
 

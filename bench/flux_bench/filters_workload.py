@@ -3,14 +3,15 @@
 Every item holds one of ``BUCKETS`` ``bucket`` tokens (so allowing s% of the tokens lets s% of
 the items pass), one to three of ``MARKETS`` ``market`` tokens, an ``explicit`` flag and an
 ``artist`` crowding tag shared by nearby items. A ``Scenario`` is one filter family (a
-selectivity, or the ``mixed`` filter); its exact answers are float64 brute force over the items
-that pass, crowding applied in distance order.
+selectivity, the ``mixed`` filter, or leaving out each query's own nearest items, as a user's
+already-played tracks are); its exact answers are float64 brute force over the items that pass,
+crowding applied in distance order.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,10 @@ SELECTIVITIES = (0.5, 0.1, 0.01, 0.001)
 BUCKETS = 1000
 MARKETS = 10
 MIXED_EXCLUDED, MIXED_FROM, MIXED_CAP = 1000, 2000, 2
+#: The exclusion scenarios leave out each query's this many nearest items (by exact search) of 200,000;
+#: a smaller set leaves out as large a share.
+EXCLUDED_NEAREST = (1000, 10_000)
+EXCLUDED_OF = 200_000
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class Scenario:
 
     name: str
     selectivity: float  # share of the items that pass, measured
-    filters: list[Filter]
+    filters: Sequence[Filter]  # one per query; built when read, for the large exclusion lists
     masks: Callable[[int], Mask]  # query -> the items its filter lets through
     cap: int = 0
     tags: np.ndarray | None = None  # each item's crowding tag, when ``cap`` is set
@@ -113,7 +118,47 @@ def scenarios(items: Items, base: Matrix, queries: Matrix, seed: int) -> list[Sc
 
     share = float(np.mean([mixed_mask(r).mean() for r in range(min(q, 50))]))
     out.append(Scenario("mixed", share, mixed, mixed_mask, cap=MIXED_CAP, tags=items.artist))
+    counts = [max(1, count * len(base) // EXCLUDED_OF) for count in EXCLUDED_NEAREST]
+    nearest = _nearest(base, queries, max(counts))
+    distances = np.stack([_squared(base[row], queries[r]) for r, row in enumerate(nearest)])
+    nearest = np.take_along_axis(nearest, np.argsort(distances, axis=1, kind="stable"), axis=1)  # nearest first
+    for count in counts:
+        out.append(_excluding(exclusion_name(count), nearest[:, :count], len(base)))
     return out
+
+
+def exclusion_name(count: int) -> str:
+    """``excl-1k`` for the scenario that leaves out each query's 1,000 nearest items."""
+    return f"excl-{count // 1000}k" if count % 1000 == 0 else f"excl-{count}"
+
+
+def _squared(rows: Matrix, query: Matrix) -> np.ndarray:
+    diff = rows.astype(np.float64) - query.astype(np.float64)
+    squared: np.ndarray = np.einsum("ij,ij->i", diff, diff)
+    return squared
+
+
+class _Excluding(Sequence[Filter]):
+    """Per query, a filter that leaves out the given labels' ids and nothing else (built when read:
+    500 lists of 10,000 ids would take about 300 MB as strings)."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, row: int) -> Filter:  # type: ignore[override]
+        return Filter(allow={}, deny={}, exclude_ids=tuple(f"item:{i}" for i in self.labels[row].tolist()))
+
+
+def _excluding(name: str, labels: np.ndarray, n: int) -> Scenario:
+    def mask(row: int) -> Mask:
+        passing: Mask = np.ones(n, np.bool_)
+        passing[labels[row]] = False
+        return passing
+
+    return Scenario(name, 1 - labels.shape[1] / n, _Excluding(labels), mask)
 
 
 def _scores(base: Matrix, queries: Matrix) -> Iterator[tuple[int, Matrix]]:

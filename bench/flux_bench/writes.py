@@ -34,7 +34,8 @@ from flux_api.v1 import write_service_pb2 as pb
 from flux_api.v1.write_service_pb2_grpc import WriteServiceStub
 from flux_bench.servers import flux_server
 from flux_core.backend import Metric
-from flux_core.storage import builder
+from flux_core.errors import FluxError
+from flux_core.storage import builder, registry
 
 TARGET = 10.0  # group commit over one fsync per write, 8 streaming writers of batch 1
 _INDEX = "bench"
@@ -59,7 +60,12 @@ def add_parser(modes: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--backend", action="append", choices=["hnsw", "exact"], help="repeatable (default: both)")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=registry.names(),
+        help="any installed mutable backend, repeatable (default: hnsw and exact)",
+    )
     parser.add_argument("--dim", type=int, default=64, help="dimension (default: 64)")
     parser.add_argument("--base", type=int, default=10_000, help="items in the index before writing (default: 10,000)")
     parser.add_argument("--writers", type=int, default=8, help="concurrent writers (default: 8)")
@@ -76,6 +82,11 @@ def add_parser(modes: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     backends = args.backend or ["hnsw", "exact"]
+    for backend in backends:
+        if not registry.get(backend).capabilities.mutable:
+            raise FluxError(
+                f"backend {backend!r} is immutable and takes no writes; writable backends: {', '.join(_mutable())}"
+            )
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flux-bench-writes-") as tmp:
         root = Path(tmp)
@@ -107,6 +118,18 @@ def run(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(r["passed"] for r in ratios if r["target"] is not None) else 1
+
+
+def _mutable() -> list[str]:
+    """The installed backends that take writes (those that load)."""
+    found = []
+    for name in registry.names():
+        try:
+            if registry.get(name).capabilities.mutable:
+                found.append(name)
+        except FluxError:
+            continue
+    return found
 
 
 def _scenarios(args: argparse.Namespace) -> list[tuple[str, int, int]]:
@@ -237,19 +260,20 @@ def _print_table(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], args:
         f"\nupsert throughput with fsync: {args.base:,} x {args.dim} base, "
         f"{args.seconds:g}s per run, {os.cpu_count()} CPUs"
     )
+    width = max([7, *(len(r["backend"]) for r in rows)])
     print(
-        f"{'backend':<7} {'rpc':<6} {'batch':>5} {'writers':>7} {'commit':<16} {'writes/s':>9} {'vectors/s':>10} "
-        f"{'p50 ms':>7} {'p99 ms':>7}"
+        f"{'backend':<{width}} {'rpc':<6} {'batch':>5} {'writers':>7} {'commit':<16} {'writes/s':>9} "
+        f"{'vectors/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
     )
     for r in rows:
         p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
         p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}"
         print(
-            f"{r['backend']:<7} {r['rpc']:<6} {r['batch']:>5} {r['writers']:>7} {r['commit']:<16} "
+            f"{r['backend']:<{width}} {r['rpc']:<6} {r['batch']:>5} {r['writers']:>7} {r['commit']:<16} "
             f"{r['writes_per_second']:>9,.0f} {r['vectors_per_second']:>10,.0f} {p50:>7} {p99:>7}"
         )
     print("\ngroup commit / one fsync per write (vectors/s)")
     for r in ratios:
         verdict = "" if r["target"] is None else f"  target >= {r['target']:.0f}x {'PASS' if r['passed'] else 'FAIL'}"
-        scenario = f"{r['backend']:<7} {r['rpc']:<6} batch {r['batch']:>4} x {r['writers']} writers"
+        scenario = f"{r['backend']:<{width}} {r['rpc']:<6} batch {r['batch']:>4} x {r['writers']} writers"
         print(f"{scenario}: {r['ratio']:>6.2f}x{verdict}")

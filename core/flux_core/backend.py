@@ -40,6 +40,10 @@ Matrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
 #: Called during long work with (done, total) so callers can show progress.
 Progress = Callable[[int, int], None]
+#: One flag per label, True where the label may be returned (``Backend.search_filtered``).
+Mask = npt.NDArray[np.bool_]
+#: Labels per ``get_vectors`` call of the default ``Backend.vector_blocks``.
+VECTORS_PER_BLOCK = 256
 
 
 class Metric(StrEnum):
@@ -59,7 +63,7 @@ class Capabilities:
     supports_delete: bool = False
     """Items can be removed (``delete``)."""
     filterable: bool = False
-    """Reserved for native filtered search; no conformance tests exist for it yet, so declaring it fails the kit."""
+    """``search_filtered`` returns only the items a mask over labels allows, filtering inside the search."""
     mmap_load: bool = False
     """``load`` memory-maps the files, so processes share one copy of the pages."""
     thread_safe_search: bool = True
@@ -99,8 +103,8 @@ class Backend(ABC):
     through ``__init__`` must stay cheap: expensive work belongs in ``build``/``load``.
 
     Thread safety: when ``capabilities.thread_safe_search`` is true, ``search``,
-    ``get_vectors``, ``__len__`` and ``stats`` may run concurrently from many threads.
-    Long library calls must release the GIL so that searches run in parallel.
+    ``get_vectors``, ``vector_blocks``, ``__len__`` and ``stats`` may run concurrently from
+    many threads. Long library calls must release the GIL so that searches run in parallel.
 
     Errors: raise ``ValueError`` for arguments the caller got wrong, ``KeyError`` for
     unknown labels, ``OSError`` for unreadable files and ``NotImplementedError`` for an
@@ -113,9 +117,13 @@ class Backend(ABC):
     #: The version of this interface the backend implements (see ``API_VERSION``).
     api_version: ClassVar[int] = API_VERSION
     capabilities: ClassVar[Capabilities] = Capabilities()
-    #: Knobs accepted by ``build``; values arrive validated and with defaults filled in.
+    #: Knobs accepted by ``build``; values arrive validated and with defaults filled in. Where a
+    #: knob means what one of Flux's own backends calls it, reuse that name: ``M`` (graph degree),
+    #: ``ef_construction`` (build beam), ``n_trees``, ``nlist`` (lists of an inverted file), ``seed``.
     build_params: ClassVar[Mapping[str, Param]] = {}
-    #: Knobs accepted by ``search``; values arrive validated and with defaults filled in.
+    #: Knobs accepted by ``search``; values arrive validated and with defaults filled in. Reuse
+    #: ``ef`` (search beam), ``search_k`` (nodes inspected), ``nprobe`` (lists scanned) where they
+    #: mean the same. More of a search knob must not lower recall (the kit checks it).
     search_params: ClassVar[Mapping[str, Param]] = {}
 
     def __init__(self, dimension: int, metric: Metric) -> None:
@@ -140,8 +148,12 @@ class Backend(ABC):
     ) -> Backend:
         """Build an index over ``vectors`` (n x d, C-contiguous float32); row i gets label i.
 
-        ``n`` may be 0. ``threads`` bounds the threads the library may use. Call
-        ``progress(done, n)`` now and then when the library allows it.
+        ``n`` may be 0. Call ``progress(done, n)`` now and then when the library allows it.
+
+        ``threads`` bounds the threads this call may use (``flux build --threads``; ``search``
+        gets its own). An OpenMP library (faiss) otherwise runs every parallel region on all
+        cores: call ``omp_set_num_threads(threads)`` in the calling thread before the library
+        call. OpenMP keeps that setting per calling thread, so calls on other threads keep theirs.
         """
 
     @abstractmethod
@@ -151,7 +163,10 @@ class Backend(ABC):
     @classmethod
     @abstractmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> Backend:
-        """Open an index that ``save`` wrote into ``directory`` and that holds ``count`` items."""
+        """Open an index that ``save`` wrote into ``directory`` and that holds ``count`` items.
+
+        Raise ``ValueError`` (or ``OSError``, ``RuntimeError``) when the files hold another
+        count or dimension, are cut short, or do not belong together: never serve them."""
 
     @abstractmethod
     def search(
@@ -164,12 +179,36 @@ class Backend(ABC):
         (or insists on a writable array). Both results are q x k, nearest first. Where
         fewer than k items can be returned, the row is padded with label -1 and
         distance +inf. ``k`` may exceed ``len(self)``.
+
+        Whatever ``params`` say, a row holds k results whenever the index holds k items: a
+        search budget below k (``ef`` < k, too few lists probed) is raised to what k results
+        need. hnswlib raises ``ef`` to k itself; faiss's ``efSearch`` is not raised, and returns
+        fewer. ``threads`` bounds the threads the call may use: 1 for a single query, the
+        server's ``search_threads`` for a batch, while other calls run on other gRPC threads
+        (for OpenMP libraries see ``build``).
         """
+
+    def search_filtered(
+        self, queries: Matrix, k: int, params: Mapping[str, float], allowed: Mask, depth: int, *, threads: int = 1
+    ) -> tuple[Labels, Matrix]:
+        """As ``search``, but only items whose label is True in ``allowed`` may be returned.
+
+        Only for ``capabilities.filterable`` backends. ``allowed`` is a read-only 1-d bool array
+        over labels, shared by every query row; a label at or past its end is not allowed.
+        ``depth`` (at least k) is how many of the nearest items, allowed or not, the search
+        should take in for the k nearest allowed ones to be among them: Flux sizes it from the
+        share of items allowed and from how many excluded items lie near the query. A graph
+        backend searches with a beam of at least ``depth`` (``ef``). Each row holds the k
+        nearest allowed items found, nearest first, padded with label -1 and distance +inf
+        only where fewer than k items are allowed.
+        """
+        raise NotImplementedError(f"the {self.name} backend does not filter inside its search")
 
     def add(self, vectors: Matrix, labels: Labels) -> None:
         """Insert items under ``labels``, replacing the vector of a label already present.
 
-        ``vectors`` is read-only, as ``queries`` of ``search`` is.
+        ``vectors`` is read-only, as ``queries`` of ``search`` is. The labels of one call are
+        distinct (Flux keeps the last vector of an id written twice) and not negative.
 
         Only for ``capabilities.mutable`` backends; may run concurrently with ``search``
         (the backend makes that safe). A deleted label may be added again.
@@ -187,6 +226,20 @@ class Backend(ABC):
     def get_vectors(self, labels: Labels) -> Matrix:
         """Return the stored vectors of ``labels`` (as the index keeps them: cosine
         backends may return them normalised)."""
+
+    def vector_blocks(self, labels: Labels) -> Iterator[tuple[Labels, Matrix]]:
+        """The stored vectors of ``labels`` (distinct labels that hold items), a block at a time.
+
+        Yields (labels, vectors) pairs that together hold every label of ``labels`` once, in
+        any order and blocks of any size, the vectors as ``get_vectors`` returns them. For
+        reading many or all items while the index serves (the activation gate reads every
+        one): a backend whose ``get_vectors`` holds the GIL for long on many labels yields
+        blocks it can read cheaply or with the GIL released. By default, ``get_vectors`` on
+        ``VECTORS_PER_BLOCK`` labels at a time.
+        """
+        for start in range(0, len(labels), VECTORS_PER_BLOCK):
+            block = labels[start : start + VECTORS_PER_BLOCK]
+            yield block, self.get_vectors(block)
 
     @abstractmethod
     def __len__(self) -> int:

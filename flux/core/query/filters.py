@@ -2,149 +2,64 @@
 
 A filter keeps items by their restrict tokens (allow, deny), leaves ids out, and caps how
 many results share a crowding tag. An approximate index searched first and filtered after
-loses recall when few items pass, so each query is planned from the number of items that
-pass its filter, counted exactly from the posting lists (a boolean mask over labels):
+loses recall when few items pass, or when the items left out are the query's nearest (a
+user's already-played tracks), so each query is planned from the number of items that pass
+its filter, counted exactly from the posting lists (a boolean mask over labels):
 
 * ``EXACT_SCAN``: distances to every passing item. Chosen when that is the cheaper way (few
-  items pass), and whenever over-fetching comes back short, so recall never collapses.
+  items pass, or the other ways would have to reach far), and whenever the others fail.
+* ``NATIVE_FILTER``: the backend's own filtered search (``Backend.search_filtered``, for a
+  backend that declares ``filterable``), given the mask and a depth: how many of the nearest
+  items it must take in, from the share that passes; when its answer lies beyond excluded items
+  (counted exactly from their distances), it is asked again as deep as they reach.
 * ``OVERFETCH``: ask the index for k' = 2 k / selectivity neighbours, keep those that pass
-  (and the crowding cap), and ask again for four times as many until k remain.
+  (and the crowding cap), and ask again, deeper, until k pass within the first three quarters
+  of what it returned (the tail of an approximate list is where it misses most).
 
-The two strategies' costs differ by two orders of magnitude between backends (Annoy's work
-grows with k', hnswlib's barely does), so each index learns them from its own searches:
-seconds per scanned item and per fetched candidate, as medians of recent searches. docs/filters.md has
-the measurements, and why hnswlib's own filter (a Python call per candidate) is not used.
-How an exact scan ranks, and the crowding cap, are ``flux.core.query.ranking``.
+The choice compares costs that ``flux.core.query.costs`` computes from counts and measured
+constants, fixed when the index loads: never from timings of the searches being served, so the
+same request always takes the same path and gets the same answer. docs/filters.md has the
+measurements, and why hnswlib's own filter (a Python call per candidate) is not used. How an
+exact scan ranks, and the crowding cap, are ``flux.core.query.ranking``.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from flux.core.query import deadline, ranking
+from flux.core.query.costs import Costs
+from flux.core.query.model import MAX_EXCLUDE_IDS, Answer, Filter, Nearest, Strategy
+from flux.core.query.scan import ExactScan, among, tags_of
 from flux_core.backend import Backend, Labels, Matrix
-from flux_core.errors import InvalidArgument
-from flux_core.storage.attribute_table import NO_TAG, Mask, Table
-from flux_core.storage.attributes import AttributeStore, parse_restricts
+from flux_core.storage.attribute_table import Mask, Table
+from flux_core.storage.attributes import AttributeStore
 
-#: Ids one query may exclude.
-MAX_EXCLUDE_IDS = 10_000
+__all__ = ["MAX_EXCLUDE_IDS", "Answer", "Filter", "Nearest", "Planner", "Strategy"]
+
 #: Over-fetch asks for this many times the neighbours that should pass, at the filter's selectivity.
 MARGIN = 2.0
-#: Each further over-fetch asks for this many times more.
+#: Each further over-fetch asks for at least this many times more, when too few passed.
 GROWTH = 4
+#: An over-fetch is kept when its k-th passing candidate lies within this share of what the index
+#: returned; further out, it is asked again for twice that position.
+DEEP = 0.75
+#: When no candidate of an over-fetch passed, the next one asks for this many times the excluded items
+#: plus those that hold k passing ones: the k-th passing then lands within ``DEEP`` of the list.
+REACH = 1.5
+#: Push-down takes in this many times the items that hold k passing ones (faiss gathers passing
+#: items from every node its beam visits, not only from the beam, so less than ``MARGIN`` does).
+PUSH_MARGIN = 1.5
 #: Filter masks of one batch pass stay under this many bytes; larger batches go in several passes.
 _MASK_BUDGET = 1 << 26
 #: When an allow namespace holds at most 1/LIST_SHARE of the labels, the passing labels are listed
 #: from the posting lists instead of marked in a mask over every label.
 LIST_SHARE = 16
-#: Each learnt cost is the median of this many recent measurements: one slow call (a first call,
-#: a pause) does not move it, a real change does within a few queries.
-_WINDOW = 15
-#: The window starts with the first guess counted this many times, a majority: until as many
-#: measurements agree, the cold first calls of a process cannot tip the median.
-_SEED = _WINDOW // 2 + 1
-#: Smaller measurements are mostly fixed overhead and are not learnt from.
-_MIN_SCAN_ITEMS = 256
-_MIN_FETCH_CANDIDATES = 32
-
-
-class Strategy(Enum):
-    """How a query was answered."""
-
-    INDEX = "index"  # no filter: the backend's index alone
-    EXACT_SCAN = "exact_scan"
-    OVERFETCH = "overfetch"
-
-
-@dataclass(frozen=True)
-class Filter:
-    """One query's filter, validated; ``create`` returns None for a filter that keeps everything."""
-
-    allow: Mapping[str, tuple[str, ...]]
-    deny: Mapping[str, tuple[str, ...]]
-    exclude_ids: tuple[str, ...] = ()
-    max_per_tag: int = 0
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        allow: Iterable[tuple[str, Iterable[str]]] = (),
-        deny: Iterable[tuple[str, Iterable[str]]] = (),
-        exclude_ids: Sequence[str] = (),
-        max_per_tag: int = 0,
-        field: str = "filter",
-    ) -> Filter | None:
-        """Errors are InvalidArgument naming the field at fault, under ``field``."""
-        if len(exclude_ids) > MAX_EXCLUDE_IDS:
-            raise InvalidArgument(
-                f"{field}.exclude_ids holds {len(exclude_ids):,} ids; at most {MAX_EXCLUDE_IDS:,} per query",
-                field=f"{field}.exclude_ids",
-            )
-        if max_per_tag < 0:
-            raise InvalidArgument(f"{field}.max_per_crowding_tag must be >= 0", field=f"{field}.max_per_crowding_tag")
-        allowed = parse_restricts(allow, f"{field}.allow")
-        denied = parse_restricts(deny, f"{field}.deny")
-        if not (allowed or denied or exclude_ids or max_per_tag):
-            return None
-        return cls(allowed, denied, tuple(exclude_ids), max_per_tag)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One query's result, nearest first, and how it was found."""
-
-    labels: Labels
-    distances: Matrix
-    strategy: Strategy
-    #: Fewer than k items pass the filter (with the crowding cap) in the whole index:
-    #: the short answer is complete, not a recall loss.
-    fewer_than_k: bool
-
-
-class Nearest(Protocol):
-    """The index's own search (``ServedIndex.nearest``): q x k labels and distances, padded with -1."""
-
-    def __call__(
-        self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
-    ) -> tuple[Labels, Matrix]: ...
-
-
-@dataclass
-class Costs:
-    """Seconds per item exactly scanned and per candidate fetched from the index: at first the
-    guesses given, then the median of this index's recent measurements. Thread-safe enough: a
-    race between two searches can only lose a measurement."""
-
-    scan: float
-    fetch: float
-    _scans: deque[float] = field(init=False, repr=False)
-    _fetches: deque[float] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._scans = deque([self.scan] * _SEED, maxlen=_WINDOW)
-        self._fetches = deque([self.fetch] * _SEED, maxlen=_WINDOW)
-
-    def learn_scan(self, seconds: float, items: int) -> None:
-        if items >= _MIN_SCAN_ITEMS:
-            self._scans.append(seconds / items)
-            self.scan = statistics.median(self._scans)
-
-    def learn_fetch(self, seconds: float, candidates: int) -> None:
-        if candidates >= _MIN_FETCH_CANDIDATES:
-            self._fetches.append(seconds / candidates)
-            self.fetch = statistics.median(self._fetches)
 
 
 @dataclass(frozen=True)
@@ -154,7 +69,18 @@ class _Plan:
     labels: Labels | None  # ascending
     mask: Mask | None
     count: int  # items that pass
+    rest: int  # items that pass allow and deny, exclusions aside
+    excluded: Labels  # excluded labels that would pass otherwise, ascending
     cap: int  # results per crowding tag, 0 for no cap
+
+
+@dataclass
+class _Pushed:
+    """A query answered by push-down: how deep it is searched, for how many results."""
+
+    depth: int
+    want: int
+    excluded_distances: Matrix | None = None  # of ``_Plan.excluded``, computed when first needed
 
 
 class Planner:
@@ -177,14 +103,13 @@ class Planner:
         self._backend = backend
         self._store = store
         self._labels_of = labels_of
-        self._vectors = vectors
-        self._norms: Matrix | None = None
+        self._exact = ExactScan(backend, vectors)
+        self._native = type(backend).capabilities.filterable
         #: Filters whose narrowest allow namespace holds at most size / list_share postings are
         #: listed from the posting lists; public, like ``costs``, for tools and tests.
         self.list_share = LIST_SHARE
-        # First guesses, from measurements at 128 dimensions (docs/filters.md); then learnt.
-        per_dimension = 1e-9 if vectors is not None else 2e-7
-        self.costs = Costs(scan=backend.dimension * per_dimension, fetch=backend.dimension * 1e-8)
+        #: Fixed for the life of the index (flux.core.query.costs): answers never depend on timings.
+        self.costs = Costs.of(backend.name, backend.dimension, copy=vectors is not None)
 
     def search(
         self,
@@ -215,24 +140,37 @@ class Planner:
                 answers[row] = Answer(found[keep], dist[keep], Strategy.INDEX, not keep.all())
         per_pass = max(1, _MASK_BUDGET // max(table.size, 1))
         for start in range(0, len(filtered), per_pass):
-            plans = {row: self._plan(table, query_filter) for row, query_filter in filtered[start : start + per_pass]}
+            shared: dict[int, _Plan] = {}  # rows of a batch that share a filter share its plan
+            plans = {}
+            for row, query_filter in filtered[start : start + per_pass]:
+                plan = shared.get(id(query_filter))
+                if plan is None:
+                    plan = shared[id(query_filter)] = self._plan(table, query_filter)
+                plans[row] = plan
             self._filtered(queries, ks, params, plans, table, threads, answers)
         return [a for a in answers if a is not None]
 
     def _plan(self, table: Table, query_filter: Filter) -> _Plan:
         allow, deny, cap = query_filter.allow, query_filter.deny, query_filter.max_per_tag
-        excluded = self._labels_of(query_filter.exclude_ids) if query_filter.exclude_ids else None
+        excluded = np.unique(self._labels_of(query_filter.exclude_ids)) if query_filter.exclude_ids else None
         listed, mask = table.select(allow, deny, table.size // self.list_share) if allow or deny else (None, None)
+        none = np.empty(0, np.int64)
         if listed is not None:
+            rest = len(listed)
             if excluded is not None:
-                listed = listed[~np.isin(listed, excluded)]
-            return _Plan(listed, None, len(listed), cap)
-        if excluded is not None:
-            if mask is None:
-                mask = table.live.copy()
-            mask[excluded[excluded < table.size]] = False
-        count = table.live_count if mask is None else int(np.count_nonzero(mask))
-        return _Plan(None, mask, count, cap)
+                out = among(excluded, listed)
+                listed = listed[~among(listed, excluded)]
+                return _Plan(listed, None, len(listed), rest, excluded[out], cap)
+            return _Plan(listed, None, rest, rest, none, cap)
+        rest = table.live_count if mask is None else int(np.count_nonzero(mask))
+        if excluded is None:
+            return _Plan(None, mask, rest, rest, none, cap)
+        if mask is None:
+            mask = table.live.copy()
+        excluded = excluded[excluded < table.size]
+        passing = excluded[mask[excluded]]  # those the restricts let through: they alone change the count
+        mask[passing] = False
+        return _Plan(None, mask, rest - len(passing), rest, passing, cap)
 
     def _filtered(
         self,
@@ -245,38 +183,154 @@ class Planner:
         answers: list[Answer | None],
     ) -> None:
         available = len(self._backend)
+        live = max(table.live_count, 1)
         fetch: dict[int, int] = {}
+        pushed: dict[int, _Pushed] = {}
         for row, plan in plans.items():
             k = ks[row]
-            size = min(available, max(k, math.ceil(MARGIN * k * max(table.live_count, 1) / max(plan.count, 1))))
-            if plan.count <= k or self._cheaper_to_scan(plan, size):
-                deadline.check()  # each scan is a step of its own: stop when the caller has given up
-                answers[row] = self._scan(queries[row], plan, k, table)
-            else:
-                fetch[row] = size
+            scan = self.costs.scan(plan.count, table.size)
+            if plan.count > k and self._native:
+                want = k if not plan.cap else min(available, GROWTH * k)
+                depth = _depth(want, plan, live, available)
+                if len(plan.excluded) > depth and self._crowded_out(queries[row], k, params[row], plan, table):
+                    depth = _depth(want, plan, live, available, len(plan.excluded))  # reach past them all
+                if self.costs.native(depth, table.size) < scan:
+                    pushed[row] = _Pushed(depth, want)
+                    continue
+            elif plan.count > k:
+                size = min(available, max(k, math.ceil(MARGIN * k * live / max(plan.count, 1))))
+                if self.costs.fetch(size, table.size) < scan:
+                    fetch[row] = size
+                    continue
+            deadline.check()  # each scan is a step of its own: stop when the caller has given up
+            answers[row] = self._scan(queries[row], plan, k, table)
+        if pushed:
+            self._push_down(queries, ks, params, plans, pushed, table, threads, answers)
         while fetch:
-            groups: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
-            for row, size in fetch.items():
-                groups.setdefault((size, _key(params[row])), []).append(row)
-            fetch = {}
-            for (size, _), rows in groups.items():
+            fetch = self._fetch_round(queries, ks, params, plans, fetch, table, threads, answers)
+
+    def _fetch_round(
+        self,
+        queries: Matrix,
+        ks: Sequence[int],
+        params: Sequence[Mapping[str, float]],
+        plans: dict[int, _Plan],
+        fetch: dict[int, int],
+        table: Table,
+        threads: int,
+        answers: list[Answer | None],
+    ) -> dict[int, int]:
+        """One over-fetch for every row of ``fetch`` (row -> candidates); returns the rows to fetch again."""
+        available = len(self._backend)
+        groups: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
+        for row, size in fetch.items():
+            groups.setdefault((size, _key(params[row])), []).append(row)
+        again: dict[int, int] = {}
+        for (size, _), rows in groups.items():
+            deadline.check()
+            labels, distances = self._nearest(queries[rows], size, params[rows[0]], threads=threads)
+            for row, found, dist in zip(rows, labels, distances, strict=True):
+                plan, k = plans[row], ks[row]
+                positions = _passing(found, plan, table)
+                if len(positions) >= k and (size >= available or positions[k - 1] < DEEP * size):
+                    kept = positions[:k]
+                    answers[row] = Answer(found[kept], dist[kept], Strategy.OVERFETCH, False)
+                    continue
+                if len(positions) >= k:  # enough pass, but far down the list: ask as deep again as the k-th
+                    wider = min(available, max(size + 1, math.ceil(MARGIN * (positions[k - 1] + 1))))
+                elif len(positions) or not len(plan.excluded):
+                    wider = min(available, size * GROWTH)
+                else:  # nothing passed: excluded items fill the neighbourhood; reach past them all at once
+                    reach = len(plan.excluded) + k * max(table.live_count, 1) / max(plan.rest, 1)
+                    wider = min(available, max(size * GROWTH, math.ceil(REACH * reach)))
+                if size >= available or self.costs.scan(plan.count, table.size) <= self.costs.fetch(wider, table.size):
+                    deadline.check()
+                    answers[row] = self._scan(queries[row], plan, k, table)
+                else:
+                    again[row] = wider
+        return again
+
+    def _push_down(
+        self,
+        queries: Matrix,
+        ks: Sequence[int],
+        params: Sequence[Mapping[str, float]],
+        plans: dict[int, _Plan],
+        pushed: dict[int, _Pushed],
+        table: Table,
+        threads: int,
+        answers: list[Answer | None],
+    ) -> None:
+        """Answer the rows of ``pushed`` by the backend's filtered search, deeper where excluded items
+        lie around the answer, or by a scan when that becomes the cheaper way."""
+        available = len(self._backend)
+        live = max(table.live_count, 1)
+        masks: dict[int, Mask] = {}
+        while pushed:
+            groups: dict[tuple[int, int, int, tuple[tuple[str, float], ...]], list[int]] = {}
+            for row, state in pushed.items():
+                groups.setdefault((id(plans[row]), state.depth, state.want, _key(params[row])), []).append(row)
+            again: dict[int, _Pushed] = {}
+            for (plan_id, depth, want, _), rows in groups.items():
                 deadline.check()
-                started = time.perf_counter()
-                labels, distances = self._nearest(queries[rows], size, params[rows[0]], threads=threads)
-                self.costs.learn_fetch(time.perf_counter() - started, size * len(rows))
+                plan = plans[rows[0]]
+                mask = masks.get(plan_id)
+                if mask is None:
+                    mask = masks[plan_id] = _mask_of(plan, table)
+                labels, distances = self._backend.search_filtered(
+                    queries[rows], want, params[rows[0]], mask, depth, threads=threads
+                )
                 for row, found, dist in zip(rows, labels, distances, strict=True):
-                    plan, k = plans[row], ks[row]
-                    kept, kept_distances = _passing(found, dist, plan, table)
+                    state, k = pushed[row], ks[row]
+                    real = int(np.count_nonzero(found >= 0))
+                    found, dist = found[:real], dist[:real]
+                    kept = (
+                        np.flatnonzero(ranking.crowd(tags_of(table, found), plan.cap)) if plan.cap else np.arange(real)
+                    )
                     if len(kept) >= k:
-                        answers[row] = Answer(kept[:k], kept_distances[:k], Strategy.OVERFETCH, False)
-                    elif size >= available or self._cheaper_to_scan(plan, size * GROWTH):
+                        # Within the k-th result's distance lie the results before it and the excluded
+                        # items nearer than it: a search that took in fewer missed some of them.
+                        nearer = self._excluded_within(queries[row], plan, state, float(dist[kept[k - 1]]), table)
+                        needed = _depth(int(kept[k - 1]) + 1, plan, live, available, nearer)
+                        if needed <= depth or depth >= available:
+                            answers[row] = Answer(found[kept[:k]], dist[kept[:k]], Strategy.NATIVE_FILTER, False)
+                            continue
+                        state = _Pushed(max(needed, 2 * depth), want, state.excluded_distances)
+                    elif real < want or want >= available:  # fewer than ``want`` pass in the whole index
+                        answers[row] = Answer(found[kept], dist[kept], Strategy.NATIVE_FILTER, True)
+                        continue
+                    else:  # the crowding cap held too many back: ask for more results
+                        wider = min(available, want * GROWTH)
+                        deeper = max(depth, _depth(wider, plan, live, available))
+                        state = _Pushed(deeper, wider, state.excluded_distances)
+                    state.depth = min(state.depth, available)
+                    if self.costs.scan(plan.count, table.size) <= self.costs.native(state.depth, table.size):
                         deadline.check()
                         answers[row] = self._scan(queries[row], plan, k, table)
                     else:
-                        fetch[row] = min(available, size * GROWTH)
+                        again[row] = state
+            pushed = again
 
-    def _cheaper_to_scan(self, plan: _Plan, fetch: int) -> bool:
-        return plan.count * self.costs.scan <= fetch * self.costs.fetch
+    def _crowded_out(self, query: Matrix, k: int, params: Mapping[str, float], plan: _Plan, table: Table) -> bool:
+        """Whether none of the query's nearest candidates passes: its excluded items fill the neighbourhood.
+
+        A shallow filtered search would then find no passing item near the query, and a library
+        that widens its beam until k pass (faiss.py does) would pay for every width on the way.
+        One unfiltered search of the first over-fetch's size tells, for about its cost."""
+        live = max(table.live_count, 1)
+        size = min(len(self._backend), max(k, math.ceil(MARGIN * k * live / max(plan.count, 1))))
+        deadline.check()
+        labels, _ = self._nearest(query[None], size, params)
+        return not len(_passing(labels[0], plan, table))
+
+    def _excluded_within(self, query: Matrix, plan: _Plan, state: _Pushed, radius: float, table: Table) -> int:
+        """How many excluded items (that would pass otherwise) lie nearer the query than ``radius``."""
+        if not len(plan.excluded):
+            return 0
+        if state.excluded_distances is None:
+            vectors, _ = self._exact.gather(plan.excluded, table)
+            state.excluded_distances = ranking.distances(vectors, query, self._backend.metric)
+        return int(np.count_nonzero(state.excluded_distances < radius))
 
     def _scan(self, query: Matrix, plan: _Plan, k: int, table: Table) -> Answer:
         """The exact answer over every passing item."""
@@ -284,96 +338,42 @@ class Planner:
             labels = plan.labels
         else:
             labels = np.flatnonzero(table.live if plan.mask is None else plan.mask)
-        if not len(labels):
-            return Answer(labels, np.empty(0, np.float32), Strategy.EXACT_SCAN, True)
-        started = time.perf_counter()
-        vectors, squared_norms = self._gather(labels, table)
-        scores = ranking.scores(vectors, squared_norms, query, self._backend.metric)
-        # Pick a shortlist on the fast scores, then rank it on exact distances: a few spare
-        # candidates absorb the rounding of the fast ones.
-        spare = 2 * k + 8
-        if plan.cap:
-            order = _crowded_order(scores, table.tags[labels], plan.cap, spare)
-        elif len(scores) > spare:
-            order = scores.argpartition(spare - 1)[:spare]
-        else:
-            order = np.arange(len(scores))
-        exact = ranking.distances(vectors[order], query, self._backend.metric)
-        ranked = np.argsort(exact, kind="stable")[:k]
-        self.costs.learn_scan(time.perf_counter() - started, len(labels))
-        return Answer(labels[order[ranked]], exact[ranked], Strategy.EXACT_SCAN, len(ranked) < k)
-
-    def _gather(self, labels: Labels, table: Table) -> tuple[Matrix, Matrix]:
-        """The vectors of ascending ``labels`` and their squared norms: from the copy where it is
-        current, else from the backend."""
-        copy = self._vectors
-        if copy is None:
-            vectors = self._backend.get_vectors(labels)
-            return vectors, ranking.squared_norms(vectors)
-        norms = self._copy_norms(copy)
-        if not table.any_changed and labels[-1] < len(copy):
-            return np.take(copy, labels, axis=0), np.take(norms, labels)  # take: faster than copy[labels]
-        current = labels < len(copy)
-        current[current] = ~table.changed[labels[current]]
-        out = np.empty((len(labels), self._backend.dimension), np.float32)
-        out[current] = np.take(copy, labels[current], axis=0)
-        if not current.all():
-            out[~current] = self._backend.get_vectors(labels[~current])
-        squared = np.empty(len(labels), np.float32)
-        squared[current] = np.take(norms, labels[current])
-        squared[~current] = ranking.squared_norms(out[~current])
-        return out, squared
-
-    def _copy_norms(self, copy: Matrix) -> Matrix:
-        """The squared norm of every row of the copy, computed once (two racing scans both compute it)."""
-        if self._norms is None:
-            self._norms = ranking.squared_norms(copy)
-        return self._norms
+        sweep = bool(len(labels)) and self.costs.sweeps(len(labels), table.size)
+        found, distances = self._exact(query, labels, k, plan.cap, table, sweep=sweep)
+        return Answer(found, distances, Strategy.EXACT_SCAN, len(found) < k)
 
 
-def _passing(labels: Labels, distances: Matrix, plan: _Plan, table: Table) -> tuple[Labels, Matrix]:
-    """The candidates (nearest first) that pass the filter and the crowding cap."""
+def _depth(wanted: int, plan: _Plan, live: int, available: int, excluded: int = 0) -> int:
+    """How many of the nearest items hold ``wanted`` passing ones beside ``excluded`` excluded ones,
+    the restricts passing ``plan.rest`` of ``live`` items; the margin goes to the passing ones only
+    (the excluded ones are counted exactly)."""
+    share = live / max(plan.rest, 1)
+    return min(available, max(wanted + excluded, math.ceil((excluded + PUSH_MARGIN * wanted) * share)))
+
+
+def _mask_of(plan: _Plan, table: Table) -> Mask:
+    """The passing items as a mask over labels, as push-down hands them to the backend."""
+    if plan.mask is not None:
+        return plan.mask
+    if plan.labels is None:
+        return table.live
+    mask = np.zeros(table.size, np.bool_)
+    mask[plan.labels] = True
+    return mask
+
+
+def _passing(labels: Labels, plan: _Plan, table: Table) -> npt.NDArray[np.intp]:
+    """Positions of the candidates (nearest first) that pass the filter and the crowding cap."""
     keep = labels >= 0
     if plan.labels is not None:
-        keep[keep] = _among(labels[keep], plan.labels)
+        keep[keep] = among(labels[keep], plan.labels)
     elif plan.mask is not None:
         keep &= labels < len(plan.mask)  # a label the store was not told about yet does not pass
         keep[keep] = plan.mask[labels[keep]]
-    labels, distances = labels[keep], distances[keep]
+    positions = np.flatnonzero(keep)
     if plan.cap:
-        within = ranking.crowd(_tags(table, labels), plan.cap)
-        labels, distances = labels[within], distances[within]
-    return labels, distances
-
-
-def _among(labels: Labels, ascending: Labels) -> Mask:
-    """Which of ``labels`` are in the ascending array ``ascending`` (binary search)."""
-    if not len(ascending):
-        return np.zeros(len(labels), np.bool_)
-    at = np.minimum(np.searchsorted(ascending, labels), len(ascending) - 1)
-    found: Mask = ascending[at] == labels
-    return found
-
-
-def _crowded_order(scores: Matrix, tags: npt.NDArray[np.int32], cap: int, wanted: int) -> Labels:
-    """Positions of the ``wanted`` best ``scores`` that respect the crowding cap, best first."""
-    shortlist = min(len(scores), 4 * wanted)
-    while True:
-        top = np.argpartition(scores, shortlist - 1)[:shortlist] if shortlist < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(scores[top], kind="stable")]
-        kept = top[ranking.crowd(tags[top], cap)]
-        if len(kept) >= wanted or shortlist == len(scores):
-            return kept[:wanted]
-        shortlist = min(len(scores), shortlist * GROWTH)
-
-
-def _tags(table: Table, labels: Labels) -> npt.NDArray[np.int32]:
-    inside = labels < table.size
-    if inside.all():
-        return table.tags[labels]
-    out = np.full(len(labels), NO_TAG, np.int32)
-    out[inside] = table.tags[labels[inside]]
-    return out
+        positions = positions[ranking.crowd(tags_of(table, labels[positions]), plan.cap)]
+    return positions
 
 
 def _key(params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:

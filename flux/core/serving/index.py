@@ -92,7 +92,7 @@ class ServedIndex:
         self._resolved: dict[tuple[tuple[str, float], ...], dict[str, float]] = {}
         #: The items' attributes, by label; the write path changes them (``set``, ``clear``).
         self.attributes = artifact.attributes or AttributeStore.empty(len(artifact.ids))
-        #: Plans the filtered queries (flux.core.query.filters); its learnt costs are public, for tools and tests.
+        #: Plans the filtered queries (flux.core.query.filters); its fixed cost model is public, for tools and tests.
         self.planner = Planner(self.nearest, self.backend, self.attributes, self.labels_of, artifact.filter_vectors)
 
     @property

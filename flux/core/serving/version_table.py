@@ -60,6 +60,9 @@ class VersionTable:
         self._slots: dict[int, VersionSlot] = {}
         self._active: VersionSlot | None = None
         self._scanned = False  # until the source is first read, "no version" means "not yet"
+        #: Why the source holds no version when that is known better than "none found" (a writable
+        #: index whose empty first version could not be created says why here).
+        self.source_problem = ""
         self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
 
     # -- the request path -------------------------------------------------------------
@@ -101,6 +104,10 @@ class VersionTable:
                 f"index {self.name!r} failed to load version {newest.version}: {reason}", field="index"
             )
         source = self.settings.source
+        if self.source_problem:
+            return FailedPrecondition(
+                f"index {self.name!r} has no version to serve: {self.source_problem}", field="index"
+            )
         why = (
             "it does not exist"
             if not source.exists()

@@ -6,10 +6,12 @@ Only a write that passes them reaches the log, so every record the log holds can
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from flux.core.serving.index import ServedIndex, check_vectors
 from flux_core.backend import Matrix
 from flux_core.errors import InvalidArgument, shown
+from flux_core.storage import artifact
 from flux_core.storage.attributes import ItemAttributes
 
 
@@ -63,3 +65,13 @@ def check_ids(ids: Sequence[str], field: str, limit: int) -> None:
                 f"{field}[{row}] {shown(item)} repeats {field}[{first}]; give each id once per request",
                 field=f"{field}[{row}]",
             )
+
+
+def writable_source_problem(index: str, source: Path) -> str:
+    """Why ``source`` cannot hold a writable index's versions ("" when it can): it is a bare artifact."""
+    if (source / artifact.MANIFEST).is_file():
+        return (
+            f"index {index!r} takes writes, so its path must be a directory of numbered versions "
+            f"(e.g. {source}/1/), not an artifact; move the artifact into {source}/1/"
+        )
+    return ""

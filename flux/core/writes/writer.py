@@ -43,7 +43,7 @@ from flux.core.serving import versions
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.manager import IndexManager, VersionHooks
 from flux.core.writes.apply import apply_ops
-from flux.core.writes.checks import check_ids, check_upsert, immutable_message
+from flux.core.writes.checks import check_ids, check_upsert, immutable_message, writable_source_problem
 from flux.core.writes.commit import GroupCommit, Ticket
 from flux.core.writes.mutations import Delete, Upsert, decode, encode
 from flux.core.writes.wal import Log, LogLocked
@@ -353,11 +353,8 @@ class Writer(VersionHooks):
 
     def _prepare_source(self, source: Path) -> str:
         """Why the source cannot take writes ("" when it can); creates an empty version 1 when told how."""
-        if (source / artifact.MANIFEST).is_file():
-            return (
-                f"index {self.name!r} takes writes, so its path must be a directory of numbered versions "
-                f"(e.g. {source}/1/), not an artifact; move the artifact into {source}/1/"
-            )
+        if problem := writable_source_problem(self.name, source):
+            return problem
         if versions.scan(source):
             return ""
         s = self.settings
@@ -379,8 +376,10 @@ class Writer(VersionHooks):
                 metric=s.metric,
                 name=self.name,
             )
-        except FluxError as exc:
-            log.error("index %r: could not create an empty version 1 in %s: %s", self.name, source, exc.message)
+        except Exception as exc:  # a plugin's own error too: GetIndex and every request must say it
+            why = exc.message if isinstance(exc, FluxError) else f"{type(exc).__name__}: {exc}"
+            self._manager.source_problem = f"could not create an empty version 1 in {source.name}/: {why}"
+            log.error("index %r: %s", self.name, self._manager.source_problem)
         else:
             log.info("index %r: created an empty version 1 in %s", self.name, source)
         return ""

@@ -33,7 +33,9 @@ class IvfBackend(Backend):
         "seed": Param(0, 0, 2**31 - 1, doc="random seed of the k-means start, for reproducible builds"),
     }
     search_params: ClassVar[Mapping[str, Param]] = {
-        "nprobe": Param(8, 1, 65_536, doc="lists scanned per query; more gives higher recall, slower"),
+        "nprobe": Param(
+            8, 1, 65_536, doc="lists scanned per query (more if they hold under k items); more: higher recall"
+        ),
     }
 
     def __init__(
@@ -89,10 +91,10 @@ class IvfBackend(Backend):
 
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> IvfBackend:
-        centroids = np.load(directory / "centroids.npy", allow_pickle=False)
-        offsets = np.load(directory / "offsets.npy", allow_pickle=False)
-        vectors = np.load(directory / "vectors.npy", mmap_mode="r", allow_pickle=False)
-        labels = np.load(directory / "labels.npy", allow_pickle=False)
+        centroids = _load_npy(directory / "centroids.npy")
+        offsets = _load_npy(directory / "offsets.npy")
+        vectors = _load_npy(directory / "vectors.npy", mmap=True)
+        labels = _load_npy(directory / "labels.npy")
         nlist = len(centroids)
         if (
             centroids.shape != (nlist, dimension)
@@ -118,8 +120,14 @@ class IvfBackend(Backend):
         if self.metric is Metric.COSINE:
             queries = _normalised(queries)
         nprobe = min(int(params["nprobe"]), nlist)
-        probed = np.argpartition(_coarse_scores(queries, self._centroids, self.metric), nprobe - 1, axis=1)
-        for row, lists in enumerate(probed[:, :nprobe]):
+        wanted = min(k, len(self))
+        sizes = np.diff(self._offsets)
+        nearest = np.argsort(_coarse_scores(queries, self._centroids, self.metric), axis=1, kind="stable")
+        for row, order in enumerate(nearest):
+            # nprobe lists, and the next nearest ones while they hold fewer than k items: a search
+            # returns k results whenever the index holds k items, however small nprobe is.
+            probe = max(nprobe, int(np.searchsorted(np.cumsum(sizes[order]), wanted)) + 1)
+            lists = order[:probe]
             rows = np.concatenate([np.arange(self._offsets[i], self._offsets[i + 1]) for i in lists])
             found = _distances(self._vectors[rows], queries[row], self.metric)
             keep = min(k, len(rows))
@@ -141,6 +149,15 @@ class IvfBackend(Backend):
     def stats(self) -> dict[str, Any]:
         sizes = np.diff(self._offsets)
         return {"nlist": len(self._centroids), "largest_list": int(sizes.max()) if len(sizes) else 0}
+
+
+def _load_npy(path: Path, *, mmap: bool = False) -> npt.NDArray[Any]:
+    """``np.load``; an empty file raises ValueError, as Flux expects, where numpy raises EOFError."""
+    try:
+        array: npt.NDArray[Any] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except EOFError as exc:
+        raise ValueError(f"{path.name} is empty or cut short: {exc}") from exc
+    return array
 
 
 def _kmeans(data: Matrix, nlist: int, iterations: int, rng: np.random.Generator) -> Matrix:
