@@ -33,7 +33,17 @@ from flux_core.errors import InvalidArgument
 from tests.support import brute_force, build_artifact
 from tests.test_cli import ENV, FLUX, flux
 
-MODES = {"library", "library-batch", "echo", "bare", "bare-batch", "flux-unary", "flux-batch"}
+MODES = {
+    "library",
+    "library-batch",
+    "echo",
+    "bare",
+    "bare-batch",
+    "flux-unary",
+    "flux-batch",
+    "echo-stream",
+    "flux-stream",
+}
 CPUS = sorted(os.sched_getaffinity(0))
 
 
@@ -55,7 +65,8 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert all(r["qps"] > 0 and r["queries"] > 0 for r in mine)
         assert all(0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in mine)
         assert {r["workers"] for r in mine if r["mode"] == "flux-unary"} == {1, 2}
-        searched = [r for r in mine if r["mode"] != "echo"]
+        assert {(r["load"], r["workers"]) for r in mine if r["mode"].endswith("-stream")} == {(2, 2)}  # beside unary
+        searched = [r for r in mine if not r["mode"].startswith("echo")]
         assert all(0.0 <= r["recall"] <= 1.0 for r in searched)
         assert {r["value"] for r in searched} == ({32.0} if backend == "hnsw" else {100.0})
         assert all(r["same_as_library"] == 1.0 for r in mine if r["mode"].startswith("flux"))
@@ -75,7 +86,11 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
             "unary p50, 1 client, vs bare",
             "unary server CPU per call",
             "server memory, 1 worker",
+            "StreamSearch server CPU per query",
+            "StreamSearch QPS, 2 streams",
         } <= names
+        identical = next(t for t in results["targets"] if t["backend"] == backend and "identical" in t["name"])
+        assert identical["passed"], identical  # every answer of a stream is the one Search gave
         cpu_target = next(t for t in results["targets"] if t["backend"] == backend and "CPU" in t["name"])
         assert cpu_target["ratio"] == pytest.approx(cpu_target["measured"] / cpu_target["ceiling"])
     assert max(r["recall"] for r in rows if r["backend"] == "hnsw" and r["mode"] == "library") > 0.9
@@ -89,16 +104,21 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert not server & clients
         placed = pinning["processes"]
         assert {p["role"] for p in placed} == {"server", "library", "clients"}
-        assert len({p["pid"] for p in placed if p["role"] == "clients"}) == 2
+        assert len({p["pid"] for p in placed if p["name"] == "load clients"}) == 2
+        assert len({p["pid"] for p in placed if p["name"] == "stream clients"}) == 2
         for p in placed:  # as read back from every thread of every process
             assert set(p["cpus"]) <= (clients if p["role"] == "clients" else server), p
-        for name in ("flux (2 workers)", "bare (2 workers)", "echo (2 workers)"):  # the workers inherited the set
+        for name in ("flux (2 workers)", "bare (2 workers)", "echo (2 workers)", "flux-stream (2 workers)"):
             assert sum(p["name"].endswith(name) for p in placed) >= 3, name  # the server and its 2 workers
         assert f"pinned: servers and the in-process library on CPUs {format_cpus(server)}" in printed.out
     else:
         assert pinning["mode"] == "shared"
 
     assert "flux-unary (2 clients, 2 workers)" in printed.out
+    assert "flux-stream (2 clients, 2 workers)" in printed.out
+    assert re.search(
+        r"hnsw: Search vs StreamSearch at ef=32 .*\n.*\necho, 2 clients, 2 workers .*\nFlux, 2 clients", printed.out
+    )
     assert "CPU µs/call" in printed.out
     assert re.search(r"hnsw: CPU per query at ef=32, µs .*\n.*Flux / bare\nSearch, 1 client ", printed.out)
     assert "targets (each ratio from this one run)" in printed.out

@@ -6,14 +6,11 @@ tests/test_golden_java.py and tests/test_golden_go.py replay the same files with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -21,22 +18,10 @@ import pytest
 
 from flux_core.errors import Reason
 from tests.test_contract_release import released_methods
+from tools import golden
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "protos" / "examples"
-
-
-def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("flux_golden_tool", REPO / "tools" / "golden.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-golden = _load_tool()
 
 
 def cases(examples: Path = EXAMPLES) -> list[tuple[str, dict[str, Any]]]:
@@ -132,7 +117,7 @@ def test_every_example_replays_against_a_real_server() -> None:
 
 
 def test_the_committed_examples_are_what_the_recorder_writes_now() -> None:
-    """`make golden` on an unchanged server changes nothing: the cases of tools/golden.py are the committed ones,
+    """`make golden` on an unchanged server changes nothing: the cases of tools/golden/ are the committed ones,
     and every answer comes out the same on every run (no timestamps, no ties, no background work)."""
     recorded = golden.record()
 

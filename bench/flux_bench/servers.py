@@ -2,7 +2,8 @@
 
 The echo server is the floor of any Python gRPC service: it registers the same method
 names as Flux, parses nothing and answers every call with canned bytes as large as
-Flux's answer. Whatever Flux adds on top of it is Flux's own cost plus the search.
+Flux's answer. Whatever Flux adds on top of it is Flux's own cost plus the search. For a
+bidirectional stream (StreamSearch) it answers every message with such bytes, one at a time.
 
 The bare server is the least a Python search server does: it parses the request, runs
 the backend's search on the same artifact and encodes the answer, with no validation,
@@ -21,7 +22,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -78,15 +79,19 @@ def echo_server(
     threads: int = 16,
     processes: int = 0,
     cpus: Collection[int] | None = None,
+    streams: Mapping[str, bytes] | None = None,
 ) -> ServerProcess:
-    """The baseline: ``responses`` maps a method (``/pkg.Service/Method``) to the bytes it answers.
+    """The baseline: ``responses`` maps a method (``/pkg.Service/Method``) to the bytes it answers,
+    ``streams`` a bidirectional streaming method to the bytes it answers each message with.
 
     The ``processes`` model runs ``processes`` workers (default: one per CPU) on one port.
     """
     if model not in ECHO_MODELS:
         raise ValueError(f"echo model must be one of {', '.join(ECHO_MODELS)}, got {model!r}")
     count = processes or os.cpu_count() or 1
-    child = Child(_echo_main, dict(responses), model, threads, count, name=f"flux-bench-echo-{model}", cpus=cpus)
+    canned = {method: (answer, False) for method, answer in responses.items()}
+    canned.update({method: (answer, True) for method, answer in (streams or {}).items()})
+    child = Child(_echo_main, canned, model, threads, count, name=f"flux-bench-echo-{model}", cpus=cpus)
     return ServerProcess(child)
 
 
@@ -144,7 +149,11 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
 Serve = Callable[[str, bool, Any], None]
 
 
-def _echo_main(conn: Connection, responses: dict[str, bytes], model: str, threads: int, processes: int) -> None:
+#: What the echo answers: for each method, the bytes, and whether the method is a bidirectional stream.
+Canned = dict[str, tuple[bytes, bool]]
+
+
+def _echo_main(conn: Connection, responses: Canned, model: str, threads: int, processes: int) -> None:
     def serve(address: str, reuse_port: bool, started: Any) -> None:
         _echo_serve(responses, "sync" if reuse_port else model, threads, address, reuse_port, started)
 
@@ -205,11 +214,11 @@ class _PipeEvent:
         os.close(self._fd)
 
 
-def _echo_handlers(responses: dict[str, bytes], asynchronous: bool) -> Any:
+def _echo_handlers(responses: Canned, asynchronous: bool) -> Any:
     import grpc
 
     by_service: dict[str, dict[str, Any]] = {}
-    for method, answer in responses.items():
+    for method, (answer, streams) in responses.items():
         service, name = method.strip("/").split("/")
 
         def reply(request: bytes, context: Any, answer: bytes = answer) -> bytes:
@@ -218,13 +227,24 @@ def _echo_handlers(responses: dict[str, bytes], asynchronous: bool) -> Any:
         async def reply_async(request: bytes, context: Any, answer: bytes = answer) -> bytes:
             return answer
 
-        handler = grpc.unary_unary_rpc_method_handler(reply_async if asynchronous else reply)
+        def replies(requests: Iterator[bytes], context: Any, answer: bytes = answer) -> Iterator[bytes]:
+            for _ in requests:
+                yield answer
+
+        async def replies_async(requests: AsyncIterator[bytes], context: Any, answer: bytes = answer) -> Any:
+            async for _ in requests:
+                yield answer
+
+        if streams:
+            handler = grpc.stream_stream_rpc_method_handler(replies_async if asynchronous else replies)
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(reply_async if asynchronous else reply)
         by_service.setdefault(service, {})[name] = handler
     return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
 
 
 def _echo_serve(
-    responses: dict[str, bytes],
+    responses: Canned,
     model: str,
     threads: int,
     address: str,

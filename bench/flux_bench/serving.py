@@ -9,7 +9,10 @@ For each data set and backend it measures, at every swept search parameter:
 * ``bare-batch``: the bare server answering the same batches as ``flux-batch``;
 * ``flux-unary``: Flux's Search, from 1 and from C client processes;
 * ``flux-batch``: Flux's BatchSearch with B queries per call (packed answers, as the Python client
-  asks for them), from one client.
+  asks for them), from one client;
+* ``flux-stream``: Flux's StreamSearch, one stream per client process from C processes, each
+  keeping a few queries in flight; ``echo-stream``: the echo answering such streams. Every
+  answer a stream gives is checked against the one Search gave to the same query.
 
 With two CPUs or more, the servers run on CPUs of their own and the load clients on others
 (``--server-cpus``, ``--client-cpus``; ``--shared-cpus`` lets every process use every CPU), and
@@ -40,6 +43,8 @@ from flux_bench.procs import format_cpus, parse_cpus
 from flux_bench.progress import Progress
 from flux_bench.servers import ECHO_MODELS
 from flux_bench.serving_measure import Bench, Setting
+from flux_bench.serving_stream import StreamClients, print_streams
+from flux_bench.serving_stream import targets as stream_targets
 from flux_core.backend import Metric
 
 
@@ -170,26 +175,35 @@ def run(args: argparse.Namespace) -> int:
     progress(placement.describe())
     echo_models = _echo_models(args)  # measured once, on the first data set and backend
     pool = LoadClients(clients, placement.clients)
+    streams = StreamClients(clients, placement.clients)
     try:
         for setting, dataset in settings:
             progress(f"{dataset.name}: {len(dataset.base):,} x {dataset.dimension}, {len(dataset.queries):,} queries")
             for backend in setting.backends:
                 bench = Bench(args, setting, dataset, backend, pool, progress, seconds, clients, batch, preset.repeat,
-                              placement)  # fmt: skip
+                              placement, streams=streams)  # fmt: skip
                 result.rows.extend(bench.run(echo_models))
                 server_cpus = len(placement.server) if placement.server else None
                 result.targets.extend(
                     report.targets(result.rows, dataset.name, backend, clients, threads=args.threads,
                                    server_cpus=server_cpus)
                 )  # fmt: skip
+                result.targets.extend(
+                    stream_targets(result.rows, dataset.name, backend, clients, answers=bench.compared,
+                                   client_cpu=bench.client_cpu, server_cpus=server_cpus,
+                                   client_cpus=len(placement.clients) if placement.clients else None)
+                )  # fmt: skip
                 echo_models = ()
         placement.record("clients", "load clients", pool.cpu_sets())  # once they have run: they pin as they start
+        placement.record("clients", "stream clients", streams.cpu_sets())
     finally:
         pool.close()
+        streams.close()
     result.pinning = placement.to_json()
     print(f"\n{placement.describe()}", file=sys.stdout)
     report_output.print_table(result.rows, sys.stdout)
     report_output.print_cpu(result.rows, sys.stdout)
+    print_streams(result.rows, sys.stdout)
     report_output.print_targets(result.targets, sys.stdout)
     json_path = args.json or args.work_dir / "results.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)

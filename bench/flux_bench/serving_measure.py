@@ -2,7 +2,9 @@
 
 The ceilings are the library in-process, an echo gRPC server answering Flux-sized messages and
 a bare Python search server; each is measured beside Flux at every swept search value, so
-that a ratio compares runs made seconds apart on a machine whose load may drift.
+that a ratio compares runs made seconds apart on a machine whose load may drift. Where Flux's
+Search is measured under the many-client load, its StreamSearch is too, one stream per client
+(``flux_bench.serving_stream``), beside the echo answering a stream.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from flux_bench.data import Dataset, Synthetic, recall
 from flux_bench.library import SWEEP_PARAM, Library, batches
 from flux_bench.load import Job, LoadClients
 from flux_bench.placement import Placement
+from flux_bench.procs import cpu_seconds
 from flux_bench.servers import SEARCH_METHOD, ServerProcess, bare_server, echo_server, flux_server
+from flux_bench.serving_stream import (
+    STREAM_SEARCH,
+    StreamClients,
+    StreamJob,
+    echo_stream_answer,
+    identical,
+    stream_requests,
+)
+from flux_bench.serving_stream import found as stream_found
 from flux_core.storage import artifact, builder
 
 SEARCH = SEARCH_METHOD
@@ -60,6 +72,7 @@ class Bench:
         batch: int,
         preset_repeat: int = 1,
         placement: Placement | None = None,
+        streams: StreamClients | None = None,
     ) -> None:
         if backend not in SWEEP_PARAM:
             raise SystemExit(f"flux bench serving: backend {backend!r} has no in-process runner")
@@ -75,6 +88,14 @@ class Bench:
         self.library_found: dict[float, np.ndarray] = {}
         self.placement = placement or Placement(None, None, frozenset(os.sched_getaffinity(0)))
         self.cpus = self.placement.server  # the servers' and the library's
+        self.streams = streams  # None: no StreamSearch runs
+        #: By swept value: Search's answer to each query (index -> bytes), under the many-client load.
+        self.unary_answers: dict[float, dict[int, bytes]] = {}
+        #: Over every StreamSearch run: queries answered by both Search and the stream, and how many alike.
+        self.compared = (0, 0)
+        #: The load clients' own CPU per query (µs, their warm-up included), by (mode, value), for Flux's
+        #: Search and StreamSearch under the many-client load: whether the clients or the server set the QPS.
+        self.client_cpu: dict[tuple[str, float], list[float]] = {}
 
     def run(self, echo_models: Sequence[tuple[str, int]] = ()) -> list[report.Row]:
         """Measure every swept value in two phases, each alternating between the ceilings and Flux,
@@ -84,6 +105,7 @@ class Bench:
         library = Library(self.backend, path, data.dimension, data.metric.value, data.queries, cpus=self.cpus)
         echo, flux = self._echo_server("sync", 1), flux_server(self._config(path, 1), cpus=self.cpus)
         bare = bare_server(path, threads=self.args.server_threads, search_threads=self.threads, cpus=self.cpus)
+        streaming = self._stream_servers(path, 1) if self.workers == 1 else []
         try:
             for value in self.values:  # one worker: latency, batches, and memory
                 for _ in range(self.repeat):
@@ -93,6 +115,7 @@ class Bench:
                         self._unary(echo, "echo", value, clients, 1)
                         self._unary(bare, "bare", value, clients, 1)
                         self._unary(flux, "flux-unary", value, clients, 1)
+                    self._streamed(streaming, value, 1)
                     self._batches(bare, value, "bare-batch")
                     self._batches(flux, value, "flux-batch")
             self._rss(library.rss(), "library")
@@ -100,24 +123,32 @@ class Bench:
             self._placed("library", "library", library.cpu_sets())
             for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
                 self._placed("server", f"{name} (1 process)", server.cpu_sets())
+            for name, server in zip(("echo-stream", "flux-stream"), streaming, strict=False):
+                self._placed("server", f"{name} (1 process)", server.cpu_sets())
         finally:
             for closing in (library, echo, bare, flux):
                 closing.close()
+            for server in streaming:
+                server.close()
         if self.workers > 1:  # many clients: each server with one process per worker
             echo = self._echo_server("processes", self.workers)
             flux = flux_server(self._config(path, self.workers), cpus=self.cpus)
             bare = bare_server(path, threads=self.args.server_threads, processes=self.workers, cpus=self.cpus)
+            streaming = self._stream_servers(path, self.workers)
             try:
                 for value in self.values:
                     for _ in range(self.repeat):
                         self._unary(echo, "echo", value, self.clients, self.workers)
                         self._unary(bare, "bare", value, self.clients, self.workers)
                         self._unary(flux, "flux-unary", value, self.clients, self.workers)
+                        self._streamed(streaming, value, self.workers)
                 self._rss(flux.rss(), "flux-unary")
                 for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
                     self._placed("server", f"{name} ({self.workers} workers)", server.cpu_sets())
+                for name, server in zip(("echo-stream", "flux-stream"), streaming, strict=False):
+                    self._placed("server", f"{name} ({self.workers} workers)", server.cpu_sets())
             finally:
-                for closing in (echo, bare, flux):
+                for closing in (echo, bare, flux, *streaming):
                     closing.close()
         for model, threads in echo_models:  # the concurrency-model study
             echo = self._echo_server(model, self.workers if model == "processes" else 1, threads)
@@ -191,26 +222,69 @@ class Bench:
             for q in self.data.queries
         ]
 
-    def _echo_server(self, model: str, processes: int, threads: int = 0) -> ServerProcess:
-        """An echo server answering Search with bytes as large as Flux's answer."""
+    def _echo_server(self, model: str, processes: int, threads: int = 0, *, streams: bool = False) -> ServerProcess:
+        """An echo server answering Search (or with ``streams``, each StreamSearch message) with bytes as
+        large as Flux's answer."""
         neighbors = types_pb2.Neighbors(
             ids=[str(label) for label in self.data.truth[0][: self.k]], distances=[1.0] * self.k
         )
         answer = pb.SearchResponse(index=INDEX, version=1, neighbors=neighbors).SerializeToString()
         threads = threads or self.args.server_threads
-        return echo_server({SEARCH: answer}, model=model, threads=threads, processes=processes, cpus=self.cpus)
+        canned = {STREAM_SEARCH: echo_stream_answer(answer)} if streams else {}
+        return echo_server({} if streams else {SEARCH: answer}, model=model, threads=threads, processes=processes,
+                           cpus=self.cpus, streams=canned)  # fmt: skip
 
-    def _config(self, path: Path, workers: int) -> dict[str, Any]:
+    def _stream_servers(self, path: Path, workers: int) -> list[ServerProcess]:
+        """The echo and Flux for StreamSearch: as for Search, but with a handler thread per stream at
+        least, since an open stream holds one for its whole life (the kernel may give one worker
+        every stream). No servers without a stream client pool."""
+        if self.streams is None:
+            return []
+        threads = max(self.args.server_threads, self.clients)
+        model = "processes" if workers > 1 else "sync"
+        echo = self._echo_server(model, workers, threads, streams=True)
+        return [echo, flux_server(self._config(path, workers, threads), cpus=self.cpus)]
+
+    def _streamed(self, servers: Sequence[ServerProcess], value: float, workers: int) -> None:
+        """Each client process opens one StreamSearch and keeps a few queries in flight on it."""
+        if not servers or self.streams is None:
+            return
+        echo, flux = servers
+        requests = stream_requests(self._search_requests(value))
+        for mode, server in (("echo-stream", echo), ("flux-stream", flux)):
+            job = StreamJob(server.address, STREAM_SEARCH, requests, seconds=self.seconds, max_calls=2_000_000)
+            before = cpu_seconds(list(self.streams.cpu_sets()))
+            result = self.streams.run(job, self.clients, server.cpu_seconds)
+            spent = cpu_seconds(list(self.streams.cpu_sets())) - before
+            self.client_cpu.setdefault((mode, value), []).append(spent / max(result.calls, 1) * 1e6)
+            found = None
+            if mode == "flux-stream":
+                found = stream_found(result.responses, len(self.data.queries), self.k)
+                compared, same = identical(result.responses, self.unary_answers.get(value, {}))
+                self.compared = (self.compared[0] + compared, self.compared[1] + same)
+            self._add(mode, self.clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers,
+                      result.server_cpu_seconds)  # fmt: skip
+
+    def _config(self, path: Path, workers: int, threads: int = 0) -> dict[str, Any]:
+        threads = threads or self.args.server_threads
         return {
-            "server": {"threads": self.args.server_threads, "search_threads": self.threads, "workers": workers},
+            "server": {"threads": threads, "search_threads": self.threads, "workers": workers},
             "limits": {"max_batch": max(1024, self.batch), "max_k": max(1024, self.k)},
             "indexes": [{"name": INDEX, "path": str(path.resolve())}],
         }
 
     def _unary(self, server: ServerProcess, mode: str, value: float, clients: int, workers: int) -> None:
         job = self._job(server.address, SEARCH, self._search_requests(value))
+        many = mode == "flux-unary" and clients == self.clients
+        before = cpu_seconds(list(self.pool.cpu_sets())) if many else 0.0
         result = self.pool.run(job, clients, server.cpu_seconds)
         found = self._found(result.responses) if mode != "echo" else None  # the echo does not search
+        if many:  # what StreamSearch is compared with, and must answer alike
+            spent = cpu_seconds(list(self.pool.cpu_sets())) - before
+            self.client_cpu.setdefault((mode, value), []).append(spent / max(result.calls, 1) * 1e6)
+            answers = self.unary_answers.setdefault(value, {})
+            for index, response in result.responses.items():
+                answers.setdefault(index, response)
         self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers,
                   result.server_cpu_seconds)  # fmt: skip
 

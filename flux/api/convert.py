@@ -17,11 +17,12 @@ from flux_core.errors import InvalidArgument, Reason
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+    from google.rpc import status_pb2
 
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
-SearchRequests = (
-    vector_service_pb2.SearchRequest | vector_service_pb2.BatchSearchRequest | vector_service_pb2.SearchByIdRequest
-)
+#: One query of a StreamSearch carries the fields of a SearchRequest (the same names and numbers).
+OneQuery = vector_service_pb2.SearchRequest | vector_service_pb2.StreamSearchRequest
+SearchRequests = OneQuery | vector_service_pb2.BatchSearchRequest | vector_service_pb2.SearchByIdRequest
 
 METRICS = {
     Metric.L2: types_pb2.METRIC_L2,
@@ -80,7 +81,8 @@ def encode_vectors(matrix: np.ndarray) -> types_pb2.FloatVectors:
 # -- searches: one decoder per request, one encoder per response ---------------------------------
 
 
-def search_query(request: vector_service_pb2.SearchRequest) -> Query:
+def search_query(request: OneQuery) -> Query:
+    """A Search, or one query of a StreamSearch: its errors name the same fields either way."""
     vectors = decode_vectors(request.vector, "vector")
     return Query(request.index, request.k, vectors, request.vector.dimension, **_shared(request))
 
@@ -110,9 +112,32 @@ def _shared(request: SearchRequests) -> dict[str, Any]:
 
 
 def search_response(result: Result) -> vector_service_pb2.SearchResponse:
-    response = vector_service_pb2.SearchResponse(index=result.index, version=result.version, alias=result.alias)
-    _neighbors(response.neighbors, result)
+    response = vector_service_pb2.SearchResponse()
+    _search(response, result)
     return response
+
+
+def stream_response(request_id: int, result: Result) -> vector_service_pb2.StreamSearchResponse:
+    """One answer of a StreamSearch: the query's id and, in ``search``, the SearchResponse Search would give."""
+    response = vector_service_pb2.StreamSearchResponse(request_id=request_id)
+    _search(response.search, result)  # filled where it stays: no copy of the neighbours
+    return response
+
+
+def stream_error(request_id: int, status: status_pb2.Status) -> vector_service_pb2.StreamSearchResponse:
+    """The answer of a StreamSearch query that failed: its id and ``status`` (a google.rpc.Status, field for field)."""
+    response = vector_service_pb2.StreamSearchResponse(request_id=request_id)
+    error = response.error
+    error.code, error.message = status.code, status.message
+    error.details.extend(status.details)
+    return response
+
+
+def _search(into: vector_service_pb2.SearchResponse, result: Result) -> None:
+    into.index, into.version = result.index, result.version
+    if result.alias:
+        into.alias = result.alias
+    _neighbors(into.neighbors, result)
 
 
 def by_id_response(result: Result) -> vector_service_pb2.SearchByIdResponse:
@@ -135,6 +160,7 @@ STRATEGIES = {
     Strategy.INDEX: types_pb2.SEARCH_STRATEGY_INDEX,
     Strategy.EXACT_SCAN: types_pb2.SEARCH_STRATEGY_EXACT_SCAN,
     Strategy.OVERFETCH: types_pb2.SEARCH_STRATEGY_OVERFETCH,
+    Strategy.NATIVE_FILTER: types_pb2.SEARCH_STRATEGY_NATIVE_FILTER,
 }
 
 

@@ -11,6 +11,11 @@ A ``FluxError`` raised without a reason gets one from ``reason_of``, which tells
 the error's class and the field it names (and, for a few, by its message): the core raises
 errors without knowing how they travel. Anything else is a bug: it is logged with its traceback
 under a request id, and the caller sees INTERNAL with that id only, never the traceback.
+
+A stream of queries (``VectorService.StreamSearch``) answers each query on its own: a query that
+fails is yielded by the servicer as a ``QueryFailed``, which the interceptor turns into that
+query's answer carrying the very ``google.rpc.Status`` a unary call with the query would have
+ended with, and the stream goes on.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 
 
 REASON_KEY = "flux-error-reason"
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: Metadata values longer than this (an index name a caller made up, say) are left out.
 _MAX_METADATA_VALUE = 256
 
@@ -129,15 +136,15 @@ def _failed_precondition(field: str, message: str) -> Reason:
     return Reason.FAILED_PRECONDITION
 
 
-def status(
+def rich_status(
     code: Code,
     message: str,
     reason: str,
     *,
     field: str | None = None,
     metadata: Mapping[str, str] | None = None,
-) -> grpc.Status:
-    """A status with ErrorInfo (and BadRequest for an INVALID_ARGUMENT naming a field), for ``abort_with_status``."""
+) -> status_pb2.Status:
+    """The ``google.rpc.Status``: ErrorInfo, and BadRequest for an INVALID_ARGUMENT naming a field."""
     info = {key: value for key, value in (metadata or {}).items() if value and len(value) <= _MAX_METADATA_VALUE}
     if field:
         info["field"] = field
@@ -149,10 +156,25 @@ def status(
     for detail in details:
         packed.append(any_pb2.Any())
         packed[-1].Pack(detail)
-    rich = status_pb2.Status(code=code, message=message, details=packed)
+    return status_pb2.Status(code=code, message=message, details=packed)
+
+
+def status(
+    code: Code,
+    message: str,
+    reason: str,
+    *,
+    field: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> grpc.Status:
+    """A status with ErrorInfo (and BadRequest for an INVALID_ARGUMENT naming a field), for ``abort_with_status``."""
+    return _trailers(rich_status(code, message, reason, field=field, metadata=metadata), reason)
+
+
+def _trailers(rich: status_pb2.Status, reason: str) -> grpc.Status:
     return _Status(
-        grpc.StatusCode[code.name],
-        message,
+        _GRPC_CODES[rich.code],
+        rich.message,
         (("grpc-status-details-bin", rich.SerializeToString()), (REASON_KEY, reason)),
     )
 
@@ -161,6 +183,20 @@ def to_status(error: FluxError, metadata: Mapping[str, str] | None = None) -> gr
     """The status of a raised ``FluxError``; ``metadata`` is added to the error's own."""
     merged = {**(metadata or {}), **error.metadata}
     return status(error.code, error.message, reason_of(error), field=error.field, metadata=merged)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailed:
+    """One query of a stream that failed, yielded by the servicer in place of its answer.
+
+    ``ErrorInterceptor`` turns it into ``respond(status)``: the query's answer carrying the
+    ``google.rpc.Status`` a unary call with the same request would have ended with. ``error`` is
+    what the query raised, ``request`` the query's message (it names the index, for ErrorInfo).
+    """
+
+    error: Exception
+    request: Any
+    respond: Callable[[status_pb2.Status], Any]
 
 
 class _Status(NamedTuple):
@@ -176,7 +212,8 @@ def request_index(request: Any) -> str:
 
 
 class ErrorInterceptor(WrappingInterceptor):
-    """Wraps every handler that answers once (unary, client stream) so that raised exceptions become statuses.
+    """Wraps every handler that answers once (unary, client stream) so that raised exceptions become statuses,
+    and every bidirectional stream so that each failed query (``QueryFailed``) gets the status of its own.
 
     gRPC asks the interceptor for the handler on every call; the wrapped handler of each
     method is built once and remembered (``WrappingInterceptor``), so a call allocates nothing here.
@@ -189,6 +226,8 @@ class ErrorInterceptor(WrappingInterceptor):
         self._limits = {reason: str(limit) for reason, limit in (limits or {}).items()}
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._streamed(handler.stream_stream, method))
         # Calls that answer once: unary ones, and client streams (WriteService.UpsertStream).
         kind = next((k for k in ("unary_unary", "stream_unary") if getattr(handler, k, None) is not None), "")
         if not kind:
@@ -200,21 +239,63 @@ class ErrorInterceptor(WrappingInterceptor):
                 return behaviour(request, context)
             except FluxError as error:
                 answer = self._status(error, request)
-            except Exception:
+            except Exception as error:
                 if context.code() is not None:  # aborted on purpose (context.abort), e.g. a malformed stream message
                     raise
-                request_id = callcontext.request_id.get() or uuid.uuid4().hex[:16]
-                log.exception("%s failed unexpectedly (request id %s)", method, request_id)
-                message = f"internal error in Flux (request id {request_id}); the server logged the cause"
-                answer = status(Code.INTERNAL, message, Reason.INTERNAL, metadata={"request_id": request_id})
+                answer = _trailers(self._internal(method, error), Reason.INTERNAL)
             context.abort_with_status(answer)
 
         return handler._replace(**{kind: guarded})
 
+    def _streamed(self, behaviour: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
+        def streamed(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            return self._answers(behaviour(requests, context), context, method)
+
+        return streamed
+
+    def _answers(self, responses: Iterator[Any], context: grpc.ServicerContext, method: str) -> Iterator[Any]:
+        """The stream's answers, each failed query's made from its status; what ends the stream, as statuses."""
+        try:
+            for response in responses:
+                if type(response) is QueryFailed:
+                    response = response.respond(self._query_status(response, method))
+                yield response
+            return
+        except FluxError as error:  # the stream as a whole was refused
+            answer = self._status(error, None)
+        except Exception as error:
+            # Aborted on purpose (a malformed message), or the call is over (cancelled, deadline): nothing to add.
+            if context.code() is not None or isinstance(error, grpc.RpcError) or not context.is_active():
+                raise
+            answer = _trailers(self._internal(method, error), Reason.INTERNAL)
+        finally:
+            close = getattr(responses, "close", None)
+            if close is not None:  # a stream that ends early ends the servicer's generator, as ``yield from`` would
+                close()
+        context.abort_with_status(answer)
+
+    def _query_status(self, failed: QueryFailed, method: str) -> status_pb2.Status:
+        error = failed.error
+        if isinstance(error, FluxError):
+            return self._rich(error, failed.request)[0]
+        return self._internal(method, error, query=True)
+
+    def _internal(self, method: str, error: BaseException, *, query: bool = False) -> status_pb2.Status:
+        """INTERNAL for a bug, logged with its traceback under a request id that the caller is told."""
+        request_id = callcontext.request_id.get() or uuid.uuid4().hex[:16]
+        what = f"{method} failed unexpectedly" + (" on one query" if query else "")
+        log.error("%s (request id %s)", what, request_id, exc_info=error)
+        message = f"internal error in Flux (request id {request_id}); the server logged the cause"
+        return rich_status(Code.INTERNAL, message, Reason.INTERNAL, metadata={"request_id": request_id})
+
     def _status(self, error: FluxError, request: Any) -> grpc.Status:
+        return _trailers(*self._rich(error, request))
+
+    def _rich(self, error: FluxError, request: Any) -> tuple[status_pb2.Status, str]:
         reason = reason_of(error)
         metadata = {"index": request_index(request)}
         limit = self._limits.get(reason)
         if limit is not None and (reason != Reason.INVALID_FILTER or (error.field or "").endswith("exclude_ids")):
             metadata["limit"] = limit
-        return status(error.code, error.message, reason, field=error.field, metadata={**metadata, **error.metadata})
+        merged = {**metadata, **error.metadata}
+        return rich_status(error.code, error.message, reason, field=error.field, metadata=merged), reason

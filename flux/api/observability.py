@@ -32,7 +32,7 @@ from prometheus_client import Counter, Histogram
 
 from flux import callcontext, metrics
 from flux.api.errors import to_status
-from flux.api.wrapping import WrappingInterceptor
+from flux.api.wrapping import WrappingInterceptor, ended_with
 from flux_core.errors import ResponseTooLarge
 
 log = logging.getLogger("flux.requests")
@@ -132,11 +132,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
     ) -> None:
         seconds = time.perf_counter() - started
         metrics.REQUESTS_IN_FLIGHT.dec()
-        status = context.code()
-        if status is not None:
-            code = status.name
-        else:
-            code = "OK" if not failed else ("UNKNOWN" if context.is_active() else "CANCELLED")
+        code = ended_with(context, failed=failed).name
         series = self._series.get((method, index))
         if series is None:
             series = self._series[(method, index)] = (metrics.REQUEST_SECONDS.labels(method, index), {})

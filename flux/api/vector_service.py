@@ -4,6 +4,12 @@ Each handler crosses into the core once (``Catalog.search``), which holds the in
 the first check to the resolved answer, so a swap in the middle never mixes versions; the encoders
 work on the answer alone. Errors are raised as ``flux_core.errors`` and mapped in one interceptor.
 
+``StreamSearch`` takes that same path for each query of a stream, one query at a time: it reads
+the next query only once gRPC has taken the answer before it, so a caller that stops reading
+stops the stream (HTTP/2 flow control) and the server never holds more than one of its queries.
+A query that fails is yielded as ``errors.QueryFailed``, which the error interceptor turns into
+that query's answer with the status Search would have given it; the stream goes on.
+
 Besides searches, what a caller with the reader role may know: an index's description
 (``DescribeIndex``: what it needs to query it) and the server's versions (``GetServerInfo``).
 """
@@ -11,12 +17,15 @@ Besides searches, what a caller with the reader role may know: an index's descri
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from functools import partial
 
 import grpc
 
 import flux
 import flux_api
 from flux.api import admin_service, convert
+from flux.api.errors import QueryFailed
 from flux.core.serving.catalog import Catalog
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1 import vector_service_pb2_grpc
@@ -34,6 +43,18 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         return convert.search_response(self._catalog.search(convert.search_query(request)))
+
+    def StreamSearch(  # type: ignore[override]  # a QueryFailed becomes its answer in errors.ErrorInterceptor
+        self, requests: Iterator[pb.StreamSearchRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamSearchResponse | QueryFailed]:
+        search = self._catalog.search
+        for request in requests:  # gRPC asks for the next message only when this loop does
+            try:
+                response = convert.stream_response(request.request_id, search(convert.search_query(request)))
+            except Exception as error:  # this query's own failure: it is answered, and the stream goes on
+                yield QueryFailed(error, request, partial(convert.stream_error, request.request_id))
+                continue
+            yield response
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext) -> pb.BatchSearchResponse:
         result = self._catalog.search(convert.batch_query(request))

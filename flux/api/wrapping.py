@@ -43,3 +43,22 @@ class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     @abstractmethod
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` with this interceptor's behaviour around it (or ``handler`` itself)."""
+
+
+def ended_with(context: grpc.ServicerContext, *, failed: bool) -> grpc.StatusCode:
+    """The status a call ended with, as its caller sees it, once its handler is done.
+
+    A status the handler set or aborted with, else OK, UNKNOWN for an exception, or what gRPC
+    ended the call with: DEADLINE_EXCEEDED once the deadline has passed, else CANCELLED. A stream
+    whose deadline passes while its handler waits for the next message sees its messages end
+    (not an error), so a stream that ends after its deadline ended with DEADLINE_EXCEEDED.
+    """
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:
+        return code
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if context.is_active():
+        return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    return grpc.StatusCode.CANCELLED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import grpc
 import grpc.aio
@@ -61,6 +61,10 @@ class AsyncFluxClient:
         self._vectors = vector_service_pb2_grpc.VectorServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
         self._writes = write_service_pb2_grpc.WriteServiceStub(self._channel)
+        # Queries go out as bytes encoded by _codec.stream_queries (the shared fields once per stream).
+        self._stream_search = self._channel.stream_stream(
+            _codec.STREAM_SEARCH, response_deserializer=vector_service_pb2.StreamSearchResponse.FromString
+        )
 
     async def search(
         self,
@@ -109,6 +113,82 @@ class AsyncFluxClient:
         )
         response = await self._call(self._vectors.BatchSearch, request, timeout)
         return _codec.batch_result(response, max([k, *(ks or ())]))
+
+    @overload
+    def stream_search(
+        self,
+        index: str,
+        queries: _codec.Queries | AsyncIterable[npt.ArrayLike],
+        k: int = ...,
+        *,
+        params: Mapping[str, float] | None = ...,
+        filter: Filter | None = ...,
+        version: int = ...,
+        routing_key: str = ...,
+        timeout: float | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[SearchResult]: ...
+
+    @overload
+    def stream_search(
+        self,
+        index: str,
+        queries: _codec.Queries | AsyncIterable[npt.ArrayLike],
+        k: int = ...,
+        *,
+        params: Mapping[str, float] | None = ...,
+        filter: Filter | None = ...,
+        version: int = ...,
+        routing_key: str = ...,
+        timeout: float | None = ...,
+        return_exceptions: Literal[True],
+    ) -> AsyncIterator[SearchResult | FluxError]: ...
+
+    def stream_search(
+        self,
+        index: str,
+        queries: _codec.Queries | AsyncIterable[npt.ArrayLike],
+        k: int = 10,
+        *,
+        params: Mapping[str, float] | None = None,
+        filter: Filter | None = None,
+        version: int = 0,
+        routing_key: str = "",
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[SearchResult] | AsyncIterator[SearchResult | FluxError]:
+        """``FluxClient.stream_search`` as an async iterator: ``async for ids, distances in
+        flux.stream_search(index, queries, k=10)``. ``queries`` may also be an async iterable."""
+        template = _codec.stream_template(index, k, params, filter=filter, version=version, routing_key=routing_key)
+        return self._stream_results(template, queries, k, timeout, return_exceptions)
+
+    async def _stream_results(
+        self,
+        template: bytes,
+        queries: _codec.Queries | AsyncIterable[npt.ArrayLike],
+        k: int,
+        timeout: float | None,
+        return_exceptions: bool,
+    ) -> AsyncIterator[SearchResult | FluxError]:
+        """The answers of one stream, started on the first ``__anext__``."""
+        failures: list[Exception] = []
+        call = self._stream_search(_queries(template, queries, failures), timeout=timeout, metadata=self._metadata)
+        try:
+            number = 0
+            async for response in call:
+                answer = _codec.stream_result(response, k, number)
+                if isinstance(answer, FluxError) and not return_exceptions:
+                    raise answer
+                yield answer
+                number += 1
+        except grpc.RpcError as error:
+            if failures:
+                raise failures[0] from None
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()  # nothing once the stream has ended; ends it when the caller stops early
+        if failures:
+            raise failures[0]
 
     async def search_by_id(
         self,
@@ -231,6 +311,23 @@ async def _messages(
     try:
         async for batch in batches:
             yield _codec.stream_message(index, number, batch)
+            number += 1
+    except Exception as exc:  # the caller's iterator may raise anything
+        failures.append(exc)
+
+
+async def _queries(
+    template: bytes, queries: _codec.Queries | AsyncIterable[npt.ArrayLike], failures: list[Exception]
+) -> AsyncIterator[bytes]:
+    """``_codec.stream_queries`` for grpc.aio, from a plain or an async iterable of vectors."""
+    if not isinstance(queries, AsyncIterable):
+        for message in _codec.stream_queries(template, queries, failures):
+            yield message
+        return
+    number = 0
+    try:
+        async for vector in queries:
+            yield _codec.query_message(template, number, vector)
             number += 1
     except Exception as exc:  # the caller's iterator may raise anything
         failures.append(exc)

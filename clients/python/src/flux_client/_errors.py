@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from flux_client._status import FieldViolation, details
+from flux_client._status import Details, FieldViolation, details, status_details
 
 
 class FluxError(Exception):
@@ -221,7 +221,19 @@ def from_rpc_error(error: grpc.RpcError) -> FluxError:
     """The typed exception for a failed call (sync or asyncio)."""
     code: grpc.StatusCode = error.code()
     message = error.details() or ""
-    said = details(error.trailing_metadata())
+    return _typed(code, message, details(error.trailing_metadata()))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(code: int, message: str, status: bytes) -> FluxError:
+    """The typed exception for one failed query of a stream: its ``error``, a google.rpc.Status
+    (``code``, ``message`` and the Status's bytes), typed as a unary call's failure with it would be."""
+    return _typed(_CODES.get(code, grpc.StatusCode.UNKNOWN), message, status_details(status))
+
+
+def _typed(code: grpc.StatusCode, message: str, said: Details) -> FluxError:
     reason = said.reason or _reason_of_grpc_status(code, message)
     cls = _BY_REASON.get(reason)
     if cls is None or _BY_CODE.get(code) not in cls.__mro__:  # a reason must agree with the code

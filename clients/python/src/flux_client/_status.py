@@ -91,22 +91,28 @@ class Details:
 def details(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> Details:
     """The ErrorInfo and BadRequest of a failed call; empty when absent or unreadable."""
     trailers = dict(trailing_metadata or ())
-    reason, domain, metadata, violations = "", "", {}, []
     raw = trailers.get(DETAILS_KEY)
-    if isinstance(raw, bytes):
-        try:
-            status = _MESSAGES["Status"].FromString(raw)
-            for detail in status.details:
-                kind = detail.type_url.rpartition("/")[2]
-                if kind == "google.rpc.ErrorInfo" and not reason:
-                    info = _MESSAGES["ErrorInfo"].FromString(detail.value)
-                    reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
-                elif kind == "google.rpc.BadRequest":
-                    found = _MESSAGES["BadRequest"].FromString(detail.value).field_violations
-                    violations += [FieldViolation(v.field, v.description) for v in found]
-        except DecodeError:
-            pass  # a malformed trailer must not hide the status itself
-    if not reason:  # a server that sent the reason in the trailer only
+    said = status_details(raw) if isinstance(raw, bytes) else Details()
+    if not said.reason:  # a server that sent the reason in the trailer only
         fallback = trailers.get(REASON_KEY)
-        reason = fallback if isinstance(fallback, str) else ""
+        said = Details(fallback if isinstance(fallback, str) else "", said.domain, said.metadata, said.violations)
+    return said
+
+
+def status_details(raw: bytes) -> Details:
+    """The ErrorInfo and BadRequest in the bytes of a ``google.rpc.Status`` (a call's trailer, or the
+    ``error`` of one StreamSearch answer, which is one field for field); empty when unreadable."""
+    reason, domain, metadata, violations = "", "", {}, []
+    try:
+        status = _MESSAGES["Status"].FromString(raw)
+        for detail in status.details:
+            kind = detail.type_url.rpartition("/")[2]
+            if kind == "google.rpc.ErrorInfo" and not reason:
+                info = _MESSAGES["ErrorInfo"].FromString(detail.value)
+                reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
+            elif kind == "google.rpc.BadRequest":
+                found = _MESSAGES["BadRequest"].FromString(detail.value).field_violations
+                violations += [FieldViolation(v.field, v.description) for v in found]
+    except DecodeError:
+        pass  # malformed details must not hide the status itself
     return Details(reason=reason, domain=domain, metadata=metadata, violations=tuple(violations))

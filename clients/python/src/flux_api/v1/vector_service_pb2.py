@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from flux_api.v1 import admin_service_pb2 as flux__api_dot_v1_dot_admin__service__pb2
 from flux_api.v1 import types_pb2 as flux__api_dot_v1_dot_types__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flux_api/v1/vector_service.proto\x12\x0b\x66lux_api.v1\x1a\x1f\x66lux_api/v1/admin_service.proto\x1a\x17\x66lux_api/v1/types.proto\"\x86\x02\n\rSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12\x36\n\x06params\x18\x04 \x03(\x0b\x32&.flux_api.v1.SearchRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\"\xd0\x02\n\x12\x42\x61tchSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12*\n\x07queries\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12;\n\x06params\x18\x04 \x03(\x0b\x32+.flux_api.v1.BatchSearchRequest.ParamsEntry\x12-\n\toverrides\x18\x05 \x03(\x0b\x32\x1a.flux_api.v1.QueryOverride\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12#\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x08 \x01(\t\x12\x0e\n\x06packed\x18\t \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa6\x01\n\rQueryOverride\x12\t\n\x01k\x18\x01 \x01(\r\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.flux_api.v1.QueryOverride.ParamsEntry\x12#\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x13.flux_api.v1.Filter\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9b\x01\n\x13\x42\x61tchSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12,\n\x06packed\x18\x05 \x01(\x0b\x32\x1c.flux_api.v1.PackedNeighbors\"\xef\x01\n\x11SearchByIdRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12:\n\x06params\x18\x04 \x03(\x0b\x32*.flux_api.v1.SearchByIdRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"n\n\x12SearchByIdResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\":\n\x14\x44\x65scribeIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x13\n\x0brouting_key\x18\x02 \x01(\t\"T\n\x15\x44\x65scribeIndexResponse\x12,\n\x05index\x18\x01 \x01(\x0b\x32\x1d.flux_api.v1.IndexDescription\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\xf5\x02\n\x10IndexDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12#\n\x06metric\x18\x04 \x01(\x0e\x32\x13.flux_api.v1.Metric\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12U\n\x15\x64\x65\x66\x61ult_search_params\x18\x07 \x03(\x0b\x32\x36.flux_api.v1.IndexDescription.DefaultSearchParamsEntry\x12/\n\x0c\x63\x61pabilities\x18\x08 \x01(\x0b\x32\x19.flux_api.v1.Capabilities\x12&\n\x05state\x18\t \x01(\x0e\x32\x17.flux_api.v1.IndexState\x1a:\n\x18\x44\x65\x66\x61ultSearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x16\n\x14GetServerInfoRequest\"u\n\x15GetServerInfoResponse\x12\x18\n\x10\x63ontract_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12*\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x18.flux_api.v1.BackendInfo\"\xda\x01\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.Capabilities\x12P\n\x15\x64\x65\x66\x61ult_search_params\x18\x03 \x03(\x0b\x32\x31.flux_api.v1.BackendInfo.DefaultSearchParamsEntry\x1a:\n\x18\x44\x65\x66\x61ultSearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xa3\x03\n\rVectorService\x12\x41\n\x06Search\x12\x1a.flux_api.v1.SearchRequest\x1a\x1b.flux_api.v1.SearchResponse\x12P\n\x0b\x42\x61tchSearch\x12\x1f.flux_api.v1.BatchSearchRequest\x1a .flux_api.v1.BatchSearchResponse\x12M\n\nSearchById\x12\x1e.flux_api.v1.SearchByIdRequest\x1a\x1f.flux_api.v1.SearchByIdResponse\x12V\n\rDescribeIndex\x12!.flux_api.v1.DescribeIndexRequest\x1a\".flux_api.v1.DescribeIndexResponse\x12V\n\rGetServerInfo\x12!.flux_api.v1.GetServerInfoRequest\x1a\".flux_api.v1.GetServerInfoResponseBN\n\x0eio.flux.api.v1B\x12VectorServiceProtoP\x01Z&flux.vectors/api/flux_api/v1;fluxapiv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flux_api/v1/vector_service.proto\x12\x0b\x66lux_api.v1\x1a\x1f\x66lux_api/v1/admin_service.proto\x1a\x17\x66lux_api/v1/types.proto\x1a\x19google/protobuf/any.proto\"\x86\x02\n\rSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12\x36\n\x06params\x18\x04 \x03(\x0b\x32&.flux_api.v1.SearchRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x82\x01\n\x0eSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12\x16\n\x0emissing_shards\x18\x05 \x03(\t\"\xa6\x02\n\x13StreamSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12<\n\x06params\x18\x04 \x03(\x0b\x32,.flux_api.v1.StreamSearchRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\x04\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8e\x01\n\x14StreamSearchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12-\n\x06search\x18\x02 \x01(\x0b\x32\x1b.flux_api.v1.SearchResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.flux_api.v1.ErrorStatusH\x00\x42\x08\n\x06result\"S\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"\xd0\x02\n\x12\x42\x61tchSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12*\n\x07queries\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.FloatVectors\x12\t\n\x01k\x18\x03 \x01(\r\x12;\n\x06params\x18\x04 \x03(\x0b\x32+.flux_api.v1.BatchSearchRequest.ParamsEntry\x12-\n\toverrides\x18\x05 \x03(\x0b\x32\x1a.flux_api.v1.QueryOverride\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12#\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x08 \x01(\t\x12\x0e\n\x06packed\x18\t \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa6\x01\n\rQueryOverride\x12\t\n\x01k\x18\x01 \x01(\r\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.flux_api.v1.QueryOverride.ParamsEntry\x12#\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x13.flux_api.v1.Filter\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb3\x01\n\x13\x42\x61tchSearchResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12,\n\x06packed\x18\x05 \x01(\x0b\x32\x1c.flux_api.v1.PackedNeighbors\x12\x16\n\x0emissing_shards\x18\x06 \x03(\t\"\xef\x01\n\x11SearchByIdRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12:\n\x06params\x18\x04 \x03(\x0b\x32*.flux_api.v1.SearchByIdRequest.ParamsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.flux_api.v1.Filter\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x86\x01\n\x12SearchByIdResponse\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\tneighbors\x18\x03 \x01(\x0b\x32\x16.flux_api.v1.Neighbors\x12\r\n\x05\x61lias\x18\x04 \x01(\t\x12\x16\n\x0emissing_shards\x18\x05 \x03(\t\":\n\x14\x44\x65scribeIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x13\n\x0brouting_key\x18\x02 \x01(\t\"T\n\x15\x44\x65scribeIndexResponse\x12,\n\x05index\x18\x01 \x01(\x0b\x32\x1d.flux_api.v1.IndexDescription\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\xf5\x02\n\x10IndexDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12#\n\x06metric\x18\x04 \x01(\x0e\x32\x13.flux_api.v1.Metric\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12U\n\x15\x64\x65\x66\x61ult_search_params\x18\x07 \x03(\x0b\x32\x36.flux_api.v1.IndexDescription.DefaultSearchParamsEntry\x12/\n\x0c\x63\x61pabilities\x18\x08 \x01(\x0b\x32\x19.flux_api.v1.Capabilities\x12&\n\x05state\x18\t \x01(\x0e\x32\x17.flux_api.v1.IndexState\x1a:\n\x18\x44\x65\x66\x61ultSearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x16\n\x14GetServerInfoRequest\"u\n\x15GetServerInfoResponse\x12\x18\n\x10\x63ontract_version\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12*\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x18.flux_api.v1.BackendInfo\"\xda\x01\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x19.flux_api.v1.Capabilities\x12P\n\x15\x64\x65\x66\x61ult_search_params\x18\x03 \x03(\x0b\x32\x31.flux_api.v1.BackendInfo.DefaultSearchParamsEntry\x1a:\n\x18\x44\x65\x66\x61ultSearchParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xfc\x03\n\rVectorService\x12\x41\n\x06Search\x12\x1a.flux_api.v1.SearchRequest\x1a\x1b.flux_api.v1.SearchResponse\x12P\n\x0b\x42\x61tchSearch\x12\x1f.flux_api.v1.BatchSearchRequest\x1a .flux_api.v1.BatchSearchResponse\x12M\n\nSearchById\x12\x1e.flux_api.v1.SearchByIdRequest\x1a\x1f.flux_api.v1.SearchByIdResponse\x12W\n\x0cStreamSearch\x12 .flux_api.v1.StreamSearchRequest\x1a!.flux_api.v1.StreamSearchResponse(\x01\x30\x01\x12V\n\rDescribeIndex\x12!.flux_api.v1.DescribeIndexRequest\x1a\".flux_api.v1.DescribeIndexResponse\x12V\n\rGetServerInfo\x12!.flux_api.v1.GetServerInfoRequest\x1a\".flux_api.v1.GetServerInfoResponseBN\n\x0eio.flux.api.v1B\x12VectorServiceProtoP\x01Z&flux.vectors/api/flux_api/v1;fluxapiv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\016io.flux.api.v1B\022VectorServiceProtoP\001Z&flux.vectors/api/flux_api/v1;fluxapiv1'
   _globals['_SEARCHREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_STREAMSEARCHREQUEST_PARAMSENTRY']._loaded_options = None
+  _globals['_STREAMSEARCHREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYOVERRIDE_PARAMSENTRY']._loaded_options = None
@@ -46,44 +49,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INDEXDESCRIPTION_DEFAULTSEARCHPARAMSENTRY']._serialized_options = b'8\001'
   _globals['_BACKENDINFO_DEFAULTSEARCHPARAMSENTRY']._loaded_options = None
   _globals['_BACKENDINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_SEARCHREQUEST']._serialized_start=108
-  _globals['_SEARCHREQUEST']._serialized_end=370
-  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_start=325
-  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_end=370
-  _globals['_SEARCHRESPONSE']._serialized_start=372
-  _globals['_SEARCHRESPONSE']._serialized_end=478
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=481
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=817
-  _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_start=325
-  _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_end=370
-  _globals['_QUERYOVERRIDE']._serialized_start=820
-  _globals['_QUERYOVERRIDE']._serialized_end=986
-  _globals['_QUERYOVERRIDE_PARAMSENTRY']._serialized_start=325
-  _globals['_QUERYOVERRIDE_PARAMSENTRY']._serialized_end=370
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=989
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1144
-  _globals['_SEARCHBYIDREQUEST']._serialized_start=1147
-  _globals['_SEARCHBYIDREQUEST']._serialized_end=1386
-  _globals['_SEARCHBYIDREQUEST_PARAMSENTRY']._serialized_start=325
-  _globals['_SEARCHBYIDREQUEST_PARAMSENTRY']._serialized_end=370
-  _globals['_SEARCHBYIDRESPONSE']._serialized_start=1388
-  _globals['_SEARCHBYIDRESPONSE']._serialized_end=1498
-  _globals['_DESCRIBEINDEXREQUEST']._serialized_start=1500
-  _globals['_DESCRIBEINDEXREQUEST']._serialized_end=1558
-  _globals['_DESCRIBEINDEXRESPONSE']._serialized_start=1560
-  _globals['_DESCRIBEINDEXRESPONSE']._serialized_end=1644
-  _globals['_INDEXDESCRIPTION']._serialized_start=1647
-  _globals['_INDEXDESCRIPTION']._serialized_end=2020
-  _globals['_INDEXDESCRIPTION_DEFAULTSEARCHPARAMSENTRY']._serialized_start=1962
-  _globals['_INDEXDESCRIPTION_DEFAULTSEARCHPARAMSENTRY']._serialized_end=2020
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=2022
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=2044
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=2046
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=2163
-  _globals['_BACKENDINFO']._serialized_start=2166
-  _globals['_BACKENDINFO']._serialized_end=2384
-  _globals['_BACKENDINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_start=1962
-  _globals['_BACKENDINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_end=2020
-  _globals['_VECTORSERVICE']._serialized_start=2387
-  _globals['_VECTORSERVICE']._serialized_end=2806
+  _globals['_SEARCHREQUEST']._serialized_start=135
+  _globals['_SEARCHREQUEST']._serialized_end=397
+  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_start=352
+  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_end=397
+  _globals['_SEARCHRESPONSE']._serialized_start=400
+  _globals['_SEARCHRESPONSE']._serialized_end=530
+  _globals['_STREAMSEARCHREQUEST']._serialized_start=533
+  _globals['_STREAMSEARCHREQUEST']._serialized_end=827
+  _globals['_STREAMSEARCHREQUEST_PARAMSENTRY']._serialized_start=352
+  _globals['_STREAMSEARCHREQUEST_PARAMSENTRY']._serialized_end=397
+  _globals['_STREAMSEARCHRESPONSE']._serialized_start=830
+  _globals['_STREAMSEARCHRESPONSE']._serialized_end=972
+  _globals['_ERRORSTATUS']._serialized_start=974
+  _globals['_ERRORSTATUS']._serialized_end=1057
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1060
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1396
+  _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_start=352
+  _globals['_BATCHSEARCHREQUEST_PARAMSENTRY']._serialized_end=397
+  _globals['_QUERYOVERRIDE']._serialized_start=1399
+  _globals['_QUERYOVERRIDE']._serialized_end=1565
+  _globals['_QUERYOVERRIDE_PARAMSENTRY']._serialized_start=352
+  _globals['_QUERYOVERRIDE_PARAMSENTRY']._serialized_end=397
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1568
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1747
+  _globals['_SEARCHBYIDREQUEST']._serialized_start=1750
+  _globals['_SEARCHBYIDREQUEST']._serialized_end=1989
+  _globals['_SEARCHBYIDREQUEST_PARAMSENTRY']._serialized_start=352
+  _globals['_SEARCHBYIDREQUEST_PARAMSENTRY']._serialized_end=397
+  _globals['_SEARCHBYIDRESPONSE']._serialized_start=1992
+  _globals['_SEARCHBYIDRESPONSE']._serialized_end=2126
+  _globals['_DESCRIBEINDEXREQUEST']._serialized_start=2128
+  _globals['_DESCRIBEINDEXREQUEST']._serialized_end=2186
+  _globals['_DESCRIBEINDEXRESPONSE']._serialized_start=2188
+  _globals['_DESCRIBEINDEXRESPONSE']._serialized_end=2272
+  _globals['_INDEXDESCRIPTION']._serialized_start=2275
+  _globals['_INDEXDESCRIPTION']._serialized_end=2648
+  _globals['_INDEXDESCRIPTION_DEFAULTSEARCHPARAMSENTRY']._serialized_start=2590
+  _globals['_INDEXDESCRIPTION_DEFAULTSEARCHPARAMSENTRY']._serialized_end=2648
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=2650
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=2672
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=2674
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=2791
+  _globals['_BACKENDINFO']._serialized_start=2794
+  _globals['_BACKENDINFO']._serialized_end=3012
+  _globals['_BACKENDINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_start=2590
+  _globals['_BACKENDINFO_DEFAULTSEARCHPARAMSENTRY']._serialized_end=2648
+  _globals['_VECTORSERVICE']._serialized_start=3015
+  _globals['_VECTORSERVICE']._serialized_end=3523
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from flux_api.v1 import admin_service_pb2 as _admin_service_pb2
 from flux_api.v1 import types_pb2 as _types_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -112,6 +113,7 @@ class SearchResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     NEIGHBORS_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
+    MISSING_SHARDS_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The index that answered (the alias's target when the request named an alias)."""
     version: _builtins.int
@@ -122,6 +124,13 @@ class SearchResponse(_message.Message):
     def neighbors(self) -> _types_pb2.Neighbors:
         """The neighbours, nearest first."""
 
+    @_builtins.property
+    def missing_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only from a router serving an index split over shards (docs/scale.md), whose policy
+        answers without the shards that did not answer in time: their names
+        (`shard-00002-of-00004`). Empty: every shard answered.
+        """
+
     def __init__(
         self,
         *,
@@ -129,14 +138,171 @@ class SearchResponse(_message.Message):
         version: _builtins.int = ...,
         neighbors: _types_pb2.Neighbors | None = ...,
         alias: _builtins.str = ...,
+        missing_shards: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["neighbors", b"neighbors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "missing_shards", b"missing_shards", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class StreamSearchRequest(_message.Message):
+    """StreamSearchRequest is one query of a StreamSearch. Fields 1 to 7 are those of
+    SearchRequest, with the same numbers and meanings (and the same field names in
+    errors), so the bytes of a SearchRequest parse as a StreamSearchRequest with
+    request_id 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The name of the index or alias; each message of a stream may name another."""
+    k: _builtins.int
+    """How many neighbours to return: 1 to the server's max_k."""
+    version: _builtins.int
+    """As in SearchRequest: a loaded version to answer from instead of the active one."""
+    routing_key: _builtins.str
+    """As in SearchRequest."""
+    request_id: _builtins.int
+    """Chosen by the caller and sent back in the answer's request_id. The server
+    reads nothing else into it: it need not be unique, and 0 is a valid id.
+    """
+    @_builtins.property
+    def vector(self) -> _types_pb2.FloatVectors:
+        """Exactly one vector of the index's dimension."""
+
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Backend-specific search knobs, as in SearchRequest."""
+
+    @_builtins.property
+    def filter(self) -> _types_pb2.Filter:
+        """Restricts, exclusions and crowding for this query, as in SearchRequest."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        vector: _types_pb2.FloatVectors | None = ...,
+        k: _builtins.int = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        version: _builtins.int = ...,
+        filter: _types_pb2.Filter | None = ...,
+        routing_key: _builtins.str = ...,
+        request_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "vector", b"vector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "index", b"index", "k", b"k", "params", b"params", "request_id", b"request_id", "routing_key", b"routing_key", "vector", b"vector", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSearchRequest: _TypeAlias = StreamSearchRequest  # noqa: Y015
+
+@_typing.final
+class StreamSearchResponse(_message.Message):
+    """StreamSearchResponse answers one StreamSearchRequest: its neighbours, or why it failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request_id of the query this message answers."""
+    @_builtins.property
+    def search(self) -> Global___SearchResponse:
+        """What Search would have answered for the same query."""
+
+    @_builtins.property
+    def error(self) -> Global___ErrorStatus:
+        """Why the query failed, as a Search with the same query would have failed."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        search: Global___SearchResponse | None = ...,
+        error: Global___ErrorStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "search", b"search"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "request_id", b"request_id", "result", b"result", "search", b"search"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["search", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___StreamSearchResponse: _TypeAlias = StreamSearchResponse  # noqa: Y015
+
+@_typing.final
+class ErrorStatus(_message.Message):
+    """ErrorStatus is why one query of a stream failed. It is google.rpc.Status field
+    for field (the same numbers and types), so its bytes parse as one, and it holds
+    what a failed Search carries in its grpc-status-details-bin trailer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (google.rpc.Code), never 0 (OK)."""
+    message: _builtins.str
+    """What went wrong, in words, as in a failed Search's status message."""
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """A google.rpc.ErrorInfo (domain "flux.vectors", the reason and its metadata)
+        and, for INVALID_ARGUMENT naming a field, a google.rpc.BadRequest whose
+        field violation names it (field names are those of SearchRequest).
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorStatus: _TypeAlias = ErrorStatus  # noqa: Y015
 
 @_typing.final
 class BatchSearchRequest(_message.Message):
@@ -289,6 +455,7 @@ class BatchSearchResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     PACKED_FIELD_NUMBER: _builtins.int
+    MISSING_SHARDS_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The index that answered."""
     version: _builtins.int
@@ -305,6 +472,13 @@ class BatchSearchResponse(_message.Message):
     def packed(self) -> _types_pb2.PackedNeighbors:
         """Every row's answer, when the request set packed."""
 
+    @_builtins.property
+    def missing_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only from a router serving an index split over shards (docs/scale.md), whose policy
+        answers without the shards that did not answer in time: their names
+        (`shard-00002-of-00004`). Empty: every shard answered.
+        """
+
     def __init__(
         self,
         *,
@@ -313,10 +487,11 @@ class BatchSearchResponse(_message.Message):
         results: _abc.Iterable[_types_pb2.Neighbors] | None = ...,
         alias: _builtins.str = ...,
         packed: _types_pb2.PackedNeighbors | None = ...,
+        missing_shards: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["packed", b"packed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "packed", b"packed", "results", b"results", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "missing_shards", b"missing_shards", "packed", b"packed", "results", b"results", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +579,7 @@ class SearchByIdResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     NEIGHBORS_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
+    MISSING_SHARDS_FIELD_NUMBER: _builtins.int
     index: _builtins.str
     """The index that answered."""
     version: _builtins.int
@@ -414,6 +590,13 @@ class SearchByIdResponse(_message.Message):
     def neighbors(self) -> _types_pb2.Neighbors:
         """The neighbours, nearest first; never the queried item itself."""
 
+    @_builtins.property
+    def missing_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only from a router serving an index split over shards (docs/scale.md), whose policy
+        answers without the shards that did not answer in time: their names
+        (`shard-00002-of-00004`). Empty: every shard answered.
+        """
+
     def __init__(
         self,
         *,
@@ -421,10 +604,11 @@ class SearchByIdResponse(_message.Message):
         version: _builtins.int = ...,
         neighbors: _types_pb2.Neighbors | None = ...,
         alias: _builtins.str = ...,
+        missing_shards: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["neighbors", b"neighbors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "index", b"index", "missing_shards", b"missing_shards", "neighbors", b"neighbors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -143,6 +143,11 @@ class VectorServiceStub:
                 request_serializer=flux__api_dot_v1_dot_vector__service__pb2.SearchByIdRequest.SerializeToString,
                 response_deserializer=flux__api_dot_v1_dot_vector__service__pb2.SearchByIdResponse.FromString,
                 _registered_method=True)
+        self.StreamSearch = channel.stream_stream(
+                '/flux_api.v1.VectorService/StreamSearch',
+                request_serializer=flux__api_dot_v1_dot_vector__service__pb2.StreamSearchRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_vector__service__pb2.StreamSearchResponse.FromString,
+                _registered_method=True)
         self.DescribeIndex = channel.unary_unary(
                 '/flux_api.v1.VectorService/DescribeIndex',
                 request_serializer=flux__api_dot_v1_dot_vector__service__pb2.DescribeIndexRequest.SerializeToString,
@@ -289,6 +294,38 @@ class VectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamSearch(self, request_iterator, context):
+        """StreamSearch answers many single-vector queries over one long-lived call:
+        each request message is one query, with the fields of SearchRequest and a
+        request_id the caller chooses; each response message answers one query and
+        carries its request_id. It costs the server less per query than one
+        Search call each, for callers that send many queries.
+
+        Answers come in the order of the queries: the server answers a stream's
+        queries one at a time, each as Search would (the same neighbours, index,
+        version and alias), and reads the next query only once the answer before
+        it has been handed to gRPC. So a caller that stops reading answers stops
+        the stream once HTTP/2 flow control has no room left, and the server holds
+        at most one query of the stream in hand whatever the caller sends.
+
+        A query that fails does not end the stream: its response carries `error`,
+        with the code, message, ErrorInfo reason and BadRequest details the same
+        query would have got from Search, and the next query is answered. The
+        stream itself ends with a status only for what concerns the whole call:
+        UNAUTHENTICATED or PERMISSION_DENIED before any query is read,
+        DEADLINE_EXCEEDED when the call's deadline passes (the deadline covers the
+        whole stream), CANCELLED when the caller cancels, INVALID_ARGUMENT
+        (MALFORMED_REQUEST) for a message whose bytes are not a
+        StreamSearchRequest (its request_id cannot be read), and UNAVAILABLE when
+        the server shuts down (once its grace period is over). It ends with OK once
+        the caller has closed its side and every query has been answered. Each
+        open stream holds one of the server's handler threads (server.threads) for
+        as long as it is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DescribeIndex(self, request, context):
         """DescribeIndex tells a caller with the reader role what it needs to query
         an index: its backend, dimension, metric, item count, version, default
@@ -331,6 +368,11 @@ def add_VectorServiceServicer_to_server(servicer, server):
                     servicer.SearchById,
                     request_deserializer=flux__api_dot_v1_dot_vector__service__pb2.SearchByIdRequest.FromString,
                     response_serializer=flux__api_dot_v1_dot_vector__service__pb2.SearchByIdResponse.SerializeToString,
+            ),
+            'StreamSearch': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamSearch,
+                    request_deserializer=flux__api_dot_v1_dot_vector__service__pb2.StreamSearchRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_vector__service__pb2.StreamSearchResponse.SerializeToString,
             ),
             'DescribeIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeIndex,
@@ -518,6 +560,33 @@ class VectorService:
             '/flux_api.v1.VectorService/SearchById',
             flux__api_dot_v1_dot_vector__service__pb2.SearchByIdRequest.SerializeToString,
             flux__api_dot_v1_dot_vector__service__pb2.SearchByIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSearch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/flux_api.v1.VectorService/StreamSearch',
+            flux__api_dot_v1_dot_vector__service__pb2.StreamSearchRequest.SerializeToString,
+            flux__api_dot_v1_dot_vector__service__pb2.StreamSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -152,6 +152,34 @@ class VectorServiceStub:
     Returns NOT_FOUND when the index or the id does not exist, and the codes
     of Search for k and params.
     """
+    StreamSearch: _grpc.StreamStreamMultiCallable[_vector_service_pb2.StreamSearchRequest, _vector_service_pb2.StreamSearchResponse]
+    """StreamSearch answers many single-vector queries over one long-lived call:
+    each request message is one query, with the fields of SearchRequest and a
+    request_id the caller chooses; each response message answers one query and
+    carries its request_id. It costs the server less per query than one
+    Search call each, for callers that send many queries.
+
+    Answers come in the order of the queries: the server answers a stream's
+    queries one at a time, each as Search would (the same neighbours, index,
+    version and alias), and reads the next query only once the answer before
+    it has been handed to gRPC. So a caller that stops reading answers stops
+    the stream once HTTP/2 flow control has no room left, and the server holds
+    at most one query of the stream in hand whatever the caller sends.
+
+    A query that fails does not end the stream: its response carries `error`,
+    with the code, message, ErrorInfo reason and BadRequest details the same
+    query would have got from Search, and the next query is answered. The
+    stream itself ends with a status only for what concerns the whole call:
+    UNAUTHENTICATED or PERMISSION_DENIED before any query is read,
+    DEADLINE_EXCEEDED when the call's deadline passes (the deadline covers the
+    whole stream), CANCELLED when the caller cancels, INVALID_ARGUMENT
+    (MALFORMED_REQUEST) for a message whose bytes are not a
+    StreamSearchRequest (its request_id cannot be read), and UNAVAILABLE when
+    the server shuts down (once its grace period is over). It ends with OK once
+    the caller has closed its side and every query has been answered. Each
+    open stream holds one of the server's handler threads (server.threads) for
+    as long as it is open.
+    """
     DescribeIndex: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.DescribeIndexRequest, _vector_service_pb2.DescribeIndexResponse]
     """DescribeIndex tells a caller with the reader role what it needs to query
     an index: its backend, dimension, metric, item count, version, default
@@ -293,6 +321,34 @@ class VectorServiceAsyncStub(VectorServiceStub):
 
     Returns NOT_FOUND when the index or the id does not exist, and the codes
     of Search for k and params.
+    """
+    StreamSearch: _aio.StreamStreamMultiCallable[_vector_service_pb2.StreamSearchRequest, _vector_service_pb2.StreamSearchResponse]  # type: ignore[assignment]
+    """StreamSearch answers many single-vector queries over one long-lived call:
+    each request message is one query, with the fields of SearchRequest and a
+    request_id the caller chooses; each response message answers one query and
+    carries its request_id. It costs the server less per query than one
+    Search call each, for callers that send many queries.
+
+    Answers come in the order of the queries: the server answers a stream's
+    queries one at a time, each as Search would (the same neighbours, index,
+    version and alias), and reads the next query only once the answer before
+    it has been handed to gRPC. So a caller that stops reading answers stops
+    the stream once HTTP/2 flow control has no room left, and the server holds
+    at most one query of the stream in hand whatever the caller sends.
+
+    A query that fails does not end the stream: its response carries `error`,
+    with the code, message, ErrorInfo reason and BadRequest details the same
+    query would have got from Search, and the next query is answered. The
+    stream itself ends with a status only for what concerns the whole call:
+    UNAUTHENTICATED or PERMISSION_DENIED before any query is read,
+    DEADLINE_EXCEEDED when the call's deadline passes (the deadline covers the
+    whole stream), CANCELLED when the caller cancels, INVALID_ARGUMENT
+    (MALFORMED_REQUEST) for a message whose bytes are not a
+    StreamSearchRequest (its request_id cannot be read), and UNAVAILABLE when
+    the server shuts down (once its grace period is over). It ends with OK once
+    the caller has closed its side and every query has been answered. Each
+    open stream holds one of the server's handler threads (server.threads) for
+    as long as it is open.
     """
     DescribeIndex: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.DescribeIndexRequest, _vector_service_pb2.DescribeIndexResponse]  # type: ignore[assignment]
     """DescribeIndex tells a caller with the reader role what it needs to query
@@ -450,6 +506,40 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Returns NOT_FOUND when the index or the id does not exist, and the codes
         of Search for k and params.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamSearch(
+        self,
+        request_iterator: _MaybeAsyncIterator[_vector_service_pb2.StreamSearchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vector_service_pb2.StreamSearchResponse], _abc.AsyncIterator[_vector_service_pb2.StreamSearchResponse]]:
+        """StreamSearch answers many single-vector queries over one long-lived call:
+        each request message is one query, with the fields of SearchRequest and a
+        request_id the caller chooses; each response message answers one query and
+        carries its request_id. It costs the server less per query than one
+        Search call each, for callers that send many queries.
+
+        Answers come in the order of the queries: the server answers a stream's
+        queries one at a time, each as Search would (the same neighbours, index,
+        version and alias), and reads the next query only once the answer before
+        it has been handed to gRPC. So a caller that stops reading answers stops
+        the stream once HTTP/2 flow control has no room left, and the server holds
+        at most one query of the stream in hand whatever the caller sends.
+
+        A query that fails does not end the stream: its response carries `error`,
+        with the code, message, ErrorInfo reason and BadRequest details the same
+        query would have got from Search, and the next query is answered. The
+        stream itself ends with a status only for what concerns the whole call:
+        UNAUTHENTICATED or PERMISSION_DENIED before any query is read,
+        DEADLINE_EXCEEDED when the call's deadline passes (the deadline covers the
+        whole stream), CANCELLED when the caller cancels, INVALID_ARGUMENT
+        (MALFORMED_REQUEST) for a message whose bytes are not a
+        StreamSearchRequest (its request_id cannot be read), and UNAVAILABLE when
+        the server shuts down (once its grace period is over). It ends with OK once
+        the caller has closed its side and every query has been answered. Each
+        open stream holds one of the server's handler threads (server.threads) for
+        as long as it is open.
         """
 
     @_abc_1.abstractmethod
