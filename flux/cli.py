@@ -11,13 +11,17 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Never
+from typing import TYPE_CHECKING, Never
 
 import numpy as np
+import numpy.typing as npt
 
-from flux import __version__, remote
+from flux import __version__, logs, remote
 from flux_core.backend import Metric, Progress
 from flux_core.errors import FluxError
+
+if TYPE_CHECKING:
+    from flux_client import FluxClient
 
 log = logging.getLogger("flux")
 
@@ -39,9 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, name: str) -> int:
     """Run a parsed command (``args.run``) with logging set up; a FluxError is one line naming ``name``, exit 2."""
-    logging.basicConfig(
-        level=os.environ.get("FLUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure_command()  # Flux's records at $FLUX_LOG_LEVEL, other libraries' at WARNING
     try:
         return int(args.run(args))
     except FluxError as exc:
@@ -91,9 +93,11 @@ def _parser(added: dict[str, EntryPoint]) -> argparse.ArgumentParser:
     build.set_defaults(run=_cmd_build)
 
     inspect = commands.add_parser(
-        "inspect", help="verify an artifact and print its manifest", description=_cmd_inspect.__doc__
+        "inspect",
+        help="verify an artifact or a sharded version and print its manifest",
+        description=_cmd_inspect.__doc__,
     )
-    inspect.add_argument("artifact", type=Path)
+    inspect.add_argument("artifact", type=Path, help="an artifact folder, or a sharded version's folder")
     inspect.add_argument("--json", action="store_true", help="print JSON (manifest and stats)")
     inspect.set_defaults(run=_cmd_inspect)
 
@@ -121,11 +125,13 @@ def _parser(added: dict[str, EntryPoint]) -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="health service name; '' is the whole server")
     health.set_defaults(run=_cmd_health)
 
+    from flux.backends_cli import add_parser as add_backends_command
     from flux.ops_cli import add_parsers as add_ops_commands
     from flux.versions_cli import add_parsers as add_version_commands
 
     add_version_commands(commands)
     add_ops_commands(commands)
+    add_backends_command(commands)
     for name, entry in sorted(added.items()):  # listed in the help; `flux NAME --help` asks the command itself
         source = entry.dist.name if entry.dist is not None else entry.value
         commands.add_parser(name, help=f"(from {source}; `flux {name} --help`)", add_help=False)
@@ -199,9 +205,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    """Verify every checksum of an artifact, open it with its backend, and print the manifest and stats."""
-    from flux_core.storage import artifact
+    """Verify every checksum of an artifact, open it with its backend, and print the manifest and stats.
 
+    A sharded version's folder (sharded.json) has every shard verified and opened, and its sharding
+    checked: each shard holds exactly the ids the sharding function sends to it."""
+    from flux_core.storage import artifact, sharded
+
+    if sharded.is_sharded(args.artifact) and not (args.artifact / artifact.MANIFEST).is_file():
+        return _inspect_sharded(args)
     loaded = artifact.load(args.artifact)
     manifest = loaded.manifest
     stats = {"items": len(loaded.backend), "artifact_bytes": artifact.size_bytes(manifest), **loaded.backend.stats()}
@@ -222,6 +233,35 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_sharded(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from flux_core.storage import sharded
+
+    manifest = sharded.read(args.artifact)
+    reports = sharded.verify(args.artifact, manifest, open_shards=True)
+    if args.json:
+        shards = [asdict(report) for report in reports]
+        print(json.dumps({"sharded": json.loads(manifest.to_json()), "shards": shards}, indent=2))
+        return 0
+    how = manifest.sharding
+    print(f"{args.artifact}: {manifest.name} version {manifest.version}, sharded, {how.shards} shards verified")
+    for key in ("backend", "library", "metric", "dimension", "count", "created_at", "format_version"):
+        value = getattr(manifest, key)
+        print(f"  {key:<15} {getattr(value, 'value', value)}")
+    print(f"  {'sharding':<15} {how.function} of the {how.key} into {how.shards} shards; every id is in its shard")
+    print(f"  {'build_params':<15} {json.dumps(manifest.build_params)}")
+    print(f"  {'built_by':<15} {json.dumps(manifest.built_by)}")
+    print("  shards")
+    for shard, report in zip(manifest.shards, reports, strict=True):
+        opened = int((report.stats or {}).get("items", 0))
+        print(
+            f"    {shard.path:<22} {shard.count:>12,} items {shard.bytes:>14,} bytes  "
+            f"manifest sha256 {shard.manifest_sha256[:16]}...  verified, opened with {opened:,} items"
+        )
+    return 0
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     """Ask a running server for the neighbours of a vector or a stored item; print a table."""
     from flux_client import FluxError as ClientError
@@ -233,8 +273,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
                 result = client.search_by_id(args.index, args.id, args.k, params=params)
             else:
                 if args.random:
-                    dimension = client.describe(args.index).dimension
-                    vector = np.random.default_rng(args.seed).standard_normal(dimension).astype(np.float32)
+                    vector = _random_query(client, args.index, args.seed)
                 elif args.vector_file:
                     vector = np.load(args.vector_file, allow_pickle=False).astype(np.float32).ravel()
                 else:
@@ -260,6 +299,20 @@ def _cmd_query(args: argparse.Namespace) -> int:
     for rank, (item, distance) in enumerate(rows, 1):
         print(f"{rank:>4}  {item:<{width}}  {distance:.6f}")
     return 0
+
+
+def _random_query(client: FluxClient, index: str, seed: int) -> npt.NDArray[np.float32]:
+    """A random vector of ``index``'s dimension (reader role); an index that is not serving has none: say why."""
+    from flux_client import PermissionDenied
+
+    info = client.describe_index(index)
+    if info.state != "serving":
+        try:
+            why = client.describe(index).error  # the admin role sees the load error
+        except PermissionDenied:
+            why = "the admin role is shown the reason"
+        raise ValueError(f"index {index!r} is {info.state}, so there is no dimension to draw a vector for: {why}")
+    return np.random.default_rng(seed).standard_normal(info.dimension).astype(np.float32)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:

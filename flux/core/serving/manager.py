@@ -281,6 +281,7 @@ class IndexManager(VersionTable):
         reserved = 0
         try:
             confine.check_artifact(slot.path, self.settings.data_root)
+            versions.check_servable(slot.path)  # a sharded version is the router's to serve
             manifest = artifact.read_manifest(slot.path)
             self.settings.check_number(slot.path, slot.version, manifest)
             slot.artifact_bytes = artifact.size_bytes(manifest)

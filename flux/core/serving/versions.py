@@ -16,6 +16,11 @@ named once in the log.
 
 A path that is itself an artifact (it holds manifest.json) is a source of one version,
 the one its manifest names.
+
+A version folder may also hold a **sharded version** (``flux_core.storage.sharded``): shard
+artifacts and ``sharded.json``, which its builder writes last. It is a version like any other
+here (found, numbered and published the same way, so a router can swap them); ``flux serve``
+serves one artifact per version and refuses to load it (``check_servable``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from enum import Enum
 from pathlib import Path
 
 from flux_core.errors import ArtifactError
-from flux_core.storage import artifact
+from flux_core.storage import artifact, sharded
 
 
 class State(Enum):
@@ -62,29 +67,77 @@ class Step:
 
 
 def scan(path: Path) -> dict[int, Path]:
-    """Every version the source at ``path`` offers, by number: the numbered folders that hold a manifest."""
-    if (path / artifact.MANIFEST).is_file():
+    """Every version the source at ``path`` offers, by number: the numbered folders that hold a
+    manifest (an artifact's ``manifest.json`` or a sharded version's ``sharded.json``)."""
+    if is_version(path):
         try:
-            return {artifact.read_manifest(path).version: path}
+            return {read_version(path): path}
         except ArtifactError:
             return {0: path}  # unreadable: offered anyway, so that loading it reports why
-    return {v: p for v, p in folders(path).items() if (p / artifact.MANIFEST).is_file()}
+    return {v: p for v, p in folders(path).items() if is_version(p)}
 
 
 def folders(path: Path) -> dict[int, Path]:
     """The numbered folders of the source directory ``path``, with or without a manifest."""
-    if not path.is_dir() or (path / artifact.MANIFEST).is_file():
+    if not path.is_dir() or is_version(path):
         return {}
     return {int(p.name): p for p in path.iterdir() if is_version_name(p.name) and p.is_dir()}
 
 
-#: What ``flux build`` and snapshots write a version into before renaming it: ``.<name>.<random>``.
+def is_version(path: Path) -> bool:
+    """Whether ``path`` holds a whole version: an artifact or a sharded version."""
+    return (path / artifact.MANIFEST).is_file() or sharded.is_sharded(path)
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether the version at ``path`` is a sharded version (``sharded.json``), served by the router."""
+    return sharded.is_sharded(path) and not (path / artifact.MANIFEST).is_file()
+
+
+def read_version(path: Path) -> int:
+    """The version number the manifest at ``path`` names (an artifact's or a sharded version's)."""
+    if is_sharded(path):
+        return sharded.read(path).version
+    return artifact.read_manifest(path).version
+
+
+def verify(path: Path, *, open_shards: bool = False) -> int:
+    """Verify the version at ``path`` whatever its kind; return its item count. Raises ArtifactError.
+
+    An artifact is verified and opened with its backend (``artifact.load``); a sharded version has
+    every shard verified and its sharding checked (``sharded.verify``), each shard opened too with
+    ``open_shards``.
+    """
+    if is_sharded(path):
+        manifest = sharded.read(path)
+        sharded.verify(path, manifest, open_shards=open_shards)
+        return manifest.count
+    loaded = artifact.load(path)
+    loaded.backend.close()
+    return loaded.manifest.count
+
+
+def check_servable(path: Path) -> None:
+    """Refuse (ArtifactError) a version that ``flux serve`` cannot serve itself: a sharded version."""
+    if is_sharded(path):
+        try:
+            shards = f"{sharded.read(path).sharding.shards} shards"
+        except ArtifactError:
+            shards = "shards"
+        raise ArtifactError(
+            f"{sharded.MANIFEST}: this version is sharded ({shards}); flux serve serves one artifact per "
+            "version, serve a sharded version through the router (docs/scale.md)"
+        )
+
+
+#: What ``flux build`` and snapshots write a version into before renaming it: ``.<name>.<random>``;
+#: flux-beam stages a sharded version's shards in ``.<version>.sharded-<run>`` the same way.
 _STAGING = re.compile(r"^\.[^.]+\.")
 
 
 def strays(path: Path) -> list[Path]:
     """Entries of the source directory ``path`` that are neither a version folder nor a staging folder."""
-    if not path.is_dir() or (path / artifact.MANIFEST).is_file():
+    if not path.is_dir() or is_version(path):
         return []
     return sorted(p for p in path.iterdir() if not _STAGING.match(p.name) and not is_version_name(p.name))
 
