@@ -22,6 +22,7 @@ from typing import Any
 from flux import logs
 from flux.binding import EXIT_CANNOT_BIND, CannotBind, check_bindable
 from flux.config import FluxConfig
+from flux.router.server import build_router
 from flux.server import CLOSE_SECONDS, build_server
 from flux.signals import StopSignals
 
@@ -40,7 +41,7 @@ def serve(config: FluxConfig) -> int:
 
 
 def _serve_one(config: FluxConfig, ready: Callable[[], object] | None = None) -> int:
-    server = build_server(config)
+    server = build_router(config) if config.router is not None else build_server(config)
     signals = StopSignals()
     server.start()
     if ready is not None:

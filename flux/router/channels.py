@@ -1,0 +1,120 @@
+"""One channel per shard group, and the hedged call: how the router reaches a shard's replicas.
+
+A shard group is one gRPC target (``dns:///flux-shard-2.flux.svc:50051`` resolving to every
+replica through a headless Service, or a static ``ipv4:a:p,b:p`` list). The channel balances over
+the replicas round-robin and retries a call that got UNAVAILABLE or CANCELLED (a replica down or
+shutting down) on the next one, within the call's deadline: gRPC's service config ``retryPolicy``,
+not a loop in Python. Hedging, off by default, sends a second call after a delay and keeps the
+first answer; gRPC Python (C-core) does not implement the service config's ``hedgingPolicy``, so
+the router does it (``hedged``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from flux.router.config import RetryConfig
+
+#: Codes a call to another replica may cure: the replica is down, restarting, loading or shutting
+#: down (a gRPC Python server cancels the calls it had not yet started when it stops).
+RETRYABLE = ("UNAVAILABLE", "CANCELLED")
+_RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+RECONNECT_INITIAL_MS = 100
+RECONNECT_MAX_MS = 1000
+
+
+def service_config(retries: RetryConfig) -> str:
+    """Round-robin over the target's addresses; retries to another replica when ``max_attempts`` > 1."""
+    method: dict[str, Any] = {"name": [{"service": "flux_api.v1.VectorService"}]}
+    if retries.max_attempts > 1:
+        method["retryPolicy"] = {
+            "maxAttempts": retries.max_attempts,
+            "initialBackoff": f"{retries.initial_backoff_seconds}s",
+            "maxBackoff": f"{retries.max_backoff_seconds}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": list(RETRYABLE),
+        }
+    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
+
+
+def open_channel(target: str, retries: RetryConfig, max_message_bytes: int) -> grpc.Channel:
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(retries)),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+
+
+def settled(call: Any) -> futures.Future[Any]:
+    """A grpc call future as a concurrent.futures one: its response, or the RpcError it ended with."""
+    result: futures.Future[Any] = futures.Future()
+
+    def done(finished: Any) -> None:
+        error = finished.exception()
+        if error is None:
+            result.set_result(finished.result())
+        else:
+            result.set_exception(error)
+
+    call.add_done_callback(done)
+    return result
+
+
+def hedged(start: Callable[[], Any], delay: float) -> futures.Future[Any]:
+    """``start()`` now and, if no answer came within ``delay`` seconds, once more: the first answer wins.
+
+    The second call leaves the channel after the first, so round-robin sends it to the next replica.
+    A failure that another replica cannot cure (INVALID_ARGUMENT, say) ends it at once; otherwise it
+    fails only when every call it made has failed.
+    """
+    result: futures.Future[Any] = futures.Future()
+    lock = threading.Lock()
+    calls: list[Any] = []
+    pending = [2]  # the first call, and the hedge still to come
+
+    def finish(call: Any) -> None:
+        with lock:
+            pending[0] -= 1
+            if result.done():
+                return
+            error = call.exception() if not call.cancelled() else None
+            if error is None and not call.cancelled():
+                result.set_result(call.result())
+            elif error is not None and (error.code() not in _RETRYABLE_CODES or pending[0] == 0):
+                result.set_exception(error)
+            else:
+                return
+            timer.cancel()
+            others = [c for c in calls if c is not call]
+        for other in others:
+            other.cancel()
+
+    def launch() -> None:
+        call = start()
+        with lock:
+            calls.append(call)
+        call.add_done_callback(finish)
+
+    def hedge() -> None:
+        with lock:
+            if result.done():
+                return
+        launch()
+
+    timer = threading.Timer(delay, hedge)
+    timer.daemon = True
+    launch()
+    timer.start()
+    return result

@@ -1,0 +1,131 @@
+"""The ``router:`` section of a config: the logical indexes a router serves and the shard groups behind each.
+
+A router serves no index of its own. Each logical index names, in shard order, one gRPC target per
+shard (``dns:///flux-shard-2.flux.svc:50051``: every replica of the shard behind one name, balanced
+round-robin), the shard count (which must match, as the sharding function depends on it), the index's
+name on the shards, and what to do when a shard does not answer (``on_missing_shards``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flux_core.storage.sharded import shard_name
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+class RetryConfig(_Strict):
+    """gRPC's own retries to a shard's other replicas (the channel's service config ``retryPolicy``)."""
+
+    max_attempts: int = Field(3, ge=1, le=5, description="attempts per shard call, the first included; 1: no retry")
+    initial_backoff_seconds: float = Field(0.02, gt=0, le=10)
+    max_backoff_seconds: float = Field(0.2, gt=0, le=60)
+
+
+class HedgingConfig(_Strict):
+    """A second call to a shard (the next replica, round-robin) when the first has not answered after ``delay``.
+
+    The first answer wins and the other call is cancelled. Off by default: it costs a second search
+    on every slow call. Done by the router, as gRPC Python (C-core) does not implement the service
+    config's ``hedgingPolicy``.
+    """
+
+    enabled: bool = False
+    delay_seconds: float = Field(0.05, gt=0, le=60)
+
+
+class RoutedIndex(_Strict):
+    """One logical index served over shard groups."""
+
+    name: str = Field(description="the name callers use")
+    shard_index: str = Field("", description="the index's name on the shards; empty: the same name")
+    shard_count: int = Field(ge=1, le=4096, description="how many shards the version was split into")
+    shards: list[str] = Field(
+        min_length=1,
+        description="one gRPC target per shard, in shard order: dns:///flux-shard-0.flux.svc:50051, or a static "
+        "list of replicas ipv4:10.0.0.1:50051,10.0.0.2:50051",
+    )
+    on_missing_shards: Literal["fail", "partial"] = Field(
+        "fail",
+        description="fail: UNAVAILABLE naming the shards that did not answer; partial: the others' answer, "
+        "naming them in missing_shards",
+    )
+    sharded_by: Literal["id", "crowding_tag"] = Field(
+        "id",
+        description="the key the version was sharded by: id, or the crowding tag (then a tag's items share a shard, "
+        "so each shard's crowding cap is the whole index's)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value)
+
+    @field_validator("shard_index")
+    @classmethod
+    def _valid_shard_index(cls, value: str) -> str:
+        return _check_name(value) if value else value
+
+    @field_validator("shards")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        for i, target in enumerate(value):
+            if not target.strip() or target != target.strip():
+                raise ValueError(f"[{i}] must be a gRPC target without surrounding spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target_per_shard(self) -> RoutedIndex:
+        if len(self.shards) != self.shard_count:
+            raise ValueError(f"shards lists {len(self.shards)} targets, shard_count is {self.shard_count}")
+        return self
+
+    @property
+    def on_shards(self) -> str:
+        """The index's name on the shards."""
+        return self.shard_index or self.name
+
+    def shard_names(self) -> list[str]:
+        """Each shard's name in answers and errors: ``shard-00002-of-00004``, as its folder in a sharded version."""
+        return [shard_name(i, self.shard_count) for i in range(self.shard_count)]
+
+
+class RouterConfig(_Strict):
+    """A router: serves VectorService for logical indexes split over shard servers (docs/scale.md)."""
+
+    indexes: list[RoutedIndex] = Field(min_length=1)
+    default_timeout_seconds: float = Field(
+        5.0, gt=0, le=3600, description="the deadline of a call whose caller set none"
+    )
+    deadline_margin: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="the share of the caller's remaining time kept back from the shards, to merge and answer "
+        "(a partial answer or the UNAVAILABLE naming the shards) before the caller's deadline",
+    )
+    retries: RetryConfig = RetryConfig()
+    hedging: HedgingConfig = HedgingConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> RouterConfig:
+        seen: set[str] = set()
+        for i, index in enumerate(self.indexes):
+            if index.name in seen:
+                raise ValueError(f"indexes[{i}].name: {index.name!r} is used by an earlier index")
+            seen.add(index.name)
+        return self

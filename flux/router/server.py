@@ -1,0 +1,87 @@
+"""The router as a gRPC server: VectorService over shard groups, health and reflection, nothing else.
+
+It has the interface of ``flux.server.FluxServer`` that ``flux.process`` uses (``start``,
+``wait_ready``, ``stop``, ``address``), and the same interceptors (auth, deadlines, error mapping,
+metrics and request logs). It loads no index, so it is ready as soon as it listens.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flux.api import interceptors
+from flux.binding import CannotBind, check_bindable
+from flux.config import FluxConfig
+from flux.router.fanout import Router
+from flux.router.service import RouterServicer
+from flux_api.v1 import vector_service_pb2
+from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
+
+log = logging.getLogger(__name__)
+
+VECTOR_SERVICE = vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name
+
+
+class RouterServer:
+    """A started-on-demand router for ``config`` (whose ``router`` section is set), bound to its port."""
+
+    def __init__(self, config: FluxConfig) -> None:
+        if config.router is None:
+            raise ValueError("RouterServer needs a config with a router section")
+        if config.tls is not None:
+            raise ValueError("tls: a router does not serve TLS yet; put it behind a TLS-terminating proxy")
+        self.config = config
+        server = config.server
+        check_bindable(server.host, server.port, "server.port")
+        self.router = Router(config.router, max_message_bytes=config.limits.max_message_bytes)
+        services = (VECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        self._handlers = futures.ThreadPoolExecutor(max_workers=server.threads, thread_name_prefix="flux-router")
+        message_bytes = config.limits.max_message_bytes
+        self.grpc_server = grpc.server(
+            self._handlers,
+            interceptors=interceptors.chain(config, services=services, indexes=self.router.names()),
+            maximum_concurrent_rpcs=server.max_concurrent_calls or None,
+            options=[
+                ("grpc.max_receive_message_length", message_bytes),
+                ("grpc.max_send_message_length", message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        add_VectorServiceServicer_to_server(RouterServicer(self.router), self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(services, self.grpc_server)
+        address = f"{server.host}:{server.port}"
+        try:
+            self.port = self.grpc_server.add_insecure_port(address)
+        except RuntimeError:
+            raise CannotBind(f"cannot listen on {address} (server.port): gRPC could not bind it") from None
+        self.address = f"{server.host}:{self.port}"
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        for name in ("", VECTOR_SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("routing on %s: %s", self.address, ", ".join(self.router.names()))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return True  # no index to load: ready once listening
+
+    def stop(self, grace: float | None = None) -> bool:
+        grace = self.config.server.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait(grace + 1.0)
+        self.router.close()
+        self._handlers.shutdown(wait=False)
+        log.info("stopped")
+        return True
+
+
+def build_router(config: FluxConfig) -> RouterServer:
+    """An unstarted router for ``config``, bound to its port."""
+    return RouterServer(config)

@@ -1,0 +1,380 @@
+"""The router: one logical index over 4 shard servers answers as one index would.
+
+Shard servers and routers are real gRPC servers on 127.0.0.1 ephemeral ports (in-process). The
+data is split with the sharding function ``shard_of``: by crowding tag for the exact index (so the
+crowding cap is exact over shards), by id for the hnsw one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from flux import config as flux_config
+from flux.router.server import RouterServer, build_router
+from flux.server import FluxServer
+from flux_api.v1 import types_pb2
+from flux_api.v1 import vector_service_pb2 as pb
+from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_core.backend import Metric
+from flux_core.errors import ConfigError
+from flux_core.storage import builder
+from flux_core.storage.attributes import ItemAttributes
+from flux_core.storage.sharded import assign
+from tests.support import brute_force, dataset, ids_for, running_server, server_config
+
+SHARDS = 4
+N, DIM, QUERIES = 4000, 32, 100
+TAGS = 40
+COLORS = ("red", "green", "blue")
+
+
+def _attributes(n: int) -> list[ItemAttributes]:
+    return [ItemAttributes.create({"color": [COLORS[i % 3]]}, crowding_tag=f"tag-{i % TAGS}") for i in range(n)]
+
+
+def _build(path: Path, vectors: np.ndarray, ids: list[str], backend: str, name: str, **extra: Any) -> Path:
+    builder.build(path, vectors, ids, backend=backend, metric=Metric.L2, name=name, threads=2, **extra)
+    return path
+
+
+def _query(vector: np.ndarray) -> types_pb2.FloatVectors:
+    vector = np.atleast_2d(np.asarray(vector, dtype="<f4"))
+    return types_pb2.FloatVectors(dimension=vector.shape[1], data=vector.tobytes())
+
+
+def _router_config(indexes: list[dict[str, Any]], **router: Any) -> flux_config.FluxConfig:
+    raw = {"server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 0.5}, "router": {"indexes": indexes, **router}}
+    return flux_config.parse(raw, source="router test config")
+
+
+@contextmanager
+def _routing(config: flux_config.FluxConfig) -> Iterator[tuple[RouterServer, VectorServiceStub]]:
+    router = build_router(config)
+    router.start()
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            yield router, VectorServiceStub(channel)
+    finally:
+        router.stop(grace=0)
+
+
+def _target(*servers: FluxServer) -> str:
+    return "ipv4:" + ",".join(s.address for s in servers)
+
+
+class Cluster:
+    """4 shard servers (exact split by crowding tag, hnsw split by id) and one server of all the data."""
+
+    def __init__(self, folder: Path, stack: ExitStack) -> None:
+        base, self.queries = dataset(N, DIM, QUERIES, seed=3)
+        self.base, self.ids, attributes = base, ids_for(N), _attributes(N)
+        by_tag = assign([a.crowding_tag for a in attributes], SHARDS)
+        by_id = assign(self.ids, SHARDS)
+        self.shards: list[FluxServer] = []
+        for shard in range(SHARDS):
+            tagged, owned = np.flatnonzero(by_tag == shard), np.flatnonzero(by_id == shard)
+            exact = _build(
+                folder / f"exact-{shard}",
+                base[tagged],
+                [self.ids[i] for i in tagged],
+                "exact",
+                "items",
+                attributes=[attributes[i] for i in tagged],
+            )
+            hnsw = _build(folder / f"hnsw-{shard}", base[owned], [self.ids[i] for i in owned], "hnsw", "items-hnsw")
+            versioned = [
+                {"name": "items", "path": str(exact)},
+                {"name": "items-hnsw", "path": str(hnsw)},
+            ]
+            self.shards.append(stack.enter_context(running_server(server_config(versioned))))
+        everything = [
+            {
+                "name": "items",
+                "path": str(_build(folder / "exact-all", base, self.ids, "exact", "items", attributes=attributes)),
+            },
+            {"name": "items-hnsw", "path": str(_build(folder / "hnsw-all", base, self.ids, "hnsw", "items-hnsw"))},
+        ]
+        self.single = stack.enter_context(running_server(server_config(everything)))
+        self.single_stub = VectorServiceStub(stack.enter_context(grpc.insecure_channel(self.single.address)))
+        config = _router_config(
+            [
+                {
+                    "name": "items",
+                    "shard_count": SHARDS,
+                    "sharded_by": "crowding_tag",
+                    "shards": [_target(s) for s in self.shards],
+                },
+                {
+                    "name": "hnsw",
+                    "shard_index": "items-hnsw",
+                    "shard_count": SHARDS,
+                    "shards": [_target(s) for s in self.shards],
+                },
+                {
+                    "name": "by-id",
+                    "shard_index": "items",
+                    "shard_count": SHARDS,
+                    "shards": [_target(s) for s in self.shards],
+                },
+            ]
+        )
+        self.router, self.stub = stack.enter_context(_routing(config))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with ExitStack() as stack:
+        yield Cluster(tmp_path_factory.mktemp("router"), stack)
+
+
+FILTERS = [
+    None,
+    types_pb2.Filter(allow=[types_pb2.Restrict(namespace="color", tokens=["red", "blue"])]),
+    types_pb2.Filter(deny=[types_pb2.Restrict(namespace="color", tokens=["green"])], exclude_ids=ids_for(300)),
+    types_pb2.Filter(max_per_crowding_tag=1),
+    types_pb2.Filter(allow=[types_pb2.Restrict(namespace="color", tokens=["red"])], max_per_crowding_tag=2),
+]
+
+
+@pytest.mark.parametrize("spec", FILTERS, ids=["plain", "allow", "deny+exclude", "crowding", "allow+crowding"])
+def test_exact_router_equals_one_index(cluster: Cluster, spec: types_pb2.Filter | None) -> None:
+    for k in (1, 10, 37):
+        for row in cluster.queries[:20]:
+            request = pb.SearchRequest(index="items", vector=_query(row), k=k, filter=spec)
+            got = cluster.stub.Search(request, timeout=10)
+            want = cluster.single_stub.Search(request, timeout=10)
+            assert list(got.neighbors.ids) == list(want.neighbors.ids)
+            np.testing.assert_allclose(got.neighbors.distances, want.neighbors.distances, rtol=1e-5, atol=1e-5)
+            assert got.index == "items"
+            assert got.version == want.version
+            assert not got.missing_shards
+            assert got.neighbors.fewer_than_k_matched == want.neighbors.fewer_than_k_matched
+
+
+def test_exact_router_equals_brute_force(cluster: Cluster) -> None:
+    labels, distances = brute_force(cluster.base, cluster.queries[:30], Metric.L2, 10)
+    response = cluster.stub.BatchSearch(
+        pb.BatchSearchRequest(index="items", queries=_query(cluster.queries[:30]), k=10), timeout=10
+    )
+    assert len(response.results) == 30
+    for row, want, want_d in zip(response.results, labels, distances, strict=True):
+        assert list(row.ids) == [cluster.ids[i] for i in want]
+        np.testing.assert_allclose(row.distances, want_d, rtol=1e-4, atol=1e-3)
+
+
+def test_batch_search_equals_one_index_rows_packed_and_overrides(cluster: Cluster) -> None:
+    queries = cluster.queries[:12]
+    overrides = [
+        pb.QueryOverride(k=3 + i, filter=FILTERS[i % len(FILTERS)] or types_pb2.Filter()) for i in range(len(queries))
+    ]
+    for packed in (False, True):
+        request = pb.BatchSearchRequest(
+            index="items", queries=_query(queries), k=10, overrides=overrides, filter=FILTERS[1], packed=packed
+        )
+        got = cluster.stub.BatchSearch(request, timeout=10)
+        want = cluster.single_stub.BatchSearch(request, timeout=10)
+        if packed:
+            assert list(got.packed.ids) == list(want.packed.ids)
+            assert list(got.packed.counts) == list(want.packed.counts) == [3 + i for i in range(len(queries))]
+        else:
+            assert [list(r.ids) for r in got.results] == [list(r.ids) for r in want.results]
+
+
+def test_hnsw_recall_through_the_router(cluster: Cluster) -> None:
+    truth, _ = brute_force(cluster.base, cluster.queries, Metric.L2, 10)
+    truth_ids = [{cluster.ids[i] for i in row} for row in truth]
+
+    def recall(stub: VectorServiceStub, index: str) -> float:
+        response = stub.BatchSearch(
+            pb.BatchSearchRequest(index=index, queries=_query(cluster.queries), k=10), timeout=30
+        )
+        return float(np.mean([len(set(r.ids) & t) / 10 for r, t in zip(response.results, truth_ids, strict=True)]))
+
+    routed, single = recall(cluster.stub, "hnsw"), recall(cluster.single_stub, "items-hnsw")
+    print(f"recall@10 through the router {routed:.4f}, one index {single:.4f}")
+    assert routed >= single - 0.005
+
+
+def test_crowding_refused_on_an_index_sharded_by_id(cluster: Cluster) -> None:
+    request = pb.SearchRequest(
+        index="by-id", vector=_query(cluster.queries[0]), k=10, filter=types_pb2.Filter(max_per_crowding_tag=1)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.Search(request, timeout=10)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "crowding tag" in caught.value.details()
+
+
+def test_shard_refusals_reach_the_caller_as_given(cluster: Cluster) -> None:
+    bad = pb.SearchRequest(index="items", vector=_query(np.ones(DIM + 1)), k=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.Search(bad, timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    trailers = dict(caught.value.trailing_metadata())
+    assert trailers["flux-error-reason"] == "DIMENSION_MISMATCH"
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.Search(pb.SearchRequest(index="nope", vector=_query(cluster.queries[0]), k=1), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_describe_and_server_info(cluster: Cluster) -> None:
+    described = cluster.stub.DescribeIndex(pb.DescribeIndexRequest(index="items"), timeout=10).index
+    assert described.name == "items"
+    assert described.count == N
+    assert described.dimension == DIM
+    assert cluster.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).contract_version
+
+
+def test_stream_search_answers_each_query_as_search(cluster: Cluster) -> None:
+    queries = [
+        pb.StreamSearchRequest(index="items", vector=_query(q), k=5, request_id=i)
+        for i, q in enumerate(cluster.queries[:5])
+    ]
+    queries.append(pb.StreamSearchRequest(index="items", vector=_query(np.ones(DIM + 1)), k=5, request_id=99))
+    answers = list(cluster.stub.StreamSearch(iter(queries), timeout=10))
+    assert [a.request_id for a in answers] == [0, 1, 2, 3, 4, 99]
+    for query, answer in zip(queries[:5], answers, strict=False):
+        want = cluster.single_stub.Search(pb.SearchRequest(index="items", vector=query.vector, k=5), timeout=10)
+        assert list(answer.search.neighbors.ids) == list(want.neighbors.ids)
+    assert answers[-1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+# -- shards that do not answer, replicas, versions --------------------------------------------------
+
+
+@contextmanager
+def _small_shards(
+    folder: Path, replicas: int = 1, versions: bool = False, n: int = 800
+) -> Iterator[tuple[list[list[FluxServer]], np.ndarray, list[str]]]:
+    base, queries = dataset(n, 16 if n <= 800 else 64, 20, seed=5)
+    ids = ids_for(len(base))
+    owner = assign(ids, SHARDS)
+    with ExitStack() as stack:
+        groups = []
+        for shard in range(SHARDS):
+            mine = np.flatnonzero(owner == shard)
+            path = folder / f"shard-{shard}"
+            _build(path / "1", base[mine], [ids[i] for i in mine], "exact", "small", version=1)
+            if versions and shard == 0:  # a newer version on shard 0 only: the rollout is not over
+                _build(path / "2", -base[mine], [ids[i] for i in mine], "exact", "small", version=2)
+            index = {"name": "small", "path": str(path), "versions": {"policy": "latest", "keep": 2}}
+            groups.append([stack.enter_context(running_server(server_config([index]))) for _ in range(replicas)])
+        single = stack.enter_context(
+            running_server(
+                server_config([{"name": "small", "path": str(_build(folder / "all", base, ids, "exact", "small"))}])
+            )
+        )
+        groups.append([single])
+        yield groups, queries, ids
+
+
+def _small_router(groups: list[list[FluxServer]], policy: str, **router: Any) -> flux_config.FluxConfig:
+    shards = [_target(*servers) for servers in groups[:SHARDS]]
+    return _router_config(
+        [{"name": "small", "shard_count": SHARDS, "shards": shards, "on_missing_shards": policy}], **router
+    )
+
+
+def test_a_stopped_shard_fails_or_is_named(tmp_path: Path) -> None:
+    with _small_shards(tmp_path) as (groups, queries, _):
+        with grpc.insecure_channel(groups[SHARDS][0].address) as channel:
+            truth = [
+                VectorServiceStub(channel).Search(pb.SearchRequest(index="small", vector=_query(q), k=10))
+                for q in queries
+            ]
+        groups[2][0].stop(grace=0)
+        with _routing(_small_router(groups, "fail")) as (_, stub):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Search(pb.SearchRequest(index="small", vector=_query(queries[0]), k=10), timeout=3)
+            elapsed = time.monotonic() - started
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "shard-00002-of-00004" in caught.value.details()
+            assert elapsed < 3
+        with _routing(_small_router(groups, "partial")) as (_, stub):
+            for query, want in zip(queries, truth, strict=True):
+                got = stub.Search(pb.SearchRequest(index="small", vector=_query(query), k=10), timeout=3)
+                assert list(got.missing_shards) == ["shard-00002-of-00004"]
+                expected = [i for i in want.neighbors.ids if int(i.split(":")[1]) not in _owned(2)]
+                assert list(got.neighbors.ids)[: len(expected)] == expected[: len(got.neighbors.ids)]
+                assert all(int(i.split(":")[1]) not in _owned(2) for i in got.neighbors.ids)
+            batch = stub.BatchSearch(pb.BatchSearchRequest(index="small", queries=_query(queries), k=10), timeout=3)
+            assert list(batch.missing_shards) == ["shard-00002-of-00004"]
+            assert len(batch.results) == len(queries)
+
+
+def _owned(shard: int) -> set[int]:
+    owner = assign(ids_for(800), SHARDS)
+    return {int(i) for i in np.flatnonzero(owner == shard)}
+
+
+def test_stopping_one_replica_under_load_loses_no_request(tmp_path: Path) -> None:
+    calls, threads = 150, 6
+    with _small_shards(tmp_path, replicas=2, n=24_000) as (groups, queries, _):
+        batch = pb.BatchSearchRequest(index="small", queries=_query(queries), k=10, packed=True)
+        with grpc.insecure_channel(groups[SHARDS][0].address) as channel:
+            truth = list(VectorServiceStub(channel).BatchSearch(batch, timeout=30).packed.ids)
+        with _routing(_small_router(groups, "fail")) as (_, stub):
+            done, failures, lock = [0], [], threading.Lock()
+            halfway = threading.Event()
+
+            def client(worker: int) -> None:
+                for n in range(worker, calls, threads):
+                    try:  # a batch per call keeps every shard busy, so the stop finds calls in flight
+                        got = stub.BatchSearch(batch, timeout=20)
+                        if list(got.packed.ids) != truth or got.missing_shards:
+                            failures.append(f"call {n}: wrong answer")
+                    except grpc.RpcError as error:
+                        failures.append(f"call {n}: {error.code()} {error.details()}")
+                    with lock:
+                        done[0] += 1
+                        if done[0] == calls // 4:
+                            halfway.set()
+
+            workers = [threading.Thread(target=client, args=(w,)) for w in range(threads)]
+            for worker in workers:
+                worker.start()
+            assert halfway.wait(60)
+            groups[1][0].stop(grace=0)  # one replica of shard 1 goes away mid-load, its calls cancelled
+            for worker in workers:
+                worker.join(120)
+            assert not any(w.is_alive() for w in workers)
+            assert done[0] == calls
+            assert failures == []
+
+
+def test_an_answer_never_mixes_versions(tmp_path: Path) -> None:
+    with (
+        _small_shards(tmp_path, versions=True) as (groups, queries, _),
+        grpc.insecure_channel(groups[SHARDS][0].address) as channel,
+        _routing(_small_router(groups, "fail")) as (_, stub),
+    ):
+        single = VectorServiceStub(channel)
+        for query in queries[:10]:
+            request = pb.SearchRequest(index="small", vector=_query(query), k=10)
+            got = stub.Search(request, timeout=5)
+            want = single.Search(request, timeout=5)
+            assert got.version == 1  # shard 0 serves 2 already, the others only 1
+            assert list(got.neighbors.ids) == list(want.neighbors.ids)
+        with pytest.raises(grpc.RpcError) as caught:  # version 2 is on shard 0 only
+            stub.Search(pb.SearchRequest(index="small", vector=_query(query), k=10, version=2), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_router_config_is_checked() -> None:
+    one = {"name": "x", "shard_count": 2, "shards": ["dns:///a:1"]}
+    with pytest.raises(ConfigError, match="shard_count"):
+        _router_config([one])
+    with pytest.raises(ConfigError, match="serves no indexes"):
+        flux_config.parse(
+            {"indexes": [{"name": "a", "path": "/x"}], "router": {"indexes": [{**one, "shards": ["a:1", "b:1"]}]}}
+        )
