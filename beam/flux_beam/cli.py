@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from flux_beam.io import BLOCK_ROWS, FORMATS, Columns, ReadEmbeddings
-from flux_beam.pipeline import NAMESPACE, BuildShardedVersion
+from flux_beam.metrics import NAMESPACE
+from flux_beam.pipeline import BuildShardedVersion
 from flux_core.backend import Metric
 from flux_core.errors import FluxError
 from flux_core.storage import artifact, sharded
