@@ -6,6 +6,7 @@ settings that must agree across files (ports, config path, grace period, user) a
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -369,3 +370,79 @@ def _wheel_files(path: Path) -> dict[str, str]:
             if n.endswith((".dist-info/METADATA", "entry_points.txt"))
         }
     return {"names": "\n".join(names), **read}
+
+
+# --- the sharded deployment (deploy/k8s/sharded) ------------------------------------------------
+
+SHARDED = K8S / "sharded"
+SHARDED_MANIFESTS = sorted(p for p in SHARDED.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _sharded(kind: str) -> list[dict[str, Any]]:
+    return [d for p in SHARDED_MANIFESTS for d in _documents(p) if d["kind"] == kind]
+
+
+def _named(kind: str, name: str) -> dict[str, Any]:
+    [found] = [d for d in _sharded(kind) if d["metadata"]["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("path", SHARDED_MANIFESTS, ids=lambda p: p.name)
+def test_sharded_manifest_matches_the_kubernetes_schema(path: Path, version: str) -> None:
+    documents = _documents(path)
+    assert documents, f"{path.name} holds no resource"
+    for document in documents:
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_sharded_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((SHARDED / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in SHARDED_MANIFESTS)
+
+
+def test_router_config_names_a_headless_service_per_shard_that_selects_that_shard_only() -> None:
+    data = _named("ConfigMap", "flux-router-config")["data"]
+    config = flux_config.parse(yaml.safe_load(data["flux.yaml"]), source="deploy/k8s/sharded: flux-router-config")
+    assert config.router is not None
+    [index] = config.router.indexes
+    assert config.server.host == "0.0.0.0"
+    shard_configs = _named("ConfigMap", "flux-shard-config")["data"]
+    for number, target in enumerate(index.shards):
+        match = re.fullmatch(r"dns:///(flux-shard-\d+)\.flux\.svc:(\d+)", target)
+        assert match, target
+        service, deployment = _named("Service", match[1]), _named("Deployment", match[1])
+        assert service["spec"]["clusterIP"] == "None"
+        assert [p["port"] for p in service["spec"]["ports"]] == [int(match[2])]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        others = [d for d in _sharded("Deployment") if d["metadata"]["name"] != match[1]]
+        assert not any(
+            service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in others
+        )
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        config_file = PurePosixPath(container["args"][container["args"].index("--config") + 1]).name
+        shard = flux_config.parse(yaml.safe_load(shard_configs[config_file]), source=config_file)
+        [served] = shard.indexes
+        assert served.name == index.on_shards
+        assert served.path.name == index.shard_names()[number]
+        assert shard.server.port == int(match[2])
+
+
+def test_sharded_pods_probe_grpc_health_and_run_locked_down() -> None:
+    deployments = _sharded("Deployment")
+    assert {d["metadata"]["name"] for d in deployments} == {f"flux-shard-{n}" for n in range(4)} | {"flux-router"}
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["grpc"]["port"] == 50051
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    router = _named("Service", "flux-router")
+    assert (
+        router["spec"]["selector"].items()
+        <= _named("Deployment", "flux-router")["spec"]["template"]["metadata"]["labels"].items()
+    )

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
 
 from flux import config as flux_config
 from flux.router.server import RouterServer, build_router
@@ -28,7 +29,7 @@ from flux_core.backend import Metric
 from flux_core.errors import ConfigError
 from flux_core.storage import builder
 from flux_core.storage.attributes import ItemAttributes
-from flux_core.storage.sharded import assign
+from flux_core.storage.sharded import assign, shard_of
 from tests.support import brute_force, dataset, ids_for, running_server, server_config
 
 SHARDS = 4
@@ -246,6 +247,16 @@ def test_stream_search_answers_each_query_as_search(cluster: Cluster) -> None:
         want = cluster.single_stub.Search(pb.SearchRequest(index="items", vector=query.vector, k=5), timeout=10)
         assert list(answer.search.neighbors.ids) == list(want.neighbors.ids)
     assert answers[-1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    # the failed query's answer is the one a single server's StreamSearch gives: code, message and details
+    [alone] = list(cluster.single_stub.StreamSearch(iter(queries[-1:]), timeout=10))
+    assert answers[-1] == alone
+    unknown = pb.StreamSearchRequest(index="nope", vector=_query(cluster.queries[0]), k=5, request_id=7)
+    [refused] = list(cluster.stub.StreamSearch(iter([unknown]), timeout=10))
+    assert refused.request_id == 7
+    assert refused.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    info = error_details_pb2.ErrorInfo()
+    assert refused.error.details[0].Unpack(info)
+    assert info.reason == "INDEX_NOT_FOUND"
 
 
 # -- shards that do not answer, replicas, versions --------------------------------------------------
@@ -368,6 +379,56 @@ def test_an_answer_never_mixes_versions(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as caught:  # version 2 is on shard 0 only
             stub.Search(pb.SearchRequest(index="small", vector=_query(query), k=10, version=2), timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_search_by_id_equals_one_index_on_the_exact_backend(tmp_path: Path) -> None:
+    with (
+        _small_shards(tmp_path) as (groups, _, ids),
+        grpc.insecure_channel(groups[SHARDS][0].address) as channel,
+        _routing(_small_router(groups, "fail")) as (_, stub),
+    ):
+        single = VectorServiceStub(channel)
+        spec = types_pb2.Filter(exclude_ids=ids[:50])
+        for item in ids[::40]:
+            for k, item_filter in ((1, None), (10, None), (25, spec)):
+                request = pb.SearchByIdRequest(index="small", id=item, k=k, filter=item_filter)
+                got, want = stub.SearchById(request, timeout=5), single.SearchById(request, timeout=5)
+                assert list(got.neighbors.ids) == list(want.neighbors.ids)
+                assert item not in got.neighbors.ids
+                np.testing.assert_allclose(got.neighbors.distances, want.neighbors.distances, rtol=1e-5, atol=1e-5)
+                assert got.index == "small"
+                assert got.version == want.version
+                assert not got.missing_shards
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SearchById(pb.SearchByIdRequest(index="small", id="no-such-item", k=5), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        assert dict(caught.value.trailing_metadata())["flux-error-reason"] == "ITEM_NOT_FOUND"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SearchById(pb.SearchByIdRequest(index="small", id=ids[1], k=0), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_search_by_id_on_an_index_sharded_by_crowding_tag_asks_every_shard(cluster: Cluster) -> None:
+    for item in cluster.ids[::500]:
+        request = pb.SearchByIdRequest(index="items", id=item, k=10)
+        got = cluster.stub.SearchById(request, timeout=10)
+        want = cluster.single_stub.SearchById(request, timeout=10)
+        assert list(got.neighbors.ids) == list(want.neighbors.ids)
+
+
+def test_search_by_id_with_the_owning_shard_stopped_is_unavailable(tmp_path: Path) -> None:
+    with _small_shards(tmp_path) as (groups, _, ids):
+        owned = [i for i in ids if shard_of(i, SHARDS) == 2]
+        groups[2][0].stop(grace=0)
+        with _routing(_small_router(groups, "partial")) as (_, stub):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.SearchById(pb.SearchByIdRequest(index="small", id=owned[0], k=5), timeout=3)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "shard-00002-of-00004" in caught.value.details()
+            other = next(i for i in ids if shard_of(i, SHARDS) == 0)
+            got = stub.SearchById(pb.SearchByIdRequest(index="small", id=other, k=5), timeout=3)
+            assert list(got.missing_shards) == ["shard-00002-of-00004"]
+            assert len(got.neighbors.ids) == 5
 
 
 def test_router_config_is_checked() -> None:

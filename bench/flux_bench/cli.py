@@ -21,6 +21,7 @@ MODES: tuple[str, ...] = (
     "flux_bench.filters",
     "flux_bench.writes",
     "flux_bench.overload",
+    "flux_bench.router",
 )
 
 

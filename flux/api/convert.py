@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -153,6 +153,22 @@ def batch_response(result: Result, *, packed: bool) -> vector_service_pb2.BatchS
         _packed(response.packed, result)
     else:
         _rows(response.results, result)
+    return response
+
+
+def items_response(
+    index: str, version: int, ids: Sequence[str], vectors: Matrix, found: Sequence[bool]
+) -> vector_service_pb2.GetItemsResponse:
+    """GetItems' answer: each id with its stored vector (one row, as queries send it) when found."""
+    response = vector_service_pb2.GetItemsResponse(index=index, version=version)
+    add = response.items.add
+    dimension = vectors.shape[1]
+    rows = np.asarray(vectors, dtype=_LITTLE_ENDIAN_F32)
+    for item_id, row, ok in zip(ids, rows, found, strict=True):
+        entry = add(id=item_id)
+        if ok:
+            entry.found = True
+            entry.vector.dimension, entry.vector.data = dimension, row.tobytes()
     return response
 
 

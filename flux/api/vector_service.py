@@ -11,7 +11,8 @@ A query that fails is yielded as ``errors.QueryFailed``, which the error interce
 that query's answer with the status Search would have given it; the stream goes on.
 
 Besides searches, what a caller with the reader role may know: an index's description
-(``DescribeIndex``: what it needs to query it) and the server's versions (``GetServerInfo``).
+(``DescribeIndex``: what it needs to query it), the server's versions (``GetServerInfo``), and
+the stored vectors of items by id (``GetItems``, which a router needs for SearchById over shards).
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ class VectorServicer(vector_service_pb2_grpc.VectorServiceServicer):
 
     def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> pb.SearchByIdResponse:
         return convert.by_id_response(self._catalog.search(convert.by_id_query(request)))
+
+    def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
+        with self._catalog.acquire(request.index, request.version) as resolved:
+            index = resolved.index
+            vectors, found = index.vectors_of(request.ids)
+            return convert.items_response(index.name, index.version, request.ids, vectors, found)
 
     def DescribeIndex(
         self, request: pb.DescribeIndexRequest, context: grpc.ServicerContext

@@ -34,7 +34,8 @@ from flux.router.merge import Row, fill, fill_packed, merge, row_of, rows_of_pac
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
-from flux_core.errors import FailedPrecondition, IndexNotFound, Reason, Unavailable
+from flux_core.errors import FailedPrecondition, IndexNotFound, ItemNotFound, Reason, Unavailable, shown
+from flux_core.storage.sharded import shard_of
 
 #: A shard that ended a call with one of these did not answer: the index's policy decides.
 MISSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
@@ -143,6 +144,63 @@ class Router:
                 fill(response.results.add(), row)
         return response
 
+    def search_by_id(
+        self, request: pb.SearchByIdRequest, timeout: float | None, metadata: Metadata
+    ) -> pb.SearchByIdResponse:
+        """The item's vector from the shard that holds it (GetItems), then a Search of every shard with it, the
+        item excluded through the filter (as one server excludes it when a filter is set), merged."""
+        served = self._served(request.index)
+        _check_crowding(served, request.filter if request.HasField("filter") else None, "filter")
+        deadline = time.monotonic() + self._budget(timeout)
+        vector, version = self._item_vector(served, request.id, request.version, deadline, metadata)
+        query = pb.SearchRequest(
+            index=served.config.on_shards,
+            vector=vector,
+            k=request.k,
+            params=request.params,
+            version=request.version,
+            routing_key=request.routing_key,
+        )
+        query.filter.CopyFrom(request.filter)
+        query.filter.exclude_ids.append(request.id)
+        got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
+        if got.version != version:  # the shards answered from another version than the item's: ask it there
+            vector, version = self._item_vector(served, request.id, got.version, deadline, metadata)
+            query.vector.CopyFrom(vector)
+            query.version = got.version
+            got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
+        row = merge([None if a is None else row_of(a.neighbors) for a in got.answers], request.k)
+        response = pb.SearchByIdResponse(index=request.index, version=got.version, missing_shards=got.missing)
+        fill(response.neighbors, row)
+        return response
+
+    def _item_vector(
+        self, served: Served, item_id: str, version: int, deadline: float, metadata: Metadata
+    ) -> tuple[types_pb2.FloatVectors, int]:
+        """The stored vector of ``item_id`` and the version it came from: asked of the shard that owns the id
+        (an index sharded by id), or of every shard (sharded by crowding tag, which the id does not tell)."""
+        config = served.config
+        if config.sharded_by == "id":
+            owners = [shard_of(item_id, config.shard_count)]
+        else:
+            owners = [g.number for g in served.groups]
+        asked = pb.GetItemsRequest(index=config.on_shards, ids=[item_id], version=version)
+        answers = self._call_all(served, "GetItems", {n: asked for n in owners}, deadline, metadata)
+        missing = self._settle(served, answers)
+        for number in owners:
+            if number in missing:
+                continue
+            answer = answers[number]
+            if answer.items and answer.items[0].found:
+                return answer.items[0].vector, answer.version
+        if missing:
+            raise _unavailable(served, missing)
+        raise ItemNotFound(
+            f"index {config.name!r} has no item with id {shown(item_id)}",
+            field="id",
+            metadata={"index": config.name},
+        )
+
     def describe(
         self, request: pb.DescribeIndexRequest, timeout: float | None, metadata: Metadata
     ) -> pb.DescribeIndexResponse:
@@ -176,9 +234,20 @@ class Router:
             )
         return served
 
-    def _gather(self, served: Served, method: str, request: _M, timeout: float | None, metadata: Metadata) -> Gathered:
-        """Every shard's answer to ``request`` from one version, and the shards that did not answer."""
-        deadline = time.monotonic() + self._budget(timeout)
+    def _gather(
+        self,
+        served: Served,
+        method: str,
+        request: _M,
+        timeout: float | None,
+        metadata: Metadata,
+        *,
+        deadline: float | None = None,
+    ) -> Gathered:
+        """Every shard's answer to ``request`` from one version, and the shards that did not answer; by
+        ``deadline`` (``time.monotonic``) when given, else by the caller's ``timeout`` less the margin."""
+        if deadline is None:
+            deadline = time.monotonic() + self._budget(timeout)
         groups = served.groups
         answers = self._call_all(served, method, {g.number: request for g in groups}, deadline, metadata)
         versions = {n: a.version for n, a in answers.items() if not isinstance(a, grpc.RpcError)}

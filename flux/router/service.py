@@ -55,10 +55,13 @@ class RouterServicer(vector_service_pb2_grpc.VectorServiceServicer):
         return _answer(self._router.batch_search, request, context)
 
     def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> pb.SearchByIdResponse:
+        return _answer(self._router.search_by_id, request, context)
+
+    def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
         context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
-            "SearchById is not served by a router yet: no VectorService call returns an item's vector, which the "
-            "shards that do not hold the item need; send Search with the item's vector",
+            "GetItems is not served by a router: ask the shard servers, whose GetItems answers found=false "
+            "for the ids they do not hold",
         )
         raise AssertionError("unreachable")  # abort raises
 

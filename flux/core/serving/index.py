@@ -12,7 +12,7 @@ import numpy as np
 from flux.core.query.filters import Filter, Planner
 from flux.core.query.request import FilterSpec, IdArray, Query, Result
 from flux_core.backend import Backend, Labels, Matrix, resolve_params
-from flux_core.errors import InvalidArgument, ItemNotFound, shown
+from flux_core.errors import InvalidArgument, ItemNotFound, Reason, shown
 from flux_core.storage.artifact import Artifact
 from flux_core.storage.attributes import AttributeStore
 from flux_core.storage.ids import Ids
@@ -263,6 +263,36 @@ class ServedIndex:
 
     def _no_item(self, item_id: str) -> ItemNotFound:
         return ItemNotFound(f"index {self.name!r} has no item with id {shown(item_id)}", field="id")
+
+    def vectors_of(self, ids: Sequence[str], field: str = "ids") -> tuple[Matrix, list[bool]]:
+        """The stored vectors of ``ids`` (len(ids) x dimension, zeros where not found) and which were found.
+
+        At most ``limits.max_batch`` ids, at least one; an id the index does not hold (or that was
+        deleted meanwhile) is not found, which is no error.
+        """
+        if not ids:
+            raise InvalidArgument(f"{field} is empty; send at least one id", field=field, reason=Reason.EMPTY_BATCH)
+        if len(ids) > self.limits.max_batch:
+            raise InvalidArgument(
+                f"{field} holds {len(ids)} ids; the limit is {self.limits.max_batch} per call, split the request",
+                field=field,
+                reason=Reason.BATCH_TOO_LARGE,
+            )
+        labels = [self.ids.label(item) for item in ids]
+        found = [label is not None for label in labels]
+        out = np.zeros((len(ids), self.dimension), np.float32)
+        rows = [row for row, ok in enumerate(found) if ok]
+        if rows:
+            wanted = np.array([labels[row] for row in rows], np.int64)
+            try:
+                out[rows] = self.backend.get_vectors(wanted)
+            except KeyError:  # some deleted since the lookup: ask one at a time
+                for row, label in zip(rows, wanted.tolist(), strict=True):
+                    try:
+                        out[row] = self.backend.get_vectors(np.array([label], np.int64))[0]
+                    except KeyError:
+                        found[row] = False
+        return out, found
 
     def labels_of(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds; the others are left out."""

@@ -16,9 +16,10 @@ from flux_api.v1 import (
     write_service_pb2,
     write_service_pb2_grpc,
 )
-from flux_client import _channel, _codec
+from flux_client import _channel, _codec, _items
 from flux_client._channel import TLS
 from flux_client._errors import FluxError, from_rpc_error, invalid
+from flux_client._items import Items
 from flux_client._types import Attributes, Filter, IndexInfo, SearchResult, ServerInfo, WriteResult
 
 
@@ -242,6 +243,12 @@ class FluxClient:
             timeout,
         )
         return _codec.result(response, k)
+
+    def get_items(self, index: str, ids: Sequence[str], *, version: int = 0, timeout: float | None = None) -> Items:
+        """The stored vectors of ``ids`` (VectorService.GetItems, reader role): ``(ids, vectors)``, the ids the
+        index holds in request order and one vector per row. Ids it does not hold are left out, not an error."""
+        request = _items.items_request(index, ids, version)
+        return _items.items(self._call(self._vectors.GetItems, request, timeout))
 
     def describe(self, index: str, *, timeout: float | None = None) -> IndexInfo:
         """What the server says of ``index``: backend, dimension, metric, count, version, state."""

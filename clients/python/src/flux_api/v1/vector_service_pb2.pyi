@@ -860,3 +860,101 @@ class BackendInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackendInfo: _TypeAlias = BackendInfo  # noqa: Y015
+
+@_typing.final
+class GetItemsRequest(_message.Message):
+    """GetItemsRequest names the items whose stored vectors to return."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The name of the index (or of an alias)."""
+    version: _builtins.int
+    """As in SearchRequest: a loaded version to answer from instead of the active one."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the items: 1 to the server's max_batch (1024 by default). An id
+        may be repeated; each is answered.
+        """
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "index", b"index", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetItemsRequest: _TypeAlias = GetItemsRequest  # noqa: Y015
+
+@_typing.final
+class GetItemsResponse(_message.Message):
+    """GetItemsResponse holds one entry per requested id, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    index: _builtins.str
+    """The index that answered (the alias's target when the request named an alias)."""
+    version: _builtins.int
+    """The version of the index that answered."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredItem]:
+        """One entry per id of the request, in its order."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.str = ...,
+        version: _builtins.int = ...,
+        items: _abc.Iterable[Global___StoredItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "items", b"items", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetItemsResponse: _TypeAlias = GetItemsResponse  # noqa: Y015
+
+@_typing.final
+class StoredItem(_message.Message):
+    """StoredItem is one item's stored vector, or the news that the index does not hold it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The id, as requested."""
+    found: _builtins.bool
+    """Whether the index holds an item with the id."""
+    @_builtins.property
+    def vector(self) -> _types_pb2.FloatVectors:
+        """The stored vector: one row, as queries send it. Unset when `found` is false."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        vector: _types_pb2.FloatVectors | None = ...,
+        found: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "id", b"id", "vector", b"vector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredItem: _TypeAlias = StoredItem  # noqa: Y015

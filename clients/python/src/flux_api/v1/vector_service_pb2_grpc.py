@@ -158,6 +158,11 @@ class VectorServiceStub:
                 request_serializer=flux__api_dot_v1_dot_vector__service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=flux__api_dot_v1_dot_vector__service__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.GetItems = channel.unary_unary(
+                '/flux_api.v1.VectorService/GetItems',
+                request_serializer=flux__api_dot_v1_dot_vector__service__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=flux__api_dot_v1_dot_vector__service__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
 
 
 class VectorServiceServicer:
@@ -351,6 +356,25 @@ class VectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetItems(self, request, context):
+        """GetItems returns the stored vectors of items by id, in the order of the ids:
+        what a router needs to answer SearchById over shards (docs/scale.md), and what
+        a caller with the reader role needs to read an item back.
+
+        An id the index does not hold is answered with `found` false and no vector,
+        not with NOT_FOUND: a caller that does not know which shard holds an item
+        may ask several, and one absent id does not fail the others. The vectors are
+        as the index keeps them (a cosine index may hold them normalised). `index`
+        may name an alias (its arm is drawn at random, as for a Search without a
+        routing key). Returns INVALID_ARGUMENT when `ids` is empty (EMPTY_BATCH) or
+        holds more than the server's max_batch ids (BATCH_TOO_LARGE), NOT_FOUND when
+        the index or the version does not exist, and the codes of Search for an
+        index that is loading or failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VectorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -383,6 +407,11 @@ def add_VectorServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=flux__api_dot_v1_dot_vector__service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=flux__api_dot_v1_dot_vector__service__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'GetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItems,
+                    request_deserializer=flux__api_dot_v1_dot_vector__service__pb2.GetItemsRequest.FromString,
+                    response_serializer=flux__api_dot_v1_dot_vector__service__pb2.GetItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -641,6 +670,33 @@ class VectorService:
             '/flux_api.v1.VectorService/GetServerInfo',
             flux__api_dot_v1_dot_vector__service__pb2.GetServerInfoRequest.SerializeToString,
             flux__api_dot_v1_dot_vector__service__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flux_api.v1.VectorService/GetItems',
+            flux__api_dot_v1_dot_vector__service__pb2.GetItemsRequest.SerializeToString,
+            flux__api_dot_v1_dot_vector__service__pb2.GetItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -197,6 +197,21 @@ class VectorServiceStub:
     caller talks to, and the backends the server has installed. It needs the
     reader role and always answers OK while the server runs.
     """
+    GetItems: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.GetItemsRequest, _vector_service_pb2.GetItemsResponse]
+    """GetItems returns the stored vectors of items by id, in the order of the ids:
+    what a router needs to answer SearchById over shards (docs/scale.md), and what
+    a caller with the reader role needs to read an item back.
+
+    An id the index does not hold is answered with `found` false and no vector,
+    not with NOT_FOUND: a caller that does not know which shard holds an item
+    may ask several, and one absent id does not fail the others. The vectors are
+    as the index keeps them (a cosine index may hold them normalised). `index`
+    may name an alias (its arm is drawn at random, as for a Search without a
+    routing key). Returns INVALID_ARGUMENT when `ids` is empty (EMPTY_BATCH) or
+    holds more than the server's max_batch ids (BATCH_TOO_LARGE), NOT_FOUND when
+    the index or the version does not exist, and the codes of Search for an
+    index that is loading or failed.
+    """
 
 @_typing.type_check_only
 class VectorServiceAsyncStub(VectorServiceStub):
@@ -366,6 +381,21 @@ class VectorServiceAsyncStub(VectorServiceStub):
     """GetServerInfo names the contract release and the server software a
     caller talks to, and the backends the server has installed. It needs the
     reader role and always answers OK while the server runs.
+    """
+    GetItems: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.GetItemsRequest, _vector_service_pb2.GetItemsResponse]  # type: ignore[assignment]
+    """GetItems returns the stored vectors of items by id, in the order of the ids:
+    what a router needs to answer SearchById over shards (docs/scale.md), and what
+    a caller with the reader role needs to read an item back.
+
+    An id the index does not hold is answered with `found` false and no vector,
+    not with NOT_FOUND: a caller that does not know which shard holds an item
+    may ask several, and one absent id does not fail the others. The vectors are
+    as the index keeps them (a cosine index may hold them normalised). `index`
+    may name an alias (its arm is drawn at random, as for a Search without a
+    routing key). Returns INVALID_ARGUMENT when `ids` is empty (EMPTY_BATCH) or
+    holds more than the server's max_batch ids (BATCH_TOO_LARGE), NOT_FOUND when
+    the index or the version does not exist, and the codes of Search for an
+    index that is loading or failed.
     """
 
 class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -569,6 +599,27 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetServerInfo names the contract release and the server software a
         caller talks to, and the backends the server has installed. It needs the
         reader role and always answers OK while the server runs.
+        """
+
+    @_abc_1.abstractmethod
+    def GetItems(
+        self,
+        request: _vector_service_pb2.GetItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vector_service_pb2.GetItemsResponse, _abc.Awaitable[_vector_service_pb2.GetItemsResponse]]:
+        """GetItems returns the stored vectors of items by id, in the order of the ids:
+        what a router needs to answer SearchById over shards (docs/scale.md), and what
+        a caller with the reader role needs to read an item back.
+
+        An id the index does not hold is answered with `found` false and no vector,
+        not with NOT_FOUND: a caller that does not know which shard holds an item
+        may ask several, and one absent id does not fail the others. The vectors are
+        as the index keeps them (a cosine index may hold them normalised). `index`
+        may name an alias (its arm is drawn at random, as for a Search without a
+        routing key). Returns INVALID_ARGUMENT when `ids` is empty (EMPTY_BATCH) or
+        holds more than the server's max_batch ids (BATCH_TOO_LARGE), NOT_FOUND when
+        the index or the version does not exist, and the codes of Search for an
+        index that is loading or failed.
         """
 
 def add_VectorServiceServicer_to_server(servicer: VectorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

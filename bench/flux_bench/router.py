@@ -1,0 +1,199 @@
+"""``flux bench router``: what a router adds to a Search, measured against a direct Search to one shard.
+
+One run builds a random float32 dataset, splits it by id over 4 shards (``shard_of``) with the exact
+backend, starts the 4 shard servers and a router over them on 127.0.0.1, each in its own process,
+and sends Search calls from one client, one call at a time: first straight to shard 0, then through
+the router, which fans every call out to the 4 shards and merges their answers. It reports p50 and
+p99 of both, the router's QPS, and checks the target: the router's p50 at most the direct p50 plus
+1 ms. Before timing, it checks that the router answers as a brute-force search over all the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+import numpy as np
+
+from flux_api.v1 import types_pb2
+from flux_api.v1 import vector_service_pb2 as pb
+from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_bench.procs import Child
+from flux_bench.servers import ServerProcess, flux_server
+
+SHARDS = 4
+#: The router's p50 may exceed a direct Search's p50 by at most this much.
+TARGET_MS = 1.0
+
+
+def add_parser(modes: Any) -> None:
+    """Adds ``router`` to ``flux bench``'s modes (flux_bench.cli lists this module)."""
+    parser = modes.add_parser(
+        "router", help="Search through a router over 4 shards vs a direct Search", description=__doc__
+    )
+    parser.add_argument("-n", "--count", type=int, default=20_000, help="vectors in all (default 20000)")
+    parser.add_argument("--dim", type=int, default=64, help="vector dimension (default 64)")
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds before each mode (default 1)")
+    parser.add_argument("--work-dir", type=Path, help="where the shard artifacts go (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("count", "dim", "k"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be at least 1")
+    if args.count < SHARDS:
+        raise SystemExit(f"--count must be at least {SHARDS}")
+    with contextlib.ExitStack() as stack:
+        work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flux-bench-router-")))
+        result = measure(args.count, args.dim, args.k, args.seconds, args.warmup, work)
+    print_table(result, sys.stdout)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["passed"] else 1
+
+
+def measure(count: int, dim: int, k: int, seconds: float, warmup: float, work: Path) -> dict[str, Any]:
+    from flux_core.backend import Metric
+    from flux_core.storage import builder
+    from flux_core.storage.sharded import assign
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((count, dim), dtype=np.float32)
+    queries = rng.standard_normal((256, dim), dtype=np.float32)
+    ids = [f"item:{i:07d}" for i in range(count)]
+    owner = assign(ids, SHARDS)
+    paths = []
+    for shard in range(SHARDS):
+        mine = np.flatnonzero(owner == shard)
+        path = work / f"shard-{shard}"
+        builder.build(path, base[mine], [ids[i] for i in mine], backend="exact", metric=Metric.L2, name="items")
+        paths.append(path)
+    with _cluster(paths) as (shards, router):
+        _check(router, base, queries[:8], ids, k)
+        direct = _timed(shards[0], queries, k, seconds, warmup)
+        routed = _timed(router, queries, k, seconds, warmup)
+    target = direct["p50_ms"] + TARGET_MS
+    return {
+        "count": count,
+        "dim": dim,
+        "k": k,
+        "shards": SHARDS,
+        "backend": "exact",
+        "clients": 1,
+        "direct": direct,
+        "router": routed,
+        "overhead_p50_ms": routed["p50_ms"] - direct["p50_ms"],
+        "target": {"router_p50_ms_at_most": target, "direct_p50_plus_ms": TARGET_MS},
+        "passed": routed["p50_ms"] <= target,
+    }
+
+
+@contextlib.contextmanager
+def _cluster(paths: list[Path]) -> Iterator[tuple[list[str], str]]:
+    """The shard servers and a router over them, each in its own process: their addresses."""
+    servers: list[ServerProcess] = []
+    router: Child | None = None
+    try:
+        for path in paths:
+            servers.append(flux_server({"indexes": [{"name": "items", "path": str(path)}]}))
+        shards = [s.address for s in servers]
+        raw = {
+            "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 0.5},
+            "router": {"indexes": [{"name": "items", "shard_count": SHARDS, "shards": shards}]},
+        }
+        router = Child(_router_main, raw, name="flux-bench-router")
+        yield shards, router.recv(timeout=120)
+    finally:
+        if router is not None:
+            router.close()
+        for server in servers:
+            server.close()
+
+
+def _router_main(conn: Connection, raw: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    from flux import config as flux_config
+    from flux.router.server import build_router
+
+    router = build_router(flux_config.parse(raw, source="benchmark router config"))
+    router.start()
+    conn.send(router.address)
+    with contextlib.suppress(EOFError):
+        conn.recv()
+    router.stop(grace=0)
+
+
+def _request(vector: np.ndarray, k: int) -> pb.SearchRequest:
+    data = np.ascontiguousarray(vector, dtype="<f4")
+    return pb.SearchRequest(index="items", vector=types_pb2.FloatVectors(dimension=len(data), data=data.tobytes()), k=k)
+
+
+def _check(router: str, base: np.ndarray, queries: np.ndarray, ids: list[str], k: int) -> None:
+    """The router answers as a brute-force search over all the data (the shards are exact)."""
+    with grpc.insecure_channel(router) as channel:
+        stub = VectorServiceStub(channel)
+        for query in queries:
+            got = list(stub.Search(_request(query, k), timeout=30).neighbors.ids)
+            distances = ((base - query) ** 2).sum(axis=1)
+            want = [ids[i] for i in np.argsort(distances, kind="stable")[:k]]
+            if set(got) != set(want):
+                raise RuntimeError(f"the router answered {got}, brute force {want}")
+
+
+def _timed(target: str, queries: np.ndarray, k: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """One client, one call at a time: latency percentiles and calls per second over ``seconds``."""
+    requests = [_request(q, k) for q in queries]
+    with grpc.insecure_channel(target) as channel:
+        search = VectorServiceStub(channel).Search
+        end = time.perf_counter() + warmup
+        n = 0
+        while time.perf_counter() < end:
+            search(requests[n % len(requests)], timeout=30)
+            n += 1
+        latencies: list[float] = []
+        started = time.perf_counter()
+        end = started + seconds
+        while (now := time.perf_counter()) < end or not latencies:
+            search(requests[len(latencies) % len(requests)], timeout=30)
+            latencies.append(time.perf_counter() - now)
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "calls": len(latencies),
+        "qps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def print_table(result: dict[str, Any], out: TextIO) -> None:
+    print(
+        f"{result['count']:,} vectors, dim {result['dim']}, k {result['k']}, exact backend, "
+        f"{result['shards']} shards, 1 client",
+        file=out,
+    )
+    print(f"{'mode':<28} {'calls':>8} {'qps':>9} {'p50 ms':>8} {'p99 ms':>8}", file=out)
+    for name, key in (("direct (shard 0 of 4)", "direct"), (f"router ({result['shards']} shards)", "router")):
+        row = result[key]
+        print(f"{name:<28} {row['calls']:>8} {row['qps']:>9.1f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}", file=out)
+    verdict = "PASS" if result["passed"] else "FAIL"
+    print(
+        f"target: router p50 <= direct p50 + {TARGET_MS:g} ms: {result['router']['p50_ms']:.3f} <= "
+        f"{result['target']['router_p50_ms_at_most']:.3f}  {verdict}",
+        file=out,
+    )
