@@ -21,6 +21,7 @@ VersionRequest = (
     | pb.RollbackVersionRequest
     | pb.UnloadVersionRequest
 )
+_GATE_FIELDS = pb.GateReport.DESCRIPTOR.fields  # each is a field of flux.core.serving.gate.GateReport too
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
@@ -152,17 +153,6 @@ def version_info(slot: VersionSlot) -> pb.VersionInfo:
         load_seconds=slot.load_seconds,
         in_flight=slot.in_flight,
     )
-    if slot.report is not None:
-        r = slot.report
-        info.gate.CopyFrom(
-            pb.GateReport(
-                passed=r.passed,
-                warmup_queries=r.warmup_queries,
-                canary_queries=r.canary_queries,
-                k=r.k,
-                recall=r.recall,
-                overlap=r.overlap,
-                reason=r.reason,
-            )
-        )
+    if slot.report is not None:  # the gate's report, field by field as the contract names them
+        info.gate.CopyFrom(pb.GateReport(**{f.name: getattr(slot.report, f.name) for f in _GATE_FIELDS}))
     return info

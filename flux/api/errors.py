@@ -25,7 +25,7 @@ import re
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 import grpc
 from google.protobuf import any_pb2
@@ -62,6 +62,14 @@ _ATTRIBUTES = re.compile(r"(?:^|\.)attributes\[\d+\]")
 _ONE_ID = re.compile(r"(?:^|\.)ids\[\d+\]$")
 _IDS = re.compile(r"(?:^|\.)ids$")
 _PER_ROW = re.compile(r"^(?:overrides|(?:messages\[\d+\]\.)?attributes)$")
+#: INVALID_ARGUMENT raised without a reason, told apart by the field it names (first match wins).
+_FIELD_REASONS = (
+    (_PARAMS, Reason.UNKNOWN_PARAM),
+    (_PARAM, Reason.PARAM_OUT_OF_RANGE),
+    (_FILTER, Reason.INVALID_FILTER),
+    (_ATTRIBUTES, Reason.INVALID_ATTRIBUTES),
+    (_PER_ROW, Reason.COUNT_MISMATCH),
+)
 
 
 def reason_of(error: FluxError) -> str:
@@ -97,16 +105,9 @@ def _invalid_argument(field: str, message: str) -> Reason:
         return Reason.COUNT_MISMATCH  # Search with other than one vector; vectors not one per id
     if field == "k" or field.endswith(".k"):
         return Reason.K_OUT_OF_RANGE
-    if _PARAMS.search(field):
-        return Reason.UNKNOWN_PARAM
-    if _PARAM.search(field):
-        return Reason.PARAM_OUT_OF_RANGE
-    if _FILTER.match(field):
-        return Reason.INVALID_FILTER
-    if _ATTRIBUTES.search(field):
-        return Reason.INVALID_ATTRIBUTES
-    if _PER_ROW.match(field):
-        return Reason.COUNT_MISMATCH
+    by_field = next((reason for pattern, reason in _FIELD_REASONS if pattern.search(field)), None)
+    if by_field is not None:
+        return by_field
     if _ONE_ID.search(field):
         if "repeats" in message:
             return Reason.DUPLICATE_ID
@@ -118,15 +119,19 @@ def _invalid_argument(field: str, message: str) -> Reason:
     return Reason.INVALID_ARGUMENT
 
 
+#: FAILED_PRECONDITION raised without a reason, told apart by a phrase of its message.
+_PRECONDITION_PHRASES = (
+    ("immutable", Reason.INDEX_IMMUTABLE),
+    ("read-only on this server", Reason.INDEX_READ_ONLY),
+    ("refuses writes", Reason.WRITES_FAILED),
+    ("roll back", Reason.NO_ROLLBACK_TARGET),
+)
+
+
 def _failed_precondition(field: str, message: str) -> Reason:
-    if "immutable" in message:
-        return Reason.INDEX_IMMUTABLE
-    if "read-only on this server" in message:
-        return Reason.INDEX_READ_ONLY
-    if "refuses writes" in message:
-        return Reason.WRITES_FAILED
-    if "roll back" in message:
-        return Reason.NO_ROLLBACK_TARGET
+    phrased = next((reason for phrase, reason in _PRECONDITION_PHRASES if phrase in message), None)
+    if phrased is not None:
+        return phrased
     if field == "version":
         return Reason.VERSION_ACTIVE
     if field == "index":
@@ -136,39 +141,33 @@ def _failed_precondition(field: str, message: str) -> Reason:
     return Reason.FAILED_PRECONDITION
 
 
-def rich_status(
-    code: Code,
-    message: str,
-    reason: str,
-    *,
-    field: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-) -> status_pb2.Status:
+class Details(TypedDict, total=False):
+    """What an error adds to its code, message and reason: the field at fault, ErrorInfo metadata."""
+
+    field: str | None
+    metadata: Mapping[str, str] | None
+
+
+def rich_status(code: Code, message: str, reason: str, **details: Unpack[Details]) -> status_pb2.Status:
     """The ``google.rpc.Status``: ErrorInfo, and BadRequest for an INVALID_ARGUMENT naming a field."""
+    field, metadata = details.get("field"), details.get("metadata")
     info = {key: value for key, value in (metadata or {}).items() if value and len(value) <= _MAX_METADATA_VALUE}
     if field:
         info["field"] = field
-    details: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=info)]
+    parts: list[Message] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=info)]
     if field and code is Code.INVALID_ARGUMENT:
         violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
-        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+        parts.append(error_details_pb2.BadRequest(field_violations=[violation]))
     packed = []
-    for detail in details:
+    for detail in parts:
         packed.append(any_pb2.Any())
         packed[-1].Pack(detail)
     return status_pb2.Status(code=code, message=message, details=packed)
 
 
-def status(
-    code: Code,
-    message: str,
-    reason: str,
-    *,
-    field: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-) -> grpc.Status:
+def status(code: Code, message: str, reason: str, **details: Unpack[Details]) -> grpc.Status:
     """A status with ErrorInfo (and BadRequest for an INVALID_ARGUMENT naming a field), for ``abort_with_status``."""
-    return _trailers(rich_status(code, message, reason, field=field, metadata=metadata), reason)
+    return _trailers(rich_status(code, message, reason, **details), reason)
 
 
 def _trailers(rich: status_pb2.Status, reason: str) -> grpc.Status:
