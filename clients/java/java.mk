@@ -104,7 +104,7 @@ $(JAVA_POM): $(JAVA_DIR)/maven/flux-api.pom.in protos/CHANGELOG.md $(JAVA_DIR)/j
 	$(java_pom) $< > $@
 
 # The google.rpc messages, generated and compiled like the stubs.
-$(RPC_JAR): protos/CHANGELOG.md $(JAVA_DIR)/java.mk
+$(RPC_JAR): protos/CHANGELOG.md $(JAVA_DIR)/java.mk | $(VENV)/.installed
 	rm -rf $(JAVA_BUILD)/rpc $(JAVA_BUILD)/flux-api-google-rpc-*.jar
 	mkdir -p $(JAVA_BUILD)/rpc/src $(JAVA_BUILD)/rpc/classes $(JAVA_BUILD)/rpc/meta/META-INF/maven/io.flux/flux-api-google-rpc
 	root="$(rpc_proto_root)"; test -f "$$root/google/rpc/error_details.proto" || \
