@@ -188,7 +188,11 @@ def test_a_plain_search_is_not_starved_by_batches_at_another_ef(server: FluxServ
     assert len(plain_seconds) >= 10
     one_batch = float(np.median(batch_seconds))
     plain_p99 = float(np.percentile(plain_seconds, 99))
-    assert plain_p99 <= one_batch + 0.050, f"plain p99 {plain_p99 * 1e3:.1f} ms, one batch {one_batch * 1e3:.1f} ms"
+    # Phase-fair: a plain search waits for at most the one batch phase running when it came (about one
+    # batch); starved, it waits behind batch after batch (two or more). The bound sits between the two,
+    # so a busy machine's noise on about 30 plain calls does not decide it.
+    waited = f"plain p99 {plain_p99 * 1e3:.1f} ms, one batch {one_batch * 1e3:.1f} ms"
+    assert plain_p99 <= 1.5 * one_batch + 0.050, waited
 
 
 def test_each_request_still_searches_with_its_own_ef(
