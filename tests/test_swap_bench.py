@@ -33,6 +33,7 @@ def test_bench_swap_swaps_under_load_prints_the_table_and_writes_json(
     assert 0 < result["rollback_seconds"] < 10
     if gate == "recommended":
         assert {"1", "2", "3"} <= set(result["gate_recall_overlap"]), "every good version passed the canary"
+    assert all(result["load_seconds"][str(version)] > 0 for version in (1, 2, 3)), result["load_seconds"]
     # Latency targets on a tiny index are noise: only that the report and the exit code agree is checked.
     met = all(verdict(result).values())
     assert result["targets"] == verdict(result)

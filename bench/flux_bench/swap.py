@@ -189,16 +189,20 @@ def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             records: list[Record] = [r for _ in clients for r in queue.get()]
             for client in clients:
                 client.join()
+            listed = stub.ListVersions(admin.ListVersionsRequest(index="bench"), timeout=10).versions
             gates = {
                 v.version: (round(v.gate.recall, 3), round(v.gate.overlap, 3))
-                for v in stub.ListVersions(admin.ListVersionsRequest(index="bench"), timeout=10).versions
+                for v in listed
                 if v.HasField("gate") and v.gate.canary_queries
             }
+            # Verifying, loading and gating each version, in the server: most of a swap's time.
+            loads = {v.version: round(v.load_seconds, 3) for v in listed if v.load_seconds}
             t = time.perf_counter()
             rolled = stub.RollbackVersion(admin.RollbackVersionRequest(index="bench"), timeout=300)
             rollback_seconds = time.perf_counter() - t
         return _summary(backend, args, records, published[:-1], versions, published[-1], refused, tagged) | {
             "gate_recall_overlap": gates,
+            "load_seconds": loads,
             "rollback_seconds": rollback_seconds,
             "rolled_back_to": rolled.version.version,
         }

@@ -5,38 +5,45 @@ measures, on a sample of queries, recall@k against exact search over the new
 version's own vectors, and overlap@k with the version being replaced. A version
 below either threshold stays out of service and the reason is recorded.
 
-The exact search reads every stored vector while the active version serves, and a
-backend may hold the GIL while it copies vectors out (hnswlib does: about 6 us a vector
-at 128 dimensions, 0.6 s for 100,000, on an idle core). So they are read a few hundred
-at a time, with a pause after each read that lets the request threads take the GIL
-back, while the distances are computed at low priority by code that lets go of the GIL
-(``quality.Nearest``). An artifact's own float32 copy of the vectors, when it has one,
-costs no GIL and is read instead.
+The exact search reads every stored vector while the active version serves. They come
+from the artifact's own float32 copy of the vectors when it has one, else from the
+backend's ``vector_blocks``: hnsw reads them from its index file, with the GIL released,
+where hnswlib's ``get_items`` would hold it about 6 us a vector at 128 dimensions (0.6 s
+for 100,000); other backends' blocks come from ``get_vectors``, a few hundred at a time,
+with a pause after each read that lets the request threads take the GIL back. Blocks are
+read in a thread at the caller's priority and ranked, several thousand vectors at a time,
+at low priority by code that lets go of the GIL for all but a few moments a block
+(``quality.Nearest``), in two threads where there are two cores.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.quality import Nearest, overlap
-from flux_core.backend import Backend, Labels, Matrix
+from flux_core.backend import Labels, Matrix
 from flux_core.storage.background import at_low_priority
 
-#: Vectors per read from the backend: about 2 ms of GIL for hnswlib at 128 dimensions.
-ROWS_PER_READ = 256
-#: The pause after each read: a request thread waiting for the GIL gets it.
+#: The pause after each block read from the backend: a request thread waiting for the GIL gets it.
 PAUSE_SECONDS = 0.0005
-#: Vectors per block from the artifact's own copy, which costs no GIL to read.
-_ROWS_PER_BLOCK = 4096
-#: Blocks read ahead of the distance computation: bounds the memory the gate takes.
-_BLOCKS_AHEAD = 32
+#: Vectors ranked at a time (smaller blocks from the backend are put together): few moments of
+#: GIL per block for the low-priority ranking, and about 6 MB of scores per block for 200 queries.
+ROWS_PER_BLOCK = 8192
+#: Blocks read ahead of the ranking: bounds the memory the gate takes.
+_BLOCKS_AHEAD = 4
+#: Threads that rank blocks at once, each at low priority: they take what serving leaves of a
+#: core (and a small share of a busy one), so two finish in about half the time one would.
+SCAN_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -104,18 +111,24 @@ def exact_recall(index: ServedIndex, queries: Matrix, found: Labels) -> float:
     """Recall@k of ``found`` (the labels ``index`` answered ``queries`` with, -1 padded) against exact
     search over ``index``'s stored vectors."""
     live = index.ids.live()  # a snapshot of a writable index has labels without items
-    nearest = Nearest(queries, index.manifest.metric, found.shape[1])
     copy = index.artifact.filter_vectors
     if copy is not None and (len(live) == 0 or live[-1] < len(copy)):
-        at_low_priority(lambda: _scan(nearest, _from_copy(copy, live)))
+        source = _from_copy(copy, live)
     else:
-        with _Reader(index.backend, live) as reader:
-            at_low_priority(lambda: _scan(nearest, reader.blocks()))
-    return _recall(found, nearest.labels())
+        source = index.backend.vector_blocks(live)
+    parts = [Nearest(queries, index.manifest.metric, found.shape[1]) for _ in range(SCAN_THREADS)]
+    with _Reader(source) as reader, ThreadPoolExecutor(len(parts), thread_name_prefix="flux-gate") as pool:
+        scans = [pool.submit(at_low_priority, partial(_scan, part, reader)) for part in parts]
+        for scan in scans:
+            scan.result()
+    for part in parts[1:]:
+        parts[0].merge(part)
+    return _recall(found, parts[0].labels())
 
 
-def _scan(nearest: Nearest, blocks: Iterator[tuple[Labels, Matrix]]) -> None:
-    for labels, vectors in blocks:
+def _scan(nearest: Nearest, reader: _Reader) -> None:
+    while (block := reader.next()) is not None:
+        labels, vectors = block
         nearest.add(labels, nearest.scores(vectors))
 
 
@@ -128,18 +141,18 @@ def _recall(found: Labels, truth: Labels) -> float:
 def _from_copy(copy: Matrix, live: Labels) -> Iterator[tuple[Labels, Matrix]]:
     """The artifact's vector copy in blocks (a slice when the labels are 0..n-1, as built)."""
     ranged = len(live) == 0 or live[-1] == len(live) - 1
-    for start in range(0, len(live), _ROWS_PER_BLOCK):
-        labels = live[start : start + _ROWS_PER_BLOCK]
+    for start in range(0, len(live), ROWS_PER_BLOCK):
+        labels = live[start : start + ROWS_PER_BLOCK]
         yield labels, copy[start : start + len(labels)] if ranged else copy[labels]
 
 
 class _Reader:
-    """Reads the stored vectors of ``labels`` from the backend in a thread of its own, a few at a
-    time, at the caller's priority: a thread that holds the GIL must not be one the kernel puts off."""
+    """Reads ``source`` (a backend's ``vector_blocks``, or the artifact's copy) in a thread of its
+    own, with a pause after each block, at the caller's priority: a thread that holds the GIL must
+    not be one the kernel puts off. Blocks smaller than ``ROWS_PER_BLOCK`` are put together."""
 
-    def __init__(self, backend: Backend, labels: Labels) -> None:
-        self._backend = backend
-        self._labels = labels
+    def __init__(self, source: Iterator[tuple[Labels, Matrix]]) -> None:
+        self._source = source
         self._blocks: queue.Queue[tuple[Labels, Matrix] | BaseException | None] = queue.Queue(_BLOCKS_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="flux-gate-reader", daemon=True)
@@ -152,19 +165,28 @@ class _Reader:
         self._stop.set()
         self._thread.join()
 
-    def blocks(self) -> Iterator[tuple[Labels, Matrix]]:
-        while (block := self._blocks.get()) is not None:
-            if isinstance(block, BaseException):
+    def next(self) -> tuple[Labels, Matrix] | None:
+        """The next block, or None after the last; for any number of threads at once."""
+        block = self._blocks.get()
+        if block is None or isinstance(block, BaseException):
+            self._blocks.put(block)  # the end, for the other threads too (it took the only item queued)
+            if block is not None:
                 raise block
-            yield block
+            return None
+        return block
 
     def _read(self) -> None:
+        held: list[tuple[Labels, Matrix]] = []
         try:
-            for start in range(0, len(self._labels), ROWS_PER_READ):
-                labels = self._labels[start : start + ROWS_PER_READ]
-                if not self._put((labels, self._backend.get_vectors(labels))):
-                    return
+            for block in self._source:
+                held.append(block)
+                if sum(len(labels) for labels, _ in held) >= ROWS_PER_BLOCK:
+                    if not self._put(_joined(held)):
+                        return
+                    held = []
                 time.sleep(PAUSE_SECONDS)
+            if held and not self._put(_joined(held)):
+                return
         except BaseException as exc:  # handed to the reading side
             self._put(exc)
             return
@@ -179,6 +201,12 @@ class _Reader:
             except queue.Full:
                 continue
         return False
+
+
+def _joined(blocks: list[tuple[Labels, Matrix]]) -> tuple[Labels, Matrix]:
+    if len(blocks) == 1:
+        return blocks[0]
+    return np.concatenate([labels for labels, _ in blocks]), np.concatenate([vectors for _, vectors in blocks])
 
 
 def _sample(index: ServedIndex, rng: np.random.Generator, n: int) -> np.ndarray:
