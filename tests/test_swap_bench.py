@@ -12,7 +12,8 @@ from flux.cli import main
 from flux_bench.swap import verdict
 
 
-@pytest.mark.parametrize(("backend", "gate"), [("annoy", "default"), ("hnsw", "recommended")])
+# exact is none of the bench's defaults: any installed backend is accepted.
+@pytest.mark.parametrize(("backend", "gate"), [("annoy", "default"), ("hnsw", "recommended"), ("exact", "default")])
 def test_bench_swap_swaps_under_load_prints_the_table_and_writes_json(
     backend: str, gate: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

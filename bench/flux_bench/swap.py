@@ -38,7 +38,7 @@ import numpy as np
 from flux.datasets import clustered
 from flux_bench.procs import spawn_flux_serve
 from flux_core.backend import Metric
-from flux_core.storage import builder
+from flux_core.storage import builder, registry
 
 BACKENDS = ("hnsw", "annoy")  # the defaults; voyager on request (its search holds the GIL: docs/performance.md)
 GATES = {
@@ -56,8 +56,8 @@ def add_parser(modes: Any) -> None:
     parser.add_argument(
         "--backend",
         action="append",
-        choices=[*BACKENDS, "voyager"],
-        help=f"repeatable (default: {', '.join(BACKENDS)})",
+        choices=registry.names(),
+        help=f"any installed backend, repeatable (default: {', '.join(BACKENDS)})",
     )
     parser.add_argument("--gate", choices=sorted(GATES), default="default", help="activation gate (default: default)")
     parser.add_argument("-n", type=int, default=100_000, help="vectors per version (default: 100,000)")
