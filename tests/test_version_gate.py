@@ -16,7 +16,7 @@ import pytest
 from flux.core.serving import gate
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.quality import SINGLE_THREAD_PRODUCT, Nearest, _Products, brute_force, nearest_rows
-from flux_backends import hnsw
+from flux_backends import hnsw_file
 from flux_backends.hnsw import HnswBackend
 from flux_core.backend import VECTORS_PER_BLOCK, Metric
 from flux_core.storage import artifact, builder, registry
@@ -54,7 +54,7 @@ def test_the_canary_reads_an_hnsw_versions_vectors_from_its_file_a_few_thousand_
     live = candidate.ids.live()
     blocks = list(candidate.backend.vector_blocks(live))
     # Reads of the index file (which release the GIL), not N / 256 calls of hnswlib's get_items.
-    assert len(blocks) == -(-N // hnsw._ITEMS_PER_READ)
+    assert len(blocks) == -(-N // hnsw_file.ITEMS_PER_READ)
     labels, vectors = _stacked(blocks)
     np.testing.assert_array_equal(labels, live)
     np.testing.assert_array_equal(vectors, candidate.backend.get_vectors(live))
@@ -147,8 +147,8 @@ def test_hnsw_refuses_an_index_file_that_does_not_add_up(tmp_path: Path) -> None
     path.write_bytes(good[:-4])
     with pytest.raises(ValueError, match="corrupt"):
         HnswBackend.load(tmp_path / "index", 12, Metric.L2, 480)
-    layout = hnsw._IndexFile.open(tmp_path / "index" / "index.hnsw")
-    first_count = hnsw._HEADER.size + layout.count * layout.record  # item 0's upper-level byte count
+    layout = hnsw_file.IndexFile.open(tmp_path / "index" / "index.hnsw")
+    first_count = hnsw_file.HEADER.size + layout.count * layout.record  # item 0's upper-level byte count
     path.write_bytes(good[:first_count] + (5).to_bytes(4, "little") + good[first_count + 4 :])
     with pytest.raises(ValueError, match="corrupt"):
         HnswBackend.load(tmp_path / "index", 12, Metric.L2, 480)

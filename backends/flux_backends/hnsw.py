@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import bisect
-import io
 import json
-import os
-import struct
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,16 +12,13 @@ from typing import Any, ClassVar
 import hnswlib
 import numpy as np
 
+from flux_backends.hnsw_file import IndexFile, Unreadable
 from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress, ReadWriteGate, pad_results
 
 _SPACES = {Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "ip"}
 _PROGRESS_SECONDS = 0.5  # how often a build reports how many items are in
 #: Query rows searched per turn at the gate: bounds how long one batch keeps a waiting ef (or write) out.
 _ROWS_PER_TURN = 64
-#: Items per read of the index file in ``vector_blocks``: about 5 MB at 128 dimensions.
-_ITEMS_PER_READ = 8192
-#: The seed hnswlib draws the levels of items added after a load from (its own default).
-_LOADED_SEED = 100
 
 
 class HnswBackend(Backend):
@@ -42,7 +34,7 @@ class HnswBackend(Backend):
     ``replace_deleted``), so an index fed with upserts and deletes grows with its live items,
     not with its history.
 
-    ``load`` and ``vector_blocks`` read the index file themselves (``_IndexFile``), because
+    ``load`` and ``vector_blocks`` read the index file themselves (``IndexFile``), because
     hnswlib holds the GIL throughout its own ``load_index`` (0.1 to 0.2 s for 100,000 x 128:
     it asks the kernel for its file position twice per item) and its ``get_items`` (about 6 us
     a vector at 128 dimensions: it builds a Python float per value), and the requests of the
@@ -66,7 +58,7 @@ class HnswBackend(Backend):
         metric: Metric,
         index: hnswlib.Index,
         deleted: set[int] | None = None,
-        source: _IndexFile | None = None,
+        source: IndexFile | None = None,
     ) -> None:
         super().__init__(dimension, metric)
         self._index = index
@@ -127,7 +119,7 @@ class HnswBackend(Backend):
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> HnswBackend:
         deleted = set(json.loads((directory / "deleted.json").read_text()))
-        source = _IndexFile.open(directory / "index.hnsw")
+        source = IndexFile.open(directory / "index.hnsw")
         if source.dimension != dimension:  # hnswlib would load it anyway and read garbage
             raise ValueError(f"index.hnsw holds {source.dimension}-dimensional vectors, expected {dimension}")
         index = source.load(_SPACES[metric], dimension, max_elements=max(count + len(deleted), 1))
@@ -263,7 +255,7 @@ class HnswBackend(Backend):
                 yield block
             else:
                 whole = True
-        except _Unreadable:
+        except Unreadable:
             self._source = None  # gone, or another file now: not the one loaded
         left = np.flatnonzero(wanted)
         if whole and len(left):
@@ -285,188 +277,3 @@ class HnswBackend(Backend):
 def _report(index: hnswlib.Index, total: int, progress: Progress | None, done: threading.Event) -> None:
     while progress and not done.wait(_PROGRESS_SECONDS):
         progress(min(int(index.element_count), total), total)
-
-
-#: hnswlib's index file header (hnswalg.h, ``saveIndex``): offsetLevel0_, max_elements_, cur_element_count,
-#: size_data_per_element_, label_offset_, offsetData_ (size_t), maxlevel_ (int), enterpoint_node_ (unsigned),
-#: maxM_, maxM0_, M_ (size_t), mult_ (double), ef_construction_ (size_t). Then every item's level-0 record
-#: (its links, vector and label), one after another; then each item's upper-level links, as a uint32 byte
-#: count and that many bytes.
-_HEADER = struct.Struct("<6QiI3QdQ")
-
-
-@dataclass(frozen=True)
-class _IndexFile:
-    """An hnswlib index file: its layout, read from the header, and which file it was (to read it again)."""
-
-    path: Path
-    identity: tuple[int, int, int, int]  # device, inode, size, modification time: the file loaded, unchanged
-    offset_level0: int
-    max_elements: int
-    count: int
-    record: int  # bytes per item at level 0
-    label_offset: int
-    data_offset: int
-    max_level: int
-    entry_point: int
-    max_m: int
-    max_m0: int
-    m: int
-    mult: float
-    ef_construction: int
-
-    @classmethod
-    def open(cls, path: Path) -> _IndexFile:
-        with path.open("rb", buffering=0) as fh:
-            header = fh.read(_HEADER.size)
-            identity = _identity(fh)
-        if len(header) < _HEADER.size:
-            raise ValueError(f"{path.name} is too short to be an hnswlib index")
-        layout = cls(path, identity, *_HEADER.unpack(header))
-        if (
-            layout.offset_level0 != 0
-            or layout.data_offset != layout.max_m0 * 4 + 4
-            or layout.record != layout.label_offset + 8
-            or layout.label_offset < layout.data_offset
-            or (layout.label_offset - layout.data_offset) % 4
-            or _HEADER.size + layout.count * layout.record > identity[2]
-        ):
-            raise ValueError(f"{path.name} is not an hnswlib index this version of hnswlib reads, or is corrupt")
-        return layout
-
-    @property
-    def dimension(self) -> int:
-        return (self.label_offset - self.data_offset) // 4
-
-    def load(self, space: str, dimension: int, max_elements: int) -> hnswlib.Index:
-        """The index, as hnswlib's ``load_index`` would make it.
-
-        The file is read whole (the reads release the GIL) and handed to hnswlib's unpickling
-        constructor, which holds the GIL only while it copies the arrays in: about 35 ms for
-        100,000 x 128, where ``load_index`` holds it 0.1 to 0.2 s.
-        """
-        data = np.empty(self.identity[2], np.uint8)
-        with self.path.open("rb", buffering=0) as fh:
-            if _identity(fh) != self.identity:
-                raise ValueError(f"{self.path.name} changed while it was being loaded")
-            _read_into(fh, 0, data)
-        end = _HEADER.size + self.count * self.record
-        records = data[_HEADER.size : end].reshape(self.count, self.record)
-        labels = np.ascontiguousarray(records[:, self.label_offset : self.label_offset + 8]).view("<u8").ravel()
-        levels, links = self._upper_levels(data[end:])
-        params = {
-            "ser_version": 1,
-            "space": space,
-            "dim": dimension,
-            "index_inited": True,
-            "ep_added": True,
-            "normalize": space == "cosine",
-            "num_threads": os.cpu_count() or 1,
-            "seed": _LOADED_SEED,
-            "ef": 10,
-            "offset_level0": self.offset_level0,
-            "max_elements": max(max_elements, self.count),
-            "cur_element_count": self.count,
-            "size_data_per_element": self.record,
-            "label_offset": self.label_offset,
-            "offset_data": self.data_offset,
-            "max_level": self.max_level,
-            "enterpoint_node": self.entry_point,
-            "max_M": self.max_m,
-            "max_M0": self.max_m0,
-            "M": self.m,
-            "mult": self.mult,
-            "ef_construction": self.ef_construction,
-            "has_deletions": bool((records[:, self.offset_level0 + 2] & 1).any()),  # hnswlib's DELETE_MARK
-            "size_links_per_element": self.max_m * 4 + 4,
-            "allow_replace_deleted": True,
-            "label_lookup_external": labels,
-            "label_lookup_internal": np.arange(self.count, dtype=np.uint32),
-            "element_levels": levels,
-            "data_level0": data[_HEADER.size : end].view(np.int8),
-            "link_lists": links.view(np.int8),
-        }
-        return hnswlib.Index(params)
-
-    def _upper_levels(self, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each item's number of upper levels, and all their links one item after another, from the
-        file's last part: per item, a uint32 byte count and that many bytes (most counts are 0)."""
-        corrupt = ValueError(f"{self.path.name}: its upper-level links do not add up; the file is corrupt")
-        per_level = self.max_m * 4 + 4
-        if len(tail) % 4:
-            raise corrupt
-        words = tail.view("<u4")
-        # Between two items with upper levels, every word is the zero count of an item without:
-        # jump from one non-zero count to the next instead of reading every count.
-        nonzero = np.flatnonzero(words).tolist()
-        levels = np.zeros(self.count, np.int32)
-        starts: list[int] = []
-        lengths: list[int] = []
-        position = item = 0
-        while item < self.count:
-            at = bisect.bisect_left(nonzero, position)
-            if at == len(nonzero) or nonzero[at] - position >= self.count - item:  # no other item has upper levels
-                position += self.count - item
-                break
-            following = nonzero[at]
-            item += following - position
-            level, rest = divmod(int(words[following]), per_level)
-            if rest or level > self.max_level or following + 1 + level * per_level // 4 > len(words):
-                raise corrupt
-            levels[item] = level
-            starts.append(following + 1)
-            lengths.append(level * per_level // 4)
-            position = following + 1 + lengths[-1]
-            item += 1
-        if position != len(words):
-            raise corrupt
-        first = np.asarray(starts, np.int64) - (np.cumsum(lengths, dtype=np.int64) - np.asarray(lengths, np.int64))
-        where = np.repeat(first, lengths) + np.arange(sum(lengths), dtype=np.int64)
-        return levels, words[where]
-
-    def vectors(self, wanted: np.ndarray, dimension: int) -> Iterator[tuple[Labels, Matrix]]:
-        """The level-0 vectors of the labels ``wanted`` marks, a block of items at a time; each label
-        found is unmarked. Raises ``_Unreadable`` when the file is gone or no longer the one loaded."""
-        try:
-            fh = self.path.open("rb", buffering=0)
-        except OSError as exc:
-            raise _Unreadable from exc
-        with fh:
-            if _identity(fh) != self.identity:
-                raise _Unreadable
-            vector = slice(self.data_offset, self.data_offset + dimension * 4)
-            for start in range(0, self.count, _ITEMS_PER_READ):
-                records = np.empty((min(_ITEMS_PER_READ, self.count - start), self.record), np.uint8)
-                try:
-                    _read_into(fh, _HEADER.size + start * self.record, records)
-                except (OSError, ValueError) as exc:
-                    raise _Unreadable from exc
-                labels = np.ascontiguousarray(records[:, self.label_offset : self.label_offset + 8])
-                labels = labels.view("<u8").ravel().astype(np.int64)
-                keep = (labels < len(wanted)) & ((records[:, self.offset_level0 + 2] & 1) == 0)
-                keep[keep] = wanted[labels[keep]]
-                if keep.any():
-                    labels = labels[keep]
-                    wanted[labels] = False
-                    yield labels, np.ascontiguousarray(records[keep, vector]).view(np.float32)
-
-
-class _Unreadable(Exception):
-    """The index file cannot be read again as it was loaded."""
-
-
-def _identity(fh: io.FileIO) -> tuple[int, int, int, int]:
-    stat = os.fstat(fh.fileno())
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def _read_into(fh: io.FileIO, offset: int, out: np.ndarray) -> None:
-    """Fill ``out`` from ``fh`` at ``offset`` (the reads release the GIL)."""
-    view = out.data.cast("B")
-    fh.seek(offset)
-    done = 0
-    while done < len(view):
-        got = fh.readinto(view[done:])
-        if not got:
-            raise ValueError("index.hnsw is shorter than its header says")
-        done += got
