@@ -76,19 +76,22 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
         return GateReport(passed=True, reason="empty index: nothing to check")
     rng = np.random.default_rng(config.seed)
     k = min(config.k, count)
+    # The candidate serves nobody yet and its searches let go of the GIL: they run in one thread at
+    # low priority. The active version's run at the usual priority (a request waiting at its backend's
+    # gate must not wait on a thread the kernel puts off), in one thread: the other cores keep serving.
     warmup = _sample(candidate, rng, config.warmup_queries)
     if len(warmup):
-        candidate.search(warmup, k, candidate.default_params, threads=candidate.batch_threads)
+        at_low_priority(lambda: candidate.search(warmup, k, candidate.default_params))
     if config.canary_queries <= 0:
         return GateReport(passed=True, warmup_queries=len(warmup), k=k, seconds=time.perf_counter() - started)
 
     queries = _sample(candidate, rng, config.canary_queries)
-    labels, _ = candidate.nearest(queries, k, candidate.default_params, threads=candidate.batch_threads)
+    labels, _ = at_low_priority(lambda: candidate.nearest(queries, k, candidate.default_params))
     recall = exact_recall(candidate, queries, labels)
     agreement = 1.0
     if active is not None and active.dimension == candidate.dimension:
         found = [candidate.ids.strings(row[row >= 0]) for row in labels]
-        current = active.search(queries, k, active.default_params, threads=active.batch_threads)
+        current = active.search(queries, k, active.default_params)
         agreement = overlap(found, current, k)
     reasons = []
     if recall < config.min_recall:
