@@ -25,9 +25,9 @@ import pytest
 
 from flux.cli import main
 from flux_bench import data
+from flux_bench.placement import Placement, from_arguments
 from flux_bench.procs import Child, cpu_seconds, cpu_set, format_cpus, parse_cpus
 from flux_bench.report import Row, merge, operating_value
-from flux_bench.serving import _placement
 from flux_core.backend import Metric
 from flux_core.errors import InvalidArgument
 from tests.support import brute_force, build_artifact
@@ -279,22 +279,26 @@ def _flags(server: str | None = None, clients: str | None = None, shared: bool =
     return argparse.Namespace(server_cpus=server, client_cpus=clients, shared_cpus=shared)
 
 
+def _place(flags: argparse.Namespace) -> Placement:
+    return from_arguments(flags, "flux bench serving")
+
+
 def test_cpu_placement_flags() -> None:
-    shared = _placement(_flags(shared=True))
+    shared = _place(_flags(shared=True))
     assert (shared.server, shared.clients) == (None, None)
     with pytest.raises(SystemExit, match="--shared-cpus pins nothing"):
-        _placement(_flags(server="0", shared=True))
+        _place(_flags(server="0", shared=True))
     with pytest.raises(SystemExit, match="not a CPU list"):
-        _placement(_flags(server="x"))
+        _place(_flags(server="x"))
     with pytest.raises(SystemExit, match="not within"):
-        _placement(_flags(server=str(max(CPUS) + 1)))
+        _place(_flags(server=str(max(CPUS) + 1)))
     if len(CPUS) < 2:
-        assert _placement(_flags()).server is None  # one CPU: nothing to split
+        assert _place(_flags()).server is None  # one CPU: nothing to split
         return
-    default = _placement(_flags())
+    default = _place(_flags())
     assert default.server == set(CPUS[: len(CPUS) // 2])  # on two CPUs: the server on the first
     assert default.clients == set(CPUS[len(CPUS) // 2 :])
-    only_server = _placement(_flags(server=str(CPUS[-1])))
+    only_server = _place(_flags(server=str(CPUS[-1])))
     assert only_server.clients == set(CPUS) - {CPUS[-1]}
     with pytest.raises(SystemExit, match="share CPUs"):
-        _placement(_flags(server=str(CPUS[0]), clients=format_cpus(CPUS)))
+        _place(_flags(server=str(CPUS[0]), clients=format_cpus(CPUS)))

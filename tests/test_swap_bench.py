@@ -4,6 +4,7 @@ while the kept version keeps answering, none fails or mixes, rollback runs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,23 @@ from flux.cli import main
 from flux_bench.swap import verdict
 
 
-# exact is none of the bench's defaults: any installed backend is accepted.
-@pytest.mark.parametrize(("backend", "gate"), [("annoy", "default"), ("hnsw", "recommended"), ("exact", "default")])
+# exact is none of the bench's defaults: any installed backend is accepted. One run paces its load.
+@pytest.mark.parametrize(
+    ("backend", "gate", "rate"), [("annoy", "default", None), ("hnsw", "recommended", None), ("exact", "default", 150)]
+)
 def test_bench_swap_swaps_under_load_prints_the_table_and_writes_json(
-    backend: str, gate: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str, gate: str, rate: int | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "swap.json"
     args = ["--backend", backend, "--gate", gate, "-n", "2000", "--dim", "16", "--clients", "2", "--seconds", "1.5"]
-    code = main(["bench", "swap", *args, "--swaps", "2", "--out", str(out)])
+    code = main(["bench", "swap", *args, "--swaps", "2", "--out", str(out), *(["--rate", str(rate)] if rate else [])])
     report = json.loads(out.read_text())
     (result,) = report["results"]
+    pinned = len(os.sched_getaffinity(0)) >= 2
+    assert report["pinning"]["mode"] == ("pinned" if pinned else "shared")
+    assert 0 <= result["server_busy_before"] <= 2.5  # CPU seconds per second: one CPU, or two shared (+ noise)
+    if rate:  # 1.5 s before each of 2 swaps, the corrupt version and the end: 6 s at most at the set pace
+        assert result["requests"] <= rate * 6 + 2, "the clients did not keep to --rate"
     assert (report["gate"], result["backend"], result["swaps"], result["failed"]) == (gate, backend, 2, 0)
     assert result["mixed_answers"] == (0 if gate == "default" else None)  # shared ids: mixing cannot show
     assert result["requests_during"] > 0 < result["p99_before_ms"]

@@ -7,10 +7,12 @@ as read back, so the results show that the pinning held.
 
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from flux_bench.procs import format_cpus
+from flux_bench.procs import format_cpus, parse_cpus
 
 
 @dataclass
@@ -27,6 +29,12 @@ class Placement:
         """Note where each process of ``name`` may run, so the JSON shows the pinning held."""
         for pid, cpus in cpu_sets.items():
             self.processes.append({"role": role, "name": name, "pid": pid, "cpus": cpus})
+
+    def summary(self) -> str:
+        """Where the server and the clients run, in a few words."""
+        if self.server is None or self.clients is None:
+            return f"server and clients share CPUs {format_cpus(self.available)}"
+        return f"server on CPUs {format_cpus(self.server)}, clients on CPUs {format_cpus(self.clients)}"
 
     def describe(self) -> str:
         method = (
@@ -52,3 +60,60 @@ class Placement:
             "available_cpus": sorted(self.available),
             "processes": self.processes,
         }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that place a benchmark's server and its load clients: ``from_arguments`` reads them."""
+    parser.add_argument(
+        "--server-cpus",
+        metavar="LIST",
+        help="CPUs for the servers and the in-process library, e.g. 0 or 0-1,3 (default: the first half of the "
+        "CPUs this process may use; the rest if only --client-cpus is given)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        metavar="LIST",
+        help="CPUs for the load clients, disjoint from --server-cpus (default: the CPUs the servers do not get)",
+    )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="pin nothing: servers, library and clients share every CPU (the only mode on one CPU)",
+    )
+
+
+def from_arguments(args: argparse.Namespace, command: str) -> Placement:
+    """Server and client CPU sets from the flags; by default, disjoint halves of the CPUs this
+    process may use, server first, or shared when there is only one. ``command`` names the
+    benchmark in the errors."""
+    available = frozenset(os.sched_getaffinity(0))
+    if args.shared_cpus:
+        if args.server_cpus or args.client_cpus:
+            raise SystemExit(f"{command}: --shared-cpus pins nothing; leave out --server-cpus and --client-cpus")
+        return Placement(None, None, available)
+    try:
+        server = parse_cpus(args.server_cpus) if args.server_cpus else None
+        clients = parse_cpus(args.client_cpus) if args.client_cpus else None
+    except ValueError as exc:
+        raise SystemExit(f"{command}: {exc}") from None
+    if server is None and clients is None:
+        if len(available) < 2:
+            return Placement(None, None, available)
+        ordered = sorted(available)
+        server, clients = frozenset(ordered[: len(ordered) // 2]), frozenset(ordered[len(ordered) // 2 :])
+    server = server if server is not None else available - (clients or frozenset())
+    clients = clients if clients is not None else available - server
+    for flag, cpus in (("--server-cpus", server), ("--client-cpus", clients)):
+        if not cpus:
+            raise SystemExit(f"{command}: {flag} leaves no CPU (this process may use {format_cpus(available)})")
+        if not cpus <= available:
+            raise SystemExit(
+                f"{command}: {flag} {format_cpus(cpus)} is not within the CPUs this process may use, "
+                f"{format_cpus(available)}"
+            )
+    if server & clients:
+        raise SystemExit(
+            f"{command}: --server-cpus and --client-cpus share CPUs {format_cpus(server & clients)}; "
+            "use --shared-cpus to share every CPU"
+        )
+    return Placement(server, clients, available)

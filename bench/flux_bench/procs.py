@@ -200,9 +200,13 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def spawn_flux_serve(config: Path) -> tuple[subprocess.Popen[str], str]:
+def spawn_flux_serve(
+    config: Path, cpus: Collection[int] | None = None, echo: str = ""
+) -> tuple[subprocess.Popen[str], str]:
     """Start ``flux serve --config CONFIG`` and return it with its address once it reports ready.
 
+    ``cpus``: the CPUs the server (every thread it will start) may run on; None leaves it unpinned.
+    ``echo``: a regular expression; the server's log lines that match it are printed to stderr.
     The server's log is read until its "ready" line, then drained in the background so
     that a chatty server never blocks on a full pipe.
     """
@@ -211,6 +215,7 @@ def spawn_flux_serve(config: Path) -> tuple[subprocess.Popen[str], str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     assert process.stderr is not None
     address = ""
@@ -222,5 +227,11 @@ def spawn_flux_serve(config: Path) -> tuple[subprocess.Popen[str], str]:
     if not address:
         process.kill()
         raise RuntimeError(f"flux serve --config {config} did not start")
-    threading.Thread(target=process.stderr.read, daemon=True).start()
+    threading.Thread(target=_drain, args=(process.stderr, echo), daemon=True).start()
     return process, address
+
+
+def _drain(log: Iterable[str], echo: str) -> None:
+    for line in log:
+        if echo and re.search(echo, line):
+            print(f"  server: {line.rstrip()}", file=sys.stderr, flush=True)

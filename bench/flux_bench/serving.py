@@ -35,11 +35,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from flux_bench import placement as cpu_placement
 from flux_bench import report, report_output
 from flux_bench.data import Dataset, Synthetic, from_files, synthetic
 from flux_bench.load import LoadClients
-from flux_bench.placement import Placement
-from flux_bench.procs import format_cpus, parse_cpus
 from flux_bench.progress import Progress
 from flux_bench.servers import ECHO_MODELS
 from flux_bench.serving_measure import Bench, Setting
@@ -131,22 +130,7 @@ def add_parser(modes: Any) -> None:
         type=int,
         help="Flux worker processes for the many-client runs (server.workers; default: one per server CPU)",
     )
-    parser.add_argument(
-        "--server-cpus",
-        metavar="LIST",
-        help="CPUs for the servers and the in-process library, e.g. 0 or 0-1,3 (default: the first half of the "
-        "CPUs this process may use; the rest if only --client-cpus is given)",
-    )
-    parser.add_argument(
-        "--client-cpus",
-        metavar="LIST",
-        help="CPUs for the load clients, disjoint from --server-cpus (default: the CPUs the servers do not get)",
-    )
-    parser.add_argument(
-        "--shared-cpus",
-        action="store_true",
-        help="pin nothing: servers, library and clients share every CPU (the only mode on one CPU)",
-    )
+    cpu_placement.add_arguments(parser)
     parser.add_argument(
         "--echo-models",
         default="",
@@ -165,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = args.seconds or preset.seconds
     clients = args.clients or preset.clients
     batch = args.batch or preset.batch
-    placement = _placement(args)
+    placement = cpu_placement.from_arguments(args, "flux bench serving")
     server_cpu_count = len(placement.server) if placement.server else os.cpu_count() or 1
     args.threads = args.threads or server_cpu_count  # more than the server's CPUs would only take turns
     args.workers = args.workers or server_cpu_count
@@ -215,46 +199,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no plot: install matplotlib (pip install 'flux-server[bench]')", file=sys.stdout)
     return 0 if all(t.passed for t in result.targets) else 1
-
-
-def _placement(args: argparse.Namespace) -> Placement:
-    """Server and client CPU sets from the flags; by default, disjoint halves of the CPUs this
-    process may use, server first, or shared when there is only one."""
-    available = frozenset(os.sched_getaffinity(0))
-    if args.shared_cpus:
-        if args.server_cpus or args.client_cpus:
-            raise SystemExit(
-                "flux bench serving: --shared-cpus pins nothing; leave out --server-cpus and --client-cpus"
-            )
-        return Placement(None, None, available)
-    try:
-        server = parse_cpus(args.server_cpus) if args.server_cpus else None
-        clients = parse_cpus(args.client_cpus) if args.client_cpus else None
-    except ValueError as exc:
-        raise SystemExit(f"flux bench serving: {exc}") from None
-    if server is None and clients is None:
-        if len(available) < 2:
-            return Placement(None, None, available)
-        ordered = sorted(available)
-        server, clients = frozenset(ordered[: len(ordered) // 2]), frozenset(ordered[len(ordered) // 2 :])
-    server = server if server is not None else available - (clients or frozenset())
-    clients = clients if clients is not None else available - server
-    for flag, cpus in (("--server-cpus", server), ("--client-cpus", clients)):
-        if not cpus:
-            raise SystemExit(
-                f"flux bench serving: {flag} leaves no CPU (this process may use {format_cpus(available)})"
-            )
-        if not cpus <= available:
-            raise SystemExit(
-                f"flux bench serving: {flag} {format_cpus(cpus)} is not within the CPUs this process may use, "
-                f"{format_cpus(available)}"
-            )
-    if server & clients:
-        raise SystemExit(
-            f"flux bench serving: --server-cpus and --client-cpus share CPUs {format_cpus(server & clients)}; "
-            "use --shared-cpus to share every CPU"
-        )
-    return Placement(server, clients, available)
 
 
 def _settings(args: argparse.Namespace, preset: Preset) -> list[tuple[Setting, Dataset]]:

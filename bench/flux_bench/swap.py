@@ -17,6 +17,10 @@ Last, the kept version comes back through RollbackVersion, which is timed.
 of the config (warm-up 32, no canary). Every version holds the same items, each a little moved,
 so the overlap check passes; with ``default`` each version's ids also name it, so that an
 answer mixing two versions shows (the overlap check would refuse such versions).
+
+With two CPUs or more the server runs on CPUs of its own and the clients on the others, as in
+production, where clients run elsewhere (``--server-cpus``, ``--client-cpus``;
+``--shared-cpus`` lets every process use every CPU).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from flux.datasets import clustered
-from flux_bench.procs import spawn_flux_serve
+from flux_bench import placement as cpu_placement
+from flux_bench.placement import Placement
+from flux_bench.procs import cpu_seconds, spawn_flux_serve
 from flux_core.backend import Metric
 from flux_core.storage import builder, registry
 
@@ -64,8 +70,15 @@ def add_parser(modes: Any) -> None:
     parser.add_argument("--dim", type=int, default=128, help="dimension (default: 128)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default: 4)")
     parser.add_argument("--seconds", type=float, default=8.0, help="steady load before each swap (default: 8)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="requests per second from all clients together, paced and timed from when each was due "
+        "(default: none, each client sends its next request as soon as the last is answered)",
+    )
     parser.add_argument("--swaps", type=int, default=3, help="versions published one after another (default: 3)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/swap.json"), help="JSON results file")
+    cpu_placement.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -78,8 +91,25 @@ class Record(NamedTuple):
     error: str  # the status code's name when the call failed
 
 
-def _client(address: str, dim: int, until: float, tagged: bool, name_kept: Any, queue: Any) -> None:
+def _client(
+    address: str,
+    dim: int,
+    until: float,
+    tagged: bool,
+    name_kept: Any,
+    queue: Any,
+    cpus: frozenset[int] | None,
+    interval: float,
+) -> None:
+    """Search until ``until``: back to back, or one request every ``interval`` seconds when it is set.
+
+    Paced requests are timed from when they were due, so a stall counts for every request it held
+    back, not only for the one in flight (no coordinated omission).
+    """
     import grpc
+
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # before any thread starts: grpc's inherit the set
 
     from flux_api.v1 import types_pb2
     from flux_api.v1 import vector_service_pb2 as pb
@@ -97,7 +127,13 @@ def _client(address: str, dim: int, until: float, tagged: bool, name_kept: Any, 
     with grpc.insecure_channel(address) as channel:
         search = VectorServiceStub(channel).Search
         i = 0
+        first = time.monotonic()
         while (started := time.monotonic()) < until:
+            if interval:
+                due = first + i * interval
+                if due > started:
+                    time.sleep(due - started)  # the load's own pace, not synchronisation
+                started = due
             request = queries[i % len(queries)]
             # While a bad version is published, every other request names the version kept beside the active one.
             request.version = active - 1 if i % 2 and active > 1 and name_kept.is_set() else 0
@@ -130,7 +166,7 @@ def _corrupt(folder: Path) -> None:
     largest.write_bytes(bytes(data))
 
 
-def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def _one(backend: str, args: argparse.Namespace, root: Path, placement: Placement) -> dict[str, Any]:
     import grpc
 
     from flux_api.v1 import admin_service_pb2 as admin
@@ -151,15 +187,19 @@ def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         f"indexes:\n  - name: bench\n    path: {source}\n    poll_seconds: 0.2\n"
         f"    versions: {{policy: latest, keep: 2}}\n{GATES[args.gate]}"
     )
-    process, address = spawn_flux_serve(config)
+    process, address = spawn_flux_serve(config, placement.server, echo=r"ready after|swapped version|failed|refus")
     try:
+        interval = args.clients / args.rate if args.rate else 0.0
         context = mp.get_context("spawn")
         queue, name_kept = context.Queue(), context.Event()
         start = time.monotonic()
         schedule = [start + args.seconds * n for n in range(1, args.swaps + 2)]  # when each version appears
         until = schedule[-1] + args.seconds
         clients = [
-            context.Process(target=_client, args=(address, args.dim, until, tagged, name_kept, queue))
+            context.Process(
+                target=_client,
+                args=(address, args.dim, until, tagged, name_kept, queue, placement.clients, interval),
+            )
             for _ in range(args.clients)
         ]
         for client in clients:
@@ -171,8 +211,11 @@ def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             flush=True,
         )
         published = []
+        time.sleep(max(0.0, start + args.seconds / 2 - time.monotonic()))  # the clients are up by then
+        busy = [(time.monotonic(), cpu_seconds([process.pid]))]  # the server's CPU time, for how busy it was
         for version, at in zip([*versions, bad], schedule, strict=True):
             time.sleep(max(0.0, at - time.monotonic()))  # the benchmark's own schedule, not synchronisation
+            busy.append((time.monotonic(), cpu_seconds([process.pid])))
             if version == bad:
                 name_kept.set()
             shutil.move(str(staging / str(version)), str(source / str(version)))
@@ -200,15 +243,28 @@ def _one(backend: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             t = time.perf_counter()
             rolled = stub.RollbackVersion(admin.RollbackVersionRequest(index="bench"), timeout=300)
             rollback_seconds = time.perf_counter() - t
-        return _summary(backend, args, records, published[:-1], versions, published[-1], refused, tagged) | {
-            "gate_recall_overlap": gates,
-            "load_seconds": loads,
-            "rollback_seconds": rollback_seconds,
-            "rolled_back_to": rolled.version.version,
-        }
+        return (
+            _summary(backend, args, records, published[:-1], versions, published[-1], refused, tagged)
+            | {
+                "gate_recall_overlap": gates,
+                "load_seconds": loads,
+                "rollback_seconds": rollback_seconds,
+                "rolled_back_to": rolled.version.version,
+            }
+            | _cpu(busy)
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def _cpu(busy: list[tuple[float, float]]) -> dict[str, float]:
+    """How busy the server was before the first swap (CPU seconds per second), and the CPU seconds
+    a swap took beyond that: each period from one publication to the next, less its steady share."""
+    (t0, c0), (t1, c1), *swaps = busy
+    steady = (c1 - c0) / (t1 - t0)
+    extra = [(c - cb) - steady * (t - tb) for (tb, cb), (t, c) in zip([(t1, c1), *swaps], swaps, strict=False)]
+    return {"server_busy_before": steady, "server_cpu_seconds_per_swap": float(np.mean(extra)) if extra else 0.0}
 
 
 def _summary(
@@ -235,6 +291,7 @@ def _summary(
     return {
         "backend": backend,
         "gate": args.gate,
+        "rate": args.rate,
         "requests": len(records),
         "failed": sum(1 for r in records if r.error),
         "mixed_answers": sum(1 for r in records if r.mixed) if tagged else None,
@@ -266,17 +323,21 @@ def verdict(r: dict[str, Any]) -> dict[str, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    placement = cpu_placement.from_arguments(args, "flux bench swap")
+    print(placement.summary(), file=sys.stderr, flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="flux-bench-swap-") as tmp:
         for backend in args.backend or BACKENDS:
-            rows.append(_one(backend, args, Path(tmp)))
+            rows.append(_one(backend, args, Path(tmp), placement))
     print(
-        f"\nhot swap under load: {args.n:,} x {args.dim}, {args.clients} client processes, unary Search, "
-        f"keep 2, gate {args.gate}"
+        f"\nhot swap under load: {args.n:,} x {args.dim}, {args.clients} client processes, unary Search "
+        f"{f'at {args.rate:,.0f}/s' if args.rate else 'back to back'}, "
+        f"keep 2, gate {args.gate}; {placement.summary()}"
     )
     print(
         f"{'backend':<8} {'requests':>9} {'failed':>6} {'mixed':>5} {'swap s':>11} {'p99 before':>11} "
-        f"{'p99 during':>11} {'ratio':>6} {'slowest-p99':>12} {'kept 404':>8} {'rollback s':>11}  targets"
+        f"{'p99 during':>11} {'ratio':>6} {'slowest-p99':>12} {'kept 404':>8} {'rollback s':>11} "
+        f"{'busy':>5} {'swap CPU s':>10}  targets"
     )
     passed = True
     for r in rows:
@@ -290,17 +351,27 @@ def run(args: argparse.Namespace) -> int:
             f"{r['backend']:<8} {r['requests']:>9} {r['failed']:>6} {mixed:>5} "
             f"{r['swap_seconds_median']:>5.2f}/{r['swap_seconds_max']:<5.2f} "
             f"{r['p99_before_ms']:>9.2f}ms {r['p99_during_ms']:>9.2f}ms {r['ratio']:>6.2f} "
-            f"{r['slowest_above_p99_ms']:>10.1f}ms {r['kept_not_found']:>8} {r['rollback_seconds']:>11.3f}  "
+            f"{r['slowest_above_p99_ms']:>10.1f}ms {r['kept_not_found']:>8} {r['rollback_seconds']:>11.3f} "
+            f"{r['server_busy_before']:>5.0%} {r['server_cpu_seconds_per_swap']:>10.2f}  "
             + (f"FAIL ({missed})" if missed else "PASS")
         )
     print(
         "swap s: median/max from the rename to the first answer from the new version; kept 404: NOT_FOUND for "
-        "requests naming the kept version while the corrupt one was refused"
+        "requests naming the kept version while the corrupt one was refused; busy: the server's CPU seconds per "
+        "second before the swaps; swap CPU s: the server's CPU seconds a swap took beyond that"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"n": args.n, "dim": args.dim, "clients": args.clients, "gate": args.gate, "results": rows}, indent=2
+            {
+                "n": args.n,
+                "dim": args.dim,
+                "clients": args.clients,
+                "gate": args.gate,
+                "pinning": placement.to_json(),
+                "results": rows,
+            },
+            indent=2,
         )
     )
     print(f"wrote {args.out}", file=sys.stderr)
