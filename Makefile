@@ -78,6 +78,8 @@ golden: install ## answer protos/examples/ anew from a fresh server (after an in
 -include clients/java/java.mk
 # Go stubs and example (clients/go).
 -include clients/go/go.mk
+# Prometheus alerting rules and Grafana dashboard (deploy/monitoring).
+-include deploy/monitoring/monitoring.mk
 
 clean: ## remove .venv, .venv-beam, caches and the demo index
 	rm -rf $(VENV) $(BEAM_VENV) var .mypy_cache .ruff_cache .pytest_cache
