@@ -131,7 +131,8 @@ def parse(
 
 
 def _relative_to(base: Path, config: FluxConfig) -> FluxConfig:
-    """Relative paths (indexes, data root, TLS files) taken from ``base``, the config file's folder."""
+    """Relative paths (indexes, data root, TLS files, the router's too) taken from ``base``, the config file's
+    folder."""
 
     def where(path: Path) -> Path:
         return path if path.is_absolute() else base / path
@@ -146,7 +147,14 @@ def _relative_to(base: Path, config: FluxConfig) -> FluxConfig:
         if tls.client_ca_file is not None:
             files["client_ca_file"] = where(tls.client_ca_file)
         tls = tls.model_copy(update=files)
-    return config.model_copy(update={"indexes": indexes, "server": server, "tls": tls})
+    router = config.router
+    if router is not None and router.tls is not None:
+        shard_files = {"ca_file": where(router.tls.ca_file)}
+        for key in ("cert_file", "key_file"):
+            if (path := getattr(router.tls, key)) is not None:
+                shard_files[key] = where(path)
+        router = router.model_copy(update={"tls": router.tls.model_copy(update=shard_files)})
+    return config.model_copy(update={"indexes": indexes, "server": server, "tls": tls, "router": router})
 
 
 def _confine(config: FluxConfig, source: str) -> None:

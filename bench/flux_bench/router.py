@@ -2,10 +2,14 @@
 
 One run builds a random float32 dataset, splits it by id over 4 shards (``shard_of``) with the exact
 backend, starts the 4 shard servers and a router over them on 127.0.0.1, each in its own process,
-and sends Search calls from one client, one call at a time: first straight to shard 0, then through
-the router, which fans every call out to the 4 shards and merges their answers. It reports p50 and
-p99 of both, the router's QPS, and checks the target: the router's p50 at most the direct p50 plus
-1 ms. Before timing, it checks that the router answers as a brute-force search over all the data.
+and sends Search calls from one client, one call at a time: first straight to shard 0, then to all
+4 shards at once from the client itself (the fan-out alone, no router: what any router pays on this
+machine), then through the router, which fans every call out to the 4 shards and merges their
+answers. It reports p50 and p99 of each, QPS, and the CPU time each call cost the client, the
+router and the shards (together), read from /proc: on a machine with fewer cores than processes,
+the shards' share shows how much of the router's latency is waiting for a core. It checks the
+target: the router's p50 at most the direct p50 plus 1 ms. Before timing, it checks that the router
+answers as a brute-force search over all the data.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,7 +33,7 @@ import numpy as np
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
-from flux_bench.procs import Child
+from flux_bench.procs import Child, cpu_seconds, process_tree
 from flux_bench.servers import ServerProcess, flux_server
 
 SHARDS = 4
@@ -83,10 +88,11 @@ def measure(count: int, dim: int, k: int, seconds: float, warmup: float, work: P
         path = work / f"shard-{shard}"
         builder.build(path, base[mine], [ids[i] for i in mine], backend="exact", metric=Metric.L2, name="items")
         paths.append(path)
-    with _cluster(paths) as (shards, router):
-        _check(router, base, queries[:8], ids, k)
-        direct = _timed(shards[0], queries, k, seconds, warmup)
-        routed = _timed(router, queries, k, seconds, warmup)
+    with _cluster(paths) as cluster:
+        _check(cluster.router, base, queries[:8], ids, k)
+        direct = _timed(cluster, [cluster.shards[0]], queries, k, seconds, warmup)
+        fanout = _timed(cluster, cluster.shards, queries, k, seconds, warmup)
+        routed = _timed(cluster, [cluster.router], queries, k, seconds, warmup)
     target = direct["p50_ms"] + TARGET_MS
     return {
         "count": count,
@@ -96,16 +102,31 @@ def measure(count: int, dim: int, k: int, seconds: float, warmup: float, work: P
         "backend": "exact",
         "clients": 1,
         "direct": direct,
+        "fanout": fanout,
         "router": routed,
         "overhead_p50_ms": routed["p50_ms"] - direct["p50_ms"],
+        "router_over_fanout_p50_ms": routed["p50_ms"] - fanout["p50_ms"],
         "target": {"router_p50_ms_at_most": target, "direct_p50_plus_ms": TARGET_MS},
         "passed": routed["p50_ms"] <= target,
     }
 
 
+class Cluster:
+    """The shard servers and the router: their addresses, and the CPU time their processes spent so far."""
+
+    def __init__(self, servers: list[ServerProcess], router: Child, address: str) -> None:
+        self.servers, self.router_process = servers, router
+        self.shards, self.router = [s.address for s in servers], address
+
+    def cpu(self) -> tuple[float, float, float]:
+        """CPU seconds so far of this process (the client), the router's and the shards' together."""
+        shards = sum(s.cpu_seconds() for s in self.servers)
+        return time.process_time(), cpu_seconds(process_tree(self.router_process.pid)), shards
+
+
 @contextlib.contextmanager
-def _cluster(paths: list[Path]) -> Iterator[tuple[list[str], str]]:
-    """The shard servers and a router over them, each in its own process: their addresses."""
+def _cluster(paths: list[Path]) -> Iterator[Cluster]:
+    """The shard servers and a router over them, each in its own process."""
     servers: list[ServerProcess] = []
     router: Child | None = None
     try:
@@ -117,7 +138,7 @@ def _cluster(paths: list[Path]) -> Iterator[tuple[list[str], str]]:
             "router": {"indexes": [{"name": "items", "shard_count": SHARDS, "shards": shards}]},
         }
         router = Child(_router_main, raw, name="flux-bench-router")
-        yield shards, router.recv(timeout=120)
+        yield Cluster(servers, router, router.recv(timeout=120))
     finally:
         if router is not None:
             router.close()
@@ -155,30 +176,52 @@ def _check(router: str, base: np.ndarray, queries: np.ndarray, ids: list[str], k
                 raise RuntimeError(f"the router answered {got}, brute force {want}")
 
 
-def _timed(target: str, queries: np.ndarray, k: int, seconds: float, warmup: float) -> dict[str, Any]:
-    """One client, one call at a time: latency percentiles and calls per second over ``seconds``."""
+def _timed(
+    cluster: Cluster, targets: list[str], queries: np.ndarray, k: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """One client, one call at a time (to every target at once when there are several, all answered
+    before the next): latency percentiles, calls per second and CPU time per call over ``seconds``."""
     requests = [_request(q, k) for q in queries]
-    with grpc.insecure_channel(target) as channel:
-        search = VectorServiceStub(channel).Search
+    with contextlib.ExitStack() as stack:
+        calls = [VectorServiceStub(stack.enter_context(grpc.insecure_channel(t))).Search for t in targets]
+        pool = stack.enter_context(futures.ThreadPoolExecutor(max_workers=max(1, len(calls) - 1)))
+        search = _all_at_once(calls, pool)
         end = time.perf_counter() + warmup
         n = 0
         while time.perf_counter() < end:
-            search(requests[n % len(requests)], timeout=30)
+            search(requests[n % len(requests)])
             n += 1
         latencies: list[float] = []
+        before = cluster.cpu()
         started = time.perf_counter()
         end = started + seconds
         while (now := time.perf_counter()) < end or not latencies:
-            search(requests[len(latencies) % len(requests)], timeout=30)
+            search(requests[len(latencies) % len(requests)])
             latencies.append(time.perf_counter() - now)
         elapsed = time.perf_counter() - started
+        after = cluster.cpu()
     ms = np.array(latencies) * 1000
+    cpu = [(b - a) * 1000 / len(latencies) for a, b in zip(before, after, strict=True)]
     return {
         "calls": len(latencies),
         "qps": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
+        "cpu_ms_per_call": {"client": cpu[0], "router": cpu[1], "shards": cpu[2]},
     }
+
+
+def _all_at_once(calls: list[Callable[..., Any]], pool: futures.ThreadPoolExecutor) -> Callable[[Any], None]:
+    """Sends a request to every target at once, as the router does (the last from this thread), and waits."""
+    *others, last = calls
+
+    def search(request: Any) -> None:
+        sent = [pool.submit(call, request, timeout=30) for call in others]
+        last(request, timeout=30)
+        for future in sent:
+            future.result()
+
+    return search
 
 
 def print_table(result: dict[str, Any], out: TextIO) -> None:
@@ -187,10 +230,23 @@ def print_table(result: dict[str, Any], out: TextIO) -> None:
         f"{result['shards']} shards, 1 client",
         file=out,
     )
-    print(f"{'mode':<28} {'calls':>8} {'qps':>9} {'p50 ms':>8} {'p99 ms':>8}", file=out)
-    for name, key in (("direct (shard 0 of 4)", "direct"), (f"router ({result['shards']} shards)", "router")):
-        row = result[key]
-        print(f"{name:<28} {row['calls']:>8} {row['qps']:>9.1f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}", file=out)
+    print(
+        f"{'mode':<32} {'calls':>8} {'qps':>9} {'p50 ms':>8} {'p99 ms':>8}  "
+        f"{'CPU ms/call: client':>19} {'router':>7} {'shards':>7}",
+        file=out,
+    )
+    shards = result["shards"]
+    for name, key in (
+        (f"direct (shard 0 of {shards})", "direct"),
+        (f"fan-out ({shards} shards, no router)", "fanout"),
+        (f"router ({shards} shards)", "router"),
+    ):
+        row, cpu = result[key], result[key]["cpu_ms_per_call"]
+        print(
+            f"{name:<32} {row['calls']:>8} {row['qps']:>9.1f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}  "
+            f"{cpu['client']:>19.3f} {cpu['router']:>7.3f} {cpu['shards']:>7.3f}",
+            file=out,
+        )
     verdict = "PASS" if result["passed"] else "FAIL"
     print(
         f"target: router p50 <= direct p50 + {TARGET_MS:g} ms: {result['router']['p50_ms']:.3f} <= "

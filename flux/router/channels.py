@@ -1,4 +1,4 @@
-"""One channel per shard group, and the hedged call: how the router reaches a shard's replicas.
+"""One channel per shard group, the plain call and the hedged call: how the router reaches a shard's replicas.
 
 A shard group is one gRPC target (``dns:///flux-shard-2.flux.svc:50051`` resolving to every
 replica through a headless Service, or a static ``ipv4:a:p,b:p`` list). The channel balances over
@@ -7,19 +7,26 @@ shutting down) on the next one, within the call's deadline: gRPC's service confi
 not a loop in Python. Hedging, off by default, sends a second call after a delay and keeps the
 first answer; gRPC Python (C-core) does not implement the service config's ``hedgingPolicy``, so
 the router does it (``hedged``).
+
+A plain call (``answer``) is a blocking one, made on a thread the router keeps. A grpc ``future()``
+call is not used for it: its answer is delivered by a thread of the channel that gRPC Python starts
+when the channel has no other such call in flight and ends with the call, so at one call at a time
+per shard every call paid for starting a thread (docs/scale.md, "Latency").
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
-from flux.router.config import RetryConfig
+from flux.api.tls import read_pem
+from flux.router.config import RetryConfig, ShardTLSConfig
 
 #: Codes a call to another replica may cure: the replica is down, restarting, loading or shutting
 #: down (a gRPC Python server cancels the calls it had not yet started when it stops).
@@ -43,33 +50,48 @@ def service_config(retries: RetryConfig) -> str:
     return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
 
 
-def open_channel(target: str, retries: RetryConfig, max_message_bytes: int) -> grpc.Channel:
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", service_config(retries)),
-            ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
-            ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ],
-    )
+class Secure(NamedTuple):
+    """How the router's channels reach TLS shards: credentials, and the name their certificates carry."""
+
+    credentials: grpc.ChannelCredentials
+    server_name: str
 
 
-def settled(call: Any) -> futures.Future[Any]:
-    """A grpc call future as a concurrent.futures one: its response, or the RpcError it ended with."""
-    result: futures.Future[Any] = futures.Future()
+def secure(tls: ShardTLSConfig | None) -> Secure | None:
+    """The PEM files of ``router.tls`` read once; a ConfigError naming the key of a missing or non-PEM file."""
+    if tls is None:
+        return None
+    ca = read_pem(tls.ca_file, "router.tls.ca_file", "-----BEGIN CERTIFICATE")
+    chain = key = None
+    if tls.cert_file is not None and tls.key_file is not None:
+        chain = read_pem(tls.cert_file, "router.tls.cert_file", "-----BEGIN CERTIFICATE")
+        key = read_pem(tls.key_file, "router.tls.key_file", "PRIVATE KEY")
+    return Secure(grpc.ssl_channel_credentials(ca, key, chain), tls.server_name)
 
-    def done(finished: Any) -> None:
-        error = finished.exception()
-        if error is None:
-            result.set_result(finished.result())
-        else:
-            result.set_exception(error)
 
-    call.add_done_callback(done)
-    return result
+def open_channel(target: str, retries: RetryConfig, max_message_bytes: int, tls: Secure | None = None) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config(retries)),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(target, tls.credentials, options=options)
+
+
+def answer(call: Callable[..., Any], request: Any, deadline: float, metadata: Sequence[tuple[str, str]]) -> Any:
+    """A blocking ``call`` of ``request`` by ``deadline`` (``time.monotonic``): the response, or the RpcError
+    it ended with."""
+    try:
+        return call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=metadata)
+    except grpc.RpcError as error:
+        return error
 
 
 def hedged(start: Callable[[], Any], delay: float) -> futures.Future[Any]:

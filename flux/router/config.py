@@ -3,12 +3,15 @@
 A router serves no index of its own. Each logical index names, in shard order, one gRPC target per
 shard (``dns:///flux-shard-2.flux.svc:50051``: every replica of the shard behind one name, balanced
 round-robin), the shard count (which must match, as the sharding function depends on it), the index's
-name on the shards, and what to do when a shard does not answer (``on_missing_shards``).
+name on the shards, and what to do when a shard does not answer (``on_missing_shards``). With ``tls``,
+the router reaches its shards over TLS (shard servers with a ``tls:`` section), presenting a
+certificate of its own to shards that require one.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +49,27 @@ class HedgingConfig(_Strict):
 
     enabled: bool = False
     delay_seconds: float = Field(0.05, gt=0, le=60)
+
+
+class ShardTLSConfig(_Strict):
+    """TLS from the router to every shard: the shards' certificates checked against ``ca_file``; with
+    ``cert_file`` and ``key_file``, the router presents its own, for shards that require a client
+    certificate (their ``tls.client_ca_file``). The files are PEM, as in the server's ``tls`` section."""
+
+    ca_file: Path = Field(description="PEM CA certificates that sign the shards' certificates")
+    cert_file: Path | None = Field(None, description="PEM certificate chain the router presents to the shards")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    server_name: str = Field(
+        "",
+        description="the name the shards' certificates carry, when it is not the target's host name "
+        "(a static ipv4: list, say); empty: the target's host name",
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ShardTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both for a client certificate, or neither")
+        return self
 
 
 class RoutedIndex(_Strict):
@@ -120,6 +144,7 @@ class RouterConfig(_Strict):
     )
     retries: RetryConfig = RetryConfig()
     hedging: HedgingConfig = HedgingConfig()
+    tls: ShardTLSConfig | None = Field(None, description="TLS to the shards; none: plaintext")
 
     @model_validator(mode="after")
     def _unique(self) -> RouterConfig:

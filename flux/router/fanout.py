@@ -3,6 +3,9 @@
 Every shard gets the caller's request (index renamed to the shards' name; filter, exclusions and
 params as sent) at once, with a deadline taken from the caller's: the time left minus the share
 ``deadline_margin`` keeps back to merge and answer. A BatchSearch travels as one batch per shard.
+Each shard's call is a blocking one on a thread the router keeps (the last one on the caller's own
+thread), not a grpc future, which starts a thread per call at one call at a time
+(``flux.router.channels``); a hedged call is made of futures, as it cancels the slower one.
 
 Shards that do not answer (UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED once the channel's retries
 to other replicas are spent) are missing: the index's ``on_missing_shards`` policy either fails
@@ -28,7 +31,7 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from flux.router.channels import hedged, open_channel, settled
+from flux.router.channels import answer, hedged, open_channel, secure
 from flux.router.config import RoutedIndex, RouterConfig
 from flux.router.merge import Row, fill, fill_packed, merge, row_of, rows_of_packed
 from flux_api.v1 import types_pb2
@@ -41,6 +44,8 @@ from flux_core.storage.sharded import shard_of
 MISSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 #: How long past the shards' own deadline the router waits for gRPC to report them (it always does).
 _SLACK_SECONDS = 1.0
+#: At most this many threads making shard calls (they start as needed).
+_MAX_CALL_THREADS = 1024
 
 _M = TypeVar("_M", bound=Message)
 
@@ -92,13 +97,20 @@ class Gathered:
 class Router:
     """Fans requests out to shard groups and merges their answers; thread-safe (channels are)."""
 
-    def __init__(self, config: RouterConfig, *, max_message_bytes: int) -> None:
+    def __init__(self, config: RouterConfig, *, max_message_bytes: int, threads: int = 16) -> None:
+        """``threads``: the calls the router answers at once (the server's handler threads); each may need
+        a thread per shard but one to call them."""
         self.config = config
+        tls = secure(config.tls)  # first: a config error leaves nothing open
+        widest = max(index.shard_count for index in config.indexes)
+        self._calls = futures.ThreadPoolExecutor(
+            max_workers=max(1, min(threads * (widest - 1), _MAX_CALL_THREADS)), thread_name_prefix="flux-router-call"
+        )
         self._indexes: dict[str, Served] = {}
         for index in config.indexes:
             groups = []
             for number, (name, target) in enumerate(zip(index.shard_names(), index.shards, strict=True)):
-                channel = open_channel(target, config.retries, max_message_bytes)
+                channel = open_channel(target, config.retries, max_message_bytes, tls)
                 groups.append(Group(number, name, target, channel, VectorServiceStub(channel)))
             self._indexes[index.name] = Served(index, groups)
 
@@ -109,6 +121,7 @@ class Router:
         for served in self._indexes.values():
             for group in served.groups:
                 group.channel.close()
+        self._calls.shutdown(wait=False, cancel_futures=True)
 
     # -- the three searches ---------------------------------------------------------------
 
@@ -296,16 +309,23 @@ class Router:
         shard's answer, or the RpcError it ended with."""
         timeout = max(0.0, deadline - time.monotonic())
         hedging = self.config.hedging
+        calls: dict[int, Any] = {n: getattr(served.groups[n].stub, method) for n in requests}  # multicallables
         pending: dict[int, futures.Future[Any]] = {}
-        for number, request in requests.items():
-            call: Callable[..., Any] = getattr(served.groups[number].stub, method).future
-
-            def start(call: Callable[..., Any] = call, request: Message = request) -> Any:
-                return call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=metadata)
-
-            pending[number] = hedged(start, hedging.delay_seconds) if hedging.enabled else settled(start())
-        futures.wait(pending.values(), timeout=timeout + _SLACK_SECONDS)
         answers: dict[int, Any] = {}
+        if hedging.enabled:
+            for number, request in requests.items():
+
+                def start(call: Callable[..., Any] = calls[number].future, request: Message = request) -> Any:
+                    return call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=metadata)
+
+                pending[number] = hedged(start, hedging.delay_seconds)
+        elif requests:
+            *others, last = requests
+            for number in others:
+                pending[number] = self._calls.submit(answer, calls[number], requests[number], deadline, metadata)
+            answers[last] = answer(calls[last], requests[last], deadline, metadata)
+        if pending:
+            futures.wait(pending.values(), timeout=timeout + _SLACK_SECONDS)
         for number, future in pending.items():
             if not future.done():  # gRPC ends every call by its deadline; never seen, but never wait forever
                 future.cancel()

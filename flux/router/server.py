@@ -2,7 +2,8 @@
 
 It has the interface of ``flux.server.FluxServer`` that ``flux.process`` uses (``start``,
 ``wait_ready``, ``stop``, ``address``), and the same interceptors (auth, deadlines, error mapping,
-metrics and request logs). It loads no index, so it is ready as soon as it listens.
+metrics and request logs). It loads no index, so it is ready as soon as it listens. Its port serves
+TLS as a server's does, from the config's ``tls`` section; TLS to the shards is ``router.tls``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flux.api import interceptors
+from flux.api.tls import server_credentials
 from flux.binding import CannotBind, check_bindable
 from flux.config import FluxConfig
 from flux.router.fanout import Router
@@ -33,12 +35,11 @@ class RouterServer:
     def __init__(self, config: FluxConfig) -> None:
         if config.router is None:
             raise ValueError("RouterServer needs a config with a router section")
-        if config.tls is not None:
-            raise ValueError("tls: a router does not serve TLS yet; put it behind a TLS-terminating proxy")
         self.config = config
         server = config.server
         check_bindable(server.host, server.port, "server.port")
-        self.router = Router(config.router, max_message_bytes=config.limits.max_message_bytes)
+        credentials = None if config.tls is None else server_credentials(config.tls)
+        self.router = Router(config.router, max_message_bytes=config.limits.max_message_bytes, threads=server.threads)
         services = (VECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         self._handlers = futures.ThreadPoolExecutor(max_workers=server.threads, thread_name_prefix="flux-router")
         message_bytes = config.limits.max_message_bytes
@@ -58,7 +59,10 @@ class RouterServer:
         reflection.enable_server_reflection(services, self.grpc_server)
         address = f"{server.host}:{server.port}"
         try:
-            self.port = self.grpc_server.add_insecure_port(address)
+            if credentials is None:
+                self.port = self.grpc_server.add_insecure_port(address)
+            else:
+                self.port = self.grpc_server.add_secure_port(address, credentials)
         except RuntimeError:
             raise CannotBind(f"cannot listen on {address} (server.port): gRPC could not bind it") from None
         self.address = f"{server.host}:{self.port}"
