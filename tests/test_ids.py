@@ -46,3 +46,14 @@ def test_a_write_to_packed_ids_turns_them_into_strings_and_keeps_every_label() -
     assert ids.release(["a"]).tolist() == [0]
     assert ids.live().tolist() == [1, 2, 3]
     assert ids.snapshot() == [None, "b", "c", "d"]
+
+
+def test_labels_of_many_ids_keep_their_order_and_leave_out_unknown_ids() -> None:
+    for by_label in (packed(["a", "b", "c", "d"]), np.array(["a", None, "c", "d"], dtype=object)):
+        ids = Ids(by_label)
+        found = ids.labels(["d", "missing", "a", "b", "c"])
+        expected = [3, 0, 1, 2] if by_label.dtype.kind == "S" else [3, 0, 2]  # "b" holds no item in the second
+        assert found.dtype == np.int64
+        assert found.tolist() == expected
+        assert ids.labels([]).tolist() == []
+        assert ids.labels(iter(["a"])).tolist() == [0]  # any iterable, e.g. a protobuf repeated field

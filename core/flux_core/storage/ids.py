@@ -21,8 +21,9 @@ ids like ``"123456"`` take 1.2 MB instead of about 13 MB. Answers take them as t
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -72,6 +73,15 @@ class Ids:
     def label(self, item_id: str) -> int | None:
         """The label of ``item_id``, or None when the index does not hold it."""
         return self._map().get(item_id)
+
+    def labels(self, ids: Iterable[str]) -> Labels:
+        """The labels of those of ``ids`` the index holds, in their order; the others are left out.
+
+        One pass in C (``map`` over the dict's ``get``): an exclusion list of thousands of ids
+        is looked up on every query that carries it.
+        """
+        found = np.fromiter(map(self._map().get, ids, itertools.repeat(-1)), np.int64)
+        return found[found >= 0]
 
     def live(self) -> Labels:
         """The labels that hold an item, ascending."""

@@ -296,7 +296,7 @@ class ServedIndex:
 
     def labels_of(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds; the others are left out."""
-        return np.fromiter((label for label in map(self.ids.label, ids) if label is not None), np.int64)
+        return self.ids.labels(ids)
 
     def label_of(self, item_id: str) -> int:
         label = self.ids.label(item_id)
