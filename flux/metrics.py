@@ -66,3 +66,34 @@ REQUESTS = Counter(
     "flux_requests_total", "Calls answered, per method, index and status code.", ["method", "index", "code"]
 )
 REQUESTS_IN_FLIGHT = Gauge("flux_requests_in_flight", "Calls being handled now.")
+# The router (flux.router.metrics). index: a logical index of the router's config; shard: the shard's
+# name in answers and errors (shard-00002-of-00004); code: a status code name. All bounded by the config.
+ROUTER_SHARD_SECONDS = Histogram(
+    "flux_router_shard_seconds",
+    "Time from the router sending a call to a shard to the shard's answer or error, hedge included.",
+    ["index", "shard"],
+    buckets=LATENCY_BUCKETS,
+)
+ROUTER_SHARD_CALLS = Counter(
+    "flux_router_shard_calls_total",
+    "Calls the router made to a shard, per status code once gRPC's retries and the router's hedge are spent.",
+    ["index", "shard", "code"],
+)
+ROUTER_HEDGES = Counter(
+    "flux_router_hedges_total",
+    "Second calls the router sent to a shard whose first call had not answered within the hedging delay.",
+    ["index", "shard"],
+)
+ROUTER_HEDGE_WINS = Counter(
+    "flux_router_hedge_wins_total",
+    "Shard calls whose answer came from the hedge, not the first call.",
+    ["index", "shard"],
+)
+ROUTER_PARTIAL_ANSWERS = Counter(
+    "flux_router_partial_answers_total",
+    "Answers the router gave without some shards (missing_shards set; on_missing_shards: partial).",
+    ["index"],
+)
+ROUTER_MISSING_SHARDS = Counter(
+    "flux_router_missing_shards_total", "Shards left out of the router's partial answers.", ["index", "shard"]
+)

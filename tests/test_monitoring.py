@@ -3,7 +3,7 @@
 promtool checks the rules and runs their unit tests (every alert fires on a bad series and stays silent on
 a healthy one), and must fail on a copy of the rules where any one alert can never fire. The rules and the
 dashboard may only use the metrics and labels Flux defines (read from the code, and checked against a live
-scrape of a real server), plus the target labels of the example scrape configuration.
+scrape of a real server and a router), plus the target labels of the example scrape configuration.
 
 ``make monitoring`` unpacks promtool (from Debian's package ``prometheus``); CI runs it before the tests and sets
 FLUX_REQUIRE_PROMTOOL=1, so there the promtool tests fail rather than skip when promtool is missing.
@@ -17,10 +17,9 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -31,6 +30,7 @@ from flux.core.serving.versions import State
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2, write_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from tests import support
+from tests.test_router_metrics import _config, _routing, _scrape
 
 REPO = Path(__file__).resolve().parent.parent
 MONITORING = REPO / "deploy" / "monitoring"
@@ -57,14 +57,8 @@ _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\
 
 def _definitions() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Every metric family the code defines: name -> (type, label names), from its constructor calls."""
-    kinds = {
-        "Counter": "counter",
-        "Gauge": "gauge",
-        "Histogram": "histogram",
-        "Summary": "summary",
-        "GaugeMetricFamily": "gauge",
-        "CounterMetricFamily": "counter",
-    }
+    kinds = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram", "Summary": "summary"}
+    kinds |= {"GaugeMetricFamily": "gauge", "CounterMetricFamily": "counter"}
     found: dict[str, tuple[str, tuple[str, ...]]] = {}
     for path in sorted((REPO / "flux").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -86,8 +80,7 @@ def _sample_names(definitions: dict[str, tuple[str, tuple[str, ...]]]) -> set[st
     names: set[str] = set()
     for name, (kind, _) in definitions.items():
         if kind == "counter":
-            base = name.removesuffix("_total")
-            names |= {f"{base}_total", f"{base}_created"}
+            names |= {f"{name.removesuffix('_total')}_{suffix}" for suffix in ("total", "created")}
         elif kind in ("histogram", "summary"):
             names |= {f"{name}_sum", f"{name}_count", f"{name}_created"}
             if kind == "histogram":
@@ -125,7 +118,7 @@ def _target_labels() -> set[str]:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """Series names with their label names, scraped from a real server after a search and a failed load."""
+    """Series names with their label names, scraped from a server after a search and a failed load, and a router."""
     root = tmp_path_factory.mktemp("monitoring")
     base, _ = support.dataset(n=300, dimension=8, queries=1)
     artifact = support.build_artifact(root / "small", base, backend="exact", metric="l2")
@@ -137,15 +130,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             VectorServiceStub(channel).Search(vector_service_pb2.SearchRequest(index="small", vector=vector, k=3))
             with pytest.raises(grpc.RpcError):
                 VectorServiceStub(channel).Search(vector_service_pb2.SearchRequest(index="broken", vector=vector, k=3))
-        assert server.metrics is not None
-        url = f"http://127.0.0.1:{server.metrics.port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        with _routing(_config([{"name": "small", "shard_count": 1, "shards": [server.address]}])) as (router, stub):
+            stub.Search(vector_service_pb2.SearchRequest(index="small", vector=vector, k=3))
+            samples = {**_scrape(router), **_scrape(server)}
     series: dict[str, set[str]] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, labels = line.partition("{")
-            name = name.split(" ")[0]
-            series.setdefault(name, set()).update(re.findall(r'(\w+)="', labels.rpartition("}")[0]))
+    for name, labels in samples:
+        series.setdefault(name, set()).update(key for key, _ in labels)
     return series
 
 
@@ -158,8 +148,7 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def _dashboard() -> dict[str, Any]:
-    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    return dashboard
+    return cast(dict[str, Any], json.loads(DASHBOARD.read_text(encoding="utf-8")))
 
 
 def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -219,11 +208,14 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_one_flux_exports(scrape
     assert {name for name in scraped if name.startswith("flux_")} <= defined
     for name in ("flux_requests_total", "flux_request_seconds_bucket", "flux_index_serving", "flux_index_bytes"):
         assert name in scraped, name
+    assert {name for name in defined if name.startswith("flux_router_")} <= set(scraped)  # every one, live
+    assert scraped["flux_router_shard_calls_total"] == {"index", "shard", "code"}
     assert "flux_version_transitions_created" in scraped  # the version alerts read it
     exported = defined | set(scraped)  # the scrape adds prometheus_client's process_* series
 
     used = {name for expr in _expressions() for name in metric_names(expr)}
     assert {"flux_index_serving", "flux_requests_total", "process_resident_memory_bytes"} <= used
+    assert {"flux_router_shard_calls_total", "flux_router_partial_answers_total"} <= used
     assert used <= exported, f"not exported by Flux: {sorted(used - exported)}"
 
 

@@ -12,6 +12,9 @@ A plain call (``answer``) is a blocking one, made on a thread the router keeps. 
 call is not used for it: its answer is delivered by a thread of the channel that gRPC Python starts
 when the channel has no other such call in flight and ends with the call, so at one call at a time
 per shard every call paid for starting a thread (docs/scale.md, "Latency").
+
+Both record each shard call as it ends, and the hedges sent, on the shard's ``ShardMeter``
+(``flux.router.metrics``); the retries within a call are gRPC's, out of the router's sight.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import grpc
 
 from flux.api.tls import read_pem
 from flux.router.config import RetryConfig, ShardTLSConfig
+from flux.router.metrics import ShardMeter
 
 #: Codes a call to another replica may cure: the replica is down, restarting, loading or shutting
 #: down (a gRPC Python server cancels the calls it had not yet started when it stops).
@@ -85,23 +89,29 @@ def open_channel(target: str, retries: RetryConfig, max_message_bytes: int, tls:
     return grpc.secure_channel(target, tls.credentials, options=options)
 
 
-def answer(call: Callable[..., Any], request: Any, deadline: float, metadata: Sequence[tuple[str, str]]) -> Any:
+def answer(
+    call: Callable[..., Any], request: Any, deadline: float, metadata: Sequence[tuple[str, str]], meter: ShardMeter
+) -> Any:
     """A blocking ``call`` of ``request`` by ``deadline`` (``time.monotonic``): the response, or the RpcError
-    it ended with."""
+    it ended with, recorded on ``meter``."""
+    started = time.perf_counter()
     try:
-        return call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=metadata)
+        outcome = call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=metadata)
     except grpc.RpcError as error:
-        return error
+        outcome = error
+    return meter.ended(outcome, started)
 
 
-def hedged(start: Callable[[], Any], delay: float) -> futures.Future[Any]:
+def hedged(start: Callable[[], Any], delay: float, meter: ShardMeter) -> futures.Future[Any]:
     """``start()`` now and, if no answer came within ``delay`` seconds, once more: the first answer wins.
 
     The second call leaves the channel after the first, so round-robin sends it to the next replica.
     A failure that another replica cannot cure (INVALID_ARGUMENT, say) ends it at once; otherwise it
-    fails only when every call it made has failed.
+    fails only when every call it made has failed. ``meter`` records the second call when sent, and
+    the outcome (and whether the second call gave it) before the future has it.
     """
     result: futures.Future[Any] = futures.Future()
+    started = time.perf_counter()
     lock = threading.Lock()
     calls: list[Any] = []
     pending = [2]  # the first call, and the hedge still to come
@@ -113,9 +123,9 @@ def hedged(start: Callable[[], Any], delay: float) -> futures.Future[Any]:
                 return
             error = call.exception() if not call.cancelled() else None
             if error is None and not call.cancelled():
-                result.set_result(call.result())
+                result.set_result(meter.ended(call.result(), started, by_hedge=call is not calls[0]))
             elif error is not None and (error.code() not in _RETRYABLE_CODES or pending[0] == 0):
-                result.set_exception(error)
+                result.set_exception(meter.ended(error, started))
             else:
                 return
             timer.cancel()
@@ -133,6 +143,7 @@ def hedged(start: Callable[[], Any], delay: float) -> futures.Future[Any]:
         with lock:
             if result.done():
                 return
+        meter.hedge()
         launch()
 
     timer = threading.Timer(delay, hedge)

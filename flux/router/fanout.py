@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from flux.router.channels import answer, hedged, open_channel, secure
 from flux.router.config import RoutedIndex, RouterConfig
 from flux.router.merge import Row, fill, fill_packed, merge, row_of, rows_of_packed
+from flux.router.metrics import ShardMeter
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
@@ -75,6 +76,7 @@ class Group:
     target: str
     channel: grpc.Channel
     stub: VectorServiceStub
+    meter: ShardMeter
 
 
 @dataclass
@@ -111,7 +113,8 @@ class Router:
             groups = []
             for number, (name, target) in enumerate(zip(index.shard_names(), index.shards, strict=True)):
                 channel = open_channel(target, config.retries, max_message_bytes, tls)
-                groups.append(Group(number, name, target, channel, VectorServiceStub(channel)))
+                stub, meter = VectorServiceStub(channel), ShardMeter(index.name, name)
+                groups.append(Group(number, name, target, channel, stub, meter))
             self._indexes[index.name] = Served(index, groups)
 
     def names(self) -> list[str]:
@@ -310,6 +313,7 @@ class Router:
         timeout = max(0.0, deadline - time.monotonic())
         hedging = self.config.hedging
         calls: dict[int, Any] = {n: getattr(served.groups[n].stub, method) for n in requests}  # multicallables
+        meters = {n: served.groups[n].meter for n in requests}  # each call recorded as it ends (flux.router.metrics)
         pending: dict[int, futures.Future[Any]] = {}
         answers: dict[int, Any] = {}
         if hedging.enabled:
@@ -318,12 +322,12 @@ class Router:
                 def start(call: Callable[..., Any] = calls[number].future, request: Message = request) -> Any:
                     return call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=metadata)
 
-                pending[number] = hedged(start, hedging.delay_seconds)
+                pending[number] = hedged(start, hedging.delay_seconds, meters[number])
         elif requests:
             *others, last = requests
-            for number in others:
-                pending[number] = self._calls.submit(answer, calls[number], requests[number], deadline, metadata)
-            answers[last] = answer(calls[last], requests[last], deadline, metadata)
+            for n in others:
+                pending[n] = self._calls.submit(answer, calls[n], requests[n], deadline, metadata, meters[n])
+            answers[last] = answer(calls[last], requests[last], deadline, metadata, meters[last])
         if pending:
             futures.wait(pending.values(), timeout=timeout + _SLACK_SECONDS)
         for number, future in pending.items():

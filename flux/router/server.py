@@ -4,6 +4,8 @@ It has the interface of ``flux.server.FluxServer`` that ``flux.process`` uses (`
 ``wait_ready``, ``stop``, ``address``), and the same interceptors (auth, deadlines, error mapping,
 metrics and request logs). It loads no index, so it is ready as soon as it listens. Its port serves
 TLS as a server's does, from the config's ``tls`` section; TLS to the shards is ``router.tls``.
+With ``server.metrics_port``, it serves ``/metrics`` as a server does (``flux.metrics_endpoint``):
+its calls, and its shard calls, hedges and partial answers (``flux.router.metrics``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from grpc_reflection.v1alpha import reflection
 
 from flux.api import interceptors
 from flux.api.tls import server_credentials
-from flux.binding import CannotBind, check_bindable
+from flux.binding import CannotBind, check_bindable, reason
 from flux.config import FluxConfig
+from flux.core.serving.catalog import Catalog
+from flux.metrics_endpoint import MetricsEndpoint
 from flux.router.fanout import Router
 from flux.router.service import RouterServicer
 from flux_api.v1 import vector_service_pb2
@@ -38,6 +42,8 @@ class RouterServer:
         self.config = config
         server = config.server
         check_bindable(server.host, server.port, "server.port")
+        if server.metrics_port is not None:
+            check_bindable(server.host, server.metrics_port, "server.metrics_port")
         credentials = None if config.tls is None else server_credentials(config.tls)
         self.router = Router(config.router, max_message_bytes=config.limits.max_message_bytes, threads=server.threads)
         services = (VECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -66,9 +72,22 @@ class RouterServer:
         except RuntimeError:
             raise CannotBind(f"cannot listen on {address} (server.port): gRPC could not bind it") from None
         self.address = f"{server.host}:{self.port}"
+        self.metrics = None
+        if server.metrics_port is not None:
+            try:  # no index of its own: an empty catalog, so the flux_index_* families have no series
+                self.metrics = MetricsEndpoint(
+                    server.host, server.metrics_port, Catalog([]), server.max_concurrent_calls
+                )
+            except OSError as exc:  # taken since the check
+                self.router.close()
+                raise CannotBind(
+                    f"cannot listen on {server.host}:{server.metrics_port} (server.metrics_port): {reason(exc)}"
+                ) from None
 
     def start(self) -> None:
         self.grpc_server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         for name in ("", VECTOR_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("routing on %s: %s", self.address, ", ".join(self.router.names()))
@@ -81,6 +100,8 @@ class RouterServer:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait(grace + 1.0)
         self.router.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         self._handlers.shutdown(wait=False)
         log.info("stopped")
         return True

@@ -2,6 +2,7 @@
 
 A shard's refusal reaches the caller as the shard gave it (code, message, ErrorInfo and reason);
 the router's own refusals are ``flux_core.errors`` that the error interceptor maps, as on a server.
+An answer that names missing shards is counted here (``flux_router_partial_answers_total``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import flux
 import flux_api
 from flux.api import errors
 from flux.router.fanout import Forwarded, Metadata, Router
+from flux.router.metrics import partial_answer
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1 import vector_service_pb2_grpc
 from flux_core.errors import FluxError
@@ -84,12 +86,14 @@ def _answer(
     timeout = None if left is None or left >= _NO_DEADLINE else left
     metadata = [(m.key, m.value) for m in context.invocation_metadata() if m.key in FORWARDED_METADATA]
     try:
-        return method(request, timeout, metadata)
+        result = method(request, timeout, metadata)
     except Forwarded as shard:
         if not abort:
             raise
         context.abort_with_status(shard.status)
         raise AssertionError("unreachable") from None  # abort_with_status raises
+    partial_answer(request.index, getattr(result, "missing_shards", ()))  # each stream message counts too
+    return result
 
 
 def _error_of(into: pb.ErrorStatus, code: grpc.StatusCode, message: str, trailers: Sequence[tuple[str, Any]]) -> None:
