@@ -41,3 +41,6 @@ def test_bench_router_prints_table_target_and_writes_json(tmp_path: Path, capsys
     assert "router (4 shards)" in printed
     assert f"{result['router']['p50_ms']:.3f}" in printed
     assert "target: router p50 <= direct p50 + 1 ms" in printed
+    own = result["router"]["p50_ms"] - result["fanout"]["p50_ms"]
+    assert result["router_over_fanout_passed"] == (own <= 1.0)
+    assert f"the router's own hop: router p50 - fan-out p50 <= 1 ms: {own:.3f}" in printed

@@ -8,7 +8,8 @@ machine), then through the router, which fans every call out to the 4 shards and
 answers. It reports p50 and p99 of each, QPS, and the CPU time each call cost the client, the
 router and the shards (together), read from /proc: on a machine with fewer cores than processes,
 the shards' share shows how much of the router's latency is waiting for a core. It checks the
-target: the router's p50 at most the direct p50 plus 1 ms. Before timing, it checks that the router
+target: the router's p50 at most the direct p50 plus 1 ms; and, for machines where the shards
+share the router's cores, what the router adds over the fan-out alone, at most 1 ms. Before timing, it checks that the router
 answers as a brute-force search over all the data.
 """
 
@@ -108,6 +109,9 @@ def measure(count: int, dim: int, k: int, seconds: float, warmup: float, work: P
         "router_over_fanout_p50_ms": routed["p50_ms"] - fanout["p50_ms"],
         "target": {"router_p50_ms_at_most": target, "direct_p50_plus_ms": TARGET_MS},
         "passed": routed["p50_ms"] <= target,
+        # Where the shards share the router's cores, the fan-out alone costs every router the same:
+        # what this router adds over it is its own hop, the target's share a router can answer for.
+        "router_over_fanout_passed": routed["p50_ms"] - fanout["p50_ms"] <= TARGET_MS,
     }
 
 
@@ -251,5 +255,11 @@ def print_table(result: dict[str, Any], out: TextIO) -> None:
     print(
         f"target: router p50 <= direct p50 + {TARGET_MS:g} ms: {result['router']['p50_ms']:.3f} <= "
         f"{result['target']['router_p50_ms_at_most']:.3f}  {verdict}",
+        file=out,
+    )
+    own = "PASS" if result["router_over_fanout_passed"] else "FAIL"
+    print(
+        f"the router's own hop: router p50 - fan-out p50 <= {TARGET_MS:g} ms: "
+        f"{result['router_over_fanout_p50_ms']:.3f}  {own}",
         file=out,
     )
