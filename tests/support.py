@@ -12,8 +12,10 @@ import numpy as np
 
 from flux import config as flux_config
 from flux.datasets import clustered
+from flux.router.server import RouterServer, build_router
 from flux.server import FluxServer, build_server
 from flux_api.v1 import types_pb2
+from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from flux_core.backend import Metric
 from flux_core.storage import builder
 
@@ -78,6 +80,18 @@ def running_server(config: flux_config.FluxConfig, *, ready_timeout: float = 60.
 def channel_to(server: FluxServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server.address) as channel:
         yield channel
+
+
+@contextmanager
+def routing(config: flux_config.FluxConfig) -> Iterator[tuple[RouterServer, VectorServiceStub]]:
+    """A router started from ``config``, and a stub on a channel to it; stopped on exit."""
+    router = build_router(config)
+    router.start()
+    try:
+        with grpc.insecure_channel(router.address) as channel:
+            yield router, VectorServiceStub(channel)
+    finally:
+        router.stop(grace=0)
 
 
 def brute_force(base: np.ndarray, queries: np.ndarray, metric: Metric | str, k: int) -> tuple[np.ndarray, np.ndarray]:

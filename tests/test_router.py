@@ -20,7 +20,6 @@ import pytest
 from google.rpc import error_details_pb2
 
 from flux import config as flux_config
-from flux.router.server import RouterServer, build_router
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -30,7 +29,7 @@ from flux_core.errors import ConfigError
 from flux_core.storage import builder
 from flux_core.storage.attributes import ItemAttributes
 from flux_core.storage.sharded import assign, shard_of
-from tests.support import brute_force, dataset, ids_for, running_server, server_config
+from tests.support import brute_force, dataset, ids_for, routing, running_server, server_config
 
 SHARDS = 4
 N, DIM, QUERIES = 4000, 32, 100
@@ -55,17 +54,6 @@ def _query(vector: np.ndarray) -> types_pb2.FloatVectors:
 def _router_config(indexes: list[dict[str, Any]], **router: Any) -> flux_config.FluxConfig:
     raw = {"server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 0.5}, "router": {"indexes": indexes, **router}}
     return flux_config.parse(raw, source="router test config")
-
-
-@contextmanager
-def _routing(config: flux_config.FluxConfig) -> Iterator[tuple[RouterServer, VectorServiceStub]]:
-    router = build_router(config)
-    router.start()
-    try:
-        with grpc.insecure_channel(router.address) as channel:
-            yield router, VectorServiceStub(channel)
-    finally:
-        router.stop(grace=0)
 
 
 def _target(*servers: FluxServer) -> str:
@@ -128,7 +116,7 @@ class Cluster:
                 },
             ]
         )
-        self.router, self.stub = stack.enter_context(_routing(config))
+        self.router, self.stub = stack.enter_context(routing(config))
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +291,7 @@ def test_a_stopped_shard_fails_or_is_named(tmp_path: Path) -> None:
                 for q in queries
             ]
         groups[2][0].stop(grace=0)
-        with _routing(_small_router(groups, "fail")) as (_, stub):
+        with routing(_small_router(groups, "fail")) as (_, stub):
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Search(pb.SearchRequest(index="small", vector=_query(queries[0]), k=10), timeout=3)
@@ -311,7 +299,7 @@ def test_a_stopped_shard_fails_or_is_named(tmp_path: Path) -> None:
             assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
             assert "shard-00002-of-00004" in caught.value.details()
             assert elapsed < 3
-        with _routing(_small_router(groups, "partial")) as (_, stub):
+        with routing(_small_router(groups, "partial")) as (_, stub):
             for query, want in zip(queries, truth, strict=True):
                 got = stub.Search(pb.SearchRequest(index="small", vector=_query(query), k=10), timeout=3)
                 assert list(got.missing_shards) == ["shard-00002-of-00004"]
@@ -334,7 +322,7 @@ def test_stopping_one_replica_under_load_loses_no_request(tmp_path: Path) -> Non
         batch = pb.BatchSearchRequest(index="small", queries=_query(queries), k=10, packed=True)
         with grpc.insecure_channel(groups[SHARDS][0].address) as channel:
             truth = list(VectorServiceStub(channel).BatchSearch(batch, timeout=30).packed.ids)
-        with _routing(_small_router(groups, "fail")) as (_, stub):
+        with routing(_small_router(groups, "fail")) as (_, stub):
             done, failures, lock = [0], [], threading.Lock()
             halfway = threading.Event()
 
@@ -367,7 +355,7 @@ def test_an_answer_never_mixes_versions(tmp_path: Path) -> None:
     with (
         _small_shards(tmp_path, versions=True) as (groups, queries, _),
         grpc.insecure_channel(groups[SHARDS][0].address) as channel,
-        _routing(_small_router(groups, "fail")) as (_, stub),
+        routing(_small_router(groups, "fail")) as (_, stub),
     ):
         single = VectorServiceStub(channel)
         for query in queries[:10]:
@@ -385,7 +373,7 @@ def test_search_by_id_equals_one_index_on_the_exact_backend(tmp_path: Path) -> N
     with (
         _small_shards(tmp_path) as (groups, _, ids),
         grpc.insecure_channel(groups[SHARDS][0].address) as channel,
-        _routing(_small_router(groups, "fail")) as (_, stub),
+        routing(_small_router(groups, "fail")) as (_, stub),
     ):
         single = VectorServiceStub(channel)
         spec = types_pb2.Filter(exclude_ids=ids[:50])
@@ -420,7 +408,7 @@ def test_search_by_id_with_the_owning_shard_stopped_is_unavailable(tmp_path: Pat
     with _small_shards(tmp_path) as (groups, _, ids):
         owned = [i for i in ids if shard_of(i, SHARDS) == 2]
         groups[2][0].stop(grace=0)
-        with _routing(_small_router(groups, "partial")) as (_, stub):
+        with routing(_small_router(groups, "partial")) as (_, stub):
             with pytest.raises(grpc.RpcError) as caught:
                 stub.SearchById(pb.SearchByIdRequest(index="small", id=owned[0], k=5), timeout=3)
             assert caught.value.code() is grpc.StatusCode.UNAVAILABLE

@@ -12,9 +12,8 @@ import re
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
 from concurrent import futures
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from flux.server import FluxServer
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from flux_core.storage.sharded import shard_name, shard_of
-from tests.support import build_artifact, dataset, running_server, server_config
+from tests.support import build_artifact, dataset, routing, running_server, server_config
 from tests.test_router import SHARDS, _query, _small_shards, _target
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -48,17 +47,6 @@ def _config(indexes: list[dict[str, Any]], **router: Any) -> flux_config.FluxCon
         "router": {"indexes": indexes, **router},
     }
     return flux_config.parse(raw, source="router metrics test config")
-
-
-@contextmanager
-def _routing(config: flux_config.FluxConfig) -> Iterator[tuple[RouterServer, VectorServiceStub]]:
-    router = build_router(config)
-    router.start()
-    try:
-        with grpc.insecure_channel(router.address) as channel:
-            yield router, VectorServiceStub(channel)
-    finally:
-        router.stop(grace=0)
 
 
 def _scrape(process: RouterServer | FluxServer) -> Samples:
@@ -106,7 +94,7 @@ def _indexes(groups: list[list[FluxServer]]) -> list[dict[str, Any]]:
 
 def test_the_router_counts_its_calls_and_each_shard_call(tmp_path: Path) -> None:
     searches, batches = 7, 2
-    with _small_shards(tmp_path) as (groups, queries, ids), _routing(_config(_indexes(groups))) as (router, stub):
+    with _small_shards(tmp_path) as (groups, queries, ids), routing(_config(_indexes(groups))) as (router, stub):
         before = _scrape(router)
         for query in queries[:searches]:
             got = stub.Search(pb.SearchRequest(index="metered", vector=_query(query), k=10), timeout=10)
@@ -154,7 +142,7 @@ def test_the_router_counts_its_calls_and_each_shard_call(tmp_path: Path) -> None
 def test_each_partial_answer_counts_once_and_names_the_missing_shard(tmp_path: Path) -> None:
     whole, searches, streamed, refused = 3, 5, 2, 2
     stopped = 2
-    with _small_shards(tmp_path) as (groups, queries, _), _routing(_config(_indexes(groups))) as (router, stub):
+    with _small_shards(tmp_path) as (groups, queries, _), routing(_config(_indexes(groups))) as (router, stub):
         first = _scrape(router)
         for query in queries[:whole]:
             assert not stub.Search(
@@ -248,7 +236,7 @@ def test_a_hedge_is_counted_when_sent_and_when_its_answer_is_the_one_used(tmp_pa
         gate = HoldFirst(fast.address)
         stack.callback(gate.close)
         indexes = [{"name": "hedged", "shard_index": "items", "shard_count": 1, "shards": [f"ipv4:{gate.address}"]}]
-        router, stub = stack.enter_context(_routing(_config(indexes, hedging={"enabled": True, "delay_seconds": 0.2})))
+        router, stub = stack.enter_context(routing(_config(indexes, hedging={"enabled": True, "delay_seconds": 0.2})))
         before = _scrape(router)
         got = stub.Search(pb.SearchRequest(index="hedged", vector=_query(queries[0]), k=5), timeout=20)
         truth = VectorServiceStub(stack.enter_context(grpc.insecure_channel(fast.address))).Search(
