@@ -57,3 +57,22 @@ def test_labels_of_many_ids_keep_their_order_and_leave_out_unknown_ids() -> None
         assert found.tolist() == expected
         assert ids.labels([]).tolist() == []
         assert ids.labels(iter(["a"])).tolist() == [0]  # any iterable, e.g. a protobuf repeated field
+
+
+def test_packed_labels_are_found_exactly_whatever_the_ids_look_like() -> None:
+    stored = ["track:1", "track:10", "ü-ß", "日本", "a", "track:2"]
+    ids = Ids(packed(stored))
+    assert ids.labels(["日本", "track:10", "a"]).tolist() == [3, 1, 4]  # non-ASCII ids among the rest
+    # Not held: a longer id sharing a stored prefix, the stored width plus one, trailing NULs, empty.
+    longer = ["track:100", "track:10x", "track:1\0", "a\0", "", "track:" + "9" * 40]
+    assert ids.labels(longer).tolist() == []
+    assert ids.labels([*longer, "track:2", "track:1"]).tolist() == [5, 0]
+
+
+def test_labels_follow_writes_to_packed_ids() -> None:
+    ids = Ids(packed(["a", "b", "c"]))
+    assert ids.labels(["a", "b", "c"]).tolist() == [0, 1, 2]  # the sorted copy, before any write
+    ids.release(["b"])
+    assert ids.labels(["a", "b", "c"]).tolist() == [0, 2]  # a released id is no longer held
+    assert ids.assign(["d"]).tolist() == [3]
+    assert ids.labels(["d", "b", "a"]).tolist() == [3, 0]

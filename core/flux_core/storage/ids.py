@@ -59,6 +59,8 @@ class Ids:
         self._next = len(by_label)  # the label the next new id gets
         self._labels: dict[str, int] | None = None  # built on first use
         self._lock = threading.Lock()  # builds the map once; held by writers
+        self._sorted: _Sorted | None = None  # built on first use, while no write has happened
+        self._written = False  # an id was added or released: the packed array no longer tells who is held
 
     # -- reads (any thread, no lock) ---------------------------------------------------
 
@@ -77,9 +79,12 @@ class Ids:
     def labels(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds, in their order; the others are left out.
 
-        One pass in C (``map`` over the dict's ``get``): an exclusion list of thousands of ids
-        is looked up on every query that carries it.
+        An exclusion list of thousands of ids is looked up on every query that carries it: packed
+        ids that no write has changed are found by one binary search over a sorted copy
+        (``_Sorted``), others by mapping the dict's ``get`` over them in C.
         """
+        if self._by_label.dtype.kind == "S" and not self._written:
+            return self._sorted_ids().find(ids if isinstance(ids, list | tuple) else list(ids))
         found = np.fromiter(map(self._map().get, ids, itertools.repeat(-1)), np.int64)
         return found[found >= 0]
 
@@ -98,6 +103,15 @@ class Ids:
         for item_id, label in self._map().items():
             out[label] = item_id
         return out
+
+    def _sorted_ids(self) -> _Sorted:
+        sorted_ids = self._sorted
+        if sorted_ids is None:
+            with self._lock:
+                if self._sorted is None:
+                    self._sorted = _Sorted(self._by_label[: self._next])
+                sorted_ids = self._sorted
+        return sorted_ids
 
     def _map(self) -> dict[str, int]:
         labels = self._labels
@@ -124,6 +138,7 @@ class Ids:
                     new.append(item_id)
                 out[row] = label
             if new:
+                self._written = True
                 self._grow(new)
                 for offset, item_id in enumerate(new):
                     labels[item_id] = self._next + offset
@@ -134,6 +149,7 @@ class Ids:
         """Take ``ids`` out of the map and return their labels; ids not held are skipped."""
         labels = self._map()
         with self._lock:
+            self._written = True
             found = [labels.pop(item_id) for item_id in ids if item_id in labels]
         return np.array(found, np.int64)
 
@@ -145,3 +161,30 @@ class Ids:
             array[: self._next] = _strings(self._by_label[: self._next])
         array[self._next : needed] = new
         self._by_label = array  # published only now that every new label has its id
+
+
+class _Sorted:
+    """Packed ids in byte order, with the label of each: a batch of ids is found by one vectorised
+    binary search (about twice as fast as a dict probe per id for thousands of ids, whose probes
+    miss the CPU's caches), without building a map of Python strings."""
+
+    def __init__(self, by_label: np.ndarray) -> None:
+        self.order = np.argsort(by_label, kind="stable")
+        # One byte wider than any stored id: a longer id, cut to this width, still matches none. The
+        # keys are made as wide, so that the search compares them as they are, without a cast.
+        self.width = by_label.dtype.itemsize + 1
+        self.ids = by_label[self.order].astype(f"S{self.width}")
+
+    def find(self, wanted: Sequence[str]) -> Labels:
+        if "\0" in "".join(wanted):  # numpy drops trailing NULs; no packed id holds one (``packed``)
+            wanted = [item_id for item_id in wanted if "\0" not in item_id]
+        if not wanted or not len(self.ids):
+            return np.empty(0, np.int64)
+        try:
+            keys = np.array(wanted, dtype=f"S{self.width}")  # numpy encodes str as ASCII
+        except UnicodeEncodeError:
+            keys = np.array([item_id.encode() for item_id in wanted], dtype=f"S{self.width}")
+        at = np.minimum(np.searchsorted(self.ids, keys), len(self.ids) - 1)  # past the end: no match
+        held = self.ids[at] == keys
+        found: Labels = self.order[at[held]].astype(np.int64, copy=False)
+        return found
