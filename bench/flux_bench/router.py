@@ -9,8 +9,8 @@ answers. It reports p50 and p99 of each, QPS, and the CPU time each call cost th
 router and the shards (together), read from /proc: on a machine with fewer cores than processes,
 the shards' share shows how much of the router's latency is waiting for a core. It checks the
 target: the router's p50 at most the direct p50 plus 1 ms; and, for machines where the shards
-share the router's cores, what the router adds over the fan-out alone, at most 1 ms. Before timing, it checks that the router
-answers as a brute-force search over all the data.
+share the router's cores, what the router adds over the fan-out alone, at most 1 ms. Before
+timing, it checks that the router answers as a brute-force search over all the data.
 """
 
 from __future__ import annotations
