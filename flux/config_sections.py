@@ -60,11 +60,33 @@ class ServerConfig(_Strict):
         description="calls admitted at once per worker process (running or waiting for a thread); beyond it "
         "a call gets RESOURCE_EXHAUSTED at once instead of queueing; 0: no limit",
     )
+    max_streams: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="streams (StreamSearch, UpsertStream, health Watch) open at once per worker process, each "
+        "holding a handler thread while it lasts; beyond it a new stream gets RESOURCE_EXHAUSTED at once; "
+        "default: half of threads (at least 1), so that streams leave threads to unary calls; 0: no limit",
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; 0 picks a free port")
     health_port: int | None = Field(
         None, ge=0, le=65535, description="a plaintext port answering only grpc.health.v1 (probes when TLS is on)"
     )
     data_root: Path | None = Field(None, description="every index path and version must resolve inside it")
+
+    @model_validator(mode="after")
+    def _streams_leave_threads(self) -> ServerConfig:
+        if self.max_streams is not None and self.max_streams > self.threads:
+            raise ValueError(
+                f"max_streams ({self.max_streams}) is more than threads ({self.threads}): a stream holds a handler "
+                "thread while it is open, so at most threads of them can run; lower it, or raise threads"
+            )
+        return self
+
+    @property
+    def stream_limit(self) -> int:
+        """Streams open at once (0: no limit): ``max_streams``, or half of ``threads``, at least 1."""
+        return max(1, self.threads // 2) if self.max_streams is None else self.max_streams
 
 
 class LimitsConfig(_Strict):

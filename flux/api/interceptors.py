@@ -4,6 +4,7 @@
 2. observability: request id, metrics, request log (sees refusals by the ones below), and
    RESOURCE_EXHAUSTED for an answer larger than gRPC may send;
 3. auth (when tokens are configured): refuses by role before the method is looked up;
+   then the stream cap (``server.max_streams``): RESOURCE_EXHAUSTED for a stream beyond it;
 4. deadlines: a call whose caller gave up is not started;
 5. malformed requests: INVALID_ARGUMENT for bytes that do not parse;
 6. errors: ``flux_core.errors`` to statuses with an ErrorInfo reason, INTERNAL with a request id for anything else.
@@ -23,6 +24,7 @@ from flux.api.deadlines import DeadlineInterceptor
 from flux.api.errors import ErrorInterceptor
 from flux.api.malformed import MalformedRequestInterceptor
 from flux.api.observability import ObservabilityInterceptor
+from flux.api.streams import StreamLimitInterceptor
 from flux.config import FluxConfig
 from flux.core.query.filters import MAX_EXCLUDE_IDS
 from flux_core.errors import Reason
@@ -56,6 +58,8 @@ def chain(config: FluxConfig, *, services: Iterable[str], indexes: Collection[st
     if config.auth.tokens:
         tokens = [Token(t.name, Role[t.role.upper()], t.sha256) for t in config.auth.tokens]
         interceptors.append(AuthInterceptor(tokens, shapes))
+    if config.server.stream_limit:
+        interceptors.append(StreamLimitInterceptor(shapes, config.server.stream_limit))
     interceptors += [
         DeadlineInterceptor(shapes),
         MalformedRequestInterceptor(shapes),

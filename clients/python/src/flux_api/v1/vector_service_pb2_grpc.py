@@ -106,7 +106,8 @@ class VectorServiceStub:
     RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
     MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
     MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
-    OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+    OVERLOADED             the server runs max_concurrent_calls calls already (see below), or
+    has max_streams streams open (`limit`): retry with backoff
     RESOURCE_EXHAUSTED     any other limit
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
     UNAUTHENTICATED          UNAUTHENTICATED
@@ -246,7 +247,8 @@ class VectorServiceServicer:
     RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
     MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
     MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
-    OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+    OVERLOADED             the server runs max_concurrent_calls calls already (see below), or
+    has max_streams streams open (`limit`): retry with backoff
     RESOURCE_EXHAUSTED     any other limit
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
     UNAUTHENTICATED          UNAUTHENTICATED
@@ -502,7 +504,8 @@ class VectorService:
     RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
     MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
     MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
-    OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+    OVERLOADED             the server runs max_concurrent_calls calls already (see below), or
+    has max_streams streams open (`limit`): retry with backoff
     RESOURCE_EXHAUSTED     any other limit
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
     UNAUTHENTICATED          UNAUTHENTICATED

@@ -107,7 +107,8 @@ class VectorServiceStub:
       RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
       MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
       MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
-      OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+      OVERLOADED             the server runs max_concurrent_calls calls already (see below), or
+                             has max_streams streams open (`limit`): retry with backoff
       RESOURCE_EXHAUSTED     any other limit
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
     UNAUTHENTICATED          UNAUTHENTICATED
@@ -295,7 +296,8 @@ class VectorServiceAsyncStub(VectorServiceStub):
       RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
       MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
       MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
-      OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+      OVERLOADED             the server runs max_concurrent_calls calls already (see below), or
+                             has max_streams streams open (`limit`): retry with backoff
       RESOURCE_EXHAUSTED     any other limit
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
     UNAUTHENTICATED          UNAUTHENTICATED
@@ -479,7 +481,8 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
       RESPONSE_TOO_LARGE     the answer would exceed max_message_bytes (`limit`): ask for less
       MEMORY_BUDGET_EXCEEDED a version does not fit the server's memory budget
       MESSAGE_TOO_LARGE      the request exceeds max_message_bytes (see below)
-      OVERLOADED             the server runs max_concurrent_calls calls already (see below)
+      OVERLOADED             the server runs max_concurrent_calls calls already (see below), or
+                             has max_streams streams open (`limit`): retry with backoff
       RESOURCE_EXHAUSTED     any other limit
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED
     UNAUTHENTICATED          UNAUTHENTICATED

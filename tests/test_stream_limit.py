@@ -1,0 +1,137 @@
+"""Open streams are capped (server.max_streams), so that streams cannot take every handler thread.
+
+A stream holds a handler thread while it is open. These tests hold streams open against a real
+server on 127.0.0.1 and check that unary calls keep being answered, that the stream beyond the
+cap is refused at once with RESOURCE_EXHAUSTED (reason OVERLOADED), and that a closed stream's
+place is taken by the next. A stream counts as started once it has answered a query: the server
+holds its place from then until the stream ends. Without the cap, the same idle streams leave a
+unary call waiting for a thread until its deadline, which is the harm the cap prevents.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from pydantic import ValidationError
+
+from flux import config as flux_config
+from flux_api.v1 import types_pb2
+from flux_api.v1 import vector_service_pb2 as pb
+from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from tests.support import build_artifact, dataset, running_server, server_config
+
+DIMENSION = 8
+
+
+class Stream:
+    """A StreamSearch whose queries the test sends one at a time, open until ``close``."""
+
+    def __init__(self, stub: VectorServiceStub) -> None:
+        self._queries: queue.Queue[pb.StreamSearchRequest | None] = queue.Queue()
+        self.answers = stub.StreamSearch(self._requests(), timeout=60)
+        self._sent = 0
+
+    def _requests(self) -> Iterator[pb.StreamSearchRequest]:
+        while (request := self._queries.get()) is not None:
+            yield request
+
+    def ask(self, vector: np.ndarray) -> pb.StreamSearchResponse:
+        self._sent += 1
+        vectors = types_pb2.FloatVectors(dimension=DIMENSION, data=vector.astype("<f4").tobytes())
+        self._queries.put(pb.StreamSearchRequest(index="items", vector=vectors, k=3, request_id=self._sent))
+        answer: pb.StreamSearchResponse = next(self.answers)
+        return answer
+
+    def close(self) -> None:
+        """End the stream from this side and wait until the server has ended it too."""
+        self._queries.put(None)
+        assert list(self.answers) == []
+
+    def cancel(self) -> None:
+        self._queries.put(None)
+        self.answers.cancel()
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    base, queries = dataset(200, DIMENSION, 4, seed=3)
+    return build_artifact(tmp_path_factory.mktemp("streams") / "items", base, backend="exact", metric="l2"), queries
+
+
+def _search(stub: VectorServiceStub, vector: np.ndarray, timeout: float) -> pb.SearchResponse:
+    request = pb.SearchRequest(
+        index="items", k=3, vector=types_pb2.FloatVectors(dimension=DIMENSION, data=vector.astype("<f4").tobytes())
+    )
+    response: pb.SearchResponse = stub.Search(request, timeout=timeout)
+    return response
+
+
+def test_streams_beyond_the_cap_are_refused_and_unary_calls_keep_their_threads(
+    items: tuple[Path, np.ndarray],
+) -> None:
+    path, queries = items
+    config = server_config([{"name": "items", "path": str(path)}], server={"threads": 3, "max_streams": 2})
+    with running_server(config) as server, grpc.insecure_channel(server.address) as channel, ExitStack() as stack:
+        stub = VectorServiceStub(channel)
+        streams = [Stream(stub), Stream(stub)]
+        for stream in streams:
+            stack.callback(stream.cancel)
+            assert stream.ask(queries[0]).search.neighbors.ids  # started: it holds its place now
+
+        refused = Stream(stub)
+        stack.callback(refused.cancel)
+        with pytest.raises(grpc.RpcError) as caught:
+            refused.ask(queries[1])
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "server.max_streams" in caught.value.details()
+        rich = status_pb2.Status.FromString(dict(caught.value.trailing_metadata())["grpc-status-details-bin"])
+        info = error_details_pb2.ErrorInfo()
+        assert rich.details[0].Unpack(info)
+        assert (info.reason, info.metadata["limit"]) == ("OVERLOADED", "2")
+
+        # Two streams hold two of the three threads: unary calls are answered on the third.
+        for vector in queries:
+            assert _search(stub, vector, timeout=10).neighbors.ids
+        assert [s.ask(queries[2]).request_id for s in streams] == [2, 2]  # the streams still answer
+
+        streams[0].close()  # its place is free once the server has ended it
+        replacement = Stream(stub)
+        stack.callback(replacement.cancel)
+        assert replacement.ask(queries[3]).search.neighbors.ids
+
+
+def test_without_the_cap_idle_streams_leave_unary_calls_waiting_past_their_deadline(
+    items: tuple[Path, np.ndarray],
+) -> None:
+    path, queries = items
+    config = server_config([{"name": "items", "path": str(path)}], server={"threads": 2, "max_streams": 0})
+    with running_server(config) as server, grpc.insecure_channel(server.address) as channel, ExitStack() as stack:
+        stub = VectorServiceStub(channel)
+        for _ in range(2):
+            stream = Stream(stub)
+            stack.callback(stream.cancel)
+            assert stream.ask(queries[0]).search.neighbors.ids
+        # The deadline is the stretch of time in which a free thread would have answered.
+        with pytest.raises(grpc.RpcError) as caught:
+            _search(stub, queries[1], timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_the_stream_cap_defaults_to_half_the_threads_and_may_not_exceed_them() -> None:
+    def server(**settings: int) -> flux_config.ServerConfig:
+        return flux_config.parse({"server": settings, "indexes": []}, source="test config").server
+
+    assert server(threads=16).stream_limit == 8
+    assert server(threads=1).stream_limit == 1
+    assert server(threads=16, max_streams=0).stream_limit == 0  # no limit
+    assert server(threads=4, max_streams=4).stream_limit == 4
+    with pytest.raises((ValidationError, flux_config.ConfigError)) as caught:
+        server(threads=4, max_streams=5)
+    assert "max_streams (5) is more than threads (4)" in str(caught.value)
