@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
@@ -73,20 +73,33 @@ def _search(stub: VectorServiceStub, vector: np.ndarray, timeout: float) -> pb.S
     return response
 
 
+@contextmanager
+def _serving(path: Path, threads: int, max_streams: int) -> Iterator[tuple[VectorServiceStub, ExitStack]]:
+    """A server over ``items`` with these threads and stream cap, a stub to it, and a stack that
+    cancels the streams the test registers before the server stops."""
+    config = server_config(
+        [{"name": "items", "path": str(path)}], server={"threads": threads, "max_streams": max_streams}
+    )
+    with running_server(config) as flux, grpc.insecure_channel(flux.address) as channel, ExitStack() as stack:
+        yield VectorServiceStub(channel), stack
+
+
+def _opened(stub: VectorServiceStub, stack: ExitStack) -> Stream:
+    stream = Stream(stub)
+    stack.callback(stream.cancel)
+    return stream
+
+
 def test_streams_beyond_the_cap_are_refused_and_unary_calls_keep_their_threads(
     items: tuple[Path, np.ndarray],
 ) -> None:
     path, queries = items
-    config = server_config([{"name": "items", "path": str(path)}], server={"threads": 3, "max_streams": 2})
-    with running_server(config) as server, grpc.insecure_channel(server.address) as channel, ExitStack() as stack:
-        stub = VectorServiceStub(channel)
-        streams = [Stream(stub), Stream(stub)]
+    with _serving(path, threads=3, max_streams=2) as (stub, stack):
+        streams = [_opened(stub, stack), _opened(stub, stack)]
         for stream in streams:
-            stack.callback(stream.cancel)
             assert stream.ask(queries[0]).search.neighbors.ids  # started: it holds its place now
 
-        refused = Stream(stub)
-        stack.callback(refused.cancel)
+        refused = _opened(stub, stack)
         with pytest.raises(grpc.RpcError) as caught:
             refused.ask(queries[1])
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -102,22 +115,16 @@ def test_streams_beyond_the_cap_are_refused_and_unary_calls_keep_their_threads(
         assert [s.ask(queries[2]).request_id for s in streams] == [2, 2]  # the streams still answer
 
         streams[0].close()  # its place is free once the server has ended it
-        replacement = Stream(stub)
-        stack.callback(replacement.cancel)
-        assert replacement.ask(queries[3]).search.neighbors.ids
+        assert _opened(stub, stack).ask(queries[3]).search.neighbors.ids
 
 
 def test_without_the_cap_idle_streams_leave_unary_calls_waiting_past_their_deadline(
     items: tuple[Path, np.ndarray],
 ) -> None:
     path, queries = items
-    config = server_config([{"name": "items", "path": str(path)}], server={"threads": 2, "max_streams": 0})
-    with running_server(config) as server, grpc.insecure_channel(server.address) as channel, ExitStack() as stack:
-        stub = VectorServiceStub(channel)
+    with _serving(path, threads=2, max_streams=0) as (stub, stack):
         for _ in range(2):
-            stream = Stream(stub)
-            stack.callback(stream.cancel)
-            assert stream.ask(queries[0]).search.neighbors.ids
+            assert _opened(stub, stack).ask(queries[0]).search.neighbors.ids
         # The deadline is the stretch of time in which a free thread would have answered.
         with pytest.raises(grpc.RpcError) as caught:
             _search(stub, queries[1], timeout=0.5)
