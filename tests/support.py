@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from flux import config as flux_config
 from flux.datasets import clustered
@@ -80,6 +82,30 @@ def running_server(config: flux_config.FluxConfig, *, ready_timeout: float = 60.
 def channel_to(server: FluxServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server.address) as channel:
         yield channel
+
+
+def router_config(indexes: list[dict[str, Any]], *, metrics: bool = False, **router: Any) -> flux_config.FluxConfig:
+    """A router config on 127.0.0.1 port 0 over ``indexes``; ``metrics`` serves /metrics on a free port."""
+    server: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_seconds": 0.5}
+    if metrics:
+        server["metrics_port"] = 0
+    return flux_config.parse({"server": server, "router": {"indexes": indexes, **router}}, source="router test config")
+
+
+#: Prometheus samples by name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(process: RouterServer | FluxServer) -> Samples:
+    """Every sample ``process`` serves on /metrics, by name and labels."""
+    assert process.metrics is not None
+    url = f"http://127.0.0.1:{process.metrics.port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @contextmanager

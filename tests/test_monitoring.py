@@ -30,8 +30,7 @@ from flux.core.serving.versions import State
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2, write_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from tests import support
-from tests.support import routing
-from tests.test_router_metrics import _config, _scrape
+from tests.support import router_config, routing, scrape
 
 REPO = Path(__file__).resolve().parent.parent
 MONITORING = REPO / "deploy" / "monitoring"
@@ -131,9 +130,11 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             VectorServiceStub(channel).Search(vector_service_pb2.SearchRequest(index="small", vector=vector, k=3))
             with pytest.raises(grpc.RpcError):
                 VectorServiceStub(channel).Search(vector_service_pb2.SearchRequest(index="broken", vector=vector, k=3))
-        with routing(_config([{"name": "small", "shard_count": 1, "shards": [server.address]}])) as (router, stub):
+        with routing(
+            router_config([{"name": "small", "shard_count": 1, "shards": [server.address]}], metrics=True)
+        ) as (router, stub):
             stub.Search(vector_service_pb2.SearchRequest(index="small", vector=vector, k=3))
-            samples = {**_scrape(router), **_scrape(server)}
+            samples = {**scrape(router), **scrape(server)}
     series: dict[str, set[str]] = {}
     for name, labels in samples:
         series.setdefault(name, set()).update(key for key, _ in labels)

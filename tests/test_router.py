@@ -29,7 +29,7 @@ from flux_core.errors import ConfigError
 from flux_core.storage import builder
 from flux_core.storage.attributes import ItemAttributes
 from flux_core.storage.sharded import assign, shard_of
-from tests.support import brute_force, dataset, ids_for, routing, running_server, server_config
+from tests.support import brute_force, dataset, ids_for, router_config, routing, running_server, server_config
 
 SHARDS = 4
 N, DIM, QUERIES = 4000, 32, 100
@@ -49,11 +49,6 @@ def _build(path: Path, vectors: np.ndarray, ids: list[str], backend: str, name: 
 def _query(vector: np.ndarray) -> types_pb2.FloatVectors:
     vector = np.atleast_2d(np.asarray(vector, dtype="<f4"))
     return types_pb2.FloatVectors(dimension=vector.shape[1], data=vector.tobytes())
-
-
-def _router_config(indexes: list[dict[str, Any]], **router: Any) -> flux_config.FluxConfig:
-    raw = {"server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 0.5}, "router": {"indexes": indexes, **router}}
-    return flux_config.parse(raw, source="router test config")
 
 
 def _target(*servers: FluxServer) -> str:
@@ -94,7 +89,7 @@ class Cluster:
         ]
         self.single = stack.enter_context(running_server(server_config(everything)))
         self.single_stub = VectorServiceStub(stack.enter_context(grpc.insecure_channel(self.single.address)))
-        config = _router_config(
+        config = router_config(
             [
                 {
                     "name": "items",
@@ -278,7 +273,7 @@ def _small_shards(
 
 def _small_router(groups: list[list[FluxServer]], policy: str, **router: Any) -> flux_config.FluxConfig:
     shards = [_target(*servers) for servers in groups[:SHARDS]]
-    return _router_config(
+    return router_config(
         [{"name": "small", "shard_count": SHARDS, "shards": shards, "on_missing_shards": policy}], **router
     )
 
@@ -422,7 +417,7 @@ def test_search_by_id_with_the_owning_shard_stopped_is_unavailable(tmp_path: Pat
 def test_router_config_is_checked() -> None:
     one = {"name": "x", "shard_count": 2, "shards": ["dns:///a:1"]}
     with pytest.raises(ConfigError, match="shard_count"):
-        _router_config([one])
+        router_config([one])
     with pytest.raises(ConfigError, match="serves no indexes"):
         flux_config.parse(
             {"indexes": [{"name": "a", "path": "/x"}], "router": {"indexes": [{**one, "shards": ["a:1", "b:1"]}]}}

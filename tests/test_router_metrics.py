@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import urllib.request
 from concurrent import futures
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,16 +19,23 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from flux import config as flux_config
 from flux.binding import CannotBind
-from flux.router.server import RouterServer, build_router
+from flux.router.server import build_router
 from flux.server import FluxServer
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from flux_core.storage.sharded import shard_name, shard_of
-from tests.support import build_artifact, dataset, routing, running_server, server_config
+from tests.support import (
+    Samples,
+    build_artifact,
+    dataset,
+    router_config,
+    routing,
+    running_server,
+    scrape,
+    server_config,
+)
 from tests.test_router import SHARDS, _query, _small_shards, _target
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -37,28 +43,6 @@ SERVICE = "flux_api.v1.VectorService"
 SHARD_NAMES = [shard_name(n, SHARDS) for n in range(SHARDS)]
 #: A shard that ends a call with one of these is missing from the answer (flux.router.fanout.MISSING).
 MISSING_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _config(indexes: list[dict[str, Any]], **router: Any) -> flux_config.FluxConfig:
-    raw = {
-        "server": {"host": "127.0.0.1", "port": 0, "grace_seconds": 0.5, "metrics_port": 0},
-        "router": {"indexes": indexes, **router},
-    }
-    return flux_config.parse(raw, source="router metrics test config")
-
-
-def _scrape(process: RouterServer | FluxServer) -> Samples:
-    """Every sample ``process`` serves on /metrics, by name and labels."""
-    assert process.metrics is not None
-    url = f"http://127.0.0.1:{process.metrics.port}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 class Grown:
@@ -94,8 +78,11 @@ def _indexes(groups: list[list[FluxServer]]) -> list[dict[str, Any]]:
 
 def test_the_router_counts_its_calls_and_each_shard_call(tmp_path: Path) -> None:
     searches, batches = 7, 2
-    with _small_shards(tmp_path) as (groups, queries, ids), routing(_config(_indexes(groups))) as (router, stub):
-        before = _scrape(router)
+    with (
+        _small_shards(tmp_path) as (groups, queries, ids),
+        routing(router_config(_indexes(groups), metrics=True)) as (router, stub),
+    ):
+        before = scrape(router)
         for query in queries[:searches]:
             got = stub.Search(pb.SearchRequest(index="metered", vector=_query(query), k=10), timeout=10)
             assert len(got.neighbors.ids) == 10
@@ -110,7 +97,7 @@ def test_the_router_counts_its_calls_and_each_shard_call(tmp_path: Path) -> None
         with pytest.raises(grpc.RpcError) as refused:  # k above the shards' limit: each shard refuses it
             stub.Search(pb.SearchRequest(index="metered", vector=_query(queries[0]), k=10**6), timeout=10)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        grown = Grown(before, _scrape(router))
+        grown = Grown(before, scrape(router))
 
     # The router's own calls, as a server counts its calls.
     for method, code, count in (
@@ -142,13 +129,16 @@ def test_the_router_counts_its_calls_and_each_shard_call(tmp_path: Path) -> None
 def test_each_partial_answer_counts_once_and_names_the_missing_shard(tmp_path: Path) -> None:
     whole, searches, streamed, refused = 3, 5, 2, 2
     stopped = 2
-    with _small_shards(tmp_path) as (groups, queries, _), routing(_config(_indexes(groups))) as (router, stub):
-        first = _scrape(router)
+    with (
+        _small_shards(tmp_path) as (groups, queries, _),
+        routing(router_config(_indexes(groups), metrics=True)) as (router, stub),
+    ):
+        first = scrape(router)
         for query in queries[:whole]:
             assert not stub.Search(
                 pb.SearchRequest(index="metered", vector=_query(query), k=10), timeout=10
             ).missing_shards
-        second = _scrape(router)
+        second = scrape(router)
         groups[stopped][0].stop(grace=0)
         for query in queries[:searches]:
             got = stub.Search(pb.SearchRequest(index="metered", vector=_query(query), k=10), timeout=10)
@@ -165,7 +155,7 @@ def test_each_partial_answer_counts_once_and_names_the_missing_shard(tmp_path: P
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Search(pb.SearchRequest(index="strict", vector=_query(query), k=10), timeout=10)
             assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-        third = _scrape(router)
+        third = scrape(router)
 
     healthy = Grown(first, second)
     assert healthy("flux_router_partial_answers_total", index="metered") == 0
@@ -236,8 +226,10 @@ def test_a_hedge_is_counted_when_sent_and_when_its_answer_is_the_one_used(tmp_pa
         gate = HoldFirst(fast.address)
         stack.callback(gate.close)
         indexes = [{"name": "hedged", "shard_index": "items", "shard_count": 1, "shards": [f"ipv4:{gate.address}"]}]
-        router, stub = stack.enter_context(routing(_config(indexes, hedging={"enabled": True, "delay_seconds": 0.2})))
-        before = _scrape(router)
+        router, stub = stack.enter_context(
+            routing(router_config(indexes, metrics=True, hedging={"enabled": True, "delay_seconds": 0.2}))
+        )
+        before = scrape(router)
         got = stub.Search(pb.SearchRequest(index="hedged", vector=_query(queries[0]), k=5), timeout=20)
         truth = VectorServiceStub(stack.enter_context(grpc.insecure_channel(fast.address))).Search(
             pb.SearchRequest(index="items", vector=_query(queries[0]), k=5), timeout=20
@@ -245,7 +237,7 @@ def test_a_hedge_is_counted_when_sent_and_when_its_answer_is_the_one_used(tmp_pa
         assert list(got.neighbors.ids) == list(truth.neighbors.ids)
         assert gate.cancelled.wait(timeout=20)  # the router gave the held first attempt up
         assert gate.arrivals == 2
-        grown = Grown(before, _scrape(router))
+        grown = Grown(before, scrape(router))
     shard = shard_name(0, 1)
     assert grown("flux_router_hedges_total", index="hedged", shard=shard) == 1
     assert grown("flux_router_hedge_wins_total", index="hedged", shard=shard) == 1
@@ -261,7 +253,7 @@ def test_a_taken_metrics_port_is_an_error_before_the_router_starts() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = _config([{"name": "x", "shard_count": 1, "shards": ["127.0.0.1:1"]}])
+        config = router_config([{"name": "x", "shard_count": 1, "shards": ["127.0.0.1:1"]}], metrics=True)
         config = config.model_copy(update={"server": config.server.model_copy(update={"metrics_port": port})})
         with pytest.raises(CannotBind, match=r"\(server\.metrics_port\)"):
             build_router(config)

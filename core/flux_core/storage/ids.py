@@ -60,7 +60,7 @@ class Ids:
         self._labels: dict[str, int] | None = None  # built on first use
         self._lock = threading.Lock()  # builds the map once; held by writers
         self._sorted: _Sorted | None = None  # built on first use, while no write has happened
-        self._written = False  # an id was added or released: the packed array no longer tells who is held
+        self._released = False  # ids left the map but stay in the packed array, which no longer tells who is held
 
     # -- reads (any thread, no lock) ---------------------------------------------------
 
@@ -83,7 +83,7 @@ class Ids:
         ids that no write has changed are found by one binary search over a sorted copy
         (``_Sorted``), others by mapping the dict's ``get`` over them in C.
         """
-        if self._by_label.dtype.kind == "S" and not self._written:
+        if self._by_label.dtype.kind == "S" and not self._released:  # an added id unpacks the array
             return self._sorted_ids().find(ids if isinstance(ids, list | tuple) else list(ids))
         found = np.fromiter(map(self._map().get, ids, itertools.repeat(-1)), np.int64)
         return found[found >= 0]
@@ -138,7 +138,6 @@ class Ids:
                     new.append(item_id)
                 out[row] = label
             if new:
-                self._written = True
                 self._grow(new)
                 for offset, item_id in enumerate(new):
                     labels[item_id] = self._next + offset
@@ -149,7 +148,7 @@ class Ids:
         """Take ``ids`` out of the map and return their labels; ids not held are skipped."""
         labels = self._map()
         with self._lock:
-            self._written = True
+            self._released = True
             found = [labels.pop(item_id) for item_id in ids if item_id in labels]
         return np.array(found, np.int64)
 
