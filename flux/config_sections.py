@@ -47,8 +47,9 @@ class ServerConfig(_Strict):
         1,
         ge=1,
         le=256,
-        description="server processes sharing the port (SO_REUSEPORT, Linux); each loads its own copy of "
-        "indexes that are not memory-mapped, and clients need several connections to use them all",
+        description="server processes sharing the port (SO_REUSEPORT, Linux), forked once the indexes have "
+        "loaded so that they share their memory (a version swapped in later is loaded by each); clients need "
+        "several connections to use them all",
     )
     memory_budget_bytes: int = Field(
         0, ge=0, description="loaded versions may take this much (estimated from artifact sizes); 0: no limit"

@@ -7,6 +7,7 @@ process supervises them: a worker that exits stops the others.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -22,9 +23,10 @@ from typing import Any
 from flux import logs
 from flux.binding import EXIT_CANNOT_BIND, CannotBind, check_bindable
 from flux.config import FluxConfig
+from flux.core.serving import preload
 from flux.router.server import build_router
 from flux.server import CLOSE_SECONDS, build_server
-from flux.signals import StopSignals
+from flux.signals import StopSignals, forget_after_fork
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,10 @@ class Workers:
 
     The kernel spreads incoming connections over the workers (SO_REUSEPORT), so
     throughput grows with processes where one process is held back by Python's GIL.
-    Workers are spawned, never forked, so no gRPC state crosses a fork. Each worker
-    loads its own indexes: memory-mapped ones (Annoy, exact) share the page cache,
-    hnswlib indexes take their memory once per worker.
+    ``start`` loads the indexes' first versions here, then forks the workers, so that they
+    share that memory copy-on-write (``flux.core.serving.preload``): two workers on an
+    hnswlib index take about the memory of one. gRPC supports a fork made before any server
+    or channel exists, and this process never makes one: each worker builds its own server.
     """
 
     def __init__(self, config: FluxConfig) -> None:
@@ -93,7 +96,7 @@ class Workers:
         host, port = config.server.host, config.server.port or _free_port(config.server.host)
         self.config = config.model_copy(update={"server": config.server.model_copy(update={"port": port})})
         self.address = f"{host}:{port}"
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("fork")
         self._ready = [context.Event() for _ in range(config.server.workers)]
         self._processes = [
             context.Process(target=_worker, args=(_nth(self.config, number), ready), name=f"flux-worker-{number}")
@@ -105,8 +108,16 @@ class Workers:
         return [p.pid for p in self._processes if p.pid is not None]
 
     def start(self) -> None:
-        for process in self._processes:
-            process.start()
+        data_root = self.config.server.data_root
+        preload.load([index.settings(data_root) for index in self.config.indexes])
+        # The collector would write to every object it looks at, copying each page that holds one
+        # into the worker that looked; frozen, it leaves what exists now alone.
+        gc.freeze()
+        try:
+            for process in self._processes:
+                process.start()
+        finally:
+            preload.forget()  # the workers keep their shared copies
         log.info("listening on %s with %d worker processes", self.address, len(self._processes))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -157,9 +168,15 @@ def _supervise(config: FluxConfig) -> int:
 
 
 def _worker(config: FluxConfig, ready: Any) -> None:
+    forget_after_fork()
     logs.configure(config.logging.format, config.logging.level, worker=os.getpid())
+
+    def loaded() -> None:
+        preload.forget()  # what this worker's managers did not take (a version replaced since, say)
+        ready.set()
+
     try:
-        code = _serve_one(config, ready.set)
+        code = _serve_one(config, loaded)
     except CannotBind as exc:  # taken since the supervisor checked
         log.error("%s", exc.message)
         code = EXIT_CANNOT_BIND

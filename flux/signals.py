@@ -47,5 +47,13 @@ class StopSignals:
                 return signal.Signals(signum)
 
 
+def forget_after_fork() -> None:
+    """In a forked child: SIGTERM and SIGINT act as they do by default again, until the child
+    makes a ``StopSignals`` of its own; they no longer wake its parent's."""
+    signal.set_wakeup_fd(-1)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _noted(signum: int, frame: FrameType | None) -> None:
     """The byte on the wakeup socket is the news; the Python-level handler has nothing left to do."""

@@ -86,11 +86,14 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
             "unary p50, 1 client, vs bare",
             "unary server CPU per call",
             "server memory, 1 worker",
+            "server memory, 2 workers",
             "StreamSearch server CPU per query",
             "StreamSearch QPS, 2 streams",
         } <= names
         identical = next(t for t in results["targets"] if t["backend"] == backend and "identical" in t["name"])
         assert identical["passed"], identical  # every answer of a stream is the one Search gave
+        workers = next(t for t in results["targets"] if t["backend"] == backend and t["name"].endswith("2 workers"))
+        assert 0 < workers["ceiling"] < workers["measured"] < 2 * workers["ceiling"]  # shared, not twice one
         cpu_target = next(t for t in results["targets"] if t["backend"] == backend and "CPU" in t["name"])
         assert cpu_target["ratio"] == pytest.approx(cpu_target["measured"] / cpu_target["ceiling"])
     assert max(r["recall"] for r in rows if r["backend"] == "hnsw" and r["mode"] == "library") > 0.9

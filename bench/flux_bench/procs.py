@@ -114,6 +114,16 @@ def rss_bytes(pid: int | str = "self") -> int:
     raise OSError(f"/proc/{pid}/status has no VmRSS line")
 
 
+def pss_bytes(pid: int | str = "self") -> int:
+    """Proportional memory of a process (Linux /proc): a page shared by n processes counts 1/n
+    here, so the sum over processes that share pages (forked workers) is what they take together."""
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/{pid}/smaps_rollup has no Pss line")
+
+
 def children_of(pid: int) -> list[int]:
     """Child process ids (Linux /proc) of a server that runs workers, leaving out
     multiprocessing's resource tracker, which is no part of the server. Children started

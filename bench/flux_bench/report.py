@@ -22,6 +22,7 @@ BATCH_SHARE = 0.9  # BatchSearch QPS, over the library's batch QPS with the same
 UNARY_SHARE = 0.80  # many clients: Flux QPS over min(echo, library with the same threads)
 P50_SLACK_MS = 0.05  # one client: Flux's p50 at most library + echo plus this
 MEMORY_RATIO = 1.25  # one worker's RSS over the library process's
+WORKERS_MEMORY_RATIO = 1.4  # two workers' memory over one's (proportional set size, shared pages once)
 
 
 #: How the table lists modes: the ceilings first, then Flux.
@@ -304,6 +305,20 @@ def targets(
                    ratio <= MEMORY_RATIO, f"server RSS {server_rss:,.0f} MiB vs in-process {library_rss:,.0f} MiB")
         )  # fmt: skip
     return out
+
+
+def memory_targets(setting: str, backend: str, worker_memory: dict[int, float]) -> list[Target]:
+    """Two workers' memory against one's, from proportional set sizes (``Bench.worker_memory``)."""
+    one, two = worker_memory.get(1), worker_memory.get(2)
+    if not one or not two:
+        return []
+    ratio = two / one
+    return [
+        Target(setting, backend, "server memory, 2 workers", two, one, ratio, f"<= {WORKERS_MEMORY_RATIO}",
+               ratio <= WORKERS_MEMORY_RATIO,
+               f"2 workers {two:,.0f} MiB vs 1 worker {one:,.0f} MiB (proportional set size summed over the "
+               "server's processes: a page the workers share counts once)")
+    ]  # fmt: skip
 
 
 def format_value(value: float | None) -> str:

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from flux_bench.procs import Child, children_of, cpu_seconds, cpu_set, process_tree, rss_bytes
+from flux_bench.procs import Child, children_of, cpu_seconds, cpu_set, process_tree, pss_bytes, rss_bytes
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]
@@ -48,6 +48,11 @@ class ServerProcess:
     def rss(self) -> int:
         """Summed over the server's processes (a page shared by workers counts once per worker)."""
         return sum(rss_bytes(pid) for pid in [self._child.pid, *children_of(self._child.pid)])
+
+    def pss(self) -> int:
+        """Summed over the server's processes, a page shared by n of them counted 1/n in each:
+        what the server takes, with its workers."""
+        return sum(pss_bytes(pid) for pid in self.pids())
 
     def pids(self) -> list[int]:
         """The server's process and every worker under it."""

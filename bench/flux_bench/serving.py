@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
                     report.targets(result.rows, dataset.name, backend, clients, threads=args.threads,
                                    server_cpus=server_cpus)
                 )  # fmt: skip
+                result.targets.extend(report.memory_targets(dataset.name, backend, bench.worker_memory))
                 result.targets.extend(
                     stream_targets(result.rows, dataset.name, backend, clients, answers=bench.compared,
                                    client_cpu=bench.client_cpu, server_cpus=server_cpus,

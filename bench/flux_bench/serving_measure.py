@@ -89,6 +89,9 @@ class Bench:
         self.placement = placement or Placement(None, None, frozenset(os.sched_getaffinity(0)))
         self.cpus = self.placement.server  # the servers' and the library's
         self.streams = streams  # None: no StreamSearch runs
+        #: Flux's memory (MiB, proportional: summed over its processes, shared pages counted once) by
+        #: worker count, each after the server answered the queries.
+        self.worker_memory: dict[int, float] = {}
         #: By swept value: Search's answer to each query (index -> bytes), under the many-client load.
         self.unary_answers: dict[float, dict[int, bytes]] = {}
         #: Over every StreamSearch run: queries answered by both Search and the stream, and how many alike.
@@ -120,6 +123,7 @@ class Bench:
                     self._batches(flux, value, "flux-batch")
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
+            self.worker_memory[1] = flux.pss() / 2**20
             self._placed("library", "library", library.cpu_sets())
             for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
                 self._placed("server", f"{name} (1 process)", server.cpu_sets())
@@ -143,6 +147,7 @@ class Bench:
                         self._unary(flux, "flux-unary", value, self.clients, self.workers)
                         self._streamed(streaming, value, self.workers)
                 self._rss(flux.rss(), "flux-unary")
+                self.worker_memory[self.workers] = flux.pss() / 2**20
                 for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
                     self._placed("server", f"{name} ({self.workers} workers)", server.cpu_sets())
                 for name, server in zip(("echo-stream", "flux-stream"), streaming, strict=False):
@@ -150,6 +155,8 @@ class Bench:
             finally:
                 for closing in (echo, bare, flux, *streaming):
                     closing.close()
+        if 2 not in self.worker_memory:
+            self._two_workers(path)
         for model, threads in echo_models:  # the concurrency-model study
             echo = self._echo_server(model, self.workers if model == "processes" else 1, threads)
             try:
@@ -159,6 +166,20 @@ class Bench:
             finally:
                 echo.close()
         return report.merge(self.rows)
+
+    def _two_workers(self, path: Path) -> None:
+        """Flux's memory with two workers (they share what the supervisor loaded before forking
+        them), after each query was answered once; no row, as one CPU gives two workers no speed."""
+        flux = flux_server(self._config(path, 2), cpus=self.cpus)
+        try:
+            requests = self._search_requests(self.values[0])
+            self.pool.run(Job(flux.address, SEARCH, requests, seconds=self.seconds, max_calls=len(requests)),
+                          self.clients, flux.cpu_seconds)  # fmt: skip
+            self.worker_memory[2] = flux.pss() / 2**20
+        finally:
+            flux.close()
+        self.progress(f"{self.data.name}/{self.backend}: memory {self.worker_memory[2]:,.0f} MiB with 2 workers, "
+                      f"{self.worker_memory[1]:,.0f} MiB with 1")  # fmt: skip
 
     def _placed(self, role: str, name: str, cpu_sets: dict[int, list[int]]) -> None:
         self.placement.record(role, f"{self.data.name}/{self.backend}: {name}", cpu_sets)

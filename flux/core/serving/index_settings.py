@@ -12,7 +12,7 @@ from pathlib import Path
 from flux.core.serving import gate, versions
 from flux_core.backend import Metric
 from flux_core.errors import ArtifactError
-from flux_core.storage import artifact
+from flux_core.storage import artifact, confine
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class IndexSettings:
     metric: Metric | None = None
     #: When set, every version directory and artifact file must resolve inside it (flux_core.storage.confine).
     data_root: Path | None = None
+
+    def check_version(self, path: Path, version: int) -> artifact.Manifest:
+        """What a version must pass before its files are read: it lies inside the data root, holds
+        one artifact (a sharded version is the router's to serve) and the number it is named after.
+        Returns its manifest."""
+        confine.check_artifact(path, self.data_root)
+        versions.check_servable(path)
+        manifest = artifact.read_manifest(path)
+        self.check_number(path, version, manifest)
+        return manifest
 
     def check_number(self, path: Path, version: int, manifest: artifact.Manifest) -> None:
         """A numbered folder must hold the version it is named after: answers name the manifest's

@@ -16,14 +16,14 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from flux import metrics
-from flux.core.serving import gate, versions
+from flux.core.serving import gate, preload, versions
 from flux.core.serving.budget import MemoryBudget
 from flux.core.serving.index import Limits, ServedIndex
 from flux.core.serving.index_settings import IndexSettings
 from flux.core.serving.version_table import LoadedVersion, VersionSlot, VersionTable
 from flux.core.serving.versions import State
 from flux_core.errors import FailedPrecondition, FluxError, NotFound, ResourceExhausted, Unavailable
-from flux_core.storage import artifact, confine
+from flux_core.storage import artifact
 
 log = logging.getLogger(__name__)
 
@@ -280,14 +280,11 @@ class IndexManager(VersionTable):
         self._transition(slot, "")
         reserved = 0
         try:
-            confine.check_artifact(slot.path, self.settings.data_root)
-            versions.check_servable(slot.path)  # a sharded version is the router's to serve
-            manifest = artifact.read_manifest(slot.path)
-            self.settings.check_number(slot.path, slot.version, manifest)
+            manifest = self.settings.check_version(slot.path, slot.version)
             slot.artifact_bytes = artifact.size_bytes(manifest)
             self._budget.reserve(slot.artifact_bytes, f"version {slot.version} of index {self.name!r}")
             reserved = slot.artifact_bytes
-            loaded = artifact.load(slot.path)
+            loaded = preload.take(slot.path, manifest) or artifact.load(slot.path)
             self.settings.check_expectations(loaded.manifest)
             index = ServedIndex(
                 self.name,
