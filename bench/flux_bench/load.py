@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flux_bench.procs import Child, cpu_set
+from flux_bench.procs import Child, cpu_set, sendable
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -104,7 +104,7 @@ def _client_main(conn: Connection) -> None:
                 call = channel.unary_unary(job.method)  # bytes in, bytes out: no client-side protobuf work
                 result = _run(conn, call, job, offset)
         except Exception as exc:
-            conn.send(exc)
+            conn.send(sendable(exc))
         else:
             conn.send(result)
 

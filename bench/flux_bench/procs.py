@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -100,9 +101,19 @@ def serve_forever(conn: Connection, handle: Callable[[Any], Any]) -> None:
         try:
             reply = handle(message)
         except Exception as exc:
-            conn.send(exc)
+            conn.send(sendable(exc))
         else:
             conn.send(reply)
+
+
+def sendable(error: Exception) -> Exception:
+    """``error`` as a child can send it to its parent: gRPC's errors hold locks, which do not pickle,
+    so those go as a RuntimeError carrying their text."""
+    try:
+        pickle.dumps(error)
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 def rss_bytes(pid: int | str = "self") -> int:

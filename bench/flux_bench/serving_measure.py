@@ -289,7 +289,8 @@ class Bench:
     def _config(self, path: Path, workers: int, threads: int = 0) -> dict[str, Any]:
         threads = threads or self.args.server_threads
         return {
-            "server": {"threads": threads, "search_threads": self.threads, "workers": workers},
+            # Every load client may hold a stream open: the stream cap must not refuse one.
+            "server": {"threads": threads, "search_threads": self.threads, "workers": workers, "max_streams": threads},
             "limits": {"max_batch": max(1024, self.batch), "max_k": max(1024, self.k)},
             "indexes": [{"name": INDEX, "path": str(path.resolve())}],
         }

@@ -27,7 +27,7 @@ import numpy as np
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_bench import report
 from flux_bench.load import Job, LoadClients
-from flux_bench.procs import Child
+from flux_bench.procs import Child, sendable
 
 STREAM_SEARCH = "/flux_api.v1.VectorService/StreamSearch"
 #: Queries each stream keeps in flight: enough that the server always has the next one at hand.
@@ -227,7 +227,7 @@ def _stream_main(conn: Connection) -> None:
                 call = channel.stream_stream(job.method)  # bytes in, bytes out: no client-side protobuf work
                 result = _run(conn, call, job, offset)
         except Exception as exc:
-            conn.send(exc)
+            conn.send(sendable(exc))
         else:
             conn.send(result)
 
