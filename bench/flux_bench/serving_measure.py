@@ -123,7 +123,6 @@ class Bench:
                     self._batches(flux, value, "flux-batch")
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
-            self.worker_memory[1] = flux.pss() / 2**20
             self._placed("library", "library", library.cpu_sets())
             for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
                 self._placed("server", f"{name} (1 process)", server.cpu_sets())
@@ -147,7 +146,6 @@ class Bench:
                         self._unary(flux, "flux-unary", value, self.clients, self.workers)
                         self._streamed(streaming, value, self.workers)
                 self._rss(flux.rss(), "flux-unary")
-                self.worker_memory[self.workers] = flux.pss() / 2**20
                 for name, server in (("echo", echo), ("bare", bare), ("flux", flux)):
                     self._placed("server", f"{name} ({self.workers} workers)", server.cpu_sets())
                 for name, server in zip(("echo-stream", "flux-stream"), streaming, strict=False):
@@ -155,8 +153,7 @@ class Bench:
             finally:
                 for closing in (echo, bare, flux, *streaming):
                     closing.close()
-        if 2 not in self.worker_memory:
-            self._two_workers(path)
+        self._worker_memory(path)
         for model, threads in echo_models:  # the concurrency-model study
             echo = self._echo_server(model, self.workers if model == "processes" else 1, threads)
             try:
@@ -167,17 +164,21 @@ class Bench:
                 echo.close()
         return report.merge(self.rows)
 
-    def _two_workers(self, path: Path) -> None:
-        """Flux's memory with two workers (they share what the supervisor loaded before forking
-        them), after each query was answered once; no row, as one CPU gives two workers no speed."""
-        flux = flux_server(self._config(path, 2), cpus=self.cpus)
-        try:
-            requests = self._search_requests(self.values[0])
-            self.pool.run(Job(flux.address, SEARCH, requests, seconds=self.seconds, max_calls=len(requests)),
-                          self.clients, flux.cpu_seconds)  # fmt: skip
-            self.worker_memory[2] = flux.pss() / 2**20
-        finally:
-            flux.close()
+    def _worker_memory(self, path: Path) -> None:
+        """Flux's memory with one worker, then two (forked after loading, they share it), each server
+        alone on the machine and after answering every query once. Alone, because pages of a mapped
+        file (Annoy's) are shared with any other process that maps it, the library's and the bare
+        server's too, which would make one worker look smaller than it is. No rows: on one CPU two
+        workers bring no speed."""
+        requests = self._search_requests(self.values[0])
+        for workers in (1, 2):
+            flux = flux_server(self._config(path, workers), cpus=self.cpus)
+            try:
+                job = Job(flux.address, SEARCH, requests, seconds=self.seconds, max_calls=len(requests))
+                self.pool.run(job, self.clients, flux.cpu_seconds)
+                self.worker_memory[workers] = flux.pss() / 2**20
+            finally:
+                flux.close()
         self.progress(f"{self.data.name}/{self.backend}: memory {self.worker_memory[2]:,.0f} MiB with 2 workers, "
                       f"{self.worker_memory[1]:,.0f} MiB with 1")  # fmt: skip
 
