@@ -289,8 +289,11 @@ class Planner:
                     )
                     if len(kept) >= k:
                         # Within the k-th result's distance lie the results before it and the excluded
-                        # items nearer than it: a search that took in fewer missed some of them.
-                        nearer = self._excluded_within(queries[row], plan, state, float(dist[kept[k - 1]]), table)
+                        # items nearer than it: a search that took in fewer missed some of them. A
+                        # search deep enough for every excluded item needs no count of them.
+                        nearer = len(plan.excluded)
+                        if depth < _depth(int(kept[k - 1]) + 1, plan, live, available, nearer):
+                            nearer = self._excluded_within(queries[row], plan, state, float(dist[kept[k - 1]]), table)
                         needed = _depth(int(kept[k - 1]) + 1, plan, live, available, nearer)
                         if needed <= depth or depth >= available:
                             answers[row] = Answer(found[kept[:k]], dist[kept[:k]], Strategy.NATIVE_FILTER, False)
