@@ -65,7 +65,8 @@ def _summary(config: flux_config.FluxConfig) -> list[str]:
         f"metrics port  {_port(server.metrics_port)}",
         f"auth          {f'{len(config.auth.tokens)} tokens: {tokens}' if tokens else 'off: every caller may do all'}",
         f"limits        max_k {limits.max_k}, max_batch {limits.max_batch}, "
-        f"max_message_bytes {limits.max_message_bytes:,}, max_concurrent_calls {server.max_concurrent_calls or 'none'}",
+        f"max_message_bytes {limits.max_message_bytes:,}, "
+        f"max_concurrent_calls {server.max_concurrent_calls or 'none'}, max_streams {server.stream_limit or 'none'}",
         f"data root     {server.data_root or 'not set'}",
         f"logging       {config.logging.format}, request records {'on' if config.logging.requests else 'off'}",
         f"tracing       {'on' if config.tracing.enabled else 'off'}",

@@ -318,6 +318,7 @@ def test_config_check_prints_a_summary_or_names_the_error(tmp_path: Path, artifa
     assert result.returncode == 0, result.stderr
     assert f"{good}: valid" in result.stdout
     assert "metrics port  9090" in result.stdout
+    assert "max_concurrent_calls 64, max_streams 8" in result.stdout  # the stream cap: half of 16 threads
     assert "auth          1 tokens: ranker (reader)" in result.stdout
     assert f"data root     {root}" in result.stdout
     assert f"small        {artifact}: versions 1 (latest)" in result.stdout
