@@ -9,14 +9,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from flux.core.serving import preload
 from flux.core.serving.index_settings import IndexSettings
@@ -98,6 +102,53 @@ def test_two_workers_share_the_hnsw_index_loaded_before_they_were_forked(tmp_pat
                     assert mine["Private_Clean"] + mine["Private_Dirty"] < index_kb / 2, (mine, index_kb)
             total_pss[workers] = sum(memory(pid)["Pss"] for pid in tree)
     assert total_pss[2] <= 1.4 * total_pss[1], total_pss
+
+
+def free_port_pair() -> int:
+    """A port P with P + 1 free too, for two workers' metrics (worker n listens on P + n)."""
+    while True:
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+
+
+def active_version(metrics_port: int, index: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "flux_index_active_version" and sample.labels.get("index") == index:
+                return sample.value
+    return 0.0
+
+
+def test_forked_workers_each_swap_to_a_version_published_after_they_started(tmp_path: Path) -> None:
+    base, queries = support.dataset(2000, 16)
+    source = tmp_path / "tracks"
+    support.build_artifact(source / "1", base, backend="hnsw", metric="l2", name="tracks")
+    metrics = free_port_pair()
+    config = tmp_path / "flux.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: 0, metrics_port: {metrics}}}\n"
+        f"indexes: [{{name: tracks, path: {source}, poll_seconds: 0.2}}]\n"
+    )
+    with serving(config, 2) as (address, _):
+        assert [active_version(metrics + n, "tracks") for n in (0, 1)] == [1.0, 1.0]  # both took the preloaded one
+        support.build_artifact(tmp_path / "staging", base[:1500], backend="hnsw", metric="l2", name="tracks",
+                               version=2)  # fmt: skip
+        (tmp_path / "staging").rename(source / "2")
+        deadline = time.monotonic() + 60
+        while [active_version(metrics + n, "tracks") for n in (0, 1)] != [2.0, 2.0]:
+            assert time.monotonic() < deadline, "the workers did not both serve version 2 within 60 s"
+            time.sleep(0.1)  # polling the workers' own report, bounded by the deadline
+        for _ in range(4):  # fresh connections, spread over the workers: every one answers from version 2
+            with FluxClient(address) as client:
+                assert client.search("tracks", queries[0], k=3).version == 2
 
 
 def test_a_manager_takes_the_preloaded_artifact_and_refuses_one_replaced_since(tmp_path: Path) -> None:
