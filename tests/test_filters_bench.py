@@ -48,6 +48,8 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
     assert not any("native_filter" in r["strategies"] for r in rows if r["backend"] != "faiss")
     names = {(t["backend"], t["name"]) for t in results["targets"]}
     assert ("hnsw", "p50 at 1% / unfiltered (flux)") in names
+    for wanted in SELECTIVITIES:  # token filters on hnsw: a latency line per selectivity, in-process and served
+        assert {("hnsw", f"p50 at {wanted:.1%} / unfiltered ({who})") for who in ("flux", "flux-grpc")} <= names
     assert all(t["passed"] for t in results["targets"] if t["name"].startswith("recall"))
     assert "targets (each from this one run)" in printed
     assert "PASS" in printed

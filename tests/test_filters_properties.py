@@ -2,7 +2,8 @@
 
 Whatever strategy answers (the planner's own choice, or each one forced through its costs;
 faiss pushes the filter down into its search),
-and however the passing items are held (listed from the posting lists, or in a mask),
+and however the passing items are held (listed from the posting lists, in a mask, or for a
+namespace that gives each item one token at most, looked up per candidate),
 no excluded id, no item outside the allow/deny restricts, and never more than the cap per
 crowding tag comes back; the answer holds min(k, what can be returned) items, nearest first,
 and ``fewer_than_k`` says exactly when fewer than k could be returned at all. The exact
@@ -25,7 +26,9 @@ from flux_core.backend import Metric
 from flux_core.storage import artifact, builder
 from flux_core.storage.attributes import ItemAttributes
 
-NAMESPACES = {"market": ["US", "SE", "DE"], "genre": ["rock", "jazz", "pop", "folk"]}
+NAMESPACES = {"market": ["US", "SE", "DE"], "genre": ["rock", "jazz", "pop", "folk"], "bucket": ["b0", "b1", "b2"]}
+#: Namespaces in which an item holds at most one token: the planner asks those per candidate, without a mask.
+SINGLE_VALUED = {"bucket"}
 TAGS = ["a", "b", "c", "d", ""]
 COSTS = {
     "planner": None,
@@ -39,7 +42,7 @@ COSTS = {
 def item_attributes(draw: st.DrawFn) -> ItemAttributes:
     restricts = {}
     for namespace, tokens in NAMESPACES.items():
-        held = draw(st.lists(st.sampled_from(tokens), max_size=2, unique=True))
+        held = draw(st.lists(st.sampled_from(tokens), max_size=1 if namespace in SINGLE_VALUED else 2, unique=True))
         if held:
             restricts[namespace] = tuple(held)
     return ItemAttributes(restricts, draw(st.sampled_from(TAGS)))

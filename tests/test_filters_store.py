@@ -45,6 +45,26 @@ def test_allow_is_and_across_namespaces_or_within_one_and_deny_removes() -> None
     assert passing(store, {"nowhere": ["x"]}, {"nowhere": ["y"]}) == []
 
 
+def test_one_of_a_single_valued_namespace_matches_the_mask_without_building_it() -> None:
+    rng = np.random.default_rng(5)
+    items = [
+        ItemAttributes({"bucket": (f"b{b}",), "market": tuple(rng.choice(["US", "SE"], 2))} if b < 7 else {})
+        for b in rng.integers(0, 8, 400)
+    ]
+    table = AttributeStore.build(items).table
+    allow = {"bucket": ["b1", "b3", "b3", "nowhere"]}  # a repeated token counts once
+    chosen = table.one_of(allow, list_limit=10)
+    assert chosen is not None
+    expected = table.matching(allow, {})
+    assert chosen.count == int(expected.sum())
+    assert np.array_equal(chosen.mask(), expected)
+    labels = rng.integers(0, 400, 50)
+    assert np.array_equal(chosen.holds(labels), expected[labels])
+    assert table.one_of(allow, list_limit=400) is None  # few pass: listing them is cheaper
+    assert table.one_of({"market": ["US"]}, list_limit=10) is None  # an item may hold two markets
+    assert table.one_of({"bucket": ["b1"], "market": ["US"]}, list_limit=10) is None  # two namespaces
+
+
 def test_crowding_tags_are_numbered_and_untagged_items_have_none() -> None:
     tags = AttributeStore.build(ITEMS).table.tags.tolist()
     assert tags[0] == tags[1] != tags[2]

@@ -9,7 +9,7 @@ that holds a table for its whole life never sees half a write. Matching a filter
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,8 @@ class Table:
     changed: Mask  # set or cleared since the store was loaded or built
     live_count: int
     any_changed: bool
+    #: Per namespace, its ``_Single`` index once asked for (None: not single-valued); built on first use.
+    _singles: dict[str, _Single | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def create(
@@ -72,6 +74,28 @@ class Table:
             return labels, None
         return None, self._mask(lists, deny)
 
+    def one_of(self, allow: Mapping[str, Collection[str]], list_limit: int) -> OneOf | None:
+        """The items holding one of the tokens of a single ``allow`` namespace, without a mask over
+        every label, when that namespace gives each item at most one token (a bucket, a country)
+        and more than ``list_limit`` items pass; else None (``select`` answers).
+
+        For an unchanged table only: the index behind it is built once per table, on first use."""
+        if len(allow) != 1 or self.any_changed:
+            return None
+        [(namespace, tokens)] = allow.items()
+        if namespace not in self._singles:
+            self._singles[namespace] = _Single.of(self.postings.get(namespace, {}), self.size)
+        single = self._singles[namespace]
+        if single is None:
+            return None
+        numbers = np.fromiter({n for n in map(single.numbers.get, tokens) if n is not None}, np.int64)
+        count = int(single.counts[numbers].sum())
+        if count <= list_limit:
+            return None
+        allowed = np.zeros(len(single.counts) + 1, np.bool_)  # the last entry: items without a token
+        allowed[numbers] = True
+        return OneOf(allowed, single.token_of, count)
+
     def _mask(self, lists: Mapping[str, list[Postings]], deny: Mapping[str, Collection[str]]) -> Mask:
         mask: Mask | None = None
         for found in lists.values():
@@ -100,6 +124,46 @@ class Table:
         """The posting list of each of ``tokens`` in ``namespace`` that any item holds."""
         by_token = self.postings.get(namespace, {})
         return [p for p in map(by_token.get, tokens) if p is not None]
+
+
+@dataclass(frozen=True)
+class _Single:
+    """A namespace in which each item holds at most one token: each label's token number."""
+
+    numbers: dict[str, int]  # token -> its number
+    token_of: npt.NDArray[np.int32]  # label -> token number, -1 for none
+    counts: npt.NDArray[np.int64]  # token number -> items holding it
+
+    @classmethod
+    def of(cls, by_token: Mapping[str, Postings], size: int) -> _Single | None:
+        """The index of ``by_token``, or None when some item holds two of its tokens."""
+        lists = list(by_token.values())
+        counts = np.fromiter(map(len, lists), np.int64, len(lists))
+        token_of = np.full(size, -1, np.int32)
+        for number, postings in enumerate(lists):
+            token_of[postings] = number
+        if int(counts.sum()) != int(np.count_nonzero(token_of >= 0)):
+            return None
+        return cls(dict(zip(by_token, range(len(lists)), strict=True)), token_of, counts)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The items holding one of some tokens of a single-valued namespace (``Table.one_of``)."""
+
+    allowed: Mask  # by token number, and False last, for items without a token
+    token_of: npt.NDArray[np.int32]
+    count: int  # items that pass
+
+    def holds(self, labels: Labels) -> Mask:
+        """Which of ``labels`` (all within the table) pass: a lookup per label, no mask over all."""
+        passes: Mask = self.allowed[self.token_of[labels]]
+        return passes
+
+    def mask(self) -> Mask:
+        """The passing items as a mask over every label, for the strategies that need one."""
+        mask: Mask = self.allowed[self.token_of]
+        return mask
 
 
 def _joined(lists: list[Postings]) -> Postings:

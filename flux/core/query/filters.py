@@ -4,7 +4,9 @@ A filter keeps items by their restrict tokens (allow, deny), leaves ids out, and
 many results share a crowding tag. An approximate index searched first and filtered after
 loses recall when few items pass, or when the items left out are the query's nearest (a
 user's already-played tracks), so each query is planned from the number of items that pass
-its filter, counted exactly from the posting lists (a boolean mask over labels):
+its filter, counted exactly from the posting lists (a boolean mask over labels; for tokens of
+one namespace that gives each item at most one token, each label's token, so that over-fetch
+looks up only its candidates):
 
 * ``EXACT_SCAN``: distances to every passing item. Chosen when that is the cheaper way (few
   items pass, or the other ways would have to reach far), and whenever the others fail.
@@ -37,7 +39,7 @@ from flux.core.query.costs import Costs
 from flux.core.query.model import MAX_EXCLUDE_IDS, Answer, Filter, Nearest, Strategy
 from flux.core.query.scan import ExactScan, among, tags_of
 from flux_core.backend import Backend, Labels, Matrix
-from flux_core.storage.attribute_table import Mask, Table
+from flux_core.storage.attribute_table import Mask, OneOf, Table
 from flux_core.storage.attributes import AttributeStore
 
 __all__ = ["MAX_EXCLUDE_IDS", "Answer", "Filter", "Nearest", "Planner", "Strategy"]
@@ -72,6 +74,8 @@ class _Plan:
     rest: int  # items that pass allow and deny, exclusions aside
     excluded: Labels  # excluded labels that would pass otherwise, ascending
     cap: int  # results per crowding tag, 0 for no cap
+    #: Instead of ``mask``, for one single-valued namespace: who passes, asked per label (excluded aside).
+    one_of: OneOf | None = None
 
 
 @dataclass
@@ -153,8 +157,15 @@ class Planner:
     def _plan(self, table: Table, query_filter: Filter) -> _Plan:
         allow, deny, cap = query_filter.allow, query_filter.deny, query_filter.max_per_tag
         excluded = np.unique(self._labels_of(query_filter.exclude_ids)) if query_filter.exclude_ids else None
-        listed, mask = table.select(allow, deny, table.size // self.list_share) if allow or deny else (None, None)
         none = np.empty(0, np.int64)
+        one_of = None if deny else table.one_of(allow, table.size // self.list_share)
+        if one_of is not None:  # many pass: over-fetch can ask per candidate, without a mask over every label
+            if excluded is None:
+                return _Plan(None, None, one_of.count, one_of.count, none, cap, one_of)
+            excluded = excluded[excluded < table.size]
+            passing = excluded[one_of.holds(excluded)]
+            return _Plan(None, None, one_of.count - len(passing), one_of.count, passing, cap, one_of)
+        listed, mask = table.select(allow, deny, table.size // self.list_share) if allow or deny else (None, None)
         if listed is not None:
             rest = len(listed)
             if excluded is not None:
@@ -337,10 +348,7 @@ class Planner:
 
     def _scan(self, query: Matrix, plan: _Plan, k: int, table: Table) -> Answer:
         """The exact answer over every passing item."""
-        if plan.labels is not None:
-            labels = plan.labels
-        else:
-            labels = np.flatnonzero(table.live if plan.mask is None else plan.mask)
+        labels = plan.labels if plan.labels is not None else np.flatnonzero(_mask_of(plan, table))
         sweep = bool(len(labels)) and self.costs.sweeps(len(labels), table.size)
         found, distances = self._exact(query, labels, k, plan.cap, table, sweep=sweep)
         return Answer(found, distances, Strategy.EXACT_SCAN, len(found) < k)
@@ -358,6 +366,10 @@ def _mask_of(plan: _Plan, table: Table) -> Mask:
     """The passing items as a mask over labels, as push-down hands them to the backend."""
     if plan.mask is not None:
         return plan.mask
+    if plan.one_of is not None:
+        mask = plan.one_of.mask()
+        mask[plan.excluded] = False
+        return mask
     if plan.labels is None:
         return table.live
     mask = np.zeros(table.size, np.bool_)
@@ -373,6 +385,10 @@ def _passing(labels: Labels, plan: _Plan, table: Table) -> npt.NDArray[np.intp]:
     elif plan.mask is not None:
         keep &= labels < len(plan.mask)  # a label the store was not told about yet does not pass
         keep[keep] = plan.mask[labels[keep]]
+    elif plan.one_of is not None:
+        keep &= labels < table.size
+        candidates = labels[keep]
+        keep[keep] = plan.one_of.holds(candidates) & ~among(candidates, plan.excluded)
     positions = np.flatnonzero(keep)
     if plan.cap:
         positions = positions[ranking.crowd(tags_of(table, labels[positions]), plan.cap)]
