@@ -148,7 +148,8 @@ class HnswBackend(Backend):
         return np.vstack([labels for labels, _ in parts]), np.vstack([distances for _, distances in parts])
 
     def _knn(self, queries: Matrix, k: int, wanted: int, ef: int, threads: int) -> tuple[Labels, Matrix]:
-        with self._gate.reading(ef):
+        self._gate.enter_reading(ef)  # every search comes here: no context manager's cost per call
+        try:
             while True:
                 try:
                     labels, distances = self._index.knn_query(queries, k=wanted, num_threads=threads)
@@ -161,6 +162,8 @@ class HnswBackend(Backend):
                             np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), k
                         )
                     wanted //= 2
+        finally:
+            self._gate.exit_reading()
         return pad_results(labels.astype(np.int64, copy=False), distances, k)
 
     def add(self, vectors: Matrix, labels: Labels) -> None:

@@ -318,6 +318,15 @@ class ReadWriteGate:
 
     @contextmanager
     def reading(self, mode: Any = None) -> Iterator[None]:
+        self.enter_reading(mode)
+        try:
+            yield
+        finally:
+            self.exit_reading()
+
+    def enter_reading(self, mode: Any = None) -> None:
+        """``reading`` without the context manager, for a backend's search path: every
+        ``enter_reading`` must be followed by one ``exit_reading``, in a ``finally``."""
         with self._cond:
             if self._queue or self._writing or (self._readers and not _joins(mode, self._mode)):
                 self._wait(self._reading_phase(mode))
@@ -325,13 +334,12 @@ class ReadWriteGate:
                 if not self._readers:
                     self._switch(mode)
                 self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._admit_next()
+
+    def exit_reading(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._admit_next()
 
     @contextmanager
     def writing(self) -> Iterator[None]:

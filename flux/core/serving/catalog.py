@@ -129,6 +129,13 @@ class Catalog:
 
     def search(self, query: Query) -> Result:
         """Answer ``query`` on the version it names (through its alias, if it names one), held throughout."""
+        if query.index not in self._aliases:  # the usual case, without a context manager's cost per call
+            manager = self.manager(query.index)
+            loaded = manager.hold(query.version)
+            try:
+                return loaded.index.answer(query)
+            finally:
+                manager.release(loaded)
         with self.acquire(query.index, query.version, query.routing_key) as resolved:
             result = resolved.index.answer(query)
         result.alias = resolved.alias

@@ -70,20 +70,30 @@ class VersionTable:
     @contextmanager
     def acquire(self, version: int = 0) -> Iterator[ServedIndex]:
         """The version a request runs on, held until the request ends."""
+        loaded = self.hold(version)
+        try:
+            yield loaded.index
+        finally:
+            self.release(loaded)
+
+    def hold(self, version: int = 0) -> LoadedVersion:
+        """``acquire`` without the context manager, for the search path: every ``hold`` must be
+        followed by one ``release``, in a ``finally``."""
         with self._lock:
             slot = self._active if version == 0 else self._slots.get(version)
             loaded = slot.loaded if slot is not None and slot.state in (State.ACTIVE, State.READY) else None
             if loaded is None:
                 raise self._why_not_serving(version)
             loaded.in_flight += 1
-        try:
-            yield loaded.index
-        finally:
-            with self._lock:
-                loaded.in_flight -= 1
-                close = loaded.retired and loaded.in_flight == 0
-            if close:
-                self._close(loaded)
+        return loaded
+
+    def release(self, loaded: LoadedVersion) -> None:
+        """The request that held ``loaded`` is done; the last one out closes a retired version."""
+        with self._lock:
+            loaded.in_flight -= 1
+            close = loaded.retired and loaded.in_flight == 0
+        if close:
+            self._close(loaded)
 
     def _why_not_serving(self, version: int) -> FluxError:
         if version:
