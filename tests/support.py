@@ -96,11 +96,12 @@ def router_config(indexes: list[dict[str, Any]], *, metrics: bool = False, **rou
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(process: RouterServer | FluxServer) -> Samples:
-    """Every sample ``process`` serves on /metrics, by name and labels."""
-    assert process.metrics is not None
-    url = f"http://127.0.0.1:{process.metrics.port}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+def scrape(process: RouterServer | FluxServer | int) -> Samples:
+    """Every sample ``process`` (or whatever listens on that metrics port) serves on /metrics, by name and labels."""
+    if not isinstance(process, int):
+        assert process.metrics is not None
+        process = process.metrics.port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{process}/metrics", timeout=10).read().decode()
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)

@@ -6,25 +6,23 @@ each, so the sum over the server's processes is what they take together.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from flux.core.serving import preload
 from flux.core.serving.index_settings import IndexSettings
 from flux.core.serving.manager import IndexManager
+from flux_bench.procs import process_tree
 from flux_client import FluxClient
 from flux_core.storage import artifact
 from tests import support
@@ -36,15 +34,6 @@ def memory(pid: int) -> dict[str, int]:
     """The kB figures of one process's smaps_rollup (Rss, Pss, Private_Dirty, ...)."""
     text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     return {key: int(kb) for key, kb in re.findall(r"^(\w+):\s+(\d+) kB", text, re.M)}
-
-
-def process_tree(pid: int) -> list[int]:
-    """The process and its descendants, without multiprocessing's resource tracker (no part of the server)."""
-    children = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        children += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    children = [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
-    return [pid, *[p for child in children for p in process_tree(child)]]
 
 
 @contextmanager
@@ -119,12 +108,7 @@ def free_port_pair() -> int:
 
 
 def active_version(metrics_port: int, index: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "flux_index_active_version" and sample.labels.get("index") == index:
-                return sample.value
-    return 0.0
+    return support.scrape(metrics_port).get(("flux_index_active_version", frozenset({("index", index)})), 0.0)
 
 
 def test_forked_workers_each_swap_to_a_version_published_after_they_started(tmp_path: Path) -> None:

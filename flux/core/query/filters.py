@@ -158,14 +158,15 @@ class Planner:
         allow, deny, cap = query_filter.allow, query_filter.deny, query_filter.max_per_tag
         excluded = np.unique(self._labels_of(query_filter.exclude_ids)) if query_filter.exclude_ids else None
         none = np.empty(0, np.int64)
-        one_of = None if deny else table.one_of(allow, table.size // self.list_share)
+        list_limit = table.size // self.list_share
+        one_of = None if deny else table.one_of(allow, list_limit)
         if one_of is not None:  # many pass: over-fetch can ask per candidate, without a mask over every label
             if excluded is None:
                 return _Plan(None, None, one_of.count, one_of.count, none, cap, one_of)
             excluded = excluded[excluded < table.size]
             passing = excluded[one_of.holds(excluded)]
             return _Plan(None, None, one_of.count - len(passing), one_of.count, passing, cap, one_of)
-        listed, mask = table.select(allow, deny, table.size // self.list_share) if allow or deny else (None, None)
+        listed, mask = table.select(allow, deny, list_limit) if allow or deny else (None, None)
         if listed is not None:
             rest = len(listed)
             if excluded is not None:
