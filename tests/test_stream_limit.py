@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from flux import config as flux_config
@@ -142,3 +143,22 @@ def test_the_stream_cap_defaults_to_half_the_threads_and_may_not_exceed_them() -
     with pytest.raises((ValidationError, flux_config.ConfigError)) as caught:
         server(threads=4, max_streams=5)
     assert "max_streams (5) is more than threads (4)" in str(caught.value)
+
+
+def test_health_watches_on_the_health_port_leave_probes_answered(items: tuple[Path, np.ndarray]) -> None:
+    """Kubelet probes the health port with Check, and anyone who can reach it may hold Watch streams
+    open. The port's Watch answers from gRPC's callback, without a thread per stream, so more open
+    watches than the port has threads leave every probe answered."""
+    path, _ = items
+    config = server_config([{"name": "items", "path": str(path)}], server={"health_port": 0})
+    with running_server(config) as flux, ExitStack() as stack:
+        assert flux.health_port is not None
+        channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{flux.health_port.port}"))
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(8):  # the port has 2 threads
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            stack.callback(watch.cancel)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # open, waiting for a change
+        for _ in range(20):
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
