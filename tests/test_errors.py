@@ -10,6 +10,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from flux.api.errors import shortened
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -145,6 +146,36 @@ def test_unknown_index(vectors_stub: VectorServiceStub) -> None:
         "(indexes: annoy-cosine, annoy-ip, annoy-l2, broken, exact-cosine,",  # auth is off: names are no secret
     )
     assert ("flux-error-reason", "INDEX_NOT_FOUND") in (error.trailing_metadata() or ())
+
+
+@pytest.mark.parametrize("name", ["x" * 20_000, "\u00e9" * 20_000])
+def test_a_huge_made_up_name_is_cut_in_the_error_not_turned_into_another_error(
+    vectors_stub: VectorServiceStub, name: str
+) -> None:
+    """gRPC refuses trailers past 16 KiB: echoed whole, the name would reach the caller as
+    RESOURCE_EXHAUSTED (metadata too large), which reads as overload and invites retries."""
+    error = expect_error(
+        lambda: vectors_stub.Search(pb.SearchRequest(index=name, vector=good_query(), k=5)),
+        grpc.StatusCode.NOT_FOUND,
+        "no index named '" + name[:100],
+        " ... ",
+        "' (indexes: annoy-cosine,",  # the end of the message survives the cut
+    )
+    assert ("flux-error-reason", "INDEX_NOT_FOUND") in (error.trailing_metadata() or ())
+    assert len(error.details().encode()) <= 1024
+    expect_error(
+        lambda: vectors_stub.Search(pb.SearchRequest(index="hnsw-l2", vector=good_query(), k=5, params={name: 1.0})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown parameter '" + name[:100],
+        "(accepted: ef)",
+    )
+
+
+def test_shortened_cuts_the_middle_on_character_boundaries() -> None:
+    assert shortened("short", 16) == "short"
+    # Two bytes a character: 7 bytes each side of " ... " fall inside a character, which is dropped.
+    assert shortened("ab" + "\u00e9" * 50 + "yz", 20) == "ab\u00e9\u00e9 ... \u00e9\u00e9yz"
+    assert len(shortened("\u00e9" * 5000, 1024).encode()) <= 1024
 
 
 def test_unknown_id(vectors_stub: VectorServiceStub) -> None:

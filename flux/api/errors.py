@@ -53,6 +53,11 @@ REASON_KEY = "flux-error-reason"
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: Metadata values longer than this (an index name a caller made up, say) are left out.
 _MAX_METADATA_VALUE = 256
+#: Longer messages and field names are cut in the middle: a name a caller made up is echoed into
+#: them, and gRPC refuses trailers past 16 KiB (the message travels twice in the status details,
+#: and once more percent-encoded), which the caller would see as RESOURCE_EXHAUSTED instead.
+_MAX_MESSAGE_BYTES = 1024
+_MAX_FIELD_BYTES = 256
 
 _VECTORS = re.compile(r"^(?:messages\[\d+\]\.)?(?:vector|queries|vectors)$")
 _PARAMS = re.compile(r"(?:^|\.)(?:search_)?params$")
@@ -151,6 +156,8 @@ class Details(TypedDict, total=False):
 def rich_status(code: Code, message: str, reason: str, **details: Unpack[Details]) -> status_pb2.Status:
     """The ``google.rpc.Status``: ErrorInfo, and BadRequest for an INVALID_ARGUMENT naming a field."""
     field, metadata = details.get("field"), details.get("metadata")
+    message = shortened(message, _MAX_MESSAGE_BYTES)
+    field = shortened(field, _MAX_FIELD_BYTES) if field else field
     info = {key: value for key, value in (metadata or {}).items() if value and len(value) <= _MAX_METADATA_VALUE}
     if field:
         info["field"] = field
@@ -163,6 +170,17 @@ def rich_status(code: Code, message: str, reason: str, **details: Unpack[Details
         packed.append(any_pb2.Any())
         packed[-1].Pack(detail)
     return status_pb2.Status(code=code, message=message, details=packed)
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text``, or its start and end around " ... " when its UTF-8 takes more than ``limit`` bytes."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    half = (limit - 5) // 2
+    head = encoded[:half].decode("utf-8", "ignore")
+    tail = encoded[len(encoded) - half :].decode("utf-8", "ignore")
+    return f"{head} ... {tail}"
 
 
 def status(code: Code, message: str, reason: str, **details: Unpack[Details]) -> grpc.Status:
