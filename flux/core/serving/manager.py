@@ -24,6 +24,7 @@ from flux.core.serving.version_table import LoadedVersion, VersionSlot, VersionT
 from flux.core.serving.versions import State
 from flux_core.errors import FailedPrecondition, FluxError, NotFound, ResourceExhausted, Unavailable
 from flux_core.storage import artifact
+from flux_core.storage.heap import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,12 @@ class IndexManager(VersionTable):
     # -- the steps themselves ---------------------------------------------------------------
 
     def _load(self, slot: VersionSlot) -> None:
+        try:
+            self._load_checked(slot)
+        finally:
+            release_free_memory()  # what the load's parsing and reading left behind in the heap
+
+    def _load_checked(self, slot: VersionSlot) -> None:
         started = time.perf_counter()
         with self._lock:
             slot.state, slot.error, slot.report = State.LOADING, "", None
