@@ -15,10 +15,10 @@ import pytest
 
 from flux.core.serving import gate
 from flux.core.serving.index import ServedIndex
-from flux.core.serving.quality import SINGLE_THREAD_PRODUCT, Nearest, _Products, brute_force, nearest_rows
 from flux_backends import hnsw_file
 from flux_backends.hnsw import HnswBackend
 from flux_core.backend import VECTORS_PER_BLOCK, Metric
+from flux_core.quality import SINGLE_THREAD_PRODUCT, Nearest, _Products, brute_force, nearest_rows
 from flux_core.storage import artifact, builder, registry
 from flux_core.storage.attributes import ItemAttributes
 from tests import support

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from flux.api.convert import encode_vectors
-from flux.core.serving.quality import distances
 from flux_api.v1 import admin_service_pb2 as apb
 from flux_api.v1 import admin_service_pb2_grpc, vector_service_pb2_grpc, write_service_pb2_grpc
 from flux_api.v1 import vector_service_pb2 as vpb
 from flux_api.v1 import write_service_pb2 as wpb
+from flux_core.quality import distances
 from tests import support
 
 DIM = 4

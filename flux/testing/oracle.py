@@ -1,5 +1,5 @@
-"""The ground truth the kit measures backends against (re-exported from flux.core.serving.quality)."""
+"""The ground truth the kit measures backends against (re-exported from flux_core.quality)."""
 
-from flux.core.serving.quality import brute_force, distances, recall
+from flux_core.quality import brute_force, distances, recall
 
 __all__ = ["brute_force", "distances", "recall"]

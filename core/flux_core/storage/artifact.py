@@ -7,6 +7,8 @@ Layout::
     <dir>/<backend files> whatever the backend's ``save`` wrote
     <dir>/attributes.npz  the items' restricts and crowding tags (flux_core.storage.attributes), if given
     <dir>/filter_vectors.npy  a float32 copy of the vectors for exact filtered scans, if given
+    <dir>/canary.npz      sample queries and their exact neighbours, for the activation gate, if given
+                          (flux_core.storage.canary)
 
 An artifact is written into a temporary sibling directory and renamed into place,
 so a reader never sees a half-written one.
@@ -38,6 +40,7 @@ import numpy as np
 
 from flux_core.backend import Backend, Matrix, Metric
 from flux_core.errors import ArtifactError
+from flux_core.storage import canary as canaries
 from flux_core.storage import registry
 from flux_core.storage.attributes import AttributeStore
 from flux_core.storage.background import at_low_priority
@@ -51,6 +54,7 @@ MANIFEST = "manifest.json"
 IDS = "ids.json"
 ATTRIBUTES = "attributes.npz"
 FILTER_VECTORS = "filter_vectors.npy"
+CANARY = "canary.npz"
 _CHUNK = 1 << 20
 
 
@@ -116,6 +120,8 @@ class Artifact:
     attributes: AttributeStore | None = None
     #: The float32 copy of the vectors, memory-mapped; None when the artifact has none.
     filter_vectors: Matrix | None = None
+    #: The gate's sample queries and their exact neighbours, computed when it was built; None without.
+    canary: canaries.Canary | None = None
 
 
 def write(
@@ -129,11 +135,13 @@ def write(
     wal_sequence: int = 0,
     attributes: AttributeStore | None = None,
     vectors: Matrix | None = None,
+    canary: canaries.Canary | None = None,
 ) -> Manifest:
     """Save ``backend`` and ``ids`` as an artifact at ``directory``, which must not exist yet.
 
     ``ids[label]`` is None for a label that holds no item (a snapshot of an index with deletes).
-    ``attributes`` and ``vectors`` (row i: label i's vector, as built) serve filtered searches.
+    ``attributes`` and ``vectors`` (row i: label i's vector, as built) serve filtered searches;
+    ``canary`` the activation gate.
     """
     if directory.exists():
         raise ArtifactError(f"{directory} already exists; artifacts are immutable, write a new version instead")
@@ -145,6 +153,11 @@ def write(
     try:
         files = backend.save(staging)
         files = [*files, *_write_filtering(staging, files, attributes, vectors)]
+        if canary is not None:
+            if CANARY in files:
+                raise ArtifactError(f"the backend wrote {CANARY}, a file name Flux keeps for itself")
+            canaries.save(canary, staging / CANARY)
+            files.append(CANARY)
         (staging / IDS).write_text(json.dumps(list(ids), ensure_ascii=False), encoding="utf-8")
         manifest = Manifest(
             name=name,
@@ -247,6 +260,7 @@ def _load(directory: Path) -> Artifact:
         packed(ids),
         attributes=_load_attributes(directory, manifest, ids),
         filter_vectors=_load_filter_vectors(directory, manifest, len(ids)),
+        canary=_load_canary(directory, manifest, len(ids)),
     )
 
 
@@ -299,6 +313,15 @@ def _load_filter_vectors(directory: Path, manifest: Manifest, rows: int) -> Matr
         raise ArtifactError(f"{FILTER_VECTORS}: unreadable: {_why(exc)}") from exc
     vectors: Matrix = np.frombuffer(mapped, np.float32, rows * manifest.dimension, offset)
     return vectors.reshape(rows, manifest.dimension)
+
+
+def _load_canary(directory: Path, manifest: Manifest, labels: int) -> canaries.Canary | None:
+    if CANARY not in manifest.files:
+        return None
+    try:
+        return canaries.load(directory / CANARY, manifest.dimension, labels)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{CANARY}: unreadable: {_why(exc)}") from exc
 
 
 def size_bytes(manifest: Manifest) -> int:

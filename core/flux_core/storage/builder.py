@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flux_core.backend import Matrix, Metric, Progress, defaults, resolve_params
 from flux_core.errors import InvalidArgument
-from flux_core.storage import artifact, registry
+from flux_core.storage import artifact, canary, registry
 from flux_core.storage.attributes import AttributeStore, ItemAttributes
 
 
@@ -54,4 +54,5 @@ def build(
         build_params=resolved,
         attributes=store,
         vectors=vectors if store is not None else None,
+        canary=canary.compute(vectors, metric) if len(vectors) else None,
     )

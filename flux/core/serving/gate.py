@@ -5,6 +5,12 @@ measures, on a sample of queries, recall@k against exact search over the new
 version's own vectors, and overlap@k with the version being replaced. A version
 below either threshold stays out of service and the reason is recorded.
 
+An artifact built by Flux carries its canary: sample queries with their exact neighbours,
+computed once by the builder (flux_core.storage.canary). The gate then searches those queries
+and compares, and reads no stored vector. Otherwise (an artifact from before canaries, a
+snapshot of a writable index, a gate asking for more queries or neighbours than stored) it
+samples queries from the stored vectors and finds their neighbours by exact search:
+
 The exact search reads every stored vector while the active version serves. They come
 from the artifact's own float32 copy of the vectors when it has one, else from the
 backend's ``vector_blocks``: hnsw reads them from its index file, with the GIL released,
@@ -30,9 +36,10 @@ from functools import partial
 import numpy as np
 
 from flux.core.serving.index import ServedIndex
-from flux.core.serving.quality import Nearest, overlap
 from flux_core.backend import Labels, Matrix
+from flux_core.quality import Nearest, overlap
 from flux_core.storage.background import at_low_priority
+from flux_core.storage.canary import Canary, moved
 
 #: The pause after each block read from the backend: a request thread waiting for the GIL gets it.
 PAUSE_SECONDS = 0.0005
@@ -66,6 +73,7 @@ class GateReport:
     overlap: float = 0.0
     reason: str = ""
     seconds: float = 0.0  # how long the gate took
+    truth: str = ""  # where the canary's exact neighbours came from: "stored" (built with it) or "scan"
 
 
 def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) -> GateReport:
@@ -85,9 +93,10 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
     if config.canary_queries <= 0:
         return GateReport(passed=True, warmup_queries=len(warmup), k=k, seconds=time.perf_counter() - started)
 
-    queries = _sample(candidate, rng, config.canary_queries)
+    stored = _stored_canary(candidate, config.canary_queries, k)
+    queries = stored.queries[: config.canary_queries] if stored else _sample(candidate, rng, config.canary_queries)
     labels, _ = at_low_priority(lambda: candidate.nearest(queries, k, candidate.default_params))
-    recall = exact_recall(candidate, queries, labels)
+    recall = _recall(labels, stored.labels[: len(queries), :k]) if stored else exact_recall(candidate, queries, labels)
     agreement = 1.0
     if active is not None and active.dimension == candidate.dimension:
         found = [candidate.ids.strings(row[row >= 0]) for row in labels]
@@ -107,7 +116,18 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
         overlap=agreement,
         reason="; ".join(reasons),
         seconds=time.perf_counter() - started,
+        truth="stored" if stored else "scan",
     )
+
+
+def _stored_canary(index: ServedIndex, queries: int, k: int) -> Canary | None:
+    """The artifact's canary when it covers the gate's queries and k, and every label it was built
+    with still holds its item (a snapshot of a writable index may have moved on)."""
+    canary = index.artifact.canary
+    if canary is None or not canary.covers(queries, k) or len(index.backend) != index.manifest.count:
+        return None
+    live = index.ids.live()
+    return canary if len(live) == index.manifest.count and (not len(live) or live[-1] == len(live) - 1) else None
 
 
 def exact_recall(index: ServedIndex, queries: Matrix, found: Labels) -> float:
@@ -218,7 +238,4 @@ def _sample(index: ServedIndex, rng: np.random.Generator, n: int) -> np.ndarray:
     if n <= 0:
         return np.empty((0, index.dimension), np.float32)
     labels = rng.choice(live, size=n, replace=n > len(live))
-    vectors = index.backend.get_vectors(labels.astype(np.int64))
-    scale = float(np.std(vectors)) or 1.0
-    noise = rng.standard_normal(vectors.shape).astype(np.float32) * 0.05 * scale
-    return np.ascontiguousarray(vectors + noise, dtype=np.float32)
+    return moved(index.backend.get_vectors(labels.astype(np.int64)), rng)

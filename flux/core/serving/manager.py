@@ -336,7 +336,8 @@ class IndexManager(VersionTable):
             loaded.manifest.backend,
             loaded.manifest.count,
             report.seconds,
-            f", recall@{report.k} {report.recall:.3f}, overlap@{report.k} {report.overlap:.3f}"
+            f", recall@{report.k} {report.recall:.3f} ({report.truth} neighbours), "
+            f"overlap@{report.k} {report.overlap:.3f}"
             if report.canary_queries
             else "",
         )
