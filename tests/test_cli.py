@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flux_core.backend import Metric
+from flux_core.errors import InvalidArgument
+from flux_core.storage import builder
+
 FLUX = [sys.executable, "-m", "flux"]
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -152,6 +156,26 @@ def test_build_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "params.M must be between 2 and 200, got 1" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(np.nan, "v.npy: row 7 contains NaN or Inf"), (1e30, "vectors row 7 has a squared norm of inf in float32")],
+)
+def test_build_refuses_vectors_the_server_would_refuse(tmp_path: Path, value: float, said: str) -> None:
+    """A NaN or a huge vector would reach the index silently (hnswlib ranks NaN distances as it
+    likes, distances to a huge one overflow float32); the builder refuses it as the server
+    refuses such a query or upsert, whoever calls it."""
+    vectors = np.ones((10, 4), np.float32)
+    vectors[7, 2] = value
+    np.save(tmp_path / "v.npy", vectors)
+    result = flux("build", str(tmp_path / "v.npy"), "--out", str(tmp_path / "x"), check=False)
+    assert result.returncode == 2
+    assert said in result.stderr
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(InvalidArgument, match=r"^vectors row 7 (contains NaN or Inf|has a squared norm)"):
+        builder.build(tmp_path / "y", vectors, None, backend="hnsw", metric=Metric.L2, name="x")
+    assert not (tmp_path / "y").exists()
 
 
 def test_inspect_refuses_a_corrupt_artifact(tmp_path: Path) -> None:

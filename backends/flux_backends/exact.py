@@ -138,7 +138,7 @@ class ExactBackend(Backend):
         # A few spare candidates absorb the rounding of the matrix-product scores.
         shortlist = min(n, 2 * keep + 8)
         step = max(1, _SCORE_BUDGET // n)
-        # Flux refuses vectors whose distances would overflow float32 (flux.core.serving.index.check_vectors); an
+        # Flux refuses vectors whose distances would overflow float32 (flux_core.vectors.check_vectors); an
         # artifact built from such vectors elsewhere gets distance inf, as in the other backends, unwarned.
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, q, step):

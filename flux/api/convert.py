@@ -47,7 +47,7 @@ def decode_vectors(message: types_pb2.FloatVectors, field: str) -> Matrix:
     """View the message's bytes as a rows x dimension float32 matrix: no copy, no per-element work.
 
     Rejects a missing dimension, a byte length that is not a whole number of rows and an empty
-    matrix, each naming ``field``. The values are the core's to check (``flux.core.serving.index.check_vectors``).
+    matrix, each naming ``field``. The values are the core's to check (``flux_core.vectors.check_vectors``).
     """
     dimension = message.dimension
     if dimension == 0:

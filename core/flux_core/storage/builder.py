@@ -9,6 +9,7 @@ from flux_core.backend import Matrix, Metric, Progress, defaults, resolve_params
 from flux_core.errors import InvalidArgument
 from flux_core.storage import artifact, canary, registry
 from flux_core.storage.attributes import AttributeStore, ItemAttributes
+from flux_core.vectors import check_vectors
 
 
 def build(
@@ -41,6 +42,7 @@ def build(
         seen: set[str] = set()
         duplicate = next(i for i in id_list if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise InvalidArgument(f"id {duplicate!r} appears more than once; ids must be unique")
+    check_vectors(vectors, "vectors")  # the rule queries and upserts follow: no backend builds on NaN
     if attributes is not None and len(attributes) != len(vectors):
         raise InvalidArgument(f"{len(attributes)} attribute sets for {len(vectors)} vectors; give one per vector")
     index = backend_cls.build(vectors, metric, resolved, threads=threads, progress=progress)

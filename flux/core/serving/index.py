@@ -16,14 +16,10 @@ from flux_core.errors import InvalidArgument, ItemNotFound, Reason, shown
 from flux_core.storage.artifact import Artifact
 from flux_core.storage.attributes import AttributeStore
 from flux_core.storage.ids import Ids
+from flux_core.vectors import check_vectors
 
 #: Distinct search-parameter overrides whose resolution an index remembers.
 _RESOLVED_CACHE = 256
-
-#: The largest squared norm a vector may have: 2**125 (about 4.3e37). Between two such vectors every
-#: distance the backends compute in float32 stays finite: an L2 distance is at most 4 * 2**125 = 2**127,
-#: an inner product (and each partial sum of one) at most 2**125, both below float32's largest, about 2**128.
-MAX_SQUARED_NORM = 2.0**125
 
 
 @dataclass(frozen=True)
@@ -33,31 +29,6 @@ class Limits:
     max_k: int = 1024
     max_batch: int = 1024
     max_id_bytes: int = 1024  # UTF-8; every answer carries k ids per query, so one long id costs every reader
-
-
-def check_vectors(matrix: Matrix, field: str) -> None:
-    """Refuse rows holding NaN or Inf, or a squared norm above ``MAX_SQUARED_NORM``, naming the first such row.
-
-    One check for queries and upserts alike, before any backend sees them, so no backend ever
-    computes an infinite distance (or warns about an overflow) whatever its arithmetic. The
-    squared norms are computed in float32, where NaN stays NaN and an overflow becomes Inf,
-    so the one comparison also catches the values that are not finite.
-    """
-    squared = np.einsum("ij,ij->i", matrix, matrix)  # einsum does not warn on overflow; NaN stays NaN
-    # The usual case is one comparison (False for NaN too); one row needs no reduction.
-    largest = squared[0] if len(squared) == 1 else squared.max(initial=0.0)
-    if largest <= MAX_SQUARED_NORM:
-        return
-    fine = squared <= MAX_SQUARED_NORM
-    row = int(np.argmin(fine))
-    if not np.isfinite(matrix[row]).all():
-        raise InvalidArgument(f"{field} row {row} contains NaN or Inf; every value must be finite", field=field)
-    raise InvalidArgument(
-        f"{field} row {row} has a squared norm of {float(squared[row]):.3g} in float32, above the largest Flux "
-        f"accepts, 2**125 (about {MAX_SQUARED_NORM:.2g}; a norm of about {MAX_SQUARED_NORM**0.5:.2g}): distances "
-        "to it would overflow float32; scale the vectors down",
-        field=field,
-    )
 
 
 class ServedIndex:

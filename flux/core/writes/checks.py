@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from flux.core.serving.index import ServedIndex, check_vectors
+from flux.core.serving.index import ServedIndex
 from flux_core.backend import Matrix
 from flux_core.errors import InvalidArgument, shown
 from flux_core.storage import artifact
 from flux_core.storage.attributes import ItemAttributes
+from flux_core.vectors import check_vectors
 
 
 def check_upsert(
