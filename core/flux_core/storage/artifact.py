@@ -240,7 +240,7 @@ def _load(directory: Path) -> Artifact:
         raise ArtifactError(f"{IDS}: unreadable: {_why(exc)}") from exc
     if (
         not isinstance(ids, list)
-        or not all(isinstance(i, str) or i is None for i in ids)
+        or not set(map(type, ids)) <= {str, type(None)}  # a C loop: a load must not hold the GIL long
         or len(ids) - ids.count(None) != manifest.count
     ):
         raise ArtifactError(
@@ -283,7 +283,9 @@ def _write_filtering(
 
 def _load_attributes(directory: Path, manifest: Manifest, ids: Sequence[str | None]) -> AttributeStore:
     """The artifact's attributes; without the file, every label that holds an item has none."""
-    live = np.array([i is not None for i in ids], np.bool_)
+    live = np.ones(len(ids), np.bool_)
+    if None in ids:  # labels that hold no item: a snapshot's
+        live[[label for label, i in enumerate(ids) if i is None]] = False
     if ATTRIBUTES not in manifest.files:
         return AttributeStore.empty(len(ids), live)
     store = AttributeStore.load(directory / ATTRIBUTES, len(ids))
