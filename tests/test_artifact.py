@@ -100,7 +100,7 @@ def test_a_missing_file_is_refused(pristine: dict[str, Path], tmp_path: Path, ba
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
-        ("count", 299, "ids.json: expected a list of 299 strings"),
+        ("count", 299, "ids.npy: holds |S11 (300,); the manifest says 299 ids"),
         ("dimension", 16, "backend could not load the artifact"),
         ("backend", "nope", "no backend named 'nope'"),
     ],
@@ -115,17 +115,47 @@ def test_a_manifest_that_disagrees_with_the_data_is_refused(
     assert str(tmp_path) not in str(caught.value)  # files are named inside the artifact (callers see this)
 
 
-def test_ids_that_disagree_with_the_manifest_are_refused(pristine: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("held", "said"),
+    [
+        ("ids.json", r"ids.json: expected a list of 300 strings"),  # an artifact without ids.npy (as before it)
+        ("ids.npy", r"ids.npy: holds \|S\d+ \(299,\); the manifest says 300 ids"),
+    ],
+)
+def test_ids_that_disagree_with_the_manifest_are_refused(
+    pristine: dict[str, Path], tmp_path: Path, held: str, said: str
+) -> None:
     def drop_an_id(path: Path) -> None:
-        ids = json.loads((path / "ids.json").read_text())[:-1]
-        (path / "ids.json").write_text(json.dumps(ids))
         manifest = json.loads((path / "manifest.json").read_text())
-        manifest["files"]["ids.json"] = artifact._describe(path / "ids.json")  # a consistent checksum
+        if held == "ids.json":
+            (path / "ids.json").write_text(json.dumps(json.loads((path / "ids.json").read_text())[:-1]))
+            (path / "ids.npy").unlink()
+            del manifest["files"]["ids.npy"]
+        else:
+            np.save(path / "ids.npy", np.load(path / "ids.npy")[:-1])
+        manifest["files"][held] = artifact._describe(path / held)  # a consistent checksum
         (path / "manifest.json").write_text(json.dumps(manifest))
 
     path = damaged_copy(pristine["hnsw"], tmp_path, drop_an_id)
-    with pytest.raises(ArtifactError, match=r"ids.json: expected a list of 300 strings"):
+    with pytest.raises(ArtifactError, match=said):
         artifact.load(path)
+
+
+def test_ids_are_kept_packed_beside_the_json_when_that_is_smaller(tmp_path: Path) -> None:
+    """The server reads ids.npy (one read, no Python object per id); ids.json stays for tools and
+    for ids that do not pack (very uneven lengths, NUL characters)."""
+    vectors = np.eye(4, 8, dtype=np.float32)
+    for name, ids, packs in [
+        ("even", ["a:1", "b:22", "c:333", "d:\u00e94"], True),
+        ("uneven", ["a", "b", "c", "d" * 1000], False),
+        ("nul", ["a", "b\0", "c", "d"], False),
+    ]:
+        path = support.build_artifact(tmp_path / name, vectors, backend="exact", metric="l2", ids=ids)
+        assert (path / "ids.npy").exists() == packs
+        assert json.loads((path / "ids.json").read_text()) == ids
+        loaded = artifact.load(path)
+        assert loaded.ids.dtype.kind == ("S" if packs else "O")
+        assert [i.decode() if isinstance(i, bytes) else i for i in loaded.ids.tolist()] == ids
 
 
 def test_a_manifest_that_is_not_json_is_refused(pristine: dict[str, Path], tmp_path: Path) -> None:
@@ -169,5 +199,5 @@ def test_a_server_refuses_damaged_artifacts_and_keeps_serving_the_rest(
                 stub.Search(pb.SearchRequest(index=name, vector=query, k=3))
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert f"index {name!r} failed to load" in caught.value.details()
-            assert "index.ann" in caught.value.details() or "ids.json: expected a list of 7" in caught.value.details()
+            assert "index.ann" in caught.value.details() or "the manifest says 7 ids" in caught.value.details()
         assert len(stub.Search(pb.SearchRequest(index="good", vector=query, k=3)).neighbors.ids) == 3
