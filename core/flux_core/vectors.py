@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from flux_core.backend import Matrix
-from flux_core.errors import InvalidArgument
+from flux_core.errors import InvalidArgument, Reason
 
 #: The largest squared norm a vector may have: 2**125 (about 4.3e37). Between two such vectors every
 #: distance the backends compute in float32 stays finite: an L2 distance is at most 4 * 2**125 = 2**127,
@@ -31,10 +31,13 @@ def check_vectors(matrix: Matrix, field: str) -> None:
     fine = squared <= MAX_SQUARED_NORM
     row = int(np.argmin(fine))
     if not np.isfinite(matrix[row]).all():
-        raise InvalidArgument(f"{field} row {row} contains NaN or Inf; every value must be finite", field=field)
+        raise InvalidArgument(
+            f"{field} row {row} contains NaN or Inf; every value must be finite", field=field, reason=Reason.NOT_FINITE
+        )
     raise InvalidArgument(
         f"{field} row {row} has a squared norm of {float(squared[row]):.3g} in float32, above the largest Flux "
         f"accepts, 2**125 (about {MAX_SQUARED_NORM:.2g}; a norm of about {MAX_SQUARED_NORM**0.5:.2g}): distances "
         "to it would overflow float32; scale the vectors down",
         field=field,
+        reason=Reason.NORM_TOO_LARGE,
     )

@@ -101,10 +101,6 @@ def _invalid_argument(field: str, message: str) -> Reason:
     if field.endswith(".dimension"):  # a dimension of 0 is MALFORMED_VECTORS, given where it is raised
         return Reason.DIMENSION_MISMATCH
     if _VECTORS.match(field):
-        if "NaN or Inf" in message:
-            return Reason.NOT_FINITE
-        if "squared norm" in message:
-            return Reason.NORM_TOO_LARGE
         if "the limit is" in message:
             return Reason.BATCH_TOO_LARGE
         return Reason.COUNT_MISMATCH  # Search with other than one vector; vectors not one per id
