@@ -88,3 +88,13 @@ def test_a_canary_that_does_not_fit_the_index_is_refused(built: tuple[np.ndarray
         (path / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(ArtifactError, match=r"canary.npz: unreadable: holds queries .* which do not fit 4 items"):
             artifact.load(path)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_the_exact_backend_finds_every_stored_neighbour_whatever_the_metric(metric: str, tmp_path: Path) -> None:
+    """The builder ranks in the metric's own order: exact search finds its neighbours, all of them."""
+    vectors = support.dataset(n=2000, dimension=DIM, queries=1)[0]
+    path = support.build_artifact(tmp_path / metric, vectors, backend="exact", metric=metric)
+    report = gate.run(ServedIndex("t", artifact.load(path)), None, gate.GateConfig(canary_queries=200, k=10))
+    assert (report.truth, report.canary_queries) == ("stored", 200)
+    assert report.recall >= 0.999  # near-ties in float32 aside
