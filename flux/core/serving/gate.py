@@ -127,7 +127,12 @@ def _stored_canary(index: ServedIndex, queries: int, k: int) -> Canary | None:
     if canary is None or not canary.covers(queries, k) or len(index.backend) != index.manifest.count:
         return None
     live = index.ids.live()
-    return canary if len(live) == index.manifest.count and (not len(live) or live[-1] == len(live) - 1) else None
+    return canary if len(live) == index.manifest.count and _as_built(live) else None
+
+
+def _as_built(live: Labels) -> bool:
+    """Whether the labels holding items are 0..n-1, as the builder gave them (``live`` ascending)."""
+    return len(live) == 0 or live[-1] == len(live) - 1
 
 
 def exact_recall(index: ServedIndex, queries: Matrix, found: Labels) -> float:
@@ -163,7 +168,7 @@ def _recall(found: Labels, truth: Labels) -> float:
 
 def _from_copy(copy: Matrix, live: Labels) -> Iterator[tuple[Labels, Matrix]]:
     """The artifact's vector copy in blocks (a slice when the labels are 0..n-1, as built)."""
-    ranged = len(live) == 0 or live[-1] == len(live) - 1
+    ranged = _as_built(live)
     for start in range(0, len(live), ROWS_PER_BLOCK):
         labels = live[start : start + ROWS_PER_BLOCK]
         yield labels, copy[start : start + len(labels)] if ranged else copy[labels]
