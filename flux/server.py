@@ -228,6 +228,7 @@ class FluxServer:
             log.warning("the grace period (%.1fs) ended with calls still running; they are cancelled", grace)
         if self.health_port is not None:
             self.health_port.stop()
+        self.health.close()
         if self.metrics is not None:
             self.metrics.stop()
         for writer in self.writers.values():  # commits what is queued; the logs hold everything acknowledged

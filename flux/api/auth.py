@@ -23,10 +23,11 @@ from enum import IntEnum
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from flux import callcontext
 from flux.api.errors import status
+from flux.api.health_service import HealthService
 from flux_core.errors import Code, Reason
 
 
@@ -151,7 +152,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-class IndexHealthServicer(health.HealthServicer):  # type: ignore[misc]
+class IndexHealthServicer(HealthService):
     """The standard health service, except that a service name starting with ``prefix`` needs one of
     ``tokens`` (any role): whether ``flux.index.x`` answers SERVING, NOT_SERVING or NOT_FOUND tells
     a caller which indexes exist. With no tokens, everything stays open.
@@ -161,7 +162,7 @@ class IndexHealthServicer(health.HealthServicer):  # type: ignore[misc]
     """
 
     def __init__(self, tokens: Iterable[Token], prefix: str) -> None:
-        super().__init__(experimental_non_blocking=True)
+        super().__init__()
         self._tokens = Tokens(tokens)
         self._prefix = prefix
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flux.api import interceptors
+from flux.api.health_service import HealthService
 from flux.api.tls import server_credentials
 from flux.binding import CannotBind, check_bindable, reason
 from flux.config import FluxConfig
@@ -60,7 +61,7 @@ class RouterServer:
             ],
         )
         add_VectorServiceServicer_to_server(RouterServicer(self.router), self.grpc_server)
-        self.health = health.HealthServicer()
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(services, self.grpc_server)
         address = f"{server.host}:{server.port}"
@@ -99,6 +100,7 @@ class RouterServer:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait(grace + 1.0)
+        self.health.close()
         self.router.close()
         if self.metrics is not None:
             self.metrics.stop()
