@@ -420,13 +420,20 @@ def test_the_client_names_grpc_s_own_refusals(tmp_path: Path) -> None:
     with support.running_server(config) as server, FluxClient(server.address, retries=0) as flux:
         with pytest.raises(MessageTooLarge) as too_large:
             flux.search("items", np.ones((200, 8)), k=1)  # 6.4 kB of queries
-        watch = health_pb2_grpc.HealthStub(flux.channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        ended = threading.Event()
+
+        def one_query() -> Iterator[pb.StreamSearchRequest]:
+            yield pb.StreamSearchRequest(index="items", vector=encode_vectors(base[:1]), k=1, request_id=1)
+            ended.wait(30)
+
+        stream = VectorServiceStub(flux.channel).StreamSearch(one_query(), timeout=30)
         try:
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # the one call allowed runs
+            assert next(stream).request_id == 1  # the one call allowed runs, and stays open
             with pytest.raises(Overloaded) as overloaded:
                 flux.search("items", base[0], k=1)
         finally:
-            watch.cancel()
+            ended.set()
+            stream.cancel()
     # No server any more: a call that waits for one passes its deadline on the client.
     with FluxClient(server.address, retries=0, wait_for_ready=True) as flux, pytest.raises(DeadlineExceeded) as late:
         flux.search("items", base[0], k=1, timeout=0.2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -88,3 +89,27 @@ def test_a_watcher_sees_the_changes_in_order_and_ends_on_the_latest(flux: FluxSe
         # may be skipped, never reordered, so the stream ends on the last two.
         assert 2 <= len(seen) <= len(changes) + 1
         assert seen[-2:] == [NOT_SERVING, UNKNOWN]
+
+
+def test_shutdown_tells_each_watcher_not_serving_then_ends_its_watch(tmp_path: Path) -> None:
+    """An open Watch is a call in flight: left open, it would hold the server's stop for the whole
+    grace period. Shutdown sends NOT_SERVING, then ends every watch with OK."""
+    base, _ = dataset(200, 8, 1, seed=6)
+    path = build_artifact(tmp_path / "items", base, backend="exact", metric="l2")
+    config = server_config([{"name": "items", "path": str(path)}], server={"health_port": 0})
+    with (
+        running_server(config) as flux,
+        grpc.insecure_channel(flux.address) as main,
+        grpc.insecure_channel(_health_port(flux)) as probes,
+    ):
+        watches = [
+            health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service), timeout=60)
+            for channel in (main, probes)
+            for service in ("", "flux.index.items")
+        ]
+        for watch in watches:
+            assert next(watch).status == SERVING
+        flux.stop(grace=30)
+        for watch in watches:
+            assert [answer.status for answer in watch] == [NOT_SERVING]  # then the stream ends, OK
+            assert watch.code() == grpc.StatusCode.OK

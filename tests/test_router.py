@@ -18,8 +18,10 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2
 
 from flux import config as flux_config
+from flux.router.channels import SHARD_SERVICE
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -422,3 +424,41 @@ def test_router_config_is_checked() -> None:
         flux_config.parse(
             {"indexes": [{"name": "a", "path": "/x"}], "router": {"indexes": [{**one, "shards": ["a:1", "b:1"]}]}}
         )
+
+
+def test_a_replica_reporting_not_serving_gets_no_calls_until_it_serves_again(tmp_path: Path) -> None:
+    """The router's channels check each replica's health the gRPC way: a replica that says
+    NOT_SERVING (loading, draining) is left out at once. The second replica here holds other
+    vectors under the same ids, so any call it answered shows in the answer."""
+    base, queries = dataset(400, 16, 20, seed=7)
+    ids = ids_for(len(base))
+    with ExitStack() as stack:
+        replicas = [
+            stack.enter_context(
+                running_server(
+                    server_config(
+                        [{"name": "small", "path": str(_build(tmp_path / name, vectors, ids, "exact", "small"))}]
+                    )
+                )
+            )
+            for name, vectors in (("kept", base), ("other", -base))
+        ]
+        with grpc.insecure_channel(replicas[0].address) as channel:
+            truth = [list(VectorServiceStub(channel).Search(_search(q), timeout=10).neighbors.ids) for q in queries]
+        replicas[1].health.set(SHARD_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        config = router_config([{"name": "small", "shard_count": 1, "shards": [_target(*replicas)]}])
+        with routing(config) as (_, stub):
+            for _ in range(3):
+                for query, want in zip(queries, truth, strict=True):
+                    assert list(stub.Search(_search(query), timeout=10).neighbors.ids) == want
+            replicas[1].health.set(SHARD_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            deadline = time.monotonic() + 30
+            while all(
+                list(stub.Search(_search(query), timeout=10).neighbors.ids) == want
+                for query, want in zip(queries, truth, strict=True)
+            ):
+                assert time.monotonic() < deadline, "the replica serving again never got a call"
+
+
+def _search(vector: np.ndarray) -> pb.SearchRequest:
+    return pb.SearchRequest(index="small", vector=_query(vector), k=10)

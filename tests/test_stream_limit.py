@@ -162,3 +162,21 @@ def test_health_watches_on_the_health_port_leave_probes_answered(items: tuple[Pa
         for _ in range(20):
             answer = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_watches_on_the_main_port_hold_no_thread_and_no_stream_place(items: tuple[Path, np.ndarray]) -> None:
+    """Clients that check health the gRPC way (a Watch per connection, as a load-balancing channel
+    with healthCheckConfig does) are many: their watches must not take the threads or the stream
+    places that searches need."""
+    path, queries = items
+    config = server_config([{"name": "items", "path": str(path)}], server={"threads": 2, "max_streams": 1})
+    with running_server(config) as flux, grpc.insecure_channel(flux.address) as channel, ExitStack() as stack:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(8):  # four times the threads, eight times the stream cap
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="flux_api.v1.VectorService"), timeout=60)
+            stack.callback(watch.cancel)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stub = VectorServiceStub(channel)
+        for vector in queries:
+            assert _search(stub, vector, timeout=10).neighbors.ids
+        assert _opened(stub, stack).ask(queries[0]).search.neighbors.ids  # the one stream place is free

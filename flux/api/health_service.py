@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[Any], Any]  # gRPC's send_response_callback: a response, or None to end the call
 _STOP = object()
+_END_WATCHES = object()
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FLUSH_SECONDS = 1.0  # how long shutdown waits for NOT_SERVING to reach the watchers
@@ -76,7 +77,8 @@ class HealthService(health.HealthServicer):  # type: ignore[misc]
             self._owe(service)
 
     def enter_graceful_shutdown(self, timeout: float = FLUSH_SECONDS) -> None:
-        """Every service NOT_SERVING for good; waits up to ``timeout`` for the watchers to be told."""
+        """Every service NOT_SERVING for good, then every Watch ended (status OK), so that open
+        watches do not hold the server's stop for its grace period; waits up to ``timeout`` for it."""
         with self._lock:
             if self._gracefully_shutting_down:
                 return
@@ -84,6 +86,7 @@ class HealthService(health.HealthServicer):  # type: ignore[misc]
                 self._server_status[service] = _NOT_SERVING
                 self._owe(service)
             self._gracefully_shutting_down = True
+            self._post(_END_WATCHES)
         self.flush(timeout)
 
     def flush(self, timeout: float) -> bool:
@@ -118,6 +121,11 @@ class HealthService(health.HealthServicer):  # type: ignore[misc]
             if isinstance(work, threading.Event):
                 work.set()
                 continue
+            if work is _END_WATCHES:
+                with self._lock:
+                    ending = [send for sends in self._send_response_callbacks.values() for send in sends]
+                self._send_each(ending, None)
+                continue
             service, only = work
             with self._lock:
                 if only is None:
@@ -125,9 +133,12 @@ class HealthService(health.HealthServicer):  # type: ignore[misc]
                 status = self._server_status.get(service, _SERVICE_UNKNOWN)
                 watching = self._send_response_callbacks.get(service, set())
                 sends = list(watching) if only is None else [only] if only in watching else []
-            response = health_pb2.HealthCheckResponse(status=status)
-            for send in sends:
-                try:
-                    send(response)
-                except Exception:  # one broken call must not silence the others
-                    log.debug("health watch update failed", exc_info=True)
+            self._send_each(sends, health_pb2.HealthCheckResponse(status=status))
+
+    @staticmethod
+    def _send_each(sends: list[Send], response: health_pb2.HealthCheckResponse | None) -> None:
+        for send in sends:
+            try:
+                send(response)
+            except Exception:  # one broken call must not silence the others
+                log.debug("health watch update failed", exc_info=True)

@@ -1,7 +1,8 @@
 """A cap on open streams, so that streams cannot take every handler thread from unary calls.
 
 gRPC Python runs each call on one of ``server.threads`` handler threads, and a stream
-(StreamSearch, UpsertStream, a health Watch) for as long as it stays open. Without a cap, one
+(StreamSearch, UpsertStream) for as long as it stays open; a health Watch holds none (it is
+non-blocking, ``flux.api.wrapping``), so it is not counted. Without a cap, one
 caller holding as many idle streams open as there are threads would leave every other call
 waiting for a thread until its deadline. ``server.max_streams`` streams may be open at once
 (half the threads by default); the next one is refused at once with RESOURCE_EXHAUSTED

@@ -6,6 +6,9 @@ alone: an interceptor outside auth sees a refusal handler for a call without a v
 the method's own handler for one with it, and must never answer one caller with what it built
 for another. Only the methods the server serves are cached (a refusal for a made-up method
 name is built afresh), so no caller can grow the cache.
+
+A non-blocking stream (the health service's Watch) passes through unwrapped: it is not counted by
+the stream cap, the metrics or the request log, and holds no thread.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None:  # not a served method: gRPC answers UNIMPLEMENTED
             return None
+        if answers_by_callback(handler):
+            return handler
         method: str = details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
@@ -43,6 +48,14 @@ class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     @abstractmethod
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` with this interceptor's behaviour around it (or ``handler`` itself)."""
+
+
+def answers_by_callback(handler: grpc.RpcMethodHandler) -> bool:
+    """A non-blocking stream (the health service's Watch): its behaviour returns at once and sends
+    its answers later from other threads, holding no handler thread while open. Nothing can be
+    wrapped around it: wrapping would make it an ordinary stream holding a thread until it ends."""
+    behaviour = handler.unary_stream or handler.stream_stream
+    return bool(getattr(behaviour, "experimental_non_blocking", False))
 
 
 def ended_with(context: grpc.ServicerContext, *, failed: bool) -> grpc.StatusCode:

@@ -2,11 +2,11 @@
 
 A shard group is one gRPC target (``dns:///flux-shard-2.flux.svc:50051`` resolving to every
 replica through a headless Service, or a static ``ipv4:a:p,b:p`` list). The channel balances over
-the replicas round-robin and retries a call that got UNAVAILABLE or CANCELLED (a replica down or
-shutting down) on the next one, within the call's deadline: gRPC's service config ``retryPolicy``,
-not a loop in Python. Hedging, off by default, sends a second call after a delay and keeps the
-first answer; gRPC Python (C-core) does not implement the service config's ``hedgingPolicy``, so
-the router does it (``hedged``).
+the replicas whose health says SERVING, round-robin, and retries a call that got UNAVAILABLE or
+CANCELLED (a replica down or shutting down) on the next one, within the call's deadline: gRPC's
+service config ``retryPolicy``, not a loop in Python. Hedging, off by default, sends a second
+call after a delay and keeps the first answer; gRPC Python (C-core) does not implement the
+service config's ``hedgingPolicy``, so the router does it (``hedged``).
 
 A plain call (``answer``) is a blocking one, made on a thread the router keeps. A grpc ``future()``
 call is not used for it: its answer is delivered by a thread of the channel that gRPC Python starts
@@ -36,13 +36,22 @@ from flux.router.metrics import ShardMeter
 #: down (a gRPC Python server cancels the calls it had not yet started when it stops).
 RETRYABLE = ("UNAVAILABLE", "CANCELLED")
 _RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+#: The service a shard replica reports SERVING for once its indexes have loaded (flux.server).
+SHARD_SERVICE = "flux_api.v1.VectorService"
 RECONNECT_INITIAL_MS = 100
 RECONNECT_MAX_MS = 1000
 
 
 def service_config(retries: RetryConfig) -> str:
-    """Round-robin over the target's addresses; retries to another replica when ``max_attempts`` > 1."""
-    method: dict[str, Any] = {"name": [{"service": "flux_api.v1.VectorService"}]}
+    """Round-robin over the target's replicas that report SERVING; retries to another replica when
+    ``max_attempts`` > 1.
+
+    ``healthCheckConfig`` is gRPC's client-side health checking: the channel keeps a health Watch
+    on each replica and leaves out one that reports NOT_SERVING (still loading its indexes, or
+    draining after SIGTERM) as soon as it says so, without waiting for DNS or readiness probes to
+    catch up. A replica without the health service is used as before (gRPC's rule).
+    """
+    method: dict[str, Any] = {"name": [{"service": SHARD_SERVICE}]}
     if retries.max_attempts > 1:
         method["retryPolicy"] = {
             "maxAttempts": retries.max_attempts,
@@ -51,7 +60,13 @@ def service_config(retries: RetryConfig) -> str:
             "backoffMultiplier": 2,
             "retryableStatusCodes": list(RETRYABLE),
         }
-    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]})
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": SHARD_SERVICE},
+            "methodConfig": [method],
+        }
+    )
 
 
 class Secure(NamedTuple):
