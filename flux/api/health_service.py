@@ -86,13 +86,17 @@ class HealthService(health.HealthServicer):  # type: ignore[misc]
                 self._server_status[service] = _NOT_SERVING
                 self._owe(service)
             self._gracefully_shutting_down = True
-            self._post(_END_WATCHES)
+            if any(self._send_response_callbacks.values()):
+                self._post(_END_WATCHES)
         self.flush(timeout)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every update queued so far was sent; False if ``timeout`` passed first."""
-        sent = threading.Event()
-        self._post(sent)
+        with self._lock:
+            if self._sender is None:  # nothing was ever queued (or the sender was closed)
+                return True
+            sent = threading.Event()
+            self._work.put(sent)
         return sent.wait(timeout)
 
     def close(self) -> None:
@@ -104,8 +108,9 @@ class HealthService(health.HealthServicer):  # type: ignore[misc]
             sender.join(FLUSH_SECONDS)
 
     def _owe(self, service: str) -> None:
-        """Queue the service once however often it changes: the sender sends whatever is latest."""
-        if service not in self._pending:
+        """Queue the service once however often it changes: the sender sends whatever is latest.
+        A service nobody watches owes nothing (and a server that no one watches starts no thread)."""
+        if service not in self._pending and self._send_response_callbacks.get(service):
             self._pending.add(service)
             self._post((service, None))
 

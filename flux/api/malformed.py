@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from flux.api.errors import status
-from flux.api.wrapping import WrappingInterceptor
+from flux.api.wrapping import WrappingInterceptor, answers_by_callback
 from flux_core.errors import Code, Reason
 
 
@@ -26,6 +26,8 @@ class _Malformed:
 
 
 class MalformedRequestInterceptor(WrappingInterceptor):
+    wraps_callbacks = True  # the health Watch's request is checked too
+
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return _wrap(handler, method)
 
@@ -66,9 +68,11 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     kind = "unary_stream" if handler.response_streaming else "unary_unary"
     behaviour = getattr(handler, kind)
 
-    def single(request: Any, context: grpc.ServicerContext) -> Any:
+    def single(request: Any, context: grpc.ServicerContext, *send_response_callback: Any) -> Any:
         if type(request) is _Malformed:
             refuse(context)
-        return behaviour(request, context)
+        return behaviour(request, context, *send_response_callback)
 
+    if answers_by_callback(handler):  # gRPC then passes the callback, and no thread waits on the call
+        single.experimental_non_blocking = True  # type: ignore[attr-defined]
     return handler._replace(request_deserializer=parse, **{kind: single})

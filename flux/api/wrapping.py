@@ -8,7 +8,8 @@ for another. Only the methods the server serves are cached (a refusal for a made
 name is built afresh), so no caller can grow the cache.
 
 A non-blocking stream (the health service's Watch) passes through unwrapped: it is not counted by
-the stream cap, the metrics or the request log, and holds no thread.
+the stream cap, the metrics or the request log, and holds no thread. Only the check of malformed
+requests wraps it, keeping it non-blocking.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
 class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Calls ``wrap(handler, method)`` for each handler the chain below returns, once per handler."""
 
+    #: Whether ``wrap`` also sees non-blocking streams, and keeps them non-blocking (see below).
+    wraps_callbacks = False
+
     def __init__(self, methods: Collection[str]) -> None:
         self.methods = frozenset(methods)  # full names of the served methods: /package.Service/Method
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -34,7 +38,7 @@ class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None:  # not a served method: gRPC answers UNIMPLEMENTED
             return None
-        if answers_by_callback(handler):
+        if answers_by_callback(handler) and not self.wraps_callbacks:
             return handler
         method: str = details.method
         cached = self._wrapped.get(method)
