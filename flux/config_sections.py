@@ -43,6 +43,13 @@ class ServerConfig(_Strict):
         0, ge=0, le=256, description="library threads for one batch search; 0 means one per CPU"
     )
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight calls may finish on shutdown")
+    swap_cpu_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="the share of one CPU that readying a new version (checksums, warm-up, canary) takes while "
+        "the index answers requests: it works in short slices and sleeps between them; 1: no pacing",
+    )
     workers: int = Field(
         1,
         ge=1,

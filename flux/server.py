@@ -126,6 +126,7 @@ class FluxServer:
             batch_threads=batch_threads,
             memory_budget=config.server.memory_budget_bytes,
             poll_seconds={index.name: index.poll_seconds for index in config.indexes},
+            swap_cpu_share=config.server.swap_cpu_share,
         )
         # With tokens, NOT_FOUND does not list the indexes: a reader token need not learn the others' names.
         self.catalog.list_names = not config.auth.tokens

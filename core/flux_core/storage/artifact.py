@@ -46,7 +46,7 @@ from flux_core.errors import ArtifactError
 from flux_core.storage import canary as canaries
 from flux_core.storage import registry
 from flux_core.storage.attributes import AttributeStore
-from flux_core.storage.background import at_low_priority
+from flux_core.storage.background import Pacer, at_low_priority
 from flux_core.storage.fsync import fsync_path
 from flux_core.storage.ids import packed
 
@@ -60,6 +60,7 @@ ATTRIBUTES = "attributes.npz"
 FILTER_VECTORS = "filter_vectors.npy"
 CANARY = "canary.npz"
 _CHUNK = 1 << 20
+_PACED_CHUNK = 1 << 18  # hashed between two pauses: about 0.2 ms of CPU, as long as a request may wait
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,9 @@ def _read_manifest(directory: Path) -> Manifest:
     return Manifest.from_json(text, path)
 
 
-def verify(directory: Path, manifest: Manifest) -> None:
-    """Check that every file the manifest lists exists with its recorded size and checksum."""
+def verify(directory: Path, manifest: Manifest, pacer: Pacer | None = None) -> None:
+    """Check that every file the manifest lists exists with its recorded size and checksum
+    (pausing after each chunk hashed when ``pacer`` is given)."""
     for name, expected in sorted(manifest.files.items()):
         path = directory / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -222,7 +224,7 @@ def verify(directory: Path, manifest: Manifest) -> None:
         if not path.is_file():
             raise ArtifactError(f"{name}: missing (listed in {MANIFEST})")
         try:
-            actual = _describe(path)
+            actual = _describe(path, pacer)
         except OSError as exc:
             raise ArtifactError(f"{name}: unreadable: {_why(exc)}") from exc
         if actual["bytes"] != expected.get("bytes"):
@@ -233,16 +235,21 @@ def verify(directory: Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{name}: checksum mismatch, the file is corrupt")
 
 
-def load(directory: Path) -> Artifact:
-    """Verify and open the artifact at ``directory``; refuse it with an error naming the bad file."""
+def load(directory: Path, pacer: Pacer | None = None) -> Artifact:
+    """Verify and open the artifact at ``directory``; refuse it with an error naming the bad file.
+    With ``pacer`` (a server readying a version while it serves), the checksums are paced by it;
+    without, they run at low priority."""
     directory = Path(directory)
     with _refusals(directory):
-        return _load(directory)
+        return _load(directory, pacer)
 
 
-def _load(directory: Path) -> Artifact:
+def _load(directory: Path, pacer: Pacer | None) -> Artifact:
     manifest = _read_manifest(directory)
-    at_low_priority(lambda: verify(directory, manifest))  # hashing releases the GIL: keep it off the serving cores
+    if pacer is not None:
+        verify(directory, manifest, pacer)
+    else:  # hashing releases the GIL: keep it off the serving cores
+        at_low_priority(lambda: verify(directory, manifest))
     by_label, live = _load_ids(directory, manifest)
     backend_cls = registry.get(manifest.backend)
     try:
@@ -361,13 +368,15 @@ def size_bytes(manifest: Manifest) -> int:
     return sum(int(f["bytes"]) for f in manifest.files.values())
 
 
-def _describe(path: Path) -> dict[str, Any]:
+def _describe(path: Path, pacer: Pacer | None = None) -> dict[str, Any]:
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(_CHUNK if pacer is None else _PACED_CHUNK):
             digest.update(chunk)
             size += len(chunk)
+            if pacer is not None:
+                pacer.pause()
     return {"sha256": digest.hexdigest(), "bytes": size}
 
 

@@ -54,12 +54,18 @@ class Catalog:
         batch_threads: int = 1,
         memory_budget: int = 0,
         poll_seconds: dict[str, float] | None = None,
+        swap_cpu_share: float = 1.0,
     ) -> None:
         self.budget = MemoryBudget(memory_budget)
         self._listeners: list[Listener] = []
         self._managers = {
             s.name: IndexManager(
-                s, limits=limits, batch_threads=batch_threads, budget=self.budget, listener=self._notify
+                s,
+                limits=limits,
+                batch_threads=batch_threads,
+                budget=self.budget,
+                listener=self._notify,
+                swap_cpu_share=swap_cpu_share,
             )
             for s in indexes
         }

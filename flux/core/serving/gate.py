@@ -28,19 +28,24 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
 from flux.core.serving.index import ServedIndex
 from flux_core.backend import Labels, Matrix
 from flux_core.quality import Nearest, overlap
-from flux_core.storage.background import at_low_priority
+from flux_core.storage.background import Pacer, at_low_priority
 from flux_core.storage.canary import Canary, moved
 
+T = TypeVar("T")
+
+#: Queries searched between two pauses of a paced gate: a fraction of a millisecond of search.
+SLICE_QUERIES = 4
 #: The pause after each block read from the backend: a request thread waiting for the GIL gets it.
 PAUSE_SECONDS = 0.0005
 #: Vectors ranked at a time (smaller blocks from the backend are put together): few moments of
@@ -76,31 +81,44 @@ class GateReport:
     truth: str = ""  # where the canary's exact neighbours came from: "stored" (built with it) or "scan"
 
 
-def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) -> GateReport:
-    """Warm ``candidate`` up and, when configured, compare it with exact search and with ``active``."""
+def run(
+    candidate: ServedIndex, active: ServedIndex | None, config: GateConfig, pacer: Pacer | None = None
+) -> GateReport:
+    """Warm ``candidate`` up and, when configured, compare it with exact search and with ``active``.
+
+    With ``pacer`` (a server readying a version while it serves), the searches run a few queries
+    at a time with a pause after each. Without, the candidate's run in one call at low priority
+    (it serves nobody yet and its searches let go of the GIL), and the active version's at the
+    usual priority (a request waiting at its backend's gate must not wait on a thread the kernel
+    puts off).
+    """
     started = time.perf_counter()
     count = len(candidate.backend)
     if count == 0:
         return GateReport(passed=True, reason="empty index: nothing to check")
     rng = np.random.default_rng(config.seed)
     k = min(config.k, count)
-    # The candidate serves nobody yet and its searches let go of the GIL: they run in one thread at
-    # low priority. The active version's run at the usual priority (a request waiting at its backend's
-    # gate must not wait on a thread the kernel puts off), in one thread: the other cores keep serving.
+    params = candidate.default_params
     warmup = _sample(candidate, rng, config.warmup_queries)
     if len(warmup):
-        at_low_priority(lambda: candidate.search(warmup, k, candidate.default_params))
+        _in_slices(lambda part: candidate.nearest(part, k, params), warmup, pacer)
     if config.canary_queries <= 0:
         return GateReport(passed=True, warmup_queries=len(warmup), k=k, seconds=time.perf_counter() - started)
 
     stored = _stored_canary(candidate, config.canary_queries, k)
     queries = stored.queries[: config.canary_queries] if stored else _sample(candidate, rng, config.canary_queries)
-    labels, _ = at_low_priority(lambda: candidate.nearest(queries, k, candidate.default_params))
+    labels = np.concatenate(
+        [part for part, _ in _in_slices(lambda part: candidate.nearest(part, k, params), queries, pacer)]
+    )
     recall = _recall(labels, stored.labels[: len(queries), :k]) if stored else exact_recall(candidate, queries, labels)
     agreement = 1.0
     if active is not None and active.dimension == candidate.dimension:
         found = [candidate.ids.strings(row[row >= 0]) for row in labels]
-        current = active.search(queries, k, active.default_params)
+        if pacer is None:
+            current = active.search(queries, k, active.default_params)
+        else:
+            parts = _in_slices(lambda part: active.search(part, k, active.default_params), queries, pacer)
+            current = [row for part in parts for row in part]
         agreement = overlap(found, current, k)
     reasons = []
     if recall < config.min_recall:
@@ -118,6 +136,18 @@ def run(candidate: ServedIndex, active: ServedIndex | None, config: GateConfig) 
         seconds=time.perf_counter() - started,
         truth="stored" if stored else "scan",
     )
+
+
+def _in_slices(search: Callable[[Matrix], T], queries: Matrix, pacer: Pacer | None) -> list[T]:
+    """``search`` of ``queries``: SLICE_QUERIES at a time with ``pacer``'s pause after each, else in
+    one call at low priority."""
+    if pacer is None:
+        return [at_low_priority(lambda: search(queries))]
+    results = []
+    for start in range(0, len(queries), SLICE_QUERIES):
+        results.append(search(queries[start : start + SLICE_QUERIES]))
+        pacer.pause()
+    return results
 
 
 def _stored_canary(index: ServedIndex, queries: int, k: int) -> Canary | None:

@@ -24,6 +24,7 @@ from flux.core.serving.version_table import LoadedVersion, VersionSlot, VersionT
 from flux.core.serving.versions import State
 from flux_core.errors import FailedPrecondition, FluxError, NotFound, ResourceExhausted, Unavailable
 from flux_core.storage import artifact
+from flux_core.storage.background import Pacer
 from flux_core.storage.heap import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,12 @@ class IndexManager(VersionTable):
         batch_threads: int = 1,
         budget: MemoryBudget | None = None,
         listener: Listener | None = None,
+        swap_cpu_share: float = 1.0,
     ) -> None:
         super().__init__(settings, budget or MemoryBudget())
         self._limits = limits
         self._batch_threads = batch_threads
+        self._swap_cpu_share = swap_cpu_share
         self._listener = listener
         self._strays: set[str] = set()  # entries of the source that are no version, already logged
         self.pinned: int | None = None
@@ -280,6 +283,10 @@ class IndexManager(VersionTable):
         finally:
             release_free_memory()  # what the load's parsing and reading left behind in the heap
 
+    def _serving(self) -> bool:
+        """Whether a request is being answered by any version of the index at this moment."""
+        return any(slot.in_flight for slot in list(self._slots.values()))
+
     def _load_checked(self, slot: VersionSlot) -> None:
         started = time.perf_counter()
         with self._lock:
@@ -291,7 +298,10 @@ class IndexManager(VersionTable):
             slot.artifact_bytes = artifact.size_bytes(manifest)
             self._budget.reserve(slot.artifact_bytes, f"version {slot.version} of index {self.name!r}")
             reserved = slot.artifact_bytes
-            loaded = preload.take(slot.path, manifest) or artifact.load(slot.path)
+            # A version readied while another serves is paced, so that the requests keep their CPU and GIL.
+            paced = self._active is not None and self._swap_cpu_share < 1
+            pacer = Pacer(self._swap_cpu_share, self._serving) if paced else None
+            loaded = preload.take(slot.path, manifest) or artifact.load(slot.path, pacer)
             self.settings.check_expectations(loaded.manifest)
             index = ServedIndex(
                 self.name,
@@ -301,7 +311,7 @@ class IndexManager(VersionTable):
                 batch_threads=self._batch_threads,
             )
             with self.acquire() if self._active is not None else _nothing() as current:
-                report = gate.run(index, current, self.settings.gate)
+                report = gate.run(index, current, self.settings.gate, pacer)
             if report.passed:
                 self.hooks.loaded(index)  # a writable index replays its log here
         except ResourceExhausted as exc:
