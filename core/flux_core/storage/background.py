@@ -7,8 +7,8 @@ sleeping thread leaves both the CPU and the GIL to the requests. A higher nice v
 (``at_low_priority``) leaves the CPU, but not the GIL: a low-priority thread that holds the
 GIL between two slices of native work can be put off by the kernel while every request
 thread waits for it. Measured with 4 clients keeping one server CPU busy (``flux bench swap``,
-docs/versions.md): swaps at nice +10 took 2.4-2.7 s with p99 1.53-1.76x steady; paced at a
-quarter of a CPU, 0.77-0.90 s with p99 1.32-1.37x.
+docs/versions.md): swaps at nice +10 took 2.4-2.8 s with p99 1.53-1.88x steady; paced at a
+quarter of a CPU, 0.97-1.20 s with p99 1.00-1.41x.
 """
 
 from __future__ import annotations

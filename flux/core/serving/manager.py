@@ -283,9 +283,17 @@ class IndexManager(VersionTable):
         finally:
             release_free_memory()  # what the load's parsing and reading left behind in the heap
 
-    def _serving(self) -> bool:
-        """Whether a request is being answered by any version of the index at this moment."""
-        return any(slot.in_flight for slot in list(self._slots.values()))
+    def _serving(self) -> Callable[[], bool]:
+        """Whether the index answered a request since the last time it was asked, or is answering one
+        (a moment without a request in flight says little about a busy server)."""
+        seen = self.requests
+
+        def busy() -> bool:
+            nonlocal seen
+            answered, seen = self.requests != seen, self.requests
+            return answered or any(slot.in_flight for slot in list(self._slots.values()))
+
+        return busy
 
     def _load_checked(self, slot: VersionSlot) -> None:
         started = time.perf_counter()
@@ -300,7 +308,7 @@ class IndexManager(VersionTable):
             reserved = slot.artifact_bytes
             # A version readied while another serves is paced, so that the requests keep their CPU and GIL.
             paced = self._active is not None and self._swap_cpu_share < 1
-            pacer = Pacer(self._swap_cpu_share, self._serving) if paced else None
+            pacer = Pacer(self._swap_cpu_share, self._serving()) if paced else None
             loaded = preload.take(slot.path, manifest) or artifact.load(slot.path, pacer)
             self.settings.check_expectations(loaded.manifest)
             index = ServedIndex(

@@ -64,6 +64,7 @@ class VersionTable:
         #: index whose empty first version could not be created says why here).
         self.source_problem = ""
         self._lock = threading.Lock()  # guards slots, active and in-flight counts: held briefly
+        self.requests = 0  # requests that have held a version, ever (counted under the lock)
 
     # -- the request path -------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class VersionTable:
             if loaded is None:
                 raise self._why_not_serving(version)
             loaded.in_flight += 1
+            self.requests += 1
         return loaded
 
     def release(self, loaded: LoadedVersion) -> None:
