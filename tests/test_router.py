@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from flux import config as flux_config
-from flux.router.channels import SHARD_SERVICE
+from flux.router.channels import VECTOR_SERVICE
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -445,13 +445,13 @@ def test_a_replica_reporting_not_serving_gets_no_calls_until_it_serves_again(tmp
         ]
         with grpc.insecure_channel(replicas[0].address) as channel:
             truth = [list(VectorServiceStub(channel).Search(_search(q), timeout=10).neighbors.ids) for q in queries]
-        replicas[1].health.set(SHARD_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        replicas[1].health.set(VECTOR_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         config = router_config([{"name": "small", "shard_count": 1, "shards": [_target(*replicas)]}])
         with routing(config) as (_, stub):
             for _ in range(3):
                 for query, want in zip(queries, truth, strict=True):
                     assert list(stub.Search(_search(query), timeout=10).neighbors.ids) == want
-            replicas[1].health.set(SHARD_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            replicas[1].health.set(VECTOR_SERVICE, health_pb2.HealthCheckResponse.SERVING)
             deadline = time.monotonic() + 30
             while all(
                 list(stub.Search(_search(query), timeout=10).neighbors.ids) == want

@@ -31,13 +31,15 @@ import grpc
 from flux.api.tls import read_pem
 from flux.router.config import RetryConfig, ShardTLSConfig
 from flux.router.metrics import ShardMeter
+from flux_api.v1 import vector_service_pb2
 
 #: Codes a call to another replica may cure: the replica is down, restarting, loading or shutting
 #: down (a gRPC Python server cancels the calls it had not yet started when it stops).
 RETRYABLE = ("UNAVAILABLE", "CANCELLED")
 _RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-#: The service a shard replica reports SERVING for once its indexes have loaded (flux.server).
-SHARD_SERVICE = "flux_api.v1.VectorService"
+#: The service the router serves and calls, which a shard replica reports SERVING for once its
+#: indexes have loaded (flux.server).
+VECTOR_SERVICE = vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name
 RECONNECT_INITIAL_MS = 100
 RECONNECT_MAX_MS = 1000
 
@@ -51,7 +53,7 @@ def service_config(retries: RetryConfig) -> str:
     draining after SIGTERM) as soon as it says so, without waiting for DNS or readiness probes to
     catch up. A replica without the health service is used as before (gRPC's rule).
     """
-    method: dict[str, Any] = {"name": [{"service": SHARD_SERVICE}]}
+    method: dict[str, Any] = {"name": [{"service": VECTOR_SERVICE}]}
     if retries.max_attempts > 1:
         method["retryPolicy"] = {
             "maxAttempts": retries.max_attempts,
@@ -63,7 +65,7 @@ def service_config(retries: RetryConfig) -> str:
     return json.dumps(
         {
             "loadBalancingConfig": [{"round_robin": {}}],
-            "healthCheckConfig": {"serviceName": SHARD_SERVICE},
+            "healthCheckConfig": {"serviceName": VECTOR_SERVICE},
             "methodConfig": [method],
         }
     )

@@ -24,14 +24,12 @@ from flux.binding import CannotBind, check_bindable, reason
 from flux.config import FluxConfig
 from flux.core.serving.catalog import Catalog
 from flux.metrics_endpoint import MetricsEndpoint
+from flux.router.channels import VECTOR_SERVICE
 from flux.router.fanout import Router
 from flux.router.service import RouterServicer
-from flux_api.v1 import vector_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import add_VectorServiceServicer_to_server
 
 log = logging.getLogger(__name__)
-
-VECTOR_SERVICE = vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"].full_name
 
 
 class RouterServer:
