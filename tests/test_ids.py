@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flux_api.v1 import types_pb2
-from flux_core.storage.ids import Ids, packed
+from flux_core.storage.ids import Ids, _Hashed, packed
 
 
 def test_ids_of_similar_length_are_packed_into_far_less_memory_than_strings() -> None:
@@ -76,3 +76,27 @@ def test_labels_follow_writes_to_packed_ids() -> None:
     assert ids.labels(["a", "b", "c"]).tolist() == [0, 2]  # a released id is no longer held
     assert ids.assign(["d"]).tolist() == [3]
     assert ids.labels(["d", "b", "a"]).tolist() == [3, 0]
+
+
+def test_ids_that_share_a_hash_are_told_apart_by_their_bytes() -> None:
+    stored = [f"track:{i}" for i in range(50)] + ["a", "ü"]
+    by_label = packed(stored)
+    wanted = ["track:7", "missing", "ü", "track:49", "track:7", "track:490", "a", "b"]
+    expected = [7, 51, 49, 7, 50]
+    for weak in (
+        lambda keys: np.zeros(len(keys), np.uint64),  # every id in one run
+        lambda keys: keys.view(np.uint8).reshape(len(keys), -1)[:, -9].astype(np.uint64),  # runs by one byte
+    ):
+        hashed = _Hashed(by_label, hash_keys=weak)
+        assert hashed.find(wanted).tolist() == expected
+        assert hashed.find(["nothing", "track:"]).tolist() == []
+
+
+def test_hashed_lookup_agrees_with_a_dict() -> None:
+    rng = np.random.default_rng(7)
+    stored = [f"{rng.integers(10**6)}-{i}" for i in range(5_000)]
+    ids = Ids(packed(stored))
+    by_id = {item_id: label for label, item_id in enumerate(stored)}
+    wanted = [stored[i] for i in rng.integers(len(stored), size=2_000)] + [f"x{i}" for i in range(500)]
+    wanted = [wanted[i] for i in rng.permutation(len(wanted))]
+    assert ids.labels(wanted).tolist() == [by_id[w] for w in wanted if w in by_id]

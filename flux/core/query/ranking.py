@@ -28,15 +28,16 @@ def crowd(tags: npt.NDArray[np.int32], cap: int) -> Mask:
     return keep
 
 
-def scores(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric) -> Matrix:
-    """Float32 scores that order items as their distances do (up to rounding), cheaply."""
-    dots: Matrix = vectors @ query
-    if metric is Metric.L2:
-        squared: Matrix = squared_norms - 2 * dots
+def scores(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric, out: Matrix | None = None) -> Matrix:
+    """Float32 scores that order items as their distances do (up to rounding), cheaply; into ``out`` if given."""
+    if metric is Metric.L2:  # |v|^2 - 2 v.q, in place: -2q is exact, so the result is as ``- 2 * dots``
+        squared: Matrix = np.matmul(vectors, np.float32(-2) * query, out=out)
+        squared += squared_norms
         return squared
+    dots: Matrix = vectors @ query
     if metric is Metric.COSINE:
-        return np.negative(dots / np.maximum(np.sqrt(squared_norms), np.float32(1e-30)))
-    return np.negative(dots)
+        return np.negative(dots / np.maximum(np.sqrt(squared_norms), np.float32(1e-30)), out=out)
+    return np.negative(dots, out=out)
 
 
 #: Values (rows x dimension) scored per matrix product: small enough for OpenBLAS to run each in the
@@ -56,13 +57,26 @@ def blocked_scores(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric
     step = block_rows(vectors.shape[1] if vectors.ndim == 2 else 1)
     for start in range(0, len(vectors), step):
         end = start + step
-        out[start:end] = scores(vectors[start:end], squared_norms[start:end], query, metric)
+        scores(vectors[start:end], squared_norms[start:end], query, metric, out=out[start:end])
     return out
 
 
 def squared_norms(vectors: Matrix) -> Matrix:
     squared: Matrix = np.einsum("ij,ij->i", vectors, vectors)
     return squared
+
+
+def rough_distances(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric) -> Matrix:
+    """Distances in Flux's convention from float32 products: for counting items within a radius
+    (rounding moves only those on its edge), at a fifth of the cost of ``distances``."""
+    dots = vectors @ query
+    if metric is Metric.L2:
+        squared: Matrix = squared_norms - 2 * dots + np.float32(query @ query)
+        return squared
+    if metric is Metric.COSINE:
+        dots = dots / (np.maximum(np.sqrt(squared_norms), np.float32(1e-30)) * max(float(np.linalg.norm(query)), 1e-30))
+    out: Matrix = (np.float32(1.0) - dots).astype(np.float32, copy=False)
+    return out
 
 
 def distances(vectors: Matrix, query: Matrix, metric: Metric) -> Matrix:

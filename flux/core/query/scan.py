@@ -33,43 +33,59 @@ class ExactScan:
         self._vectors = vectors
         self._norms: Matrix | None = None
 
-    def __call__(
-        self, query: Matrix, labels: Labels, k: int, cap: int, table: Table, *, sweep: bool = False
-    ) -> tuple[Labels, Matrix]:
+    def __call__(self, query: Matrix, labels: Labels, k: int, cap: int, table: Table) -> tuple[Labels, Matrix]:
         """The k nearest of ascending ``labels`` (at most ``cap`` per crowding tag when ``cap``), nearest
-        first, with their float64 distances; ``sweep``: score every row of the copy in order."""
+        first, with their float64 distances; the labels' vectors are gathered a block at a time."""
         if not len(labels):
             return labels, np.empty(0, np.float32)
-        scores = self._scores(query, labels, table, sweep)
-        # Pick a shortlist on the fast scores, then rank it on exact distances: a few spare
-        # candidates absorb the rounding of the fast ones.
+        scores = np.empty(len(labels), np.float32)
+        step = ranking.block_rows(self._backend.dimension)
+        for start in range(0, len(labels), step):
+            vectors, squared = self.gather(labels[start : start + step], table)
+            ranking.scores(vectors, squared, query, self._backend.metric, out=scores[start : start + step])
+        return self._ranked(query, labels, scores, k, cap, table)
+
+    def swept(self, query: Matrix, mask: Mask, k: int, cap: int, table: Table) -> tuple[Labels, Matrix] | None:
+        """As a call with the labels ``mask`` passes (most of them), by scoring every row of the vector
+        copy in order; None when the copy does not hold every label as it is now."""
+        copy = self._vectors
+        if copy is None or table.any_changed or len(mask) > len(copy):
+            return None
+        size = len(mask)
+        every = ranking.blocked_scores(copy[:size], self._copy_norms(copy)[:size], query, self._backend.metric)
+        np.copyto(every, np.float32(np.inf), where=~mask)  # a label that does not pass is never shortlisted
+        return self._ranked(query, None, every, k, cap, table, mask)
+
+    def _ranked(
+        self,
+        query: Matrix,
+        labels: Labels | None,
+        scores: Matrix,
+        k: int,
+        cap: int,
+        table: Table,
+        mask: Mask | None = None,
+    ) -> tuple[Labels, Matrix]:
+        """The k best of ``labels`` (None: every label, those ``mask`` passes) by their fast ``scores``,
+        ranked on exact distances: a shortlist of ``2k + 8`` absorbs the rounding of the fast scores."""
         spare = 2 * k + 8
+        tags = table.tags if labels is None else table.tags[labels]
         if cap:
-            order = _crowded_order(scores, table.tags[labels], cap, spare)
+            order = _crowded_order(scores, tags, cap, spare)
         elif len(scores) > spare:
             order = scores.argpartition(spare - 1)[:spare]
         else:
             order = np.arange(len(scores))
         order = np.sort(order)  # ascending labels, as ``gather`` takes them
-        vectors, _ = self.gather(labels[order], table)
+        chosen = order if labels is None else labels[order]
+        if mask is not None:  # fewer pass than the shortlist holds
+            chosen = chosen[mask[chosen]]
+            if not len(chosen):
+                return chosen, np.empty(0, np.float32)
+        vectors, _ = self.gather(chosen, table)
         exact = ranking.distances(vectors, query, self._backend.metric)
-        ranked = np.lexsort((labels[order], exact))[:k]  # nearest first; equal distances by label
-        return labels[order[ranked]], exact[ranked]
-
-    def _scores(self, query: Matrix, labels: Labels, table: Table, sweep: bool) -> Matrix:
-        """Fast scores of ascending ``labels``: by sweeping the whole vector copy in order (most
-        items pass), else by gathering them a block at a time."""
-        copy = self._vectors
-        metric = self._backend.metric
-        if sweep and copy is not None and not table.any_changed and labels[-1] < len(copy):
-            every = ranking.blocked_scores(copy, self._copy_norms(copy), query, metric)
-            return every[labels]
-        out = np.empty(len(labels), np.float32)
-        step = ranking.block_rows(self._backend.dimension)
-        for start in range(0, len(labels), step):
-            vectors, squared = self.gather(labels[start : start + step], table)
-            out[start : start + step] = ranking.scores(vectors, squared, query, metric)
-        return out
+        ranked = np.lexsort((chosen, exact))[:k]  # nearest first; equal distances by label
+        return chosen[ranked], exact[ranked]
 
     def gather(self, labels: Labels, table: Table) -> tuple[Matrix, Matrix]:
         """The vectors of ascending ``labels`` and their squared norms: from the copy where it is
