@@ -13,7 +13,7 @@ looks up only its candidates):
 * ``NATIVE_FILTER``: the backend's own filtered search (``Backend.search_filtered``, for a
   backend that declares ``filterable``), given the mask and a depth: how many of the nearest
   items it must take in, from the share that passes; when its answer lies beyond excluded items
-  (counted exactly from their distances), it is asked again as deep as they reach.
+  (counted from their distances), it is asked again as deep as they reach.
 * ``OVERFETCH``: ask the index for k' = 2 k / selectivity neighbours, keep those that pass
   (and the crowding cap), and ask again, deeper, until k pass within the first three quarters
   of what it returned (the tail of an approximate list is where it misses most).
