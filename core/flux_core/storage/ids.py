@@ -165,9 +165,10 @@ class Ids:
 class _Hashed:
     """Packed ids by a 64-bit hash of their bytes, in hash order, with the label of each: a batch of
     ids is found by one vectorised binary search over integers, its keys in ascending order so that
-    each search starts where the last ended, then checked byte for byte. For thousands of ids (an
-    exclusion list) that is several times faster than a binary search over the ids' bytes or a dict
-    probe per id (probes that miss the CPU's caches), and needs no map of Python strings.
+    each search starts where the last ended, then checked byte for byte. For an exclusion list that
+    is faster than a binary search over the ids' bytes (10,000 ids among 200,000, caches cold: 1.3
+    against 3.5 ms) or a dict probe per id (probes that miss the CPU's caches), and needs no map of
+    Python strings.
     """
 
     def __init__(self, by_label: np.ndarray, hash_keys: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
