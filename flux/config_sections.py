@@ -50,6 +50,14 @@ class ServerConfig(_Strict):
         description="the share of one CPU that readying a new version (checksums, warm-up, canary) takes while "
         "the index answers requests: it works in short slices and sleeps between them; 1: no pacing",
     )
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        le=1024,
+        description="malloc arenas glibc may keep in the server process: each thread that allocates gets its "
+        "own and keeps what is freed into it, so fewer hold less memory; 0: glibc's default (8 per CPU); the "
+        "MALLOC_ARENA_MAX environment variable, when set, wins",
+    )
     workers: int = Field(
         1,
         ge=1,

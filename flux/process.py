@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flux import logs
+from flux import allocator, logs
 from flux.binding import EXIT_CANNOT_BIND, CannotBind, check_bindable
 from flux.config import FluxConfig
 from flux.core.serving import preload
@@ -37,6 +37,7 @@ def serve(config: FluxConfig) -> int:
     With ``server.workers`` above 1, runs that many worker processes on one port instead.
     """
     logs.configure(config.logging.format, config.logging.level)
+    allocator.limit_arenas(config.server.malloc_arenas)  # before any handler thread allocates; workers fork
     if config.server.workers > 1:
         return _supervise(config)
     return _serve_one(config)
