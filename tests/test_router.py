@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from flux import config as flux_config
+from flux.core.query.model import MAX_EXCLUDE_IDS
 from flux.router.channels import VECTOR_SERVICE
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
@@ -384,6 +385,14 @@ def test_search_by_id_equals_one_index_on_the_exact_backend(tmp_path: Path) -> N
                 assert got.index == "small"
                 assert got.version == want.version
                 assert not got.missing_shards
+        # Exclusions at their limit: the router cannot add the item's id, and still answers as one index.
+        full = [*ids[:50], *(f"absent-{i}" for i in range(MAX_EXCLUDE_IDS - 50))]
+        for item, listed in ((ids[400], full), (ids[10], full), (ids[400], [*full[:-1], ids[400]])):
+            request = pb.SearchByIdRequest(index="small", id=item, k=10, filter=types_pb2.Filter(exclude_ids=listed))
+            got, want = stub.SearchById(request, timeout=5), single.SearchById(request, timeout=5)
+            assert list(got.neighbors.ids) == list(want.neighbors.ids)
+            assert len(got.neighbors.ids) == 10
+            assert item not in got.neighbors.ids
         with pytest.raises(grpc.RpcError) as caught:
             stub.SearchById(pb.SearchByIdRequest(index="small", id="no-such-item", k=5), timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
@@ -399,6 +408,14 @@ def test_search_by_id_on_an_index_sharded_by_crowding_tag_asks_every_shard(clust
         got = cluster.stub.SearchById(request, timeout=10)
         want = cluster.single_stub.SearchById(request, timeout=10)
         assert list(got.neighbors.ids) == list(want.neighbors.ids)
+    # A crowding cap with the exclusions at their limit: the item cannot be dropped after the merge
+    # (it would hold a place of its tag), so the router says which limit it met.
+    full = types_pb2.Filter(exclude_ids=[f"absent-{i}" for i in range(MAX_EXCLUDE_IDS)], max_per_crowding_tag=2)
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.SearchById(pb.SearchByIdRequest(index="items", id=cluster.ids[0], k=10, filter=full), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(caught.value.trailing_metadata())["flux-error-reason"] == "INVALID_FILTER"
+    assert "at most 9,999" in caught.value.details()
 
 
 def test_search_by_id_with_the_owning_shard_stopped_is_unavailable(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from flux.core.query.model import MAX_EXCLUDE_IDS
 from flux.router.channels import answer, hedged, open_channel, secure
 from flux.router.config import RoutedIndex, RouterConfig
 from flux.router.merge import Row, fill, fill_packed, merge, row_of, rows_of_packed
@@ -38,7 +39,15 @@ from flux.router.metrics import ShardMeter
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
-from flux_core.errors import FailedPrecondition, IndexNotFound, ItemNotFound, Reason, Unavailable, shown
+from flux_core.errors import (
+    FailedPrecondition,
+    IndexNotFound,
+    InvalidArgument,
+    ItemNotFound,
+    Reason,
+    Unavailable,
+    shown,
+)
 from flux_core.storage.sharded import shard_of
 
 #: A shard that ended a call with one of these did not answer: the index's policy decides.
@@ -178,14 +187,32 @@ class Router:
             routing_key=request.routing_key,
         )
         query.filter.CopyFrom(request.filter)
-        query.filter.exclude_ids.append(request.id)
+        # The item is left out by excluding its id, unless the caller's exclusions are full: then each
+        # shard is asked for one more and the item dropped from the merge (exact without a crowding
+        # cap; with one, the item would hold a place of its tag: refused, naming the limit).
+        drop_item = False
+        if request.id not in request.filter.exclude_ids:
+            if len(request.filter.exclude_ids) < MAX_EXCLUDE_IDS:
+                query.filter.exclude_ids.append(request.id)
+            elif request.filter.max_per_crowding_tag:
+                raise InvalidArgument(
+                    f"filter.exclude_ids holds {MAX_EXCLUDE_IDS:,} ids, and a router leaves the item out of a "
+                    "SearchById with a crowding cap by excluding its id too: send at most "
+                    f"{MAX_EXCLUDE_IDS - 1:,}, or the item's own id among them",
+                    field="filter.exclude_ids",
+                    reason=Reason.INVALID_FILTER,
+                )
+            else:
+                drop_item, query.k = True, request.k + 1
         got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
         if got.version != version:  # the shards answered from another version than the item's: ask it there
             vector, version = self._item_vector(served, request.id, got.version, deadline, metadata)
             query.vector.CopyFrom(vector)
             query.version = got.version
             got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
-        row = merge([None if a is None else row_of(a.neighbors) for a in got.answers], request.k)
+        row = merge([None if a is None else row_of(a.neighbors) for a in got.answers], query.k)
+        if drop_item:
+            row = _without(row, request.id, request.k)
         response = pb.SearchByIdResponse(index=request.index, version=got.version, missing_shards=got.missing)
         fill(response.neighbors, row)
         return response
@@ -378,6 +405,12 @@ def _renamed(request: _M, served: Served) -> _M:
     sent.CopyFrom(request)
     sent.index = served.config.on_shards  # type: ignore[attr-defined]
     return sent
+
+
+def _without(row: Row, item_id: str, k: int) -> Row:
+    """The first k of ``row`` other than ``item_id``; short only if it has fewer than k and the row was."""
+    kept = [(item, distance) for item, distance in zip(row.ids, row.distances, strict=True) if item != item_id][:k]
+    return Row([i for i, _ in kept], [d for _, d in kept], row.strategy, row.fewer_than_k and len(kept) < k)
 
 
 def _check_crowding(served: Served, spec: types_pb2.Filter | None, field: str) -> None:
