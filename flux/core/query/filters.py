@@ -109,6 +109,8 @@ class Planner:
         self._labels_of = labels_of
         self._exact = ExactScan(backend, vectors)
         self._native = type(backend).capabilities.filterable
+        #: A search beam (``ef``, as the backend interface names it) takes in at least the results asked for.
+        self._beam = "ef" in type(backend).search_params
         #: Filters whose narrowest allow namespace holds at most size / list_share postings are
         #: listed from the posting lists; public, like ``costs``, for tools and tests.
         self.list_share = LIST_SHARE
@@ -234,10 +236,9 @@ class Planner:
     ) -> dict[int, int]:
         """One over-fetch for every row of ``fetch`` (row -> candidates); returns the rows to fetch again."""
         available = len(self._backend)
-        beam = "ef" in type(self._backend).search_params
         groups: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
         for row, size in fetch.items():
-            fetched = min(available, with_slack(size, ks[row], params[row])) if beam else size
+            fetched = min(available, with_slack(size, ks[row], params[row])) if self._beam else size
             groups.setdefault((fetched, _key(params[row])), []).append(row)
         again: dict[int, int] = {}
         for (fetched, _), rows in groups.items():

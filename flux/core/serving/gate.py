@@ -114,11 +114,8 @@ def run(
     agreement = 1.0
     if active is not None and active.dimension == candidate.dimension:
         found = [candidate.ids.strings(row[row >= 0]) for row in labels]
-        if pacer is None:
-            current = active.search(queries, k, active.default_params)
-        else:
-            parts = _in_slices(lambda part: active.search(part, k, active.default_params), queries, pacer)
-            current = [row for part in parts for row in part]
+        parts = _in_slices(lambda part: active.search(part, k, active.default_params), queries, pacer, low=False)
+        current = [row for part in parts for row in part]
         agreement = overlap(found, current, k)
     reasons = []
     if recall < config.min_recall:
@@ -138,11 +135,11 @@ def run(
     )
 
 
-def _in_slices(search: Callable[[Matrix], T], queries: Matrix, pacer: Pacer | None) -> list[T]:
+def _in_slices(search: Callable[[Matrix], T], queries: Matrix, pacer: Pacer | None, *, low: bool = True) -> list[T]:
     """``search`` of ``queries``: SLICE_QUERIES at a time with ``pacer``'s pause after each, else in
-    one call at low priority."""
+    one call, at low priority when ``low``."""
     if pacer is None:
-        return [at_low_priority(lambda: search(queries))]
+        return [at_low_priority(lambda: search(queries)) if low else search(queries)]
     results = []
     for start in range(0, len(queries), SLICE_QUERIES):
         results.append(search(queries[start : start + SLICE_QUERIES]))
