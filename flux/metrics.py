@@ -5,7 +5,9 @@ Names follow Prometheus conventions (``flux_`` prefix, base units, ``_total`` co
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from flux.call_metrics import CallMetrics
 
 #: Latency buckets for queries: 0.1 ms to 10 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -54,18 +56,11 @@ VERSION_SWAP_SECONDS = Histogram(
     ["index"],
     buckets=LATENCY_BUCKETS,
 )
-# Calls, recorded by flux.api.observability. method: "flux_api.v1.VectorService/Search" or
+# Calls, recorded by flux.api.observability: flux_requests_total, flux_request_seconds and
+# flux_requests_in_flight (flux.call_metrics). method: "flux_api.v1.VectorService/Search" or
 # "unknown"; index: a configured index or alias, else "".
-REQUEST_SECONDS = Histogram(
-    "flux_request_seconds",
-    "Time from the first interceptor to the answer, per method and index.",
-    ["method", "index"],
-    buckets=LATENCY_BUCKETS,
-)
-REQUESTS = Counter(
-    "flux_requests_total", "Calls answered, per method, index and status code.", ["method", "index", "code"]
-)
-REQUESTS_IN_FLIGHT = Gauge("flux_requests_in_flight", "Calls being handled now.")
+CALLS = CallMetrics(LATENCY_BUCKETS)
+REGISTRY.register(CALLS)
 # The router (flux.router.metrics). index: a logical index of the router's config; shard: the shard's
 # name in answers and errors (shard-00002-of-00004); code: a status code name. All bounded by the config.
 ROUTER_SHARD_SECONDS = Histogram(

@@ -58,7 +58,7 @@ _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\
 def _definitions() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Every metric family the code defines: name -> (type, label names), from its constructor calls."""
     kinds = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram", "Summary": "summary"}
-    kinds |= {"GaugeMetricFamily": "gauge", "CounterMetricFamily": "counter"}
+    kinds |= {"GaugeMetricFamily": "gauge", "CounterMetricFamily": "counter", "HistogramMetricFamily": "histogram"}
     found: dict[str, tuple[str, tuple[str, ...]]] = {}
     for path in sorted((REPO / "flux").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2
 from flux import callcontext
 from flux.api.errors import status
 from flux.api.health_service import HealthService
+from flux.api.wrapping import Gate
 from flux_core.errors import Code, Reason
 
 
@@ -93,7 +94,7 @@ def required_role(method: str) -> Role | None:
     return SERVICE_ROLES.get(service, Role.ADMIN)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(Gate):
     """Refuses a call with UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (role too low).
 
     ``shapes`` gives the (request streaming, response streaming) shape of known methods, so
@@ -105,13 +106,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._shapes = dict(shapes)
         self._roles = {method: required_role(method) for method in shapes}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+    def refusal(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method
         needed = self._roles[method] if method in self._roles else required_role(method)
         if needed is None:
-            return continuation(details)
+            return None
         token = self._tokens.match(details.invocation_metadata)
         if token is None:
             return self._refusal(
@@ -136,7 +135,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     metadata={"role": token.role.name.lower(), "required_role": needed.name.lower()},
                 ),
             )
-        return continuation(details)
+        return None
 
     def _refusal(self, method: str, refusal: grpc.Status) -> grpc.RpcMethodHandler:
         def refuse(request: Any, context: grpc.ServicerContext, *_: Any) -> Any:

@@ -18,14 +18,14 @@ from typing import Any
 import grpc
 
 from flux.api.errors import status
-from flux.api.wrapping import WrappingInterceptor
+from flux.api.wrapping import Layer
 from flux.core.query import deadline
 from flux_core.errors import Code, Reason
 
 _LATE = status(Code.DEADLINE_EXCEEDED, "the deadline passed before the call could start", Reason.DEADLINE_EXCEEDED)
 
 
-class DeadlineInterceptor(WrappingInterceptor):
+class DeadlineInterceptor(Layer):
     """Checks ``context.time_remaining()`` before a unary-request handler starts."""
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

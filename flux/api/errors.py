@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from flux import callcontext
-from flux.api.wrapping import WrappingInterceptor
+from flux.api.wrapping import Layer
 from flux_core.errors import (
     DOMAIN,
     Code,
@@ -224,12 +224,12 @@ def request_index(request: Any) -> str:
     return name if isinstance(name, str) else ""
 
 
-class ErrorInterceptor(WrappingInterceptor):
+class ErrorInterceptor(Layer):
     """Wraps every handler that answers once (unary, client stream) so that raised exceptions become statuses,
     and every bidirectional stream so that each failed query (``QueryFailed``) gets the status of its own.
 
-    gRPC asks the interceptor for the handler on every call; the wrapped handler of each
-    method is built once and remembered (``WrappingInterceptor``), so a call allocates nothing here.
+    The wrapped handler of each method is built once and reused (``flux.api.wrapping``), so a
+    call allocates nothing here.
     ``limits`` gives the server limit behind a reason (``K_OUT_OF_RANGE``: max_k), sent as the
     ``limit`` metadata of its ErrorInfo.
     """

@@ -1,4 +1,4 @@
-"""The server's interceptors, outermost first, chosen from the config.
+"""The server's interceptors, outermost first, chosen from the config, run as one (``flux.api.wrapping``).
 
 1. tracing (``tracing.enabled``): a span per call, joined to the caller's trace;
 2. observability: request id, metrics, request log (sees refusals by the ones below), and
@@ -25,6 +25,7 @@ from flux.api.errors import ErrorInterceptor
 from flux.api.malformed import MalformedRequestInterceptor
 from flux.api.observability import ObservabilityInterceptor
 from flux.api.streams import StreamLimitInterceptor
+from flux.api.wrapping import Gate, Interceptors, Layer
 from flux.config import FluxConfig
 from flux.core.query.filters import MAX_EXCLUDE_IDS
 from flux_core.errors import Reason
@@ -41,8 +42,9 @@ def method_shapes(services: Iterable[str]) -> dict[str, tuple[bool, bool]]:
 
 
 def chain(config: FluxConfig, *, services: Iterable[str], indexes: Collection[str]) -> list[grpc.ServerInterceptor]:
+    """The interceptors of a server serving ``services`` (full names) with ``indexes`` (names and aliases)."""
     shapes = method_shapes(services)
-    interceptors: list[grpc.ServerInterceptor] = []
+    interceptors: list[Layer | Gate] = []
     if config.tracing.enabled:
         from flux.api.tracing import TracingInterceptor
 
@@ -65,7 +67,7 @@ def chain(config: FluxConfig, *, services: Iterable[str], indexes: Collection[st
         MalformedRequestInterceptor(shapes),
         ErrorInterceptor(shapes, limits(config)),
     ]
-    return interceptors
+    return [Interceptors(interceptors, shapes)]
 
 
 def limits(config: FluxConfig) -> dict[str, int]:

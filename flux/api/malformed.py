@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from flux.api.errors import status
-from flux.api.wrapping import WrappingInterceptor, answers_by_callback
+from flux.api.wrapping import Layer, answers_by_callback
 from flux_core.errors import Code, Reason
 
 
@@ -25,7 +25,7 @@ class _Malformed:
         self.error = error
 
 
-class MalformedRequestInterceptor(WrappingInterceptor):
+class MalformedRequestInterceptor(Layer):
     wraps_callbacks = True  # the health Watch's request is checked too
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -28,11 +28,10 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Histogram
 
 from flux import callcontext, metrics
 from flux.api.errors import to_status
-from flux.api.wrapping import WrappingInterceptor, ended_with
+from flux.api.wrapping import Layer, ended_with
 from flux_core.errors import ResponseTooLarge
 
 log = logging.getLogger("flux.requests")
@@ -40,7 +39,7 @@ log = logging.getLogger("flux.requests")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-class ObservabilityInterceptor(WrappingInterceptor):
+class ObservabilityInterceptor(Layer):
     """Times each call and counts it by method, index and status code; logs it when ``log_requests``."""
 
     def __init__(
@@ -50,7 +49,6 @@ class ObservabilityInterceptor(WrappingInterceptor):
         self._indexes = frozenset(indexes)
         self._log_requests = log_requests
         self._max_response_bytes = max_response_bytes  # gRPC's max send message length; 0: not checked here
-        self._series: dict[tuple[str, str], tuple[Histogram, dict[str, Counter]]] = {}
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         label = method.lstrip("/") if method in self.methods else "unknown"  # a made-up name adds no series
@@ -72,7 +70,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
             callcontext.request_id.set(request_id)
             index = getattr(request, "index", None) or getattr(request, "name", "")
             index = index if index in self._indexes else ""
-            metrics.REQUESTS_IN_FLIGHT.inc()
+            metrics.CALLS.started()
             try:
                 result = behaviour(request, context)
                 if not streams:
@@ -131,17 +129,8 @@ class ObservabilityInterceptor(WrappingInterceptor):
         self, context: grpc.ServicerContext, method: str, index: str, request_id: str, started: float, *, failed: bool
     ) -> None:
         seconds = time.perf_counter() - started
-        metrics.REQUESTS_IN_FLIGHT.dec()
         code = ended_with(context, failed=failed).name
-        series = self._series.get((method, index))
-        if series is None:
-            series = self._series[(method, index)] = (metrics.REQUEST_SECONDS.labels(method, index), {})
-        histogram, counters = series
-        histogram.observe(seconds)
-        counter = counters.get(code)
-        if counter is None:
-            counter = counters[code] = metrics.REQUESTS.labels(method, index, code)
-        counter.inc()
+        metrics.CALLS.finished(method, index, code, seconds)
         context.set_trailing_metadata((*(context.trailing_metadata() or ()), (callcontext.REQUEST_ID_KEY, request_id)))
         if self._log_requests:
             log.info(

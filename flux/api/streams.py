@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 
 from flux.api.errors import status
-from flux.api.wrapping import WrappingInterceptor
+from flux.api.wrapping import Layer
 from flux_core.errors import Code, Reason
 
 
-class StreamLimitInterceptor(WrappingInterceptor):
+class StreamLimitInterceptor(Layer):
     """Admits at most ``limit`` streaming calls at once; unary calls pass as they are."""
 
     def __init__(self, methods: Collection[str], limit: int) -> None:

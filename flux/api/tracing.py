@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from flux import callcontext
-from flux.api.wrapping import WrappingInterceptor, ended_with
+from flux.api.wrapping import Layer, ended_with
 from flux.config import TracingConfig
 from flux_core.errors import ConfigError
 
@@ -45,7 +45,7 @@ def _set_up_provider(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
-class TracingInterceptor(WrappingInterceptor):
+class TracingInterceptor(Layer):
     def __init__(
         self, settings: TracingConfig, shapes: Mapping[str, tuple[bool, bool]], indexes: Collection[str]
     ) -> None:
