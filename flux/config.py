@@ -25,9 +25,9 @@ from flux.config_sections import (
     LimitsConfig,
     LoggingConfig,
     ServerConfig,
+    Strict,
     TLSConfig,
     TracingConfig,
-    _Strict,
 )
 from flux.router.config import RouterConfig
 from flux_core.errors import ConfigError
@@ -36,7 +36,7 @@ from flux_core.storage import confine
 __all__ = ["FluxConfig", "IndexConfig", "TLSConfig", "TracingConfig", "load", "parse", "with_environment"]
 
 
-class FluxConfig(_Strict):
+class FluxConfig(Strict):
     """The whole configuration file."""
 
     server: ServerConfig = ServerConfig()

@@ -23,17 +23,20 @@ from flux_core.backend import Metric
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
+    """``value`` when it is a valid index, alias or shard-group name (the config's and the router's)."""
     if not _NAME.match(value):
         raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return value
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A config section: unknown keys are errors, and the parsed section cannot change."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     """Where and how the gRPC server listens."""
 
     host: str = "127.0.0.1"
@@ -105,7 +108,7 @@ class ServerConfig(_Strict):
         return max(1, self.threads // 2) if self.max_streams is None else self.max_streams
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(Strict):
     """Request limits; a request beyond them gets INVALID_ARGUMENT or RESOURCE_EXHAUSTED."""
 
     max_k: int = Field(1024, ge=1, le=100_000)
@@ -125,7 +128,7 @@ class LimitsConfig(_Strict):
     )
 
 
-class VersionsConfig(_Strict):
+class VersionsConfig(Strict):
     """Which versions of an index to serve: the newest, or an explicit list."""
 
     policy: Literal["latest", "specific"] = "latest"
@@ -141,7 +144,7 @@ class VersionsConfig(_Strict):
         return self
 
 
-class GateSettings(_Strict):
+class GateSettings(Strict):
     """The activation gate a new version must pass before it answers queries."""
 
     warmup_queries: int = Field(32, ge=0, le=100_000)
@@ -151,7 +154,7 @@ class GateSettings(_Strict):
     min_overlap: float = Field(0.0, ge=0, le=1, description="overlap@k with the version being replaced")
 
 
-class WritesConfig(_Strict):
+class WritesConfig(Strict):
     """Upserts and deletes through WriteService, made durable by a write-ahead log (docs/writes.md)."""
 
     enabled: bool = False
@@ -163,7 +166,7 @@ class WritesConfig(_Strict):
     )
 
 
-class IndexConfig(_Strict):
+class IndexConfig(Strict):
     """One index to serve.
 
     ``path`` is a source directory holding one artifact per version (``<path>/<version>/``),
@@ -185,7 +188,7 @@ class IndexConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return _check_name(value)
+        return check_name(value)
 
     @model_validator(mode="after")
     def _writes_follow_the_newest_version(self) -> IndexConfig:
@@ -223,13 +226,13 @@ class IndexConfig(_Strict):
         )
 
 
-class ArmConfig(_Strict):
+class ArmConfig(Strict):
     index: str
     weight: float = Field(100.0, gt=0)
     version: int = Field(0, ge=0, description="0: the index's active version")
 
 
-class AliasConfig(_Strict):
+class AliasConfig(Strict):
     """A stable name routing to one or two indexes (an experiment), split by weight."""
 
     name: str
@@ -238,10 +241,10 @@ class AliasConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return _check_name(value)
+        return check_name(value)
 
 
-class TLSConfig(_Strict):
+class TLSConfig(Strict):
     """TLS on the gRPC port; with ``client_ca_file``, mutual TLS (clients must present a certificate)."""
 
     cert_file: Path = Field(description="PEM certificate chain of the server")
@@ -249,7 +252,7 @@ class TLSConfig(_Strict):
     client_ca_file: Path | None = Field(None, description="PEM CA certificates that sign client certificates")
 
 
-class TokenConfig(_Strict):
+class TokenConfig(Strict):
     """A bearer token, by its SHA-256 digest (``flux token hash``); the token itself is never configured."""
 
     name: str = Field(description="names the token in logs and errors")
@@ -259,10 +262,10 @@ class TokenConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return _check_name(value)
+        return check_name(value)
 
 
-class AuthConfig(_Strict):
+class AuthConfig(Strict):
     """Token authentication: on when at least one token is listed."""
 
     tokens: list[TokenConfig] = Field(default_factory=list)
@@ -282,7 +285,7 @@ class AuthConfig(_Strict):
         return self
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     format: Literal["text", "json"] = Field("text", description="json: one JSON object per line on stderr")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
         None, description="default: $FLUX_LOG_LEVEL, else INFO"
@@ -290,6 +293,6 @@ class LoggingConfig(_Strict):
     requests: bool = Field(False, description="one record per call: request id, method, index, code, latency")
 
 
-class TracingConfig(_Strict):
+class TracingConfig(Strict):
     enabled: bool = Field(False, description="OpenTelemetry spans per call (the tracing extra)")
     service_name: str = "flux"

@@ -10,28 +10,16 @@ certificate of its own to shards that require one.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from flux.config_sections import Strict, check_name
 from flux_core.storage.sharded import shard_name
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return value
-
-
-class RetryConfig(_Strict):
+class RetryConfig(Strict):
     """gRPC's own retries to a shard's other replicas (the channel's service config ``retryPolicy``)."""
 
     max_attempts: int = Field(3, ge=1, le=5, description="attempts per shard call, the first included; 1: no retry")
@@ -39,7 +27,7 @@ class RetryConfig(_Strict):
     max_backoff_seconds: float = Field(0.2, gt=0, le=60)
 
 
-class HedgingConfig(_Strict):
+class HedgingConfig(Strict):
     """A second call to a shard (the next replica, round-robin) when the first has not answered after ``delay``.
 
     The first answer wins and the other call is cancelled. Off by default: it costs a second search
@@ -51,7 +39,7 @@ class HedgingConfig(_Strict):
     delay_seconds: float = Field(0.05, gt=0, le=60)
 
 
-class ShardTLSConfig(_Strict):
+class ShardTLSConfig(Strict):
     """TLS from the router to every shard: the shards' certificates checked against ``ca_file``; with
     ``cert_file`` and ``key_file``, the router presents its own, for shards that require a client
     certificate (their ``tls.client_ca_file``). The files are PEM, as in the server's ``tls`` section."""
@@ -72,7 +60,7 @@ class ShardTLSConfig(_Strict):
         return self
 
 
-class RoutedIndex(_Strict):
+class RoutedIndex(Strict):
     """One logical index served over shard groups."""
 
     name: str = Field(description="the name callers use")
@@ -97,12 +85,12 @@ class RoutedIndex(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return _check_name(value)
+        return check_name(value)
 
     @field_validator("shard_index")
     @classmethod
     def _valid_shard_index(cls, value: str) -> str:
-        return _check_name(value) if value else value
+        return check_name(value) if value else value
 
     @field_validator("shards")
     @classmethod
@@ -128,7 +116,7 @@ class RoutedIndex(_Strict):
         return [shard_name(i, self.shard_count) for i in range(self.shard_count)]
 
 
-class RouterConfig(_Strict):
+class RouterConfig(Strict):
     """A router: serves VectorService for logical indexes split over shard servers (docs/scale.md)."""
 
     indexes: list[RoutedIndex] = Field(min_length=1)
