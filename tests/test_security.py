@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from flux import config as flux_config
 from flux.api.auth import hash_token
@@ -196,6 +197,34 @@ def test_no_token_or_an_unknown_token_is_unauthenticated(
                 channel.unary_unary("/flux_api.v1.AdminService/ListIndexes")(b"", metadata=metadata, timeout=10)
             assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
             assert "authorization: Bearer <token>" in caught.value.details()
+
+
+def test_a_refused_call_is_counted_and_logged_and_refused_before_its_bytes_are_judged(
+    auth_server: FluxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Auth sits inside the metrics and the request log, and outside the malformed-request check."""
+    method = "flux_api.v1.VectorService/Search"
+
+    def counted(code: str) -> float:
+        return REGISTRY.get_sample_value("flux_requests_total", {"method": method, "index": "", "code": code}) or 0
+
+    before = counted("UNAUTHENTICATED")
+    caplog.set_level(logging.INFO, logger="flux.requests")
+    with support.channel_to(auth_server) as channel:
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as caught:  # bytes that are no SearchRequest, and no token
+                channel.unary_unary(f"/{method}")(b"\xff\xff", timeout=10)
+            assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:  # with a token, the same bytes reach the check
+            channel.unary_unary(f"/{method}")(b"\xff\xff", metadata=_bearer("reader"), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert counted("UNAUTHENTICATED") - before == 2
+    logged = [r.__dict__ for r in caplog.records if r.name == "flux.requests" and r.__dict__.get("method") == method]
+    assert [(r["code"], r["principal"]) for r in logged[-3:]] == [
+        ("UNAUTHENTICATED", ""),
+        ("UNAUTHENTICATED", ""),
+        ("INVALID_ARGUMENT", "reader-1"),
+    ]
 
 
 def test_unknown_methods_need_admin_and_health_and_reflection_stay_open(auth_server: FluxServer) -> None:
