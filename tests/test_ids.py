@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flux_api.v1 import types_pb2
-from flux_core.storage.ids import Ids, _Hashed, packed
+from flux_core.storage.ids import Ids, _hash, _Hashed, packed
 
 
 def test_ids_of_similar_length_are_packed_into_far_less_memory_than_strings() -> None:
@@ -67,6 +67,7 @@ def test_packed_labels_are_found_exactly_whatever_the_ids_look_like() -> None:
     longer = ["track:100", "track:10x", "track:1\0", "a\0", "", "track:" + "9" * 40]
     assert ids.labels(longer).tolist() == []
     assert ids.labels([*longer, "track:2", "track:1"]).tolist() == [5, 0]
+    assert ids.labels(["\ud800", "a", "track:\udfff"]).tolist() == [4]  # a lone surrogate is no UTF-8 id
 
 
 def test_labels_follow_writes_to_packed_ids() -> None:
@@ -86,6 +87,8 @@ def test_ids_that_share_a_hash_are_told_apart_by_their_bytes() -> None:
     for weak in (
         lambda keys: np.zeros(len(keys), np.uint64),  # every id in one run
         lambda keys: keys.view(np.uint8).reshape(len(keys), -1)[:, -9].astype(np.uint64),  # runs by one byte
+        lambda keys: _hash(keys) >> np.uint64(40),  # one run, in which the low bits tell ids apart
+        lambda keys: _hash(keys) & np.uint64(0xFFFF << 48),  # homes apart, every slot's low bits alike
     ):
         hashed = _Hashed(by_label, hash_keys=weak)
         assert hashed.find(wanted).tolist() == expected
@@ -100,3 +103,20 @@ def test_hashed_lookup_agrees_with_a_dict() -> None:
     wanted = [stored[i] for i in rng.integers(len(stored), size=2_000)] + [f"x{i}" for i in range(500)]
     wanted = [wanted[i] for i in rng.permutation(len(wanted))]
     assert ids.labels(wanted).tolist() == [by_id[w] for w in wanted if w in by_id]
+
+
+def test_a_run_that_passes_the_last_home_slot_spills_past_it_and_is_still_walked() -> None:
+    """Runs spill into slots after the last home instead of wrapping round: no walk may run off the end."""
+    stored = [f"track:{i}" for i in range(40)]
+    hashed = _Hashed(packed(stored), hash_keys=lambda keys: _hash(keys) | np.uint64(0xFFFF << 48))
+    last_home = int(np.uint64(2**64 - 1) >> hashed.shift)
+    assert np.count_nonzero(hashed.table[last_home + 1 :]) == len(stored) - 1  # all but one beyond the homes
+    assert hashed.find([*reversed(stored), "track:40", "track:"]).tolist() == list(reversed(range(len(stored))))
+
+
+def test_every_label_fits_its_slot_at_table_sizes_around_powers_of_two() -> None:
+    """The label field is as wide as the count of ids needs: the largest label is the one cut first."""
+    for count in (1, 2, 3, 4, 7, 8, 9, 255, 256, 257):
+        stored = [f"id-{i}" for i in range(count)]
+        hashed = _Hashed(packed(stored))
+        assert hashed.find([*reversed(stored), "id-x", "id-", ""]).tolist() == list(reversed(range(count)))

@@ -80,8 +80,8 @@ class Ids:
         """The labels of those of ``ids`` the index holds, in their order; the others are left out.
 
         An exclusion list of thousands of ids is looked up on every query that carries it: packed
-        ids that no write has changed are found by one binary search over their sorted hashes
-        (``_Hashed``), others by mapping the dict's ``get`` over them in C.
+        ids that no write has changed are found in a hash table of integers (``_Hashed``), others
+        by mapping the dict's ``get`` over them in C.
         """
         if self._by_label.dtype.kind == "S" and not self._released:  # an added id unpacks the array
             return self._hashed_ids().find(ids if isinstance(ids, list | tuple) else list(ids))
@@ -163,12 +163,21 @@ class Ids:
 
 
 class _Hashed:
-    """Packed ids by a 64-bit hash of their bytes, in hash order, with the label of each: a batch of
-    ids is found by one vectorised binary search over integers, its keys in ascending order so that
-    each search starts where the last ended, then checked byte for byte. For an exclusion list that
-    is faster than a binary search over the ids' bytes (10,000 ids among 200,000, caches cold: 1.3
-    against 3.5 ms) or a dict probe per id (probes that miss the CPU's caches), and needs no map of
-    Python strings.
+    """Packed ids in an open-addressing hash table of integers: a batch of ids is found by a few
+    vectorised gathers, about one random memory access per id, then checked byte for byte. For an
+    exclusion list that is faster than a binary search over sorted hashes (10,000 ids among 200,000,
+    caches cold: about 1.1 against 1.9 ms) or a dict probe per id (probes that miss the CPU's caches), and
+    needs no map of Python strings.
+
+    Each slot holds an id's label plus one (0: empty) in its low bits, as few as the count of ids
+    needs, and the low bits of its 64-bit hash in the rest. An id lives in the first free slot from
+    the one its hash's high bits name (its home); the ids are placed in home order, so a run that
+    passes the last home spills into slots appended after it rather than wrapping round, and the
+    table ends with an empty slot at which every walk stops.
+    Memory per stored id: 8 bytes a slot at 1.5 to 3 slots an id (21 bytes for 200,000 ids; the
+    sorted hashes and their order took 16). Checking the bytes against ``by_label`` rather than a
+    copy of the ids as 64-bit words costs 0.1 ms more for 10,000 ids and saves 16 bytes an id.
+    Building it for 200,000 ids takes about 10 ms.
     """
 
     def __init__(self, by_label: np.ndarray, hash_keys: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
@@ -177,37 +186,49 @@ class _Hashed:
         # At least one byte wider than any stored id (a longer id, cut to this width, still matches
         # none), and whole 64-bit words, so that the keys' bytes are hashed as they lie.
         self.width = (by_label.dtype.itemsize // 8 + 1) * 8
-        hashes = self.hash_keys(by_label.astype(f"S{self.width}"))
-        self.order = np.argsort(hashes, kind="stable")
-        self.hashes = hashes[self.order]
+        padded = by_label.astype(f"S{self.width}")
+        bits = max(len(by_label) * 3 // 2 - 1, 1).bit_length()
+        self.shift = np.uint64(64 - bits)
+        self.label_bits = np.uint64(len(by_label).bit_length())
+        self.label_mask = np.uint64((1 << len(by_label).bit_length()) - 1)
+        hashes = self.hash_keys(padded)
+        order = np.argsort(hashes)
+        rank = np.arange(len(by_label))
+        at = rank + np.maximum.accumulate((hashes[order] >> self.shift).astype(np.int64) - rank)
+        self.table = np.zeros(max(1 << bits, int(at.max(initial=0)) + 1) + 1, np.uint64)
+        self.table[at] = (hashes[order] << self.label_bits) | (order.astype(np.uint64) + np.uint64(1))
 
     def find(self, wanted: Sequence[str]) -> Labels:
         if "\0" in "".join(wanted):  # numpy drops trailing NULs; no packed id holds one (``packed``)
             wanted = [item_id for item_id in wanted if "\0" not in item_id]
-        if not wanted or not len(self.hashes):
+        if not wanted or not len(self.by_label):
             return np.empty(0, np.int64)
         try:
             keys = np.array(wanted, dtype=f"S{self.width}")  # numpy encodes str as ASCII
-        except UnicodeEncodeError:
-            keys = np.array([item_id.encode() for item_id in wanted], dtype=f"S{self.width}")
-        by_hash = np.argsort(hashes := self.hash_keys(keys))
-        hashes, keys = hashes[by_hash], keys[by_hash]
-        at = np.searchsorted(self.hashes, hashes)
-        found = np.full(len(keys), -1, np.int64)
-        # Stored ids that share a hash lie side by side: walk each key along its run until its bytes
-        # match (a second round is all but never needed with 64-bit hashes).
-        pending = np.arange(len(keys))
-        while len(pending := pending[at[pending] < len(self.hashes)]):
-            pending = pending[self.hashes[at[pending]] == hashes[pending]]
-            labels = self.order[at[pending]]
-            same = self.by_label[labels] == keys[pending]
-            found[pending[same]] = labels[same]
-            pending = pending[~same]
-            at[pending] += 1
-        held = np.empty(len(keys), np.int64)
-        held[by_hash] = found  # back in the order asked
-        out: Labels = held[held >= 0]
+        except UnicodeEncodeError:  # a lone surrogate cannot be held: its bytes are not UTF-8
+            keys = np.array([item_id.encode("utf-8", "surrogatepass") for item_id in wanted], f"S{self.width}")
+        hashes = self.hash_keys(keys)
+        tags = hashes << self.label_bits
+        slots, labels = self._walk(tags, (hashes >> self.shift).astype(np.intp))
+        rows = np.arange(len(keys))
+        # Ids whose hashes share their low bits are told apart here; a second round is all but never
+        # needed with 64-bit hashes.
+        while len(rows := rows[labels[rows] >= 0]):
+            rows = rows[self.by_label[labels[rows]] != keys[rows]]
+            slots[rows], labels[rows] = self._walk(tags[rows], slots[rows] + 1)
+        out: Labels = labels[labels >= 0]
         return out
+
+    def _walk(self, tags: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, Labels]:
+        """From each of ``slots`` on, the first slot that holds ``tags`` or nothing, and its label (or -1)."""
+        entries = self.table[slots]
+        pending = np.flatnonzero((entries != 0) & ((entries & ~self.label_mask) != tags))
+        while len(pending):
+            slots[pending] += 1
+            entries[pending] = self.table[slots[pending]]
+            pending = pending[(entries[pending] != 0) & ((entries[pending] & ~self.label_mask) != tags[pending])]
+        labels: Labels = (entries & self.label_mask).astype(np.int64) - 1
+        return slots, labels
 
 
 def _hash(keys: np.ndarray) -> np.ndarray:
