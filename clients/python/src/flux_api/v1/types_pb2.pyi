@@ -32,8 +32,9 @@ class _SearchStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Search
     SEARCH_STRATEGY_EXACT_SCAN: _SearchStrategy.ValueType  # 2
     """An exact scan of the items that pass the filter (few items pass)."""
     SEARCH_STRATEGY_NATIVE_FILTER: _SearchStrategy.ValueType  # 3
-    """The backend's own filtered search. Reserved: no backend offers one that
-    beats the other strategies yet, so no server sets it today.
+    """The backend's own filtered search, for a backend that filters inside it
+    (faiss, faiss-ivf), taking in as many items as the filter's share of
+    passing items and the excluded items near the query call for.
     """
     SEARCH_STRATEGY_OVERFETCH: _SearchStrategy.ValueType  # 4
     """The backend's index asked for more than k, growing until k items pass
@@ -52,8 +53,9 @@ SEARCH_STRATEGY_INDEX: SearchStrategy.ValueType  # 1
 SEARCH_STRATEGY_EXACT_SCAN: SearchStrategy.ValueType  # 2
 """An exact scan of the items that pass the filter (few items pass)."""
 SEARCH_STRATEGY_NATIVE_FILTER: SearchStrategy.ValueType  # 3
-"""The backend's own filtered search. Reserved: no backend offers one that
-beats the other strategies yet, so no server sets it today.
+"""The backend's own filtered search, for a backend that filters inside it
+(faiss, faiss-ivf), taking in as many items as the filter's share of
+passing items and the excluded items near the query call for.
 """
 SEARCH_STRATEGY_OVERFETCH: SearchStrategy.ValueType  # 4
 """The backend's index asked for more than k, growing until k items pass
