@@ -17,7 +17,7 @@ from tests import support
 # The Beam tests run in .venv-beam (`make pytest` runs them there with --noconftest): Beam needs protobuf<7.
 collect_ignore = ["test_beam.py"]
 
-BACKENDS = ("exact", "hnsw", "annoy", "voyager")  # every in-tree backend, served through gRPC
+BACKENDS = ("exact", "hnsw", "annoy", "voyager", "faiss", "faiss-ivf")  # every in-tree backend, served through gRPC
 METRICS = ("l2", "cosine", "ip")
 # Annoy's default search_k (n_trees * k) trades recall for speed; served indexes set their own.
 SEARCH_PARAMS = {"annoy": {"search_k": 2000}}

@@ -45,15 +45,25 @@ def test_get_index_reports_the_artifact(admin_stub: AdminServiceStub, backend: s
         "hnsw": {"M": 16, "ef_construction": 200, "seed": 100},
         "annoy": {"n_trees": 32, "seed": 42},
         "voyager": {"M": 16, "ef_construction": 200, "seed": 1},
+        "faiss": {"M": 16, "ef_construction": 200, "seed": 12345},
+        "faiss-ivf": {"nlist": 0, "seed": 1234},
     }
     assert build_params == expected_build[backend]
     # annoy's from the config
-    expected_search = {"exact": {}, "hnsw": {"ef": 64}, "annoy": {"search_k": 2000}, "voyager": {"ef": 64}}
+    expected_search = {
+        "exact": {},
+        "hnsw": {"ef": 64},
+        "annoy": {"search_k": 2000},
+        "voyager": {"ef": 64},
+        "faiss": {"ef": 64},
+        "faiss-ivf": {"nprobe": 8},
+    }
     assert dict(info.default_search_params) == expected_search[backend]
     assert info.capabilities.thread_safe_search
     assert info.capabilities.mmap_load == (backend in {"annoy", "exact"})
     stats = json_format.MessageToDict(info.stats)
     libraries = {"exact": "numpy", "hnsw": "hnswlib", "annoy": "annoy", "voyager": "voyager"}
+    libraries |= {"faiss": "faiss-cpu", "faiss-ivf": "faiss-cpu"}
     assert stats["library"].split()[0] == libraries[backend]
     assert stats["artifact_bytes"] > 0
 

@@ -25,7 +25,7 @@ from flux_core.storage.attributes import ItemAttributes
 from tests import support
 
 N, DIM, K = 10_000, 16, 10
-BACKENDS = ("hnsw", "annoy", "faiss")
+BACKENDS = ("hnsw", "annoy", "faiss", "faiss-ivf")
 BUCKETS = 200
 
 

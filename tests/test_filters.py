@@ -23,7 +23,7 @@ from flux_core.storage.attributes import ItemAttributes
 from tests import support
 
 N, DIM, K = 4000, 16, 10
-BACKENDS = ("exact", "hnsw", "annoy", "faiss")
+BACKENDS = ("exact", "hnsw", "annoy", "faiss", "faiss-ivf")
 GENRES, MARKETS = 100, 5
 
 
@@ -213,7 +213,7 @@ def test_an_empty_filter_is_no_filter(stub: VectorServiceStub, catalog: Catalog)
     assert empty.neighbors.strategy == types_pb2.SEARCH_STRATEGY_INDEX
 
 
-@pytest.mark.parametrize("backend", ["exact", "hnsw", "faiss"])
+@pytest.mark.parametrize("backend", ["exact", "hnsw", "faiss", "faiss-ivf"])
 def test_batch_search_gives_each_query_its_own_filter(stub: VectorServiceStub, catalog: Catalog, backend: str) -> None:
     rng = np.random.default_rng(2)
     queries = catalog.queries[:6]
@@ -373,5 +373,8 @@ def test_the_cost_model_is_fixed_and_holds_for_scans_of_any_size() -> None:
     # faiss's bounded beam grows faster than linearly: deep push-downs lose to a scan.
     faiss = Costs.of("faiss", 64, copy=True)
     assert faiss.native(1_500, size) < faiss.scan(size - 1_000, size) < faiss.native(15_000, size)
+    # An inverted file's scan grows with the depth alone: leaving out 10,000 nearest items is pushed down.
+    ivf = Costs.of("faiss-ivf", 64, copy=True)
+    assert ivf.native(15_000, size) < ivf.scan(size - 10_000, size) / 3
     # Without the vector copy, every scanned item is a call into the backend.
     assert Costs.of("hnsw", 64, copy=False).scan(2_000, size) > 10 * small

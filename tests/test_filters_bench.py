@@ -19,6 +19,8 @@ from flux_bench.filters_workload import EXCLUDED_NEAREST, EXCLUDED_OF, SELECTIVI
 COUNT = 10_000
 EXCLUDED = {exclusion_name(count * COUNT // EXCLUDED_OF) for count in EXCLUDED_NEAREST}
 FILTERS = {f"{s:.1%}" for s in SELECTIVITIES} | {"mixed"} | EXCLUDED
+#: The backends that filter inside their own search (push-down).
+NATIVE = {"faiss", "faiss-ivf"}
 
 
 def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -30,7 +32,7 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
 
     results = json.loads(out.read_text())
     rows = results["rows"]
-    for backend in ("hnsw", "annoy", "faiss"):
+    for backend in NATIVE | {"hnsw", "annoy"}:
         flux = {r["scenario"]: r for r in rows if r["backend"] == backend and r["who"] == "flux"}
         assert set(flux) == FILTERS | {"none"}
         for name in FILTERS:
@@ -44,8 +46,9 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
         for wanted in SELECTIVITIES:
             assert abs(selectivity[f"{wanted:.1%}"] - wanted) <= wanted * 0.25
     assert {r["who"] for r in rows if r["backend"] == "hnsw"} == {"flux", "flux-grpc", "library", "library-filter"}
-    assert sum(r["strategies"].get("native_filter", 0) for r in rows if r["backend"] == "faiss") > 0
-    assert not any("native_filter" in r["strategies"] for r in rows if r["backend"] != "faiss")
+    for backend in NATIVE:
+        assert sum(r["strategies"].get("native_filter", 0) for r in rows if r["backend"] == backend) > 0
+    assert not any("native_filter" in r["strategies"] for r in rows if r["backend"] not in NATIVE)
     names = {(t["backend"], t["name"]) for t in results["targets"]}
     assert ("hnsw", "p50 at 1% / unfiltered (flux)") in names
     for wanted in SELECTIVITIES:  # token filters on hnsw: a latency line per selectivity, in-process and served

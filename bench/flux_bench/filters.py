@@ -9,7 +9,8 @@ items. Every query then gets its own random filter, and is answered one per call
 * ``flux``: Flux's search path in-process (``ServedIndex``, the planner included), and
 * ``flux-grpc``: a Flux server in another process, through its Search RPC, and
 * ``library``: the library in-process, for hnswlib also with its own ``filter`` callable, for
-  faiss with its own ``IDSelectorBitmap`` at its default beam.
+  faiss (HNSW and inverted file) with its own ``IDSelectorBitmap`` at the backend's default
+  beam or lists.
 
 Recall@k is measured against exact filtered search (float64 brute force over the items
 that pass, crowding applied in distance order). Latency is compared with the same queries
@@ -19,8 +20,8 @@ of a shared machine, which drifts during a run, weighs on both alike. A ``mixed`
 at most 2 per artist) shows every part at once, and ``excl-1k``/``excl-10k`` leave out each
 query's own 1,000 and 10,000 nearest items (by exact search), as a user's already-played tracks
 are. Every backend that serves the index runs every filter (hnsw and Annoy through the planner's
-over-fetch and scans, faiss with the filter pushed into its search); the strategies column counts
-how each query was answered. Prints a table and the targets with PASS/FAIL, and writes JSON.
+over-fetch and scans, faiss and faiss-ivf with the filter pushed into their search); the
+strategies column counts how each query was answered. Prints a table and the targets with PASS/FAIL, and writes JSON.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def add_parser(modes: Any) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full: 200,000 x 64 (default)")
     parser.add_argument("--count", type=int, help="base vectors (overrides the preset)")
     parser.add_argument("--queries", type=int, help="queries per filter (overrides the preset)")
-    parser.add_argument("--backends", default="hnsw,annoy,faiss", help="comma-separated (default: hnsw,annoy,faiss)")
+    parser.add_argument(
+        "--backends", default="hnsw,annoy,faiss,faiss-ivf", help="comma-separated (default: hnsw,annoy,faiss,faiss-ivf)"
+    )
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
     parser.add_argument("--no-grpc", action="store_true", help="skip the measurements through a Flux server")
     parser.add_argument("--work-dir", type=Path, default=Path("var/bench"), help="built indexes are kept here")

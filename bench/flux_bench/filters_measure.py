@@ -205,12 +205,20 @@ def library_rows(
         timed = _timed(len(queries), nearest)
         annoy.unload()
         return [_row(backend, "none", "library", 1.0, timed, list(unfiltered_truth))]
-    if backend == "faiss":
-        return _faiss_rows(path, queries, k, scenarios, truths, unfiltered_truth, progress)
+    if backend in FAISS_DEFAULTS:
+        return _faiss_rows(backend, path, queries, k, scenarios, truths, unfiltered_truth, progress)
     return []
 
 
+#: faiss's search parameters, as each faiss backend's defaults set them.
+FAISS_DEFAULTS = {
+    "faiss": ("SearchParametersHNSW", {"efSearch": 64}),
+    "faiss-ivf": ("SearchParametersIVF", {"nprobe": 8}),
+}
+
+
 def _faiss_rows(
+    backend: str,
     path: Path,
     queries: Matrix,
     k: int,
@@ -220,19 +228,21 @@ def _faiss_rows(
     progress: Callable[[str], None],
 ) -> list[Row]:
     """faiss in-process on the artifact's index file: unfiltered, and with its own IDSelectorBitmap
-    at the faiss backend's default beam (efSearch 64), the filter pushed down without a depth."""
+    at the backend's default search parameters (efSearch 64, nprobe 8): the filter pushed down
+    without a depth."""
     import faiss
 
     index = faiss.read_index(str(path / "index.faiss"))
     faiss.omp_set_num_threads(1)
-    parameters = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # not in faiss's stubs
-    plain = parameters(efSearch=64)
+    kind, defaults = FAISS_DEFAULTS[backend]
+    parameters = getattr(faiss, kind)
+    plain = parameters(**defaults)
 
     def search(row: int) -> tuple[Labels, str]:
         _, labels = index.search(queries[row : row + 1], k, params=plain)
         return np.asarray(labels[0], np.int64), "index"
 
-    rows = [_row("faiss", "none", "library", 1.0, _timed(len(queries), search), list(unfiltered_truth))]
+    rows = [_row(backend, "none", "library", 1.0, _timed(len(queries), search), list(unfiltered_truth))]
     bits: list[np.ndarray] = []
     current: list[Scenario] = []
 
@@ -241,15 +251,15 @@ def _faiss_rows(
 
     def filtered(row: int) -> tuple[Labels, str]:
         selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bits[0]))
-        _, labels = index.search(queries[row : row + 1], k, params=parameters(efSearch=64, sel=selector))
+        _, labels = index.search(queries[row : row + 1], k, params=parameters(**defaults, sel=selector))
         found = np.asarray(labels[0], np.int64)
         return found[found >= 0], "filter"
 
     for scenario in scenarios:
-        progress(f"faiss: its own IDSelectorBitmap, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
+        progress(f"{backend}: its own IDSelectorBitmap, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
         current[:] = [scenario]
         timed = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
-        rows.append(_row("faiss", scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name]))
+        rows.append(_row(backend, scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name]))
     return rows
 
 
