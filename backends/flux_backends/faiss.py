@@ -1,4 +1,5 @@
-"""``faiss``: faiss's HNSW graph (``IndexHNSWFlat``), with filters pushed down into the search."""
+"""``faiss``: faiss's HNSW graph (``IndexHNSWFlat``), with filters pushed down into the search; and
+``FaissIndex``, what it shares with ``faiss-ivf`` (faiss_ivf.py)."""
 
 from __future__ import annotations
 
