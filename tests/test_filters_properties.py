@@ -110,7 +110,7 @@ def test_filtered_answers_never_break_their_filter(
     expected = min(k, returnable(items, passing, query_filter.max_per_tag))
     squared = ((base.astype(np.float64) - query) ** 2).sum(axis=1)
     with tempfile.TemporaryDirectory() as folder:
-        for backend in ("exact", "hnsw", "faiss"):
+        for backend in ("exact", "hnsw", "faiss", "faiss-ivf"):
             path = Path(folder) / backend
             ids = [f"id{i}" for i in range(len(base))]
             builder.build(path, base, ids, backend=backend, metric=Metric.L2, name="p", attributes=items)

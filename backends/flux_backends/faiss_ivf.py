@@ -25,8 +25,10 @@ class FaissIvfBackend(FaissIndex):
     """faiss's inverted file over the vectors as given (``IndexIVFFlat``); label i is row i.
 
     k-means splits the vectors into ``nlist`` lists; a query scans the ``nprobe`` lists whose
-    centroids are nearest and ranks what it finds there exactly. A search whose lists held fewer
-    than k items is run again over twice the lists, until it scans them all.
+    centroids are nearest and ranks what it finds there exactly. A search for k scans at least as
+    many lists as hold ``COVER`` x k items on average, so that asking for hundreds of neighbours
+    (the planner's over-fetch) does not read them from 8 lists; one whose lists held fewer than k
+    items is run again over twice the lists, until it scans them all.
 
     Filterable: ``search_filtered`` hands faiss an ``IDSelectorBitmap`` over the labels, so items
     that are not allowed are skipped inside the scan of each list, and scans the query's nearest
@@ -85,7 +87,10 @@ class FaissIvfBackend(FaissIndex):
     def search(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
-        probes = np.full(len(queries), min(int(params["nprobe"]), self._nlist), np.int64)
+        # Lists that hold COVER x k items on average: a search for many candidates (the planner's
+        # over-fetch) is as thorough beyond the first k as nprobe makes it for the first k.
+        lists = max(int(params["nprobe"]), -(-COVER * k * self._nlist // max(len(self), 1)))
+        probes = np.full(len(queries), min(lists, self._nlist), np.int64)
         return self._search(stored(queries, self.metric), k, probes, None, min(k, len(self)), threads)
 
     def search_filtered(

@@ -202,20 +202,27 @@ class Planner:
         pushed: dict[int, _Pushed] = {}
         for row, plan in plans.items():
             k = ks[row]
-            scan = self.costs.scan(plan.count, table.size)
+            cheapest = self.costs.scan(plan.count, table.size)
+            way: _Pushed | int | None = None  # push-down, an over-fetch of this many, or (None) the scan
             if plan.count > k and self._native:
                 want = k if not plan.cap else min(available, GROWTH * k)
                 depth = _depth(want, plan, live, available)
                 if len(plan.excluded) > depth and self._crowded_out(queries[row], k, params[row], plan, table):
                     depth = _depth(want, plan, live, available, len(plan.excluded))  # reach past them all
-                if self.costs.native(depth, table.size) < scan:
-                    pushed[row] = _Pushed(depth, want)
-                    continue
-            elif plan.count > k:
+                if (cost := self.costs.native(depth, table.size)) < cheapest:
+                    cheapest, way = cost, _Pushed(depth, want)
+            # A filterable backend over-fetches too when nothing is excluded and that is cheaper (no
+            # mask over every label to build); past excluded items only push-down reaches cheaply.
+            if plan.count > k and not (self._native and len(plan.excluded)):
                 size = min(available, max(k, math.ceil(MARGIN * k * live / max(plan.count, 1))))
-                if self.costs.fetch(size, table.size) < scan:
-                    fetch[row] = size
-                    continue
+                if self.costs.fetch(size, table.size) < cheapest:
+                    way = size
+            if isinstance(way, _Pushed):
+                pushed[row] = way
+                continue
+            if way is not None:
+                fetch[row] = way
+                continue
             deadline.check()  # each scan is a step of its own: stop when the caller has given up
             answers[row] = self._scan(queries[row], plan, k, table)
         if pushed:
