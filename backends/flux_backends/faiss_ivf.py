@@ -16,8 +16,8 @@ from flux_core.backend import Capabilities, Labels, Mask, Matrix, Metric, Param,
 _MIN_PER_LIST = 39
 #: A filtered search scans as many lists as hold this many times the ``depth`` it is asked for.
 #: Measured at 200,000 x 64 (clustered, 447 lists), each query's 1,000 or 10,000 nearest items
-#: left out: lists holding 3x the depth found 0.86 / 0.92 of the exact answer, 4x 0.93 / 0.96,
-#: 6x 0.98 / 0.99 (docs/filters.md).
+#: left out (``flux bench filters``): lists holding 4x the depth found 0.944 / 0.946 of the exact
+#: answer, 6x 0.987 / 0.988, 8x 0.996 / 0.998 (docs/filters.md).
 COVER = 8
 
 
@@ -30,9 +30,9 @@ class FaissIvfBackend(FaissIndex):
     (the planner's over-fetch) does not read them from 8 lists; one whose lists held fewer than k
     items is run again over twice the lists, until it scans them all.
 
-    Filterable: ``search_filtered`` hands faiss an ``IDSelectorBitmap`` over the labels, so items
-    that are not allowed are skipped inside the scan of each list, and scans the query's nearest
-    lists until they hold ``COVER`` x ``depth`` items (at least ``nprobe`` lists). Its cost grows
+    Filterable: ``search_filtered`` scans the query's nearest lists until they hold ``COVER`` x
+    ``depth`` items (at least ``nprobe`` lists), with an ``IDSelectorBitmap`` over the labels that
+    faiss reads inside each list's scan, so items not allowed never take a result. Its cost grows
     with the depth, not with the depth squared as a graph's beam does (faiss.py), which is what
     leaving out a user's thousands of nearest items needs.
 
