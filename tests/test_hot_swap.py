@@ -359,3 +359,30 @@ def test_unpin_answers_at_once_with_the_loaded_newest_and_loads_the_rest_in_the_
             held.release.set()
         wait_for(lambda: manager.slot(2).state.value == "ready")
         assert manager.slot(1).loaded is None
+
+
+def test_a_version_builds_its_exclusion_lookup_ahead_when_the_one_it_replaces_used_one(source: Path) -> None:
+    """A version builds the table it finds excluded ids in on the first query that excludes any
+    (seconds at tens of millions of items, while that query and those behind it wait); a version
+    swapped in after one that had built it builds it while loading, and one after a version that
+    never excluded an id does not (the table costs memory)."""
+    with serve(source, poll_seconds=0) as server, support.channel_to(server) as channel:
+        stub = VectorServiceStub(channel)
+        manager = server.catalog.manager("tracks")
+        publish(source, 2)
+        manager.activate(2)
+        with manager.acquire() as active:
+            assert active.version == 2
+            assert not active.ids.lookup_ready
+        plain = list(stub.Search(pb.SearchRequest(index="tracks", vector=query(), k=10)).neighbors.ids)
+        excluded = types_pb2.Filter(exclude_ids=plain[:2])
+        answer = stub.Search(pb.SearchRequest(index="tracks", vector=query(), k=8, filter=excluded))
+        assert list(answer.neighbors.ids) == plain[2:]
+        publish(source, 3)
+        manager.load(3)
+        slot = manager.slot(3)
+        assert slot.loaded is not None
+        assert slot.loaded.index.ids.lookup_ready  # before it answers a query
+        manager.activate(3)
+        with manager.acquire() as active:
+            assert active.version == 3
