@@ -83,7 +83,7 @@ class Ids:
         ids that no write has changed are found in a hash table of integers (``_Hashed``), others
         by mapping the dict's ``get`` over them in C.
         """
-        if self._by_label.dtype.kind == "S" and not self._released:  # an added id unpacks the array
+        if self._hashable:
             return self._hashed_ids().find(ids if isinstance(ids, list | tuple) else list(ids))
         found = np.fromiter(map(self._map().get, ids, itertools.repeat(-1)), np.int64)
         return found[found >= 0]
@@ -100,7 +100,7 @@ class Ids:
         the first query to need it, and those behind it, wait; a version loads it in advance when
         the version it replaces had built one (``flux.core.serving.manager``).
         """
-        if self._by_label.dtype.kind == "S" and not self._released:
+        if self._hashable:
             self._hashed_ids()
 
     def live(self) -> Labels:
@@ -118,6 +118,12 @@ class Ids:
         for item_id, label in self._map().items():
             out[label] = item_id
         return out
+
+    @property
+    def _hashable(self) -> bool:
+        """Whether the ids are still packed and all held: an added id unpacks the array, a deleted one
+        leaves it (``_released``)."""
+        return self._by_label.dtype.kind == "S" and not self._released
 
     def _hashed_ids(self) -> _Hashed:
         hashed = self._hashed

@@ -320,7 +320,7 @@ class IndexManager(VersionTable):
             )
             with self.acquire() if self._active is not None else _nothing() as current:
                 report = gate.run(index, current, self.settings.gate, pacer)
-                if current is not None and current.ids.lookup_ready:  # queries exclude ids: be ready for them
+                if report.passed and current is not None and current.ids.lookup_ready:  # queries exclude ids
                     index.ids.prepare_lookup()
             if report.passed:
                 self.hooks.loaded(index)  # a writable index replays its log here
