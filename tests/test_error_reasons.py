@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,10 @@ from grpc_status import rpc_status
 from flux import config as flux_config
 from flux.api.auth import hash_token
 from flux.api.convert import encode_vectors
+from flux.api.errors import reason_of
+from flux.core.serving.budget import MemoryBudget
+from flux.core.writes import wal
+from flux.core.writes.commit import GroupCommit, Ticket
 from flux.server import build_server
 from flux_api.v1 import admin_service_pb2 as apb
 from flux_api.v1 import types_pb2
@@ -30,7 +34,15 @@ from flux_api.v1 import write_service_pb2 as wpb
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
 from flux_api.v1.write_service_pb2_grpc import WriteServiceStub
-from flux_core.errors import DOMAIN, Reason
+from flux_core.errors import (
+    DOMAIN,
+    FailedPrecondition,
+    FluxError,
+    InvalidArgument,
+    Reason,
+    ResourceExhausted,
+    Unavailable,
+)
 from tests import support
 
 DIM = 64
@@ -224,6 +236,7 @@ def test_version_operations_carry_their_reason(admin_stub: AdminServiceStub) -> 
         (lambda: admin_stub.LoadVersion(apb.LoadVersionRequest(index="hnsw-l2", version=99)), "VERSION_NOT_FOUND"),
         (lambda: admin_stub.UnloadVersion(apb.UnloadVersionRequest(index="hnsw-l2", version=3)), "VERSION_ACTIVE"),
         (lambda: admin_stub.RollbackVersion(apb.RollbackVersionRequest(index="hnsw-l2")), "NO_ROLLBACK_TARGET"),
+        (lambda: admin_stub.RollbackVersion(apb.RollbackVersionRequest(index="broken")), "NO_ROLLBACK_TARGET"),
         (lambda: admin_stub.GetIndex(apb.GetIndexRequest(name="nope")), "INDEX_NOT_FOUND"),
     ]
     assert [failing(call).reason for call, _ in cases] == [reason for _, reason in cases]
@@ -312,6 +325,12 @@ def writes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
             "writes": {"enabled": True, "snapshot_every": 0},
         },
         {"name": "frozen", "path": str(support.build_artifact(root / "frozen", base, backend="annoy", metric="l2"))},
+        {  # takes writes, but its backend cannot apply them
+            "name": "trees",
+            "path": str(support.build_artifact(root / "trees" / "1", base, backend="annoy", metric="l2").parent),
+            "poll_seconds": 0,
+            "writes": {"enabled": True, "snapshot_every": 0},
+        },
         {"name": "plain", "path": str(support.build_artifact(root / "plain", base, backend="exact", metric="l2"))},
     ]
     config = flux_config.parse(
@@ -350,6 +369,7 @@ def _upsert(ids: list[str], rows: int | None = None, dimension: int = 8, **field
             None,
         ),
         (_upsert(["a"], index="frozen"), "INDEX_IMMUTABLE", "index", None),
+        (_upsert(["a"], index="trees"), "INDEX_IMMUTABLE", "index", None),
         (_upsert(["a"], index="plain"), "WRITES_DISABLED", "index", None),
         (_upsert(["a"], index="nope"), "INDEX_NOT_FOUND", "index", None),
     ],
@@ -379,6 +399,75 @@ def test_a_version_asked_of_an_alias_is_version_on_alias(writes: grpc.Channel) -
         "version",
         "music",
     )
+
+
+# -- reasons are given where errors are raised, never read from their messages ----------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (Unavailable("index 'x' is shutting down; retry against a running server"), Reason.UNAVAILABLE),
+        (Unavailable("index 'x' is still loading; retry shortly"), Reason.UNAVAILABLE),
+        (
+            ResourceExhausted("version 2 needs 9 MiB, but only 1 MiB of the memory budget are free"),
+            Reason.RESOURCE_EXHAUSTED,
+        ),
+        (InvalidArgument("queries holds 9 vectors; the limit is 4 per call", field="queries"), Reason.COUNT_MISMATCH),
+        (InvalidArgument("ids holds 9 ids; the limit is 4 per call", field="ids"), Reason.EMPTY_BATCH),
+        (InvalidArgument("ids[2] 'a' repeats ids[0]", field="ids[2]"), Reason.INVALID_ID),
+        (InvalidArgument("ids[1] is 17 bytes long (UTF-8)", field="ids[1]"), Reason.INVALID_ID),
+        (
+            FailedPrecondition("index 'x' uses the annoy backend, which is immutable", field="index"),
+            Reason.INDEX_FAILED,
+        ),
+        (FailedPrecondition("index 'x' is read-only on this server", field="index"), Reason.INDEX_FAILED),
+        (FailedPrecondition("index 'x' refuses writes: the disk is full"), Reason.FAILED_PRECONDITION),
+        (FailedPrecondition("index 'x' has no version older than 2 to roll back to"), Reason.FAILED_PRECONDITION),
+        (FailedPrecondition("version 2 of index 'x' failed: no manifest"), Reason.FAILED_PRECONDITION),
+        # A name made up by a caller or an operator is echoed into messages: it must not change the reason.
+        (
+            FailedPrecondition("index 'immutable' failed to load version 1: no manifest", field="index"),
+            Reason.INDEX_FAILED,
+        ),
+    ],
+)
+def test_a_reason_never_depends_on_the_message(error: FluxError, reason: Reason) -> None:
+    """Only the class and the field count; a cause they cannot tell apart is given its reason where raised."""
+    reworded = type(error)("reworded", field=error.field)
+    assert (reason_of(error), reason_of(reworded)) == (reason, reason)
+
+
+def test_a_failed_log_refuses_writes_with_writes_failed_and_a_closing_one_with_shutting_down(tmp_path: Path) -> None:
+    log = wal.Log.open(tmp_path)
+
+    def apply(tickets: Sequence[Ticket]) -> list[None]:
+        raise RuntimeError("the backend broke")
+
+    commit = GroupCommit(log, apply, name="broken")
+    with pytest.raises(FailedPrecondition) as waited:  # refused by the flusher, raised again to the writer
+        commit.submit(b"x", None).wait()
+    with pytest.raises(FailedPrecondition) as submitted:  # refused at once
+        commit.submit(b"y", None)
+    commit.close()
+    commit = GroupCommit(log, lambda tickets: [None] * len(tickets), name="closing")
+    commit.close()
+    with pytest.raises(Unavailable) as shutting_down:
+        commit.submit(b"z", None)
+    log.close()
+    assert [reason_of(e.value) for e in (waited, submitted, shutting_down)] == [
+        Reason.WRITES_FAILED,
+        Reason.WRITES_FAILED,
+        Reason.SHUTTING_DOWN,
+    ]
+
+
+def test_a_version_beyond_the_memory_budget_is_memory_budget_exceeded() -> None:
+    budget = MemoryBudget(2**20)
+    budget.reserve(2**19, "version 1 of index 'x'")
+    with pytest.raises(ResourceExhausted) as caught:
+        budget.reserve(2**20, "version 2 of index 'x'")
+    assert reason_of(caught.value) == Reason.MEMORY_BUDGET_EXCEEDED
 
 
 # -- auth ------------------------------------------------------------------------------------------

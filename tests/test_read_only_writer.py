@@ -7,15 +7,24 @@ second server meets the first one's lock exactly as a second process would.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from flux_api.v1 import write_service_pb2 as wpb
 from tests import support
 from tests.test_writes import Client, code_of, vectors, writable
 
 WAIT = 30.0
+
+
+def reason_of(call: Callable[[], object]) -> str:
+    """The reason a refused call carries in its ``flux-error-reason`` trailer."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return dict(caught.value.trailing_metadata() or ())["flux-error-reason"]
 
 
 def test_a_second_server_serves_reads_and_refuses_writes_while_the_first_writes(tmp_path: Path) -> None:
@@ -42,6 +51,15 @@ def test_a_second_server_serves_reads_and_refuses_writes_while_the_first_writes(
             assert "another Flux server" in message
             code, _ = code_of(reader.delete, "shared", ["a"])
             assert code is grpc.StatusCode.FAILED_PRECONDITION
+            snapshot = wpb.SnapshotRequest(index="shared")
+            assert [
+                reason_of(refused)
+                for refused in (
+                    lambda: reader.upsert("shared", ["c"], vectors(1, seed=2)),
+                    lambda: reader.delete("shared", ["a"]),
+                    lambda: reader.writes.Snapshot(snapshot),
+                )
+            ] == ["INDEX_READ_ONLY"] * 3
             assert stray.is_dir(), "the second server removed a folder that belongs to the first one's work"
 
             # The first server still writes; its next snapshot reaches the second one.

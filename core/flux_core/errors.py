@@ -6,7 +6,8 @@ what to fix, not only what went wrong.
 
 A reason comes from, in this order: the ``reason=`` given where the error is raised, the
 class's own ``reason`` (``IndexNotFound``: INDEX_NOT_FOUND), or, for errors raised without
-one, ``flux.api.errors.reason_of``, which tells causes apart by class and field.
+one, ``flux.api.errors.reason_of``, which tells causes apart by class and field. It never reads
+the message, so a cause that class and field cannot tell apart needs its ``reason=``.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ clients that do not decode status details. The reasons are listed in ``flux_core
 and in the contract (``protos/flux_api/v1/vector_service.proto``).
 
 A ``FluxError`` raised without a reason gets one from ``reason_of``, which tells causes apart by
-the error's class and the field it names (and, for a few, by its message): the core raises
-errors without knowing how they travel. Anything else is a bug: it is logged with its traceback
-under a request id, and the caller sees INTERNAL with that id only, never the traceback.
+the error's class and the field it names, never by its message: clients branch on reasons, so
+rewording a message must not change one, and a cause that class and field cannot tell apart is
+given its reason where it is raised. Any other exception is a bug: it is logged with its
+traceback under a request id, and the caller sees INTERNAL with that id only, never the traceback.
 
 A stream of queries (``VectorService.StreamSearch``) answers each query on its own: a query that
 fails is yielded by the servicer as a ``QueryFailed``, which the interceptor turns into that
@@ -81,28 +82,24 @@ def reason_of(error: FluxError) -> str:
     """The stable reason of ``error``: its own, or else the one its class and field point to."""
     if error.reason:
         return error.reason
-    field, message = error.field or "", error.message
+    field = error.field or ""
     if isinstance(error, InvalidArgument):
-        return _invalid_argument(field, message)
+        return _invalid_argument(field)
     if isinstance(error, NotFound):
         return {"version": Reason.VERSION_NOT_FOUND, "index": Reason.INDEX_NOT_FOUND}.get(field, Reason.NOT_FOUND)
     if isinstance(error, FailedPrecondition):
-        return _failed_precondition(field, message)
+        return {"version": Reason.VERSION_ACTIVE, "index": Reason.INDEX_FAILED}.get(field, Reason.FAILED_PRECONDITION)
     if isinstance(error, Unavailable):
-        if "shutting down" in message:
-            return Reason.SHUTTING_DOWN
-        return Reason.INDEX_LOADING if field == "index" or "still loading" in message else Reason.UNAVAILABLE
+        return Reason.INDEX_LOADING if field == "index" else Reason.UNAVAILABLE
     if isinstance(error, ResourceExhausted):
-        return Reason.MEMORY_BUDGET_EXCEEDED if "memory budget" in message else Reason.RESOURCE_EXHAUSTED
+        return Reason.RESOURCE_EXHAUSTED
     return error.code.name
 
 
-def _invalid_argument(field: str, message: str) -> Reason:
+def _invalid_argument(field: str) -> Reason:
     if field.endswith(".dimension"):  # a dimension of 0 is MALFORMED_VECTORS, given where it is raised
         return Reason.DIMENSION_MISMATCH
     if _VECTORS.match(field):
-        if "the limit is" in message:
-            return Reason.BATCH_TOO_LARGE
         return Reason.COUNT_MISMATCH  # Search with other than one vector; vectors not one per id
     if field == "k" or field.endswith(".k"):
         return Reason.K_OUT_OF_RANGE
@@ -110,36 +107,12 @@ def _invalid_argument(field: str, message: str) -> Reason:
     if by_field is not None:
         return by_field
     if _ONE_ID.search(field):
-        if "repeats" in message:
-            return Reason.DUPLICATE_ID
-        return Reason.ID_TOO_LONG if "bytes long" in message else Reason.INVALID_ID
+        return Reason.INVALID_ID
     if _IDS.search(field):
-        return Reason.BATCH_TOO_LARGE if "the limit is" in message else Reason.EMPTY_BATCH
+        return Reason.EMPTY_BATCH
     if field == "version":
         return Reason.VERSION_ON_ALIAS
     return Reason.INVALID_ARGUMENT
-
-
-#: FAILED_PRECONDITION raised without a reason, told apart by a phrase of its message.
-_PRECONDITION_PHRASES = (
-    ("immutable", Reason.INDEX_IMMUTABLE),
-    ("read-only on this server", Reason.INDEX_READ_ONLY),
-    ("refuses writes", Reason.WRITES_FAILED),
-    ("roll back", Reason.NO_ROLLBACK_TARGET),
-)
-
-
-def _failed_precondition(field: str, message: str) -> Reason:
-    phrased = next((reason for phrase, reason in _PRECONDITION_PHRASES if phrase in message), None)
-    if phrased is not None:
-        return phrased
-    if field == "version":
-        return Reason.VERSION_ACTIVE
-    if field == "index":
-        return Reason.INDEX_FAILED
-    if re.match(r"version \d+ of index .* failed: ", message):
-        return Reason.VERSION_FAILED
-    return Reason.FAILED_PRECONDITION
 
 
 class Details(TypedDict, total=False):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from flux_core.errors import ResourceExhausted
+from flux_core.errors import Reason, ResourceExhausted
 
 
 class MemoryBudget:
@@ -25,7 +25,8 @@ class MemoryBudget:
                 raise ResourceExhausted(
                     f"{what} needs about {nbytes / 2**20:.1f} MiB, but only "
                     f"{(self.limit - self._used) / 2**20:.1f} MiB of the {self.limit / 2**20:.1f} MiB "
-                    "memory budget are free; unload a version or raise server.memory_budget_bytes"
+                    "memory budget are free; unload a version or raise server.memory_budget_bytes",
+                    reason=Reason.MEMORY_BUDGET_EXCEEDED,
                 )
             self._used += nbytes
 

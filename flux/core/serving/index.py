@@ -96,6 +96,7 @@ class ServedIndex:
                     f"{field}[{row}] is {size} bytes long (UTF-8); ids may be at most {limit} bytes "
                     "(limits.max_id_bytes): use a shorter id, e.g. a hash of a long key",
                     field=f"{field}[{row}]",
+                    reason=Reason.ID_TOO_LONG,
                 )
 
     def params(self, overrides: Mapping[str, float], field: str = "params") -> dict[str, float]:
@@ -175,6 +176,7 @@ class ServedIndex:
             raise InvalidArgument(
                 f"{name} holds {len(vectors)} vectors; the limit is {self.limits.max_batch} per call, split the batch",
                 field=name,
+                reason=Reason.BATCH_TOO_LARGE,
             )
         return vectors, None
 

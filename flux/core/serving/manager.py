@@ -22,7 +22,7 @@ from flux.core.serving.index import Limits, ServedIndex
 from flux.core.serving.index_settings import IndexSettings
 from flux.core.serving.version_table import LoadedVersion, VersionSlot, VersionTable
 from flux.core.serving.versions import State
-from flux_core.errors import FailedPrecondition, FluxError, NotFound, ResourceExhausted, Unavailable
+from flux_core.errors import FailedPrecondition, FluxError, NotFound, Reason, ResourceExhausted, Unavailable
 from flux_core.storage import artifact
 from flux_core.storage.background import Pacer
 from flux_core.storage.heap import release_free_memory
@@ -214,10 +214,15 @@ class IndexManager(VersionTable):
             self.refresh_source()
             current = self._active.version if self._active else None
             if current is None:
-                raise FailedPrecondition(f"index {self.name!r} has no active version to roll back from")
+                raise FailedPrecondition(
+                    f"index {self.name!r} has no active version to roll back from", reason=Reason.NO_ROLLBACK_TARGET
+                )
             older = [s for s in self.slots() if s.version < current and s.state is not State.FAILED]
             if not older:
-                raise FailedPrecondition(f"index {self.name!r} has no version older than {current} to roll back to")
+                raise FailedPrecondition(
+                    f"index {self.name!r} has no version older than {current} to roll back to",
+                    reason=Reason.NO_ROLLBACK_TARGET,
+                )
             target = older[0]
             slot = self.pin(target.version)
             assert slot is not None
@@ -406,7 +411,9 @@ class IndexManager(VersionTable):
 
     def _raise_if_failed(self, slot: VersionSlot) -> None:
         if slot.state is State.FAILED:
-            raise FailedPrecondition(f"version {slot.version} of index {self.name!r} failed: {slot.error}")
+            raise FailedPrecondition(
+                f"version {slot.version} of index {self.name!r} failed: {slot.error}", reason=Reason.VERSION_FAILED
+            )
 
 
 @contextmanager

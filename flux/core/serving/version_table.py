@@ -18,7 +18,7 @@ from flux.core.serving.budget import MemoryBudget
 from flux.core.serving.index import ServedIndex
 from flux.core.serving.index_settings import IndexSettings
 from flux.core.serving.versions import State
-from flux_core.errors import FailedPrecondition, FluxError, NotFound, Unavailable
+from flux_core.errors import FailedPrecondition, FluxError, NotFound, Reason, Unavailable
 from flux_core.storage import artifact
 
 
@@ -105,7 +105,9 @@ class VersionTable:
             )
         states = {s.state for s in self._slots.values()}
         if not self._scanned or states & {State.AVAILABLE, State.LOADING, State.READY}:  # READY: not yet active
-            return Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+            return Unavailable(
+                f"index {self.name!r} is still loading; retry shortly", field="index", reason=Reason.INDEX_LOADING
+            )
         failed = [s for s in self._slots.values() if s.state is State.FAILED]
         if failed:
             newest = max(failed, key=lambda s: s.version)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flux.core.serving.index import ServedIndex
 from flux_core.backend import Matrix
-from flux_core.errors import InvalidArgument, shown
+from flux_core.errors import InvalidArgument, Reason, shown
 from flux_core.storage import artifact
 from flux_core.storage.attributes import ItemAttributes
 from flux_core.vectors import check_vectors
@@ -55,6 +55,7 @@ def check_ids(ids: Sequence[str], field: str, limit: int) -> None:
         raise InvalidArgument(
             f"{field} holds {len(ids)} ids; the limit is {limit} per call (limits.max_batch), split the batch",
             field=field,
+            reason=Reason.BATCH_TOO_LARGE,
         )
     seen: dict[str, int] = {}
     for row, item in enumerate(ids):
@@ -65,6 +66,7 @@ def check_ids(ids: Sequence[str], field: str, limit: int) -> None:
             raise InvalidArgument(
                 f"{field}[{row}] {shown(item)} repeats {field}[{first}]; give each id once per request",
                 field=f"{field}[{row}]",
+                reason=Reason.DUPLICATE_ID,
             )
 
 

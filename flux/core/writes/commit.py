@@ -24,7 +24,7 @@ from typing import Any
 
 from flux import metrics
 from flux.core.writes.wal import Log
-from flux_core.errors import FailedPrecondition, FluxError, Unavailable
+from flux_core.errors import FailedPrecondition, FluxError, Reason, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class Ticket:
 
     def wait(self) -> Any:
         self._done.wait()
-        if self._error is not None:
-            raise type(self._error)(self._error.message)
+        if self._error is not None:  # a copy per waiter, for a traceback of its own; the reason goes along
+            error = type(self._error)(self._error.message, field=self._error.field, metadata=self._error.metadata)
+            error.reason = self._error.reason
+            raise error
         return self._result
 
     @property
@@ -84,9 +86,11 @@ class GroupCommit:
         """Queue a record and return at once; the ticket's ``wait`` blocks until it is committed."""
         with self._cond:
             if self.failure:
-                raise FailedPrecondition(self.failure)
+                raise FailedPrecondition(self.failure, reason=Reason.WRITES_FAILED)
             if self._closing:
-                raise Unavailable(f"index {self.name!r} is shutting down; retry against a running server")
+                raise Unavailable(
+                    f"index {self.name!r} is shutting down; retry against a running server", reason=Reason.SHUTTING_DOWN
+                )
             ticket = Ticket(self._next, payload, op)
             self._next += 1
             self._queue.append(ticket)
@@ -147,6 +151,6 @@ class GroupCommit:
         self._refuse(batch)
 
     def _refuse(self, batch: list[Ticket]) -> None:
-        error = FailedPrecondition(self.failure)
+        error = FailedPrecondition(self.failure, reason=Reason.WRITES_FAILED)
         for ticket in batch:
             ticket._finish(error=error)

@@ -48,7 +48,7 @@ from flux.core.writes.commit import GroupCommit, Ticket
 from flux.core.writes.mutations import Delete, Upsert, decode, encode
 from flux.core.writes.wal import Log, LogLocked
 from flux_core.backend import Matrix, Metric
-from flux_core.errors import FailedPrecondition, FluxError, LogCorrupt, Unavailable
+from flux_core.errors import FailedPrecondition, FluxError, LogCorrupt, Reason, Unavailable
 from flux_core.storage import artifact, builder
 from flux_core.storage.attributes import ItemAttributes
 
@@ -143,13 +143,17 @@ class Writer(VersionHooks):
         with self._manager.acquire() as index:  # not serving: the same error a search gets
             pass
         if self._read_only:
-            raise FailedPrecondition(self._read_only, field="index")
+            raise FailedPrecondition(self._read_only, field="index", reason=Reason.INDEX_READ_ONLY)
         caps = type(index.backend).capabilities
         if not caps.mutable or (deleting and not caps.supports_delete):
-            raise FailedPrecondition(immutable_message(self.name, index.backend.name), field="index")
+            raise FailedPrecondition(
+                immutable_message(self.name, index.backend.name), field="index", reason=Reason.INDEX_IMMUTABLE
+            )
         commit = self._commit
         if commit is None:
-            raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+            raise Unavailable(
+                f"index {self.name!r} is still loading; retry shortly", field="index", reason=Reason.INDEX_LOADING
+            )
         return index, commit
 
     # -- applying, in log order ---------------------------------------------------------------------
@@ -284,11 +288,13 @@ class Writer(VersionHooks):
     def snapshot(self) -> tuple[int, int]:
         """Save the index as the next version now and truncate the log: (version, last record it holds)."""
         if self._read_only:
-            raise FailedPrecondition(self._read_only, field="index")
+            raise FailedPrecondition(self._read_only, field="index", reason=Reason.INDEX_READ_ONLY)
         with self._snapshotting:
             head = self._head
             if self._commit is None or head is None:
-                raise Unavailable(f"index {self.name!r} is still loading; retry shortly", field="index")
+                raise Unavailable(
+                    f"index {self.name!r} is still loading; retry shortly", field="index", reason=Reason.INDEX_LOADING
+                )
             if head.manifest.wal_sequence == self._applied:
                 return head.version, self._applied  # nothing written since the last snapshot
             return self._snapshot()
