@@ -8,7 +8,7 @@ import pytest
 
 from flux.datasets import clustered
 from flux_backends.faiss_ivf import COVER, FaissIvfBackend
-from flux_core.backend import Metric, defaults
+from flux_core.backend import Allowed, Metric, defaults
 
 
 def _build(n: int, **params: float) -> FaissIvfBackend:
@@ -39,8 +39,7 @@ def test_leaving_out_the_nearest_items_reads_lists_holding_cover_times_the_depth
     vectors = clustered(n, 16, seed=3)
     query = vectors[:1] + np.float32(0.01)
     order = np.argsort(((vectors - query) ** 2).sum(axis=1), kind="stable")
-    allowed = np.ones(n, np.bool_)
-    allowed[order[:600]] = False
+    allowed = Allowed(excluded=np.sort(order[:600]))
     params = defaults(FaissIvfBackend.search_params)
     labels, _ = index.search_filtered(query, k, params, allowed, depth=600 + 15)
     assert labels[0].tolist() == order[600 : 600 + k].tolist()

@@ -423,3 +423,56 @@ def test_a_filterable_backend_over_fetches_only_when_nothing_is_excluded(
         passes[nearest[: len(excluded)]] = False
         truth, _ = exact(catalog, query, Case(types_pb2.Filter(), passes, 0))
         assert len(set(answer.labels.tolist()) & set(truth)) >= K - 1
+
+
+@pytest.mark.parametrize("backend", ["faiss", "faiss-ivf"])
+def test_push_down_of_excluded_ids_alone_builds_no_mask(
+    catalog: Catalog, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter that only leaves ids out reaches the backend as their labels, with no mask over every
+    label (which costs in proportion to the index on every query); with a restrict it is a mask."""
+    from dataclasses import replace
+
+    from flux.core.query.filters import Filter, Strategy
+    from flux.core.serving.index import ServedIndex
+    from flux_core.backend import Allowed, Metric
+    from flux_core.storage import artifact, builder
+
+    ids = support.ids_for(N)
+    builder.build(
+        tmp_path / backend,
+        catalog.base,
+        ids,
+        backend=backend,
+        metric=Metric.L2,
+        name="f",
+        attributes=catalog.attributes(),
+    )
+    index = ServedIndex("f", artifact.load(tmp_path / backend))
+    index.planner.costs = replace(index.planner.costs, fetch_fixed=0.0, fetch_per_value=0.0, fetch_squared=0.0)
+    given: list[Allowed] = []
+    search_filtered = index.backend.search_filtered
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        given.append(args[3])  # type: ignore[arg-type]
+        return search_filtered(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index.backend, "search_filtered", recorded)
+    query = catalog.queries[3]
+    nearest = np.argsort(((catalog.base - query) ** 2).sum(axis=1))[:100]
+    half = [("genre", [f"g{g}" for g in range(GENRES // 2)])]
+    for allow in ((), half):
+        given.clear()
+        query_filter = Filter.create(allow=allow, exclude_ids=[ids[i] for i in nearest])
+        answer = index.planner.search(query[None], [K], [index.default_params], [query_filter])[0]
+        assert answer.strategy == Strategy.NATIVE_FILTER
+        assert given, "the backend's filtered search was not called"
+        if allow:
+            assert all(a.mask is not None for a in given)
+            passes = catalog.genre < GENRES // 2
+        else:
+            assert all(a.mask is None and a.excluded.tolist() == sorted(nearest.tolist()) for a in given)
+            passes = np.ones(N, np.bool_)
+        passes[nearest] = False
+        truth, _ = exact(catalog, query, Case(types_pb2.Filter(), passes, 0))
+        assert len(set(answer.labels.tolist()) & set(truth)) >= K - 1

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Self
 import faiss
 import numpy as np
 
-from flux_core.backend import Backend, Capabilities, Labels, Mask, Matrix, Metric, Param, Progress
+from flux_core.backend import Allowed, Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
 
 #: faiss's metric for each of Flux's (cosine: inner products of normalised vectors).
 METRICS = {
@@ -61,13 +61,20 @@ class FaissIndex(Backend):
             raise ValueError(f"{_FILE} was built for another metric than {metric.value}")
         return cls(dimension, metric, index)
 
-    def filter_bits(self, allowed: Mask) -> tuple[np.ndarray, int]:
-        """``allowed`` as the bitmap faiss's ``IDSelectorBitmap`` reads, and how many labels it allows."""
-        flags = np.zeros(len(self), np.bool_)
-        covered = min(len(self), len(allowed))
-        flags[:covered] = allowed[:covered]
-        bits = np.packbits(flags, bitorder="little")  # faiss reads bit (label & 7) of byte (label >> 3)
-        return bits, int(np.count_nonzero(flags))
+    def filter_bits(self, allowed: Allowed) -> tuple[np.ndarray, int]:
+        """``allowed`` as the bitmap faiss's ``IDSelectorBitmap`` reads, and how many labels it allows.
+
+        faiss reads bit (label & 7) of byte (label >> 3). Without a mask every bit starts set and
+        the excluded labels' bits are cleared: a byte per 8 labels to fill (0.1 ms at 30 million)
+        instead of a flag per label to pack (20 ms)."""
+        n = len(self)
+        if allowed.mask is not None:
+            flags = allowed.flags(n)
+            return np.packbits(flags, bitorder="little"), int(np.count_nonzero(flags))
+        excluded = allowed.excluded[allowed.excluded < n]
+        bits = np.full(-(-n // 8), 0xFF, np.uint8)
+        np.bitwise_and.at(bits, excluded >> 3, ~np.left_shift(np.uint8(1), (excluded & 7).astype(np.uint8)))
+        return bits, n - len(excluded)
 
     def selector(self, bits: np.ndarray | None) -> Any:
         """faiss's selector over ``bits``; it reads them in place, so keep them referenced until the search returns."""
@@ -144,7 +151,7 @@ class FaissBackend(FaissIndex):
         return self._search(queries, k, int(params["ef"]), None, min(k, len(self)), threads)
 
     def search_filtered(
-        self, queries: Matrix, k: int, params: Mapping[str, float], allowed: Mask, depth: int, *, threads: int = 1
+        self, queries: Matrix, k: int, params: Mapping[str, float], allowed: Allowed, depth: int, *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
         bits, count = self.filter_bits(allowed)
         return self._search(queries, k, max(int(params["ef"]), depth), bits, min(k, count), threads)

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from flux_backends.faiss import METRICS, FaissIndex, add, stored
-from flux_core.backend import Capabilities, Labels, Mask, Matrix, Metric, Param, Progress
+from flux_core.backend import Allowed, Capabilities, Labels, Matrix, Metric, Param, Progress
 
 #: faiss's k-means wants at least this many training vectors per list (it warns below).
 _MIN_PER_LIST = 39
@@ -94,7 +94,7 @@ class FaissIvfBackend(FaissIndex):
         return self._search(stored(queries, self.metric), k, probes, None, min(k, len(self)), threads)
 
     def search_filtered(
-        self, queries: Matrix, k: int, params: Mapping[str, float], allowed: Mask, depth: int, *, threads: int = 1
+        self, queries: Matrix, k: int, params: Mapping[str, float], allowed: Allowed, depth: int, *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
         bits, count = self.filter_bits(allowed)
         matrix = stored(queries, self.metric)

@@ -1,18 +1,20 @@
 """The conformance tests of ``capabilities.filterable``: ``search_filtered`` against exact filtered search.
 
-A filterable backend takes a boolean mask over labels (``allowed``) and a ``depth`` (how many of
-the nearest items, allowed or not, its search must take in) and returns only allowed items.
-These tests hold it to that: never an item the mask leaves out, rows as full as the mask
-allows, Flux's distances, the exact answer once ``depth`` covers the whole index, and recall
-against exact filtered search (float64 brute force over the allowed items) with random masks
-and with masks that leave out each query's nearest items, the case of a user's already-played
-tracks. ``conformance_suite`` (flux.testing.kit) adds them for a backend that declares
-``filterable``, and checks that any other backend refuses ``search_filtered``.
+A filterable backend takes what it may return (``allowed``: a boolean mask over labels, or the
+labels left out of every item) and a ``depth`` (how many of the nearest items, allowed or not,
+its search must take in) and returns only allowed items. These tests hold it to that: never an
+item left out, rows as full as ``allowed`` allows, Flux's distances, the exact answer once
+``depth`` covers the whole index, and recall against exact filtered search (float64 brute force
+over the allowed items) with random masks and with each query's nearest items left out, the
+case of a user's already-played tracks, both as a mask and as a list of labels.
+``conformance_suite`` (flux.testing.kit) adds them for a backend that declares ``filterable``,
+and checks that any other backend refuses ``search_filtered``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 
 from flux.datasets import clustered
 from flux.testing.oracle import distances
-from flux_core.backend import Backend, Labels, Mask, Matrix, Metric, defaults
+from flux_core.backend import Allowed, Backend, Labels, Mask, Matrix, Metric, defaults
 
 K = 10
 #: Shares of the items a random mask allows, and the ``depth`` asked for each: as Flux's planner
@@ -42,9 +44,10 @@ class FilterableTests:
         return self.backend.build(np.ascontiguousarray(base, np.float32), metric, params, threads=2)
 
     def _filtered(
-        self, index: Backend, queries: np.ndarray, mask: Mask, depth: int, k: int = K
+        self, index: Backend, queries: np.ndarray, mask: Mask | Allowed, depth: int, k: int = K
     ) -> tuple[Labels, Matrix]:
-        allowed = np.frombuffer(np.ascontiguousarray(mask, np.bool_).tobytes(), np.bool_)  # read-only, as Flux's
+        """``index.search_filtered``, given a mask (read-only, as Flux's) or an ``Allowed`` as it is."""
+        allowed = mask if isinstance(mask, Allowed) else Allowed(_read_only(mask, np.bool_))
         params = defaults(self.backend.search_params)
         labels, found = index.search_filtered(_read_only(queries), k, params, allowed, depth)
         assert labels.shape == found.shape == (len(queries), k), (
@@ -122,7 +125,8 @@ class FilterableTests:
         )
 
     def test_leaving_out_each_querys_nearest_items(self) -> None:
-        """The items a user has already played sit right around the query: the search must walk past them."""
+        """The items a user has already played sit right around the query: the search must walk past
+        them, whether they come as a mask or, with no restrict to apply, as a list of labels."""
         base, queries = _data(2000, 16)
         index = self._index(base)
         nearest = np.argsort(distances(base, queries, Metric.L2), axis=1)[:, :EXCLUDED_NEAREST]
@@ -132,14 +136,17 @@ class FilterableTests:
             mask[row] = False
             masks.append(mask)
         depth = EXCLUDED_NEAREST + MARGIN * K
-        rows = [self._filtered(index, q[None], m, depth) for q, m in zip(queries, masks, strict=True)]
-        answer, found = np.vstack([r[0] for r in rows]), np.vstack([r[1] for r in rows])
-        what = f"each query's {EXCLUDED_NEAREST} nearest of 2,000 items left out, depth {depth}"
-        got = self._check(what, base, queries, Metric.L2, masks, answer, found)
-        assert got >= self.min_recall, (
-            f"{what}: recall@{K} against exact filtered search is {got:.3f}; min_recall is {self.min_recall}. "
-            "The search must take in at least `depth` items: the k nearest allowed ones lie past the excluded"
-        )
+        lists = [Allowed(excluded=_read_only(np.sort(row), np.int64)) for row in nearest]
+        forms: tuple[tuple[str, Sequence[Mask | Allowed]], ...] = (("a mask", masks), ("excluded labels", lists))
+        for form, given in forms:
+            rows = [self._filtered(index, q[None], a, depth) for q, a in zip(queries, given, strict=True)]
+            answer, found = np.vstack([r[0] for r in rows]), np.vstack([r[1] for r in rows])
+            what = f"each query's {EXCLUDED_NEAREST} nearest of 2,000 items left out as {form}, depth {depth}"
+            got = self._check(what, base, queries, Metric.L2, masks, answer, found)
+            assert got >= self.min_recall, (
+                f"{what}: recall@{K} against exact filtered search is {got:.3f}; min_recall is {self.min_recall}. "
+                "The search must take in at least `depth` items: the k nearest allowed ones lie past the excluded"
+            )
 
     def test_a_depth_covering_the_index_gives_the_exact_answer(self) -> None:
         base, queries = _data(1000, 8, queries=20)
@@ -180,6 +187,27 @@ class FilterableTests:
             f"a mask allowing labels 3, 500 and 999 must return exactly those, got {labels[0].tolist()}"
         )
 
+    def test_excluded_labels_without_a_mask(self) -> None:
+        """Without a mask every item is allowed but the excluded labels; labels past the index are no items."""
+        base, queries = _data(1000, 8, queries=10)
+        index = self._index(base)
+        labels, found = self._filtered(index, queries, Allowed(), K)
+        full = np.ones(len(base), np.bool_)
+        got = self._check("nothing excluded, no mask", base, queries, Metric.L2, [full] * len(queries), labels, found)
+        assert got >= self.min_recall, f"nothing excluded: recall@{K} is {got:.3f}; min_recall is {self.min_recall}"
+        every = Allowed(excluded=_read_only(np.arange(len(base) + 5), np.int64))
+        labels, found = self._filtered(index, queries, every, K)
+        assert (labels == -1).all(), f"every label excluded must give label -1 only, got {labels[0].tolist()}"
+        assert np.isinf(found).all(), f"every label excluded must give distance +inf only, got {found[0].tolist()}"
+        kept = np.array([3, 500, 999])
+        others = np.setdiff1d(np.arange(len(base) + 5), kept)
+        labels, found = self._filtered(index, queries, Allowed(excluded=_read_only(others, np.int64)), len(base))
+        few = np.isin(np.arange(len(base)), kept)
+        self._check("all but 3 labels excluded", base, queries, Metric.L2, [few] * len(queries), labels, found)
+        assert (np.sort(labels[:, :3], axis=1) == kept).all(), (
+            f"all labels but 3, 500 and 999 excluded must return exactly those, got {labels[0].tolist()}"
+        )
+
 
 class NotFilterableTests:
     """Mixed into the suite of a backend that does not declare ``filterable``."""
@@ -190,9 +218,7 @@ class NotFilterableTests:
         params = defaults(self.backend.build_params)
         index = self.backend.build(np.ones((3, 8), np.float32), Metric.L2, params)
         with pytest.raises(NotImplementedError):
-            index.search_filtered(
-                np.ones((1, 8), np.float32), 1, defaults(self.backend.search_params), np.ones(3, np.bool_), 1
-            )
+            index.search_filtered(np.ones((1, 8), np.float32), 1, defaults(self.backend.search_params), Allowed(), 1)
 
 
 def _data(n: int, dimension: int, queries: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -200,5 +226,6 @@ def _data(n: int, dimension: int, queries: int = 50, seed: int = 0) -> tuple[np.
     return points[:n], points[n:]
 
 
-def _read_only(vectors: np.ndarray) -> np.ndarray:
-    return np.frombuffer(np.ascontiguousarray(vectors, "<f4").tobytes(), "<f4").reshape(vectors.shape)
+def _read_only(values: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """A read-only copy, as Flux hands arrays to a backend."""
+    return np.frombuffer(np.ascontiguousarray(values, dtype).tobytes(), dtype).reshape(values.shape)

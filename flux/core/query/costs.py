@@ -95,6 +95,7 @@ class Costs:
             + candidates * candidates * self.fetch_squared
         )
 
-    def native(self, depth: int, size: int) -> float:
-        """The backend's filtered search taking in ``depth`` items, with its mask over ``size`` labels."""
-        return self.fetch(depth, size) + size * MASK_PER_ITEM
+    def native(self, depth: int, size: int, *, masked: bool = True) -> float:
+        """The backend's filtered search taking in ``depth`` items, with its mask over ``size`` labels
+        (``masked``), or given only the labels left out (``flux_core.backend.Allowed``)."""
+        return self.fetch(depth, size) + (size * MASK_PER_ITEM if masked else 0.0)

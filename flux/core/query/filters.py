@@ -11,9 +11,10 @@ looks up only its candidates):
 * ``EXACT_SCAN``: distances to every passing item. Chosen when that is the cheaper way (few
   items pass, or the other ways would have to reach far), and whenever the others fail.
 * ``NATIVE_FILTER``: the backend's own filtered search (``Backend.search_filtered``, for a
-  backend that declares ``filterable``), given the mask and a depth: how many of the nearest
-  items it must take in, from the share that passes; when its answer lies beyond excluded items
-  (counted from their distances), it is asked again as deep as they reach.
+  backend that declares ``filterable``), given the mask (or, for a filter that only leaves ids
+  out, their labels alone) and a depth: how many of the nearest items it must take in, from the
+  share that passes; when its answer lies beyond excluded items (counted from their distances),
+  it is asked again as deep as they reach.
 * ``OVERFETCH``: ask the index for k' = 2 k / selectivity neighbours, keep those that pass
   (and the crowding cap), and ask again, deeper, until k pass within the first three quarters
   of what it returned (the tail of an approximate list is where it misses most).
@@ -38,7 +39,7 @@ from flux.core.query import deadline, ranking
 from flux.core.query.costs import Costs
 from flux.core.query.model import MAX_EXCLUDE_IDS, Answer, Filter, Nearest, Strategy
 from flux.core.query.scan import ExactScan, among, tags_of
-from flux_core.backend import Backend, Labels, Matrix
+from flux_core.backend import Allowed, Backend, Labels, Matrix
 from flux_core.storage.attribute_table import Mask, OneOf, Table
 from flux_core.storage.attributes import AttributeStore
 
@@ -66,7 +67,8 @@ LIST_SHARE = 16
 
 @dataclass(frozen=True)
 class _Plan:
-    """What passes one query's filter: a list of labels (few pass), or a mask, or every live item."""
+    """What passes one query's filter: a list of labels (few pass), or a mask, or every live item
+    but the excluded ones."""
 
     labels: Labels | None  # ascending
     mask: Mask | None
@@ -76,6 +78,12 @@ class _Plan:
     cap: int  # results per crowding tag, 0 for no cap
     #: Instead of ``mask``, for one single-valued namespace: who passes, asked per label (excluded aside).
     one_of: OneOf | None = None
+
+    @property
+    def restricted(self) -> bool:
+        """Whether allow or deny restricts narrow the items (listed, masked or asked per label);
+        without them, ``excluded`` alone tells what passes, and no mask over every label is built."""
+        return self.labels is not None or self.mask is not None or self.one_of is not None
 
 
 @dataclass
@@ -179,9 +187,10 @@ class Planner:
         rest = table.live_count if mask is None else int(np.count_nonzero(mask))
         if excluded is None:
             return _Plan(None, mask, rest, rest, none, cap)
-        if mask is None:
-            mask = table.live.copy()
         excluded = excluded[excluded < table.size]
+        if mask is None:  # only ids left out: they stay a list, with no mask over every label to build
+            passing = excluded[table.live[excluded]]
+            return _Plan(None, None, rest - len(passing), rest, passing, cap)
         passing = excluded[mask[excluded]]  # those the restricts let through: they alone change the count
         mask[passing] = False
         return _Plan(None, mask, rest - len(passing), rest, passing, cap)
@@ -209,7 +218,7 @@ class Planner:
                 depth = _depth(want, plan, live, available)
                 if len(plan.excluded) > depth and self._crowded_out(queries[row], k, params[row], plan, table):
                     depth = _depth(want, plan, live, available, len(plan.excluded))  # reach past them all
-                if (cost := self.costs.native(depth, table.size)) < cheapest:
+                if (cost := self.costs.native(depth, table.size, masked=plan.restricted)) < cheapest:
                     cheapest, way = cost, _Pushed(depth, want)
             # A filterable backend over-fetches too when nothing is excluded and that is cheaper (no
             # mask over every label to build); past excluded items only push-down reaches cheaply.
@@ -288,7 +297,7 @@ class Planner:
         lie around the answer, or by a scan when that becomes the cheaper way."""
         available = len(self._backend)
         live = max(table.live_count, 1)
-        masks: dict[int, Mask] = {}
+        selections: dict[int, Allowed] = {}
         while pushed:
             groups: dict[tuple[int, int, int, tuple[tuple[str, float], ...]], list[int]] = {}
             for row, state in pushed.items():
@@ -297,11 +306,11 @@ class Planner:
             for (plan_id, depth, want, _), rows in groups.items():
                 deadline.check()
                 plan = plans[rows[0]]
-                mask = masks.get(plan_id)
-                if mask is None:
-                    mask = masks[plan_id] = _mask_of(plan, table)
+                allowed = selections.get(plan_id)
+                if allowed is None:
+                    allowed = selections[plan_id] = _allowed(plan, table)
                 labels, distances = self._backend.search_filtered(
-                    queries[rows], want, params[rows[0]], mask, depth, threads=threads
+                    queries[rows], want, params[rows[0]], allowed, depth, threads=threads
                 )
                 for row, found, dist in zip(rows, labels, distances, strict=True):
                     state, k = pushed[row], ks[row]
@@ -330,7 +339,9 @@ class Planner:
                         deeper = max(depth, _depth(wider, plan, live, available))
                         state = _Pushed(deeper, wider, state.excluded_distances)
                     state.depth = min(state.depth, available)
-                    if self.costs.scan(plan.count, table.size) <= self.costs.native(state.depth, table.size):
+                    if self.costs.scan(plan.count, table.size) <= self.costs.native(
+                        state.depth, table.size, masked=plan.restricted
+                    ):
                         deadline.check()
                         answers[row] = self._scan(queries[row], plan, k, table)
                     else:
@@ -378,18 +389,24 @@ def _depth(wanted: int, plan: _Plan, live: int, available: int, excluded: int = 
     return min(available, max(wanted + excluded, math.ceil((excluded + PUSH_MARGIN * wanted) * share)))
 
 
+def _allowed(plan: _Plan, table: Table) -> Allowed:
+    """The passing items as push-down hands them to the backend: the excluded labels alone when no
+    restrict applies (a user's played tracks left out), else a mask over labels."""
+    return Allowed(_mask_of(plan, table)) if plan.restricted else Allowed(excluded=plan.excluded)
+
+
 def _mask_of(plan: _Plan, table: Table) -> Mask:
-    """The passing items as a mask over labels, as push-down hands them to the backend."""
+    """The passing items as a mask over labels."""
     if plan.mask is not None:
         return plan.mask
-    if plan.one_of is not None:
-        mask = plan.one_of.mask()
-        mask[plan.excluded] = False
+    if plan.labels is not None:
+        mask = np.zeros(table.size, np.bool_)
+        mask[plan.labels] = True
         return mask
-    if plan.labels is None:
-        return table.live
-    mask = np.zeros(table.size, np.bool_)
-    mask[plan.labels] = True
+    if not len(plan.excluded):
+        return table.live if plan.one_of is None else plan.one_of.mask()
+    mask = table.live.copy() if plan.one_of is None else plan.one_of.mask()
+    mask[plan.excluded] = False
     return mask
 
 
@@ -403,8 +420,9 @@ def _passing(labels: Labels, plan: _Plan, table: Table) -> npt.NDArray[np.intp]:
         keep[keep] = plan.mask[labels[keep]]
     elif plan.one_of is not None:
         keep &= labels < table.size
-        candidates = labels[keep]
-        keep[keep] = plan.one_of.holds(candidates) & ~among(candidates, plan.excluded)
+        keep[keep] = plan.one_of.holds(labels[keep])
+    if plan.mask is None and plan.labels is None and len(plan.excluded):  # not taken out of a mask or list
+        keep[keep] = ~among(labels[keep], plan.excluded)
     positions = np.flatnonzero(keep)
     if plan.cap:
         positions = positions[ranking.crowd(tags_of(table, labels[positions]), plan.cap)]
