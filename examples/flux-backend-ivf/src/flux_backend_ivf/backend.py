@@ -9,10 +9,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
+from flux_core.backend import Allowed, Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
 
 # k-means sees at most this many vectors per list: more barely moves the centroids.
 _TRAIN_PER_LIST = 256
+# A filtered search scans the nearest lists until they hold this many times the depth Flux asks for.
+_COVER = 8
 
 
 class IvfBackend(Backend):
@@ -23,10 +25,14 @@ class IvfBackend(Backend):
     list starts, so ``load`` memory-maps it and serving processes share its pages.
     Immutable: new data means a new build. Nothing is written after construction, so
     concurrent searches need no lock.
+
+    Filterable: ``search_filtered`` scans the nearest lists until they hold ``_COVER`` x ``depth``
+    items, and ranks only the allowed ones among them (by the mask, or by the excluded labels
+    when Flux sends no mask), so a query whose nearest items are left out still finds k.
     """
 
     name = "ivf"
-    capabilities = Capabilities(mmap_load=True, thread_safe_search=True)
+    capabilities = Capabilities(filterable=True, mmap_load=True, thread_safe_search=True)
     build_params: ClassVar[Mapping[str, Param]] = {
         "nlist": Param(0, 0, 65_536, doc="number of lists; 0 means the square root of the item count"),
         "iterations": Param(10, 1, 100, doc="k-means iterations; more balances the lists better, builds slower"),
@@ -112,6 +118,18 @@ class IvfBackend(Backend):
     def search(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
+        return self._search(queries, k, int(params["nprobe"]), k, None)
+
+    def search_filtered(
+        self, queries: Matrix, k: int, params: Mapping[str, float], allowed: Allowed, depth: int, *, threads: int = 1
+    ) -> tuple[Labels, Matrix]:
+        return self._search(queries, k, int(params["nprobe"]), _COVER * depth, allowed)
+
+    def _search(
+        self, queries: Matrix, k: int, nprobe: int, reach: int, allowed: Allowed | None
+    ) -> tuple[Labels, Matrix]:
+        """Per query, the ``nprobe`` nearest lists and the next ones until they hold ``reach`` items;
+        then more, while fewer than k of what they hold are allowed (and more are allowed)."""
         labels = np.full((len(queries), k), -1, np.int64)
         distances = np.full((len(queries), k), np.inf, np.float32)
         nlist = len(self._centroids)
@@ -119,16 +137,19 @@ class IvfBackend(Backend):
             return labels, distances
         if self.metric is Metric.COSINE:
             queries = _normalised(queries)
-        nprobe = min(int(params["nprobe"]), nlist)
-        wanted = min(k, len(self))
+        wanted = min(k, len(self) if allowed is None else _allowed_count(allowed, len(self)))
         sizes = np.diff(self._offsets)
         nearest = np.argsort(_coarse_scores(queries, self._centroids, self.metric), axis=1, kind="stable")
         for row, order in enumerate(nearest):
-            # nprobe lists, and the next nearest ones while they hold fewer than k items: a search
-            # returns k results whenever the index holds k items, however small nprobe is.
-            probe = max(nprobe, int(np.searchsorted(np.cumsum(sizes[order]), wanted)) + 1)
-            lists = order[:probe]
-            rows = np.concatenate([np.arange(self._offsets[i], self._offsets[i + 1]) for i in lists])
+            held = np.cumsum(sizes[order])
+            probe = min(nlist, max(nprobe, int(np.searchsorted(held, max(wanted, reach))) + 1))
+            while True:
+                rows = np.concatenate([np.arange(self._offsets[i], self._offsets[i + 1]) for i in order[:probe]])
+                if allowed is not None:
+                    rows = rows[_passes(self._labels[rows], allowed)]
+                if len(rows) >= wanted or probe == nlist:
+                    break
+                probe = min(nlist, 2 * probe)
             found = _distances(self._vectors[rows], queries[row], self.metric)
             keep = min(k, len(rows))
             best = np.argpartition(found, keep - 1)[:keep] if keep < len(rows) else np.arange(len(rows))
@@ -149,6 +170,27 @@ class IvfBackend(Backend):
     def stats(self) -> dict[str, Any]:
         sizes = np.diff(self._offsets)
         return {"nlist": len(self._centroids), "largest_list": int(sizes.max()) if len(sizes) else 0}
+
+
+def _passes(labels: Labels, allowed: Allowed) -> npt.NDArray[np.bool_]:
+    """Which of ``labels`` ``allowed`` allows: by its mask, or else not among its excluded labels."""
+    if allowed.mask is not None:
+        inside = labels < len(allowed.mask)  # a label past the mask's end is not allowed
+        inside[inside] = allowed.mask[labels[inside]]
+        return inside
+    excluded = allowed.excluded
+    if not len(excluded):
+        return np.ones(len(labels), np.bool_)
+    at = np.searchsorted(excluded, labels)
+    passing: npt.NDArray[np.bool_] = (at == len(excluded)) | (excluded[np.minimum(at, len(excluded) - 1)] != labels)
+    return passing
+
+
+def _allowed_count(allowed: Allowed, count: int) -> int:
+    """How many of the labels 0 .. count - 1 ``allowed`` allows."""
+    if allowed.mask is not None:
+        return int(np.count_nonzero(allowed.mask[:count]))
+    return count - int(np.count_nonzero(allowed.excluded < count))
 
 
 def _load_npy(path: Path, *, mmap: bool = False) -> npt.NDArray[Any]:
