@@ -16,6 +16,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from flux.core.serving.index import ServedIndex
 from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
@@ -386,6 +387,22 @@ def test_the_cost_model_is_fixed_and_holds_for_scans_of_any_size() -> None:
         assert model.fetch(40, size) < model.native(30, size)
 
 
+def _served_with_free_fetching(catalog: Catalog, backend: str, tmp_path: Path) -> tuple[ServedIndex, list[str]]:
+    """``backend``'s index of the catalog, served in process, its planner told that fetching costs
+    nothing: push-down and over-fetch then win over a scan at the catalog's small size."""
+    from dataclasses import replace
+
+    from flux_core.backend import Metric
+    from flux_core.storage import artifact, builder
+
+    ids = support.ids_for(N)
+    path = tmp_path / backend
+    builder.build(path, catalog.base, ids, backend=backend, metric=Metric.L2, name="f", attributes=catalog.attributes())
+    index = ServedIndex("f", artifact.load(path))
+    index.planner.costs = replace(index.planner.costs, fetch_fixed=0.0, fetch_per_value=0.0, fetch_squared=0.0)
+    return index, ids
+
+
 @pytest.mark.parametrize("backend", ["faiss", "faiss-ivf"])
 def test_a_filterable_backend_over_fetches_only_when_nothing_is_excluded(
     catalog: Catalog, backend: str, tmp_path: Path
@@ -393,25 +410,9 @@ def test_a_filterable_backend_over_fetches_only_when_nothing_is_excluded(
     """With over-fetching made the cheaper way, a restrict alone is over-fetched, and the same
     restrict with the query's nearest items excluded is still pushed down: an over-fetch would
     have to read past them."""
-    from dataclasses import replace
-
     from flux.core.query.filters import Filter, Strategy
-    from flux.core.serving.index import ServedIndex
-    from flux_core.backend import Metric
-    from flux_core.storage import artifact, builder
 
-    ids = support.ids_for(N)
-    builder.build(
-        tmp_path / backend,
-        catalog.base,
-        ids,
-        backend=backend,
-        metric=Metric.L2,
-        name="f",
-        attributes=catalog.attributes(),
-    )
-    index = ServedIndex("f", artifact.load(tmp_path / backend))
-    index.planner.costs = replace(index.planner.costs, fetch_fixed=0.0, fetch_per_value=0.0, fetch_squared=0.0)
+    index, ids = _served_with_free_fetching(catalog, backend, tmp_path)
     query = catalog.queries[3]
     nearest = np.argsort(((catalog.base - query) ** 2).sum(axis=1))[:100]
     half = [("genre", [f"g{g}" for g in range(GENRES // 2)])]
@@ -431,25 +432,10 @@ def test_push_down_of_excluded_ids_alone_builds_no_mask(
 ) -> None:
     """A filter that only leaves ids out reaches the backend as their labels, with no mask over every
     label (which costs in proportion to the index on every query); with a restrict it is a mask."""
-    from dataclasses import replace
-
     from flux.core.query.filters import Filter, Strategy
-    from flux.core.serving.index import ServedIndex
-    from flux_core.backend import Allowed, Metric
-    from flux_core.storage import artifact, builder
+    from flux_core.backend import Allowed
 
-    ids = support.ids_for(N)
-    builder.build(
-        tmp_path / backend,
-        catalog.base,
-        ids,
-        backend=backend,
-        metric=Metric.L2,
-        name="f",
-        attributes=catalog.attributes(),
-    )
-    index = ServedIndex("f", artifact.load(tmp_path / backend))
-    index.planner.costs = replace(index.planner.costs, fetch_fixed=0.0, fetch_per_value=0.0, fetch_squared=0.0)
+    index, ids = _served_with_free_fetching(catalog, backend, tmp_path)
     given: list[Allowed] = []
     search_filtered = index.backend.search_filtered
 
