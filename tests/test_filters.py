@@ -454,10 +454,11 @@ def test_push_down_of_excluded_ids_alone_builds_no_mask(
         assert answer.strategy == Strategy.NATIVE_FILTER
         assert given, "the backend's filtered search was not called"
         if allow:
-            assert all(a.mask is not None for a in given)
+            assert all(a.mask is not None and not a.mask.flags.writeable for a in given)
             passes = catalog.genre < GENRES // 2
         else:
             assert all(a.mask is None and a.excluded.tolist() == sorted(nearest.tolist()) for a in given)
+            assert not any(a.excluded.flags.writeable for a in given)  # it serves every row of the plan
             passes = np.ones(N, np.bool_)
         passes[nearest] = False
         truth, _ = exact(catalog, query, Case(types_pb2.Filter(), passes, 0))

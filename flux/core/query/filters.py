@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -392,7 +393,16 @@ def _depth(wanted: int, plan: _Plan, live: int, available: int, excluded: int = 
 def _allowed(plan: _Plan, table: Table) -> Allowed:
     """The passing items as push-down hands them to the backend: the excluded labels alone when no
     restrict applies (a user's played tracks left out), else a mask over labels."""
-    return Allowed(_mask_of(plan, table)) if plan.restricted else Allowed(excluded=plan.excluded)
+    if plan.restricted:
+        return Allowed(_read_only(_mask_of(plan, table)))
+    return Allowed(excluded=_read_only(plan.excluded))
+
+
+def _read_only(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A view the backend cannot write through: the plan's arrays serve every row of its queries."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _mask_of(plan: _Plan, table: Table) -> Mask:
