@@ -13,7 +13,9 @@ from flux_core.backend import Metric
 @pytest.mark.parametrize("metric", list(Metric))
 def test_rough_distances_agree_with_exact_ones(metric: Metric) -> None:
     rng = np.random.default_rng(3)
-    vectors = (rng.standard_normal((2_000, 64)) + 4).astype(np.float32)  # off-centre: large norms
+    # Off-centre (large norms), and in three blocks of products (2,048 rows at 64 dimensions).
+    vectors = (rng.standard_normal((5_000, 64)) + 4).astype(np.float32)
+    assert len(vectors) > 2 * ranking.block_rows(64)
     query = (rng.standard_normal(64) + 4).astype(np.float32)
     exact = ranking.distances(vectors, query, metric)
     rough = ranking.rough_distances(vectors, ranking.squared_norms(vectors), query, metric)

@@ -68,14 +68,21 @@ def squared_norms(vectors: Matrix) -> Matrix:
 
 def rough_distances(vectors: Matrix, squared_norms: Matrix, query: Matrix, metric: Metric) -> Matrix:
     """Distances in Flux's convention from float32 products: for counting items within a radius
-    (rounding moves only those on its edge), at a fifth of the cost of ``distances``."""
-    dots = vectors @ query
+    (rounding moves only those on its edge), at a fifth of the cost of ``distances``. The products
+    run a block at a time: 10,000 excluded items at 64 dimensions in one product woke OpenBLAS's
+    threads, and a server on one CPU spent 7 ms on them where blocks take 0.1 ms."""
+    dots = np.empty(len(vectors), np.float32)
+    step = block_rows(vectors.shape[1])
+    for start in range(0, len(vectors), step):
+        np.matmul(vectors[start : start + step], query, out=dots[start : start + step])
     if metric is Metric.L2:
         squared: Matrix = squared_norms - 2 * dots + np.float32(query @ query)
         return squared
     if metric is Metric.COSINE:
-        dots = dots / (np.maximum(np.sqrt(squared_norms), np.float32(1e-30)) * max(float(np.linalg.norm(query)), 1e-30))
-    out: Matrix = (np.float32(1.0) - dots).astype(np.float32, copy=False)
+        dots /= np.maximum(np.sqrt(squared_norms), np.float32(1e-30)) * np.float32(
+            max(float(np.linalg.norm(query)), 1e-30)
+        )
+    out: Matrix = np.float32(1.0) - dots
     return out
 
 
