@@ -14,10 +14,12 @@ import pytest
 
 from flux.cli import main
 from flux_bench.filters import TARGET_EXCLUDED_RECALL, TARGET_RECALL
-from flux_bench.filters_workload import EXCLUDED_NEAREST, EXCLUDED_OF, SELECTIVITIES, exclusion_name
+from flux_bench.filters_workload import EXCLUDED_NEAREST, EXCLUDED_OF, PLAYED, SELECTIVITIES, exclusion_name
 
 COUNT = 10_000
-EXCLUDED = {exclusion_name(count * COUNT // EXCLUDED_OF) for count in EXCLUDED_NEAREST}
+EXCLUDED = {exclusion_name(count * COUNT // EXCLUDED_OF) for count in EXCLUDED_NEAREST} | {
+    exclusion_name(PLAYED * COUNT // EXCLUDED_OF, "played")
+}
 FILTERS = {f"{s:.1%}" for s in SELECTIVITIES} | {"mixed"} | EXCLUDED
 #: The backends that filter inside their own search (push-down).
 NATIVE = {"faiss", "faiss-ivf"}

@@ -32,6 +32,9 @@ MIXED_EXCLUDED, MIXED_FROM, MIXED_CAP = 1000, 2000, 2
 #: a smaller set leaves out as large a share.
 EXCLUDED_NEAREST = (1000, 10_000)
 EXCLUDED_OF = 200_000
+#: The ``played`` scenario leaves out this many ids of 200,000 drawn from the whole catalogue: a
+#: listening history spread over it, which a query's neighbourhood holds only a share of.
+PLAYED = 10_000
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,16 @@ def scenarios(items: Items, base: Matrix, queries: Matrix, seed: int) -> list[Sc
     nearest = np.take_along_axis(nearest, np.argsort(distances, axis=1, kind="stable"), axis=1)  # nearest first
     for count in counts:
         out.append(_excluding(exclusion_name(count), nearest[:, :count], len(base)))
+    played = max(1, PLAYED * len(base) // EXCLUDED_OF)
+    spread = np.stack([rng.choice(len(base), played, replace=False) for _ in range(q)])
+    out.append(_excluding(exclusion_name(played, "played"), spread, len(base)))
     return out
 
 
-def exclusion_name(count: int) -> str:
-    """``excl-1k`` for the scenario that leaves out each query's 1,000 nearest items."""
-    return f"excl-{count // 1000}k" if count % 1000 == 0 else f"excl-{count}"
+def exclusion_name(count: int, kind: str = "excl") -> str:
+    """``excl-1k`` for the scenario that leaves out each query's 1,000 nearest items, ``played-10k``
+    for 10,000 items from anywhere."""
+    return f"{kind}-{count // 1000}k" if count % 1000 == 0 else f"{kind}-{count}"
 
 
 def _squared(rows: Matrix, query: Matrix) -> np.ndarray:
