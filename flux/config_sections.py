@@ -61,6 +61,15 @@ class ServerConfig(Strict):
         "own and keeps what is freed into it, so fewer hold less memory; 0: glibc's default (8 per CPU); the "
         "MALLOC_ARENA_MAX environment variable, when set, wins",
     )
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="threads each BLAS matrix product (numpy's, faiss's) may use in the server: calls already "
+        "run on handler threads of their own, and a product split over more threads than the server has CPUs "
+        "(pinned, or a container's share) makes them wait on one another; 0: the library's default (one per "
+        "CPU it sees); the OPENBLAS_NUM_THREADS environment variable, when set, wins",
+    )
     workers: int = Field(
         1,
         ge=1,

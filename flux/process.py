@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flux import allocator, logs
+from flux import allocator, blas, logs
 from flux.binding import EXIT_CANNOT_BIND, CannotBind, check_bindable
 from flux.config import FluxConfig
 from flux.core.serving import preload
@@ -38,6 +38,7 @@ def serve(config: FluxConfig) -> int:
     """
     logs.configure(config.logging.format, config.logging.level)
     allocator.limit_arenas(config.server.malloc_arenas)  # before any handler thread allocates; workers fork
+    blas.limit_threads(config.server.blas_threads)
     if config.server.workers > 1:
         return _supervise(config)
     return _serve_one(config)

@@ -117,7 +117,7 @@ def bare_server(
 
 def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
-    from flux import allocator
+    from flux import allocator, blas
     from flux import config as flux_config
     from flux.core.serving.catalog import IndexState
     from flux.process import Workers
@@ -126,6 +126,7 @@ def _flux_main(conn: Connection, raw: dict[str, Any]) -> None:
     raw = {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": 0}}
     config = flux_config.parse(raw, source="benchmark config")
     allocator.limit_arenas(config.server.malloc_arenas)  # as `flux serve` does
+    blas.limit_threads(config.server.blas_threads)
     if config.server.workers > 1:
         os.environ["FLUX_LOG_LEVEL"] = "WARNING"  # workers configure their own logging from it
         workers = Workers(config)
