@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
         )
         rows.extend(library)
         if not args.no_grpc:
-            with serve(backend, path) as stub:
-                grpc_rows = Grpc(stub, backend, queries, args.k, progress)
+            with serve(backend, path) as served:
+                grpc_rows = Grpc(served, backend, queries, args.k, progress)
                 rows.append(grpc_rows.unfiltered(unfiltered_truth))
                 rows.extend(grpc_rows.filtered(s, truths[s.name]) for s in filters)
         index.artifact.backend.close()
@@ -187,16 +187,18 @@ def _print(rows: list[Row], targets: list[Target], spec: Synthetic, k: int, comm
     print(f"\n{command}")
     print(f"filtered search: {spec.name}, {spec.count:,} x {spec.dimension}, k={k}, {spec.queries} queries per filter")
     header = f"{'backend':<7} {'filter':<7} {'passing':>8} {'who':<15} {'queries':>7} {'recall':>6}"
-    print(f"{header} {'p50 ms':>7} {'p95 ms':>7} {'unf p50':>7} {'x unf':>6}  strategies")
+    print(f"{header} {'p50 ms':>7} {'p95 ms':>7} {'unf p50':>7} {'x unf':>6} {'srv cpu':>7}  strategies")
     for r in rows:
         unfiltered = f"{r.unfiltered_p50_ms:.3f}" if r.unfiltered_p50_ms is not None else "-"
         slowdown = f"{r.slowdown:.2f}" if r.slowdown is not None else "-"
+        cpu = f"{r.server_cpu_ms:.3f}" if r.server_cpu_ms is not None else "-"
         strategies = ", ".join(f"{name} {count}" for name, count in sorted(r.strategies.items()))
         print(
             f"{r.backend:<7} {r.scenario:<7} {r.selectivity:>8.2%} {r.who:<15} {r.queries:>7} {r.recall:>6.3f} "
-            f"{r.p50_ms:>7.3f} {r.p95_ms:>7.3f} {unfiltered:>7} {slowdown:>6}  {strategies}"
+            f"{r.p50_ms:>7.3f} {r.p95_ms:>7.3f} {unfiltered:>7} {slowdown:>6} {cpu:>7}  {strategies}"
         )
     print("unf p50: the same queries unfiltered, each timed right before its filtered call; x unf: p50 / unf p50")
+    print("srv cpu: the server's CPU ms per call (flux-grpc), over a second pass of the same calls")
     print("\ntargets (each from this one run)")
     for t in targets:
         print(f"  {t.backend:<7} {t.name:<40} {t.measured:>7.3f} {t.bound:<8} {'PASS' if t.passed else 'FAIL'}")

@@ -23,7 +23,7 @@ from flux.core.serving.index import ServedIndex
 from flux_api.v1 import types_pb2, vector_service_pb2_grpc
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_bench.filters_workload import Scenario
-from flux_bench.servers import flux_server
+from flux_bench.servers import ServerProcess, flux_server
 from flux_core.backend import Labels, Matrix
 
 WARMUP = 20
@@ -46,6 +46,9 @@ class Row:
     unfiltered_p50_ms: float | None = None
     slowdown: float | None = None
     strategies: dict[str, int] = field(default_factory=dict)
+    #: flux-grpc rows: the server's CPU (user + system, from /proc) per call, over a second pass of
+    #: the same calls one after another: what a query costs the CPUs that serve it.
+    server_cpu_ms: float | None = None
 
 
 class Measure:
@@ -264,13 +267,13 @@ def _faiss_rows(
 
 
 @contextmanager
-def serve(backend: str, path: Path) -> Iterator[vector_service_pb2_grpc.VectorServiceStub]:
+def serve(backend: str, path: Path) -> Iterator[tuple[vector_service_pb2_grpc.VectorServiceStub, ServerProcess]]:
     import grpc
 
     server = flux_server({"indexes": [{"name": backend, "path": str(path)}]})
     try:
         with grpc.insecure_channel(server.address) as channel:
-            yield vector_service_pb2_grpc.VectorServiceStub(channel)
+            yield vector_service_pb2_grpc.VectorServiceStub(channel), server
     finally:
         server.close()
 
@@ -280,13 +283,13 @@ class Grpc:
 
     def __init__(
         self,
-        stub: vector_service_pb2_grpc.VectorServiceStub,
+        served: tuple[vector_service_pb2_grpc.VectorServiceStub, ServerProcess],
         backend: str,
         queries: Matrix,
         k: int,
         progress: Callable[[str], None],
     ) -> None:
-        self.stub, self.backend, self.k, self.progress = stub, backend, k, progress
+        (self.stub, self.server), self.backend, self.k, self.progress = served, backend, k, progress
         self.vectors = [
             types_pb2.FloatVectors(dimension=queries.shape[1], data=q.astype("<f4").tobytes()) for q in queries
         ]
@@ -300,7 +303,9 @@ class Grpc:
 
     def unfiltered(self, truth: Labels) -> Row:
         self.progress(f"{self.backend}: unfiltered through gRPC")
-        return _row(self.backend, "none", "flux-grpc", 1.0, _timed(len(self.vectors), self._unfiltered), list(truth))
+        row = _row(self.backend, "none", "flux-grpc", 1.0, _timed(len(self.vectors), self._unfiltered), list(truth))
+        row.server_cpu_ms = self._server_cpu(self._unfiltered)
+        return row
 
     def filtered(self, scenario: Scenario, truth: list[Labels]) -> Row:
         self.progress(f"{self.backend}: filter {scenario.name} through gRPC")
@@ -315,7 +320,20 @@ class Grpc:
             return self._labels(response), _strategy(response)
 
         timed = _timed(len(self.vectors), one, prepare, paired=self._unfiltered)
-        return _row(self.backend, scenario.name, "flux-grpc", scenario.selectivity, timed, truth)
+        row = _row(self.backend, scenario.name, "flux-grpc", scenario.selectivity, timed, truth)
+        row.server_cpu_ms = self._server_cpu(one, prepare)
+        return row
+
+    def _server_cpu(self, search: Search, prepare: Callable[[int], None] | None = None) -> float:
+        """The server's CPU ms per call over every query once more, one after another: /proc counts
+        in clock ticks, so the whole pass is read at once (an idle server spends next to nothing
+        while the next request is built)."""
+        before = self.server.cpu_seconds()
+        for row in range(len(self.vectors)):
+            if prepare:
+                prepare(row)
+            search(row)
+        return round((self.server.cpu_seconds() - before) / max(len(self.vectors), 1) * 1e3, 4)
 
 
 def _strategy(response: pb.SearchResponse) -> str:
