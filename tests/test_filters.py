@@ -463,3 +463,28 @@ def test_push_down_of_excluded_ids_alone_builds_no_mask(
         passes[nearest] = False
         truth, _ = exact(catalog, query, Case(types_pb2.Filter(), passes, 0))
         assert len(set(answer.labels.tolist()) & set(truth)) >= K - 1
+
+
+@pytest.mark.parametrize("strategy", ["overfetch", "exact_scan"])
+def test_an_item_being_written_is_left_out_when_its_id_is(catalog: Catalog, tmp_path: Path, strategy: str) -> None:
+    """A write gives the new id its label, adds the vector to the backend, then its attributes: in
+    between, a search whose filter only leaves ids out must still leave that one out, though the
+    attribute table does not know its label yet (each way the planner may answer)."""
+    from dataclasses import replace
+
+    from flux.core.query.filters import Filter, Strategy
+
+    index, _ = _served_with_free_fetching(catalog, "hnsw", tmp_path)
+    if strategy == "exact_scan":  # make fetching dear: the planner scans
+        index.planner.costs = replace(index.planner.costs, fetch_fixed=1.0)
+    query = catalog.queries[5]
+    labels = index.ids.assign(["being-written"])
+    index.backend.add(query[None].astype(np.float32), labels)  # the attributes have not followed yet
+    assert labels[0] >= index.attributes.table.size
+    nearest = index.planner.search(query[None], [K], [index.default_params], [None])[0]
+    assert labels[0] in nearest.labels  # the window is real: an unfiltered search returns it
+    left_out = Filter.create(exclude_ids=["being-written", support.ids_for(N)[0]])
+    answer = index.planner.search(query[None], [K], [index.default_params], [left_out])[0]
+    assert answer.strategy == Strategy(strategy)
+    assert labels[0] not in answer.labels
+    assert len(answer.labels) == K

@@ -188,10 +188,15 @@ class Planner:
         rest = table.live_count if mask is None else int(np.count_nonzero(mask))
         if excluded is None:
             return _Plan(None, mask, rest, rest, none, cap)
-        excluded = excluded[excluded < table.size]
+        known = excluded[excluded < table.size]
         if mask is None:  # only ids left out: they stay a list, with no mask over every label to build
-            passing = excluded[table.live[excluded]]
-            return _Plan(None, None, rest - len(passing), rest, passing, cap)
+            # Labels past the table are items a write is adding now (ids, backend, then attributes):
+            # left out all the same, since nothing else stops the backend returning them.
+            left_out = known[table.live[known]]
+            return _Plan(
+                None, None, rest - len(left_out), rest, np.concatenate((left_out, excluded[len(known) :])), cap
+            )
+        excluded = known
         passing = excluded[mask[excluded]]  # those the restricts let through: they alone change the count
         mask[passing] = False
         return _Plan(None, mask, rest - len(passing), rest, passing, cap)
@@ -416,7 +421,7 @@ def _mask_of(plan: _Plan, table: Table) -> Mask:
     if not len(plan.excluded):
         return table.live if plan.one_of is None else plan.one_of.mask()
     mask = table.live.copy() if plan.one_of is None else plan.one_of.mask()
-    mask[plan.excluded] = False
+    mask[plan.excluded[plan.excluded < len(mask)]] = False  # labels past it do not pass anyway
     return mask
 
 
