@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,21 +138,33 @@ class ExactBackend(Backend):
         keep = min(n, k)
         # A few spare candidates absorb the rounding of the matrix-product scores.
         shortlist = min(n, 2 * keep + 8)
-        step = max(1, _SCORE_BUDGET // n)
-        # Flux refuses vectors whose distances would overflow float32 (flux_core.vectors.check_vectors); an
-        # artifact built from such vectors elsewhere gets distance inf, as in the other backends, unwarned.
-        with np.errstate(over="ignore", invalid="ignore"):
-            for start in range(0, q, step):
-                chunk = queries[start : start + step]
+        # Blocks of queries whose scores fit the budget; with threads, at least one block per thread.
+        # numpy leaves the GIL in the products, partitions and sorts, so the blocks run side by side
+        # (a server keeps numpy's BLAS on one thread per product: flux.blas).
+        step = max(1, min(_SCORE_BUDGET // n, -(-q // max(1, threads))))
+
+        def block(start: int) -> None:
+            chunk = queries[start : start + step]
+            # Flux refuses vectors whose distances would overflow float32 (flux_core.vectors.check_vectors);
+            # an artifact built from such vectors elsewhere gets distance inf, as in the other backends, unwarned.
+            with np.errstate(over="ignore", invalid="ignore"):
                 scores = self._scores(state, chunk)
                 if shortlist < n:
                     rows = np.argpartition(scores, shortlist - 1, axis=1)[:, :shortlist]
                 else:
                     rows = np.broadcast_to(np.arange(n), (len(chunk), n))
                 exact = self._exact_distances(state, chunk, rows)
-                order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
-                labels[start : start + len(chunk), :keep] = state.labels[np.take_along_axis(rows, order, axis=1)]
-                distances[start : start + len(chunk), :keep] = np.take_along_axis(exact, order, axis=1)
+            order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
+            labels[start : start + len(chunk), :keep] = state.labels[np.take_along_axis(rows, order, axis=1)]
+            distances[start : start + len(chunk), :keep] = np.take_along_axis(exact, order, axis=1)
+
+        starts = range(0, q, step)
+        if threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="flux-exact") as pool:
+                list(pool.map(block, starts))
+        else:
+            for start in starts:
+                block(start)
         return labels, distances
 
     def _scores(self, state: _State, queries: Matrix) -> Matrix:

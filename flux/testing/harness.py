@@ -32,10 +32,16 @@ class Harness:
         )
 
     def search(
-        self, index: Backend, queries: np.ndarray, k: int, params: Mapping[str, float] | None = None
+        self,
+        index: Backend,
+        queries: np.ndarray,
+        k: int,
+        params: Mapping[str, float] | None = None,
+        *,
+        threads: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         params = defaults(self.backend.search_params) if params is None else params
-        return index.search(read_only(np.atleast_2d(queries)), k, params)
+        return index.search(read_only(np.atleast_2d(queries)), k, params, threads=threads)
 
 
 def read_only(vectors: np.ndarray) -> np.ndarray:

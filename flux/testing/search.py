@@ -117,6 +117,17 @@ class SearchTests(Harness):
                 stored, expected, rtol=1e-4, atol=1e-5, err_msg=f"get_vectors of labels 3, 0, 99 ({metric.value})"
             )
 
+    def test_a_batch_answers_alike_on_any_number_of_threads(self) -> None:
+        """A BatchSearch runs on the server's search_threads, a Search on one: the same query must get
+        the same answer either way (the server promises the same answer to the same request)."""
+        base, queries = vectors_and_queries(2000, 16, queries=200)
+        index = self.build(base)
+        one = self.search(index, queries, 10, threads=1)
+        for threads in (2, 3):
+            many = self.search(index, queries, 10, threads=threads)
+            np.testing.assert_array_equal(one[0], many[0], err_msg=f"labels differ between threads=1 and {threads}")
+            np.testing.assert_array_equal(one[1], many[1], err_msg=f"distances differ between threads=1 and {threads}")
+
     def test_save_and_load_give_identical_results(self, tmp_path: Path) -> None:
         base, queries = vectors_and_queries(1000, 16)
         for metric in METRICS:
