@@ -65,7 +65,7 @@ class ServerConfig(Strict):
         1,
         ge=0,
         le=1024,
-        description="threads each BLAS matrix product (numpy's, faiss's) may use in the server: calls already "
+        description="threads each of numpy's BLAS matrix products may use in the server: calls already "
         "run on handler threads of their own, and a product split over more threads than the server has CPUs "
         "(pinned, or a container's share) makes them wait on one another; 0: the library's default (one per "
         "CPU it sees); the OPENBLAS_NUM_THREADS environment variable, when set, wins",
