@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Progress
+from flux_core.vectors import normalised
 
 # Queries are scored in chunks so that one chunk's score matrix stays near this many floats.
 _SCORE_BUDGET = 1 << 24
@@ -101,7 +102,7 @@ class ExactBackend(Backend):
         threads: int = 1,
         progress: Progress | None = None,
     ) -> ExactBackend:
-        stored = _normalised(vectors) if metric is Metric.COSINE else np.array(vectors, dtype=np.float32, order="C")
+        stored = normalised(vectors) if metric is Metric.COSINE else np.array(vectors, dtype=np.float32, order="C")
         if progress:
             progress(len(stored), len(stored))
         return cls(vectors.shape[1], metric, stored, np.arange(len(stored), dtype=np.int64))
@@ -134,7 +135,7 @@ class ExactBackend(Backend):
         if n == 0 or q == 0:
             return labels, distances
         if self.metric is Metric.COSINE:
-            queries = _normalised(queries)
+            queries = normalised(queries)
         keep = min(n, k)
         # A few spare candidates absorb the rounding of the matrix-product scores.
         shortlist = min(n, 2 * keep + 8)
@@ -188,7 +189,7 @@ class ExactBackend(Backend):
     def add(self, vectors: Matrix, labels: Labels) -> None:
         if not len(labels):
             return
-        new = _normalised(vectors) if self.metric is Metric.COSINE else np.asarray(vectors, np.float32)
+        new = normalised(vectors) if self.metric is Metric.COSINE else np.asarray(vectors, np.float32)
         # A label given twice keeps its last vector; np.unique also puts the labels in ascending order.
         last = len(labels) - 1 - np.unique(labels[::-1], return_index=True)[1]
         labels, new = labels[last], new[last]
@@ -250,9 +251,3 @@ def _rows_of(state: _State, labels: Labels) -> Labels:
         order = np.argsort(stored, kind="stable")
         rows = order[np.minimum(np.searchsorted(stored, labels, sorter=order), len(order) - 1)]
     return np.where(stored[rows] == labels, rows, -1).astype(np.int64)
-
-
-def _normalised(vectors: Matrix) -> Matrix:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return np.ascontiguousarray(vectors / norms, dtype=np.float32)

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from flux_core.backend import Allowed, Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
+from flux_core.vectors import normalised
 
 #: faiss's metric for each of Flux's (cosine: inner products of normalised vectors).
 METRICS = {
@@ -196,7 +197,7 @@ class FaissBackend(FaissIndex):
 
 def stored(vectors: Matrix, metric: Metric) -> Matrix:
     """Vectors (items or queries) as faiss takes them for ``metric``: float32 rows, normalised for cosine."""
-    return _normalised(vectors) if metric is Metric.COSINE else np.ascontiguousarray(vectors, np.float32)
+    return normalised(vectors) if metric is Metric.COSINE else np.ascontiguousarray(vectors, np.float32)
 
 
 def add(index: Any, vectors: Matrix, progress: Progress | None) -> None:
@@ -209,10 +210,3 @@ def add(index: Any, vectors: Matrix, progress: Progress | None) -> None:
             progress(min(start + step, n), n)
     if progress and not n:
         progress(0, 0)
-
-
-def _normalised(vectors: Matrix) -> Matrix:
-    out = np.array(vectors, np.float32, copy=True, order="C")
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    out /= np.maximum(norms, np.float32(1e-30))
-    return out

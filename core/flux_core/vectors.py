@@ -41,3 +41,11 @@ def check_vectors(matrix: Matrix, field: str) -> None:
         field=field,
         reason=Reason.NORM_TOO_LARGE,
     )
+
+
+def normalised(vectors: Matrix) -> Matrix:
+    """``vectors`` as float32 rows of unit length, in a new C-contiguous array (zero rows stay zero):
+    what a backend that serves ``cosine`` as inner products of unit vectors stores and searches."""
+    out = np.array(vectors, np.float32, copy=True, order="C")
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-30))
+    return out
