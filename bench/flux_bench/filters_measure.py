@@ -25,6 +25,7 @@ from flux_api.v1 import vector_service_pb2 as pb
 from flux_bench.filters_workload import Scenario
 from flux_bench.servers import ServerProcess, flux_server
 from flux_core.backend import Labels, Matrix
+from flux_core.storage import registry
 
 WARMUP = 20
 #: hnswlib's own filter takes ~0.1 s a query at 0.1% of 200,000 items: it is measured on this many.
@@ -208,15 +209,16 @@ def library_rows(
         timed = _timed(len(queries), nearest)
         annoy.unload()
         return [_row(backend, "none", "library", 1.0, timed, list(unfiltered_truth))]
-    if backend in FAISS_DEFAULTS:
+    if backend in FAISS_PARAMS:
         return _faiss_rows(backend, path, queries, k, scenarios, truths, unfiltered_truth, progress)
     return []
 
 
-#: faiss's search parameters, as each faiss backend's defaults set them.
-FAISS_DEFAULTS = {
-    "faiss": ("SearchParametersHNSW", {"efSearch": 64}),
-    "faiss-ivf": ("SearchParametersIVF", {"nprobe": 8}),
+#: Per faiss backend: faiss's search parameters class, and its field that the backend's search
+#: param of the same meaning sets (the library rows run at that param's default).
+FAISS_PARAMS = {
+    "faiss": ("SearchParametersHNSW", "efSearch", "ef"),
+    "faiss-ivf": ("SearchParametersIVF", "nprobe", "nprobe"),
 }
 
 
@@ -231,13 +233,14 @@ def _faiss_rows(
     progress: Callable[[str], None],
 ) -> list[Row]:
     """faiss in-process on the artifact's index file: unfiltered, and with its own IDSelectorBitmap
-    at the backend's default search parameters (efSearch 64, nprobe 8): the filter pushed down
+    at the backend's default search parameters (its `ef` or `nprobe`): the filter pushed down
     without a depth."""
     import faiss
 
     index = faiss.read_index(str(path / "index.faiss"))
     faiss.omp_set_num_threads(1)
-    kind, defaults = FAISS_DEFAULTS[backend]
+    kind, field_name, param = FAISS_PARAMS[backend]
+    defaults = {field_name: int(registry.get(backend).search_params[param].default)}
     parameters = getattr(faiss, kind)
     plain = parameters(**defaults)
 
