@@ -56,7 +56,7 @@ def test_get_index_reports_the_artifact(admin_stub: AdminServiceStub, backend: s
         "annoy": {"search_k": 2000},
         "voyager": {"ef": 64},
         "faiss": {"ef": 64},
-        "faiss-ivf": {"nprobe": 8},
+        "faiss-ivf": {"nprobe": 0},
     }
     assert dict(info.default_search_params) == expected_search[backend]
     assert info.capabilities.thread_safe_search

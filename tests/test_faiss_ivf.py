@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flux.datasets import clustered
-from flux_backends.faiss_ivf import COVER, FaissIvfBackend
+from flux_backends.faiss_ivf import COVER, FaissIvfBackend, default_nprobe
 from flux_core.backend import Allowed, Metric, defaults
 
 
@@ -46,3 +46,20 @@ def test_leaving_out_the_nearest_items_reads_lists_holding_cover_times_the_depth
     shallow, _ = index.search_filtered(query, k, params, allowed, depth=k)
     assert len(np.intersect1d(shallow[0], order[600 : 600 + k])) < k
     assert n > COVER * (600 + 15)  # the deep search did not simply read every list
+
+
+@pytest.mark.parametrize(("nlist", "probes"), [(447, 8), (1_000, 13), (2_236, 19), (5_422, 29), (4, 4)])
+def test_the_default_nprobe_grows_with_the_square_root_of_the_lists(nlist: int, probes: int) -> None:
+    assert default_nprobe(nlist) == probes
+
+
+def test_nprobe_0_scans_the_index_s_default_lists() -> None:
+    """2,500 lists: nprobe 0 answers as nprobe 20 does (sqrt(2,500) / 2.5), not as the old fixed 8."""
+    index = _build(20_000, nlist=2_500)  # a search for 10 reads at least the lists holding 80 items: 10
+    assert index.stats()["nprobe_default"] == 20
+    queries = clustered(50, 16, seed=4)
+    auto, _ = index.search(queries, 10, {"nprobe": 0})
+    twenty, _ = index.search(queries, 10, {"nprobe": 20})
+    eight, _ = index.search(queries, 10, {"nprobe": 8})
+    assert np.array_equal(auto, twenty)
+    assert not np.array_equal(auto, eight)

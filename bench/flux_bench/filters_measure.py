@@ -237,10 +237,15 @@ def _faiss_rows(
     without a depth."""
     import faiss
 
+    from flux_backends.faiss_ivf import default_nprobe
+
     index = faiss.read_index(str(path / "index.faiss"))
     faiss.omp_set_num_threads(1)
     kind, field_name, param = FAISS_PARAMS[backend]
-    defaults = {field_name: int(registry.get(backend).search_params[param].default)}
+    default = int(registry.get(backend).search_params[param].default)
+    if param == "nprobe" and not default:  # 0: the lists faiss-ivf scans by default for this index
+        default = default_nprobe(index.nlist)
+    defaults = {field_name: default}
     parameters = getattr(faiss, kind)
     plain = parameters(**defaults)
 
