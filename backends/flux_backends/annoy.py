@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
@@ -11,7 +12,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from annoy import AnnoyIndex
 
+from flux_backends.steps import silent_step
 from flux_core.backend import Backend, Capabilities, Labels, Matrix, Metric, Param, Progress
+
+log = logging.getLogger(__name__)
 
 _AnnoyMetric = Literal["angular", "euclidean", "dot"]
 _METRICS: dict[Metric, _AnnoyMetric] = {Metric.L2: "euclidean", Metric.COSINE: "angular", Metric.IP: "dot"}
@@ -72,7 +76,10 @@ class AnnoyBackend(Backend):
             index.add_item(label, row)
             if progress and (label + 1) % report_every == 0:
                 progress(label + 1, n)
-        index.build(int(params["n_trees"]), n_jobs=threads)
+        trees = int(params["n_trees"])
+        detail = f"building {trees} over {n:,} items on {threads} threads"
+        with silent_step(log, "Annoy's trees", detail, watched=progress is not None):
+            index.build(trees, n_jobs=threads)
         if progress:
             progress(n, n)
         return cls(dimension, metric, index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -10,7 +11,10 @@ import faiss
 import numpy as np
 
 from flux_backends.faiss import METRICS, FaissIndex, add, stored
+from flux_backends.steps import silent_step
 from flux_core.backend import Allowed, Capabilities, Labels, Matrix, Metric, Param, Progress
+
+log = logging.getLogger(__name__)
 
 #: faiss's k-means wants at least this many training vectors per list (it warns below).
 _MIN_PER_LIST = 39
@@ -90,7 +94,7 @@ class FaissIvfBackend(FaissIndex):
         quantizer.this.disown()  # type: ignore[attr-defined]
         index.cp.seed = int(params["seed"])
         if n:
-            index.train(items)
+            _train(index, items, watched=progress is not None)
         else:  # nothing to cluster: one list, at the origin
             quantizer.add(np.zeros((1, dimension), np.float32))
             index.is_trained = True
@@ -164,6 +168,15 @@ class FaissIvfBackend(FaissIndex):
             "largest_list": int(self._sizes.max(initial=0)),
             "empty_lists": int(np.count_nonzero(self._sizes == 0)),
         }
+
+
+def _train(index: Any, items: Matrix, *, watched: bool) -> None:
+    """k-means over (a sample of) ``items``, before the first item is added and reported."""
+    nlist, n = index.nlist, len(items)
+    sample = min(n, nlist * index.cp.max_points_per_centroid)
+    detail = f"{nlist:,} lists from {sample:,} of {n:,} vectors ({index.cp.niter} rounds); the items are added after it"
+    with silent_step(log, "k-means", detail, watched=watched):
+        index.train(items)
 
 
 def default_nprobe(nlist: int) -> int:
