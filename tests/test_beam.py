@@ -169,6 +169,7 @@ def test_a_four_shard_hnsw_version_of_200000_vectors_from_parquet(big: Big) -> N
     assert max(sizes) / min(sizes) <= 1.05, sizes
 
     assert big.metrics["items_read"] == 200_000
+    assert big.metrics["items_indexed"] == 200_000  # as each shard's build reported it
     assert big.metrics["shards_built"] == 4
     manifest_bytes = (big.folder / sharded.MANIFEST).stat().st_size
     assert big.metrics["bytes_written"] == manifest.bytes + manifest_bytes

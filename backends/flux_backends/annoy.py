@@ -77,7 +77,7 @@ class AnnoyBackend(Backend):
             if progress and (label + 1) % report_every == 0:
                 progress(label + 1, n)
         trees = int(params["n_trees"])
-        detail = f"building {trees} over {n:,} items on {threads} threads"
+        detail = f"building {trees} over {n:,} items on {threads} thread{'s' if threads > 1 else ''}"
         with silent_step(log, "Annoy's trees", detail, watched=progress is not None):
             index.build(trees, n_jobs=threads)
         if progress:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,19 +93,18 @@ class HnswBackend(Backend):
             random_seed=int(params["seed"]),
             allow_replace_deleted=True,
         )
-        # One add_items call (it releases the GIL), watched from here for progress: chunked
-        # calls would leave threads idle at every chunk's end.
-        done = threading.Event()
-        watcher = threading.Thread(target=_report, args=(index, n, progress, done), daemon=True)
+        # One add_items call (it releases the GIL) on a thread of its own, watched from the caller's
+        # thread, which reports: chunked calls would leave threads idle at every chunk's end, and a
+        # caller may keep state per thread (Beam's metrics do).
+        if n and progress:
+            with ThreadPoolExecutor(1, thread_name_prefix="flux-hnsw-build") as pool:
+                adding = pool.submit(index.add_items, vectors, np.arange(n), num_threads=threads)
+                while not wait([adding], timeout=_PROGRESS_SECONDS).done:
+                    progress(min(int(index.element_count), n), n)
+                adding.result()
+        elif n:
+            index.add_items(vectors, np.arange(n), num_threads=threads)
         if progress:
-            watcher.start()
-        try:
-            if n:
-                index.add_items(vectors, np.arange(n), num_threads=threads)
-        finally:
-            done.set()
-        if progress:
-            watcher.join()
             progress(n, n)
         return cls(dimension, metric, index)
 
@@ -275,8 +274,3 @@ class HnswBackend(Backend):
             "max_elements": int(self._index.max_elements),
             "deleted": self._vacant,
         }
-
-
-def _report(index: hnswlib.Index, total: int, progress: Progress | None, done: threading.Event) -> None:
-    while progress and not done.wait(_PROGRESS_SECONDS):
-        progress(min(int(index.element_count), total), total)

@@ -4,6 +4,7 @@ its own attempt, and measure the build (items, seconds, the worker's peak and ad
 
 from __future__ import annotations
 
+import logging
 import resource
 import shutil
 import tempfile
@@ -17,13 +18,23 @@ from apache_beam.io.filesystems import FileSystems
 
 from flux_beam.filesystems import RAW
 from flux_beam.items import Block
-from flux_beam.metrics import ADDED_RSS, BYTES_WRITTEN, PEAK_RSS, SHARD_ITEMS, SHARD_SECONDS, SHARDS_BUILT
+from flux_beam.metrics import (
+    ADDED_RSS,
+    BYTES_WRITTEN,
+    ITEMS_INDEXED,
+    PEAK_RSS,
+    SHARD_ITEMS,
+    SHARD_SECONDS,
+    SHARDS_BUILT,
+)
 from flux_beam.spec import ShardResult, Spec
 from flux_core.backend import Metric
 from flux_core.errors import InvalidArgument
 from flux_core.storage import artifact, builder, sharded
 
 _CHUNK = 1 << 22
+
+log = logging.getLogger(__name__)
 
 
 class BuildShard(beam.DoFn):
@@ -59,6 +70,7 @@ class BuildShard(beam.DoFn):
                 version=spec.version,
                 params=spec.params,
                 threads=spec.threads,
+                progress=_Indexing(name),
                 attributes=block.attributes,
             )
             if by_key:
@@ -78,6 +90,22 @@ class BuildShard(beam.DoFn):
         PEAK_RSS.update(peak)
         ADDED_RSS.update(max(peak - arrived, 0))
         yield ShardResult(entry, attempt, files, built.backend, built.library, built.dimension, seconds, peak)
+
+
+class _Indexing:
+    """A shard build's progress, for a build that runs minutes on a worker: the items_indexed counter
+    (a runner's UI shows it grow) and a log line at each tenth of the shard's items."""
+
+    def __init__(self, shard: str) -> None:
+        self._shard, self._done, self._tenths = shard, 0, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        ITEMS_INDEXED.inc(done - self._done)
+        self._done = done
+        tenths = 10 * done // max(total, 1)
+        if tenths > self._tenths:
+            self._tenths = tenths
+            log.info("%s: %s of %s items indexed", self._shard, f"{done:,}", f"{total:,}")
 
 
 def peak_rss() -> int:

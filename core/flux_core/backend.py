@@ -178,7 +178,8 @@ class Backend(ABC):
     ) -> Backend:
         """Build an index over ``vectors`` (n x d, C-contiguous float32); row i gets label i.
 
-        ``n`` may be 0. Call ``progress(done, n)`` now and then when the library allows it.
+        ``n`` may be 0. Call ``progress(done, n)`` now and then when the library allows it, on the
+        thread that called ``build``: a caller may keep state per thread (Beam's metrics do).
 
         ``threads`` bounds the threads this call may use (``flux build --threads``; ``search``
         gets its own). An OpenMP library (faiss) otherwise runs every parallel region on all
