@@ -244,7 +244,7 @@ def _faiss_rows(
     kind, field_name, param = FAISS_PARAMS[backend]
     default = int(registry.get(backend).search_params[param].default)
     if param == "nprobe" and not default:  # 0: the lists faiss-ivf scans by default for this index
-        default = default_nprobe(index.nlist)
+        default = default_nprobe(index.nlist)  # type: ignore[attr-defined]  # read_index gives the IndexIVF
     defaults = {field_name: default}
     parameters = getattr(faiss, kind)
     plain = parameters(**defaults)
