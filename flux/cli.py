@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flux import __version__, logs, remote
-from flux_core.backend import Metric, Progress
+from flux_core.backend import Metric, Progress, params_from_pairs
 from flux_core.errors import FluxError
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         metric=Metric(args.metric),
         name=name,
         version=args.index_version,
-        params=_params(args.param),
+        params=params_from_pairs(args.param),
         threads=args.threads,
         progress=_progress_bar(),
         attributes=attributes,
@@ -268,7 +268,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
     try:
         with remote.connect(args) as client:
-            params = _params(args.param)
+            params = params_from_pairs(args.param, example="ef=128")
             if args.id is not None:
                 result = client.search_by_id(args.index, args.id, args.k, params=params)
             else:
@@ -333,19 +333,6 @@ def _cmd_health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def _params(pairs: Sequence[str]) -> dict[str, float]:
-    params: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            params[name.strip()] = float(value)
-        except ValueError:
-            raise FluxError(f"parameter {pair!r} must look like NAME=NUMBER, e.g. ef=128") from None
-    return params
 
 
 def _progress_bar() -> Progress:

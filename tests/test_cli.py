@@ -156,6 +156,10 @@ def test_build_refuses_bad_parameters_with_a_clear_message(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "params.M must be between 2 and 200, got 1" in result.stderr
     assert not (tmp_path / "x").exists()
+    result = flux("build", str(tmp_path / "v.npy"), "--out", str(tmp_path / "x"), "-p", "M:16", check=False)
+    assert result.returncode == 2
+    assert "parameter 'M:16' must look like NAME=NUMBER, e.g. M=32" in result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(

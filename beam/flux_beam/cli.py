@@ -21,7 +21,7 @@ from typing import Any
 from flux_beam.io import BLOCK_ROWS, FORMATS, Columns, ReadEmbeddings
 from flux_beam.metrics import NAMESPACE
 from flux_beam.pipeline import BuildShardedVersion
-from flux_core.backend import Metric
+from flux_core.backend import Metric, params_from_pairs
 from flux_core.errors import FluxError
 from flux_core.storage import artifact, sharded
 
@@ -95,7 +95,7 @@ def _build(args: argparse.Namespace, beam_args: list[str]) -> int:
         shards=args.shards,
         backend=args.backend,
         metric=args.metric,
-        params=_params(args.param),
+        params=params_from_pairs(args.param),
         threads=args.threads_per_shard,
         shard_key=args.shard_key,
     )
@@ -141,19 +141,6 @@ def _local_defaults(beam_args: list[str]) -> list[str]:
     if not any(arg.startswith("--direct_num_workers") for arg in beam_args):
         defaults.append(f"--direct_num_workers={len(os.sched_getaffinity(0))}")
     return [*defaults, *beam_args]
-
-
-def _params(pairs: Sequence[str]) -> dict[str, float]:
-    params: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            params[name.strip()] = float(value)
-        except ValueError:
-            raise FluxError(f"parameter {pair!r} must look like NAME=NUMBER, e.g. M=32") from None
-    return params
 
 
 def _read(path: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 from flux.cli import run_command
 from flux.datasets import clustered
 from flux_bench.procs import format_cpus, parse_cpus
-from flux_core.backend import defaults
+from flux_core.backend import defaults, params_from_pairs
 from flux_core.errors import FluxError
 from flux_core.storage import artifact, registry, sharded
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     cpus = sorted(parse_cpus(args.cpus)) if args.cpus else sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus)  # both builds, and every process they start, run on these CPUs
     backend_cls = registry.get(args.backend)
-    params = {**defaults(backend_cls.build_params), **_params(args.param)}
+    params = {**defaults(backend_cls.build_params), **params_from_pairs(args.param)}
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="flux-bench-sharded-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -223,19 +223,6 @@ def _timed(command: list[str], log: Path, env: dict[str, str] | None = None) -> 
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise FluxError(f"{Path(command[0]).name} exited {code}: {' | '.join(tail)}")
     return {"seconds": seconds}
-
-
-def _params(pairs: list[str]) -> dict[str, float]:
-    params: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            params[name.strip()] = float(value)
-        except ValueError:
-            raise FluxError(f"parameter {pair!r} must look like NAME=NUMBER, e.g. M=32") from None
-    return params
 
 
 def _print_table(result: dict[str, Any], cpus: int) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -316,6 +316,20 @@ def resolve_params(
 def defaults(spec: Mapping[str, Param]) -> dict[str, float]:
     """The default value of every knob in ``spec``."""
     return {name: param.default for name, param in spec.items()}
+
+
+def params_from_pairs(pairs: Iterable[str], example: str = "M=32") -> dict[str, float]:
+    """Params as command lines take them (``-p NAME=NUMBER``, repeated); checked against a backend later."""
+    params: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            params[name.strip()] = float(value)
+        except ValueError:
+            raise InvalidArgument(f"parameter {pair!r} must look like NAME=NUMBER, e.g. {example}") from None
+    return params
 
 
 class ReadWriteGate:
