@@ -20,6 +20,8 @@ import numpy as np
 from flux_bench.procs import Child, cpu_set, sendable
 
 _MESSAGE_BYTES = 64 * 1024 * 1024
+#: What a client process runs per job: ``run(conn, call, job, offset)`` -> (started, stopped, latencies, responses).
+Run = Callable[[Connection, Any, Any, int], tuple[float, float, np.ndarray, dict[int, bytes]]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class LoadClients:
     each runs on those CPUs only."""
 
     def __init__(self, count: int, cpus: Collection[int] | None = None) -> None:
-        self._clients = [Child(_client_main, name=f"flux-bench-client-{i}", cpus=cpus) for i in range(count)]
+        self._clients = [
+            Child(client_main, "unary_unary", _run, name=f"flux-bench-client-{i}", cpus=cpus) for i in range(count)
+        ]
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -90,7 +94,10 @@ class LoadClients:
             client.close()
 
 
-def _client_main(conn: Connection) -> None:
+def client_main(conn: Connection, kind: str, run: Run) -> None:
+    """A load client process: for each (job, offset) it is sent, a channel of its own and
+    ``run(conn, call, job, offset)`` on the job's method as a multi-callable of ``kind``
+    (``unary_unary``, ``stream_stream``), whose result (or error) goes back; until sent None."""
     import grpc
 
     options = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]
@@ -101,8 +108,8 @@ def _client_main(conn: Connection) -> None:
         job, offset = message
         try:
             with grpc.insecure_channel(job.target, options=options) as channel:
-                call = channel.unary_unary(job.method)  # bytes in, bytes out: no client-side protobuf work
-                result = _run(conn, call, job, offset)
+                call = getattr(channel, kind)(job.method)  # bytes in, bytes out: no client-side protobuf work
+                result = run(conn, call, job, offset)
         except Exception as exc:
             conn.send(sendable(exc))
         else:

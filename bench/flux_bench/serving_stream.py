@@ -26,8 +26,8 @@ import numpy as np
 
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_bench import report
-from flux_bench.load import Job, LoadClients
-from flux_bench.procs import Child, sendable
+from flux_bench.load import Job, LoadClients, client_main
+from flux_bench.procs import Child
 
 STREAM_SEARCH = "/flux_api.v1.VectorService/StreamSearch"
 #: Queries each stream keeps in flight: enough that the server always has the next one at hand.
@@ -35,7 +35,6 @@ WINDOW = 16
 #: The issue's StreamSearch targets, against Flux's unary Search under the same number of clients.
 CPU_OVER_UNARY = 0.6  # server CPU per query, stream over unary
 QPS_OVER_UNARY = 1.8  # QPS of N streams over N unary clients
-_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,9 @@ class StreamClients(LoadClients):
     ``run`` is unary's (same start, same clock, same server CPU readings)."""
 
     def __init__(self, count: int, cpus: Collection[int] | None = None) -> None:  # no super(): another client
-        self._clients = [Child(_stream_main, name=f"flux-bench-stream-{i}", cpus=cpus) for i in range(count)]
+        self._clients = [
+            Child(client_main, "stream_stream", _run, name=f"flux-bench-stream-{i}", cpus=cpus) for i in range(count)
+        ]
 
 
 def stream_requests(unary: Sequence[bytes]) -> list[bytes]:
@@ -211,25 +212,6 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 # -- the client process ----------------------------------------------------------------------------
-
-
-def _stream_main(conn: Connection) -> None:
-    import grpc
-
-    options = [("grpc.max_receive_message_length", _MESSAGE_BYTES), ("grpc.max_send_message_length", _MESSAGE_BYTES)]
-    while True:
-        message = conn.recv()
-        if message is None:
-            return
-        job, offset = message
-        try:
-            with grpc.insecure_channel(job.target, options=options) as channel:
-                call = channel.stream_stream(job.method)  # bytes in, bytes out: no client-side protobuf work
-                result = _run(conn, call, job, offset)
-        except Exception as exc:
-            conn.send(sendable(exc))
-        else:
-            conn.send(result)
 
 
 class _Sender:
