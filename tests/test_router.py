@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from flux import config as flux_config
+from flux.config_sections import LimitsConfig
 from flux.core.query.model import MAX_EXCLUDE_IDS
 from flux.router.channels import VECTOR_SERVICE
 from flux.server import FluxServer
@@ -393,6 +394,16 @@ def test_search_by_id_equals_one_index_on_the_exact_backend(tmp_path: Path) -> N
             assert list(got.neighbors.ids) == list(want.neighbors.ids)
             assert len(got.neighbors.ids) == 10
             assert item not in got.neighbors.ids
+        # ... except at the largest k: the shards refuse k + 1, and the router says what to change.
+        at_most = LimitsConfig().max_k
+        request = pb.SearchByIdRequest(index="small", id=ids[400], k=at_most, filter=types_pb2.Filter(exclude_ids=full))
+        assert len(single.SearchById(request, timeout=5).neighbors.ids) > 0
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SearchById(request, timeout=5)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(caught.value.trailing_metadata())["flux-error-reason"] == "K_OUT_OF_RANGE"
+        assert f"asking each shard for k + 1 = {at_most + 1}" in caught.value.details()
+        assert "ask for a smaller k, or send at most 9,999 ids" in caught.value.details()
         with pytest.raises(grpc.RpcError) as caught:
             stub.SearchById(pb.SearchByIdRequest(index="small", id="no-such-item", k=5), timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from flux.api.errors import REASON_KEY
 from flux.core.query.model import MAX_EXCLUDE_IDS
 from flux.router.channels import answer, hedged, open_channel, secure
 from flux.router.config import RoutedIndex, RouterConfig
@@ -204,12 +205,24 @@ class Router:
                 )
             else:
                 drop_item, query.k = True, request.k + 1
-        got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
-        if got.version != version:  # the shards answered from another version than the item's: ask it there
-            vector, version = self._item_vector(served, request.id, got.version, deadline, metadata)
-            query.vector.CopyFrom(vector)
-            query.version = got.version
+        try:
             got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
+            if got.version != version:  # the shards answered from another version than the item's: ask it there
+                vector, version = self._item_vector(served, request.id, got.version, deadline, metadata)
+                query.vector.CopyFrom(vector)
+                query.version = got.version
+                got = self._gather(served, "Search", query, timeout, metadata, deadline=deadline)
+        except Forwarded as refused:
+            if drop_item and dict(refused.status.trailing_metadata).get(REASON_KEY) == Reason.K_OUT_OF_RANGE:
+                raise InvalidArgument(
+                    f"k is {request.k} and filter.exclude_ids holds {MAX_EXCLUDE_IDS:,} ids, not the item's own: "
+                    f"a router then leaves the item out by asking each shard for k + 1 = {query.k}, and the shards "
+                    f"refused that ({refused.status.details}); ask for a smaller k, or send at most "
+                    f"{MAX_EXCLUDE_IDS - 1:,} ids, or the item's own id among them",
+                    field="k",
+                    reason=Reason.K_OUT_OF_RANGE,
+                ) from None
+            raise
         row = merge([None if a is None else row_of(a.neighbors) for a in got.answers], query.k)
         if drop_item:
             row = _without(row, request.id, request.k)
