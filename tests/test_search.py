@@ -94,6 +94,24 @@ def test_batch_overrides_give_each_query_its_own_k_and_params(
     assert list(response.results[0].ids) == list(exact.results[0].ids[:3])
 
 
+def test_a_batch_row_gets_what_search_gives_it_whatever_k_other_rows_ask(
+    vectors_stub: VectorServiceStub, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """hnswlib widens its beam to k: rows searched together at the largest k among them got a wider
+    beam than they asked for, so a row's answer changed with its neighbours' k."""
+    _, queries = data
+    rows = queries[:20]
+    low = {"ef": 10}
+    overrides = [pb.QueryOverride(params=low)] * (len(rows) - 1) + [pb.QueryOverride(k=200, params=low)]
+    batch = vectors_stub.BatchSearch(
+        pb.BatchSearchRequest(index="hnsw-l2", queries=vectors(rows), k=10, overrides=overrides)
+    )
+    for row, got in zip(rows[:-1], batch.results[:-1], strict=True):
+        alone = vectors_stub.Search(pb.SearchRequest(index="hnsw-l2", vector=vectors(row), k=10, params=low))
+        assert list(got.ids) == list(alone.neighbors.ids)
+    assert len(batch.results[-1].ids) == 200
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_search_by_id_excludes_the_item_itself(
     vectors_stub: VectorServiceStub, data: tuple[np.ndarray, np.ndarray], backend: str

@@ -138,19 +138,19 @@ class Planner:
         """One answer per query, each with its own k, params and filter (None: no filter)."""
         table = self._store.table
         answers: list[Answer | None] = [None] * len(queries)
-        plain: dict[tuple[tuple[str, float], ...], list[int]] = {}
+        plain: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
         filtered: list[tuple[int, Filter]] = []
         for row, query_filter in enumerate(filters):
             if query_filter is None:
-                plain.setdefault(_key(params[row]), []).append(row)
+                plain.setdefault((ks[row], _key(params[row])), []).append(row)
             else:
                 filtered.append((row, query_filter))
-        for rows in plain.values():  # one backend call per params shared, for the largest k among its rows
+        # One backend call per k and params shared: a graph widens its beam to k, so rows searched at
+        # another row's larger k would get answers Search does not give them.
+        for (k, _), rows in plain.items():
             deadline.check()
-            k = max(ks[row] for row in rows)
             labels, distances = self._nearest(queries[rows], k, params[rows[0]], threads=threads)
             for row, found, dist in zip(rows, labels, distances, strict=True):
-                found, dist = found[: ks[row]], dist[: ks[row]]
                 keep = found >= 0
                 answers[row] = Answer(found[keep], dist[keep], Strategy.INDEX, not keep.all())
         per_pass = max(1, _MASK_BUDGET // max(table.size, 1))
