@@ -215,6 +215,22 @@ def test_an_empty_filter_is_no_filter(stub: VectorServiceStub, catalog: Catalog)
     assert empty.neighbors.strategy == types_pb2.SEARCH_STRATEGY_INDEX
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_filter_that_leaves_nothing_out_is_an_unfiltered_search(
+    stub: VectorServiceStub, catalog: Catalog, backend: str
+) -> None:
+    """Ids the index does not hold exclude nothing: the plain search answers (on faiss it was pushed down)."""
+    query = vectors(catalog.queries[1])
+    plain = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K))
+    unknown = types_pb2.Filter(exclude_ids=["no-such-item", "item:999999999"])
+    got = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K, filter=unknown))
+    assert list(got.neighbors.ids) == list(plain.neighbors.ids)
+    assert got.neighbors.strategy == types_pb2.SEARCH_STRATEGY_INDEX
+    capped = types_pb2.Filter(exclude_ids=["no-such-item"], max_per_crowding_tag=1)  # a cap still filters
+    got = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K, filter=capped))
+    assert got.neighbors.strategy != types_pb2.SEARCH_STRATEGY_INDEX
+
+
 @pytest.mark.parametrize("backend", ["exact", "hnsw", "faiss", "faiss-ivf"])
 def test_batch_search_gives_each_query_its_own_filter(stub: VectorServiceStub, catalog: Catalog, backend: str) -> None:
     rng = np.random.default_rng(2)

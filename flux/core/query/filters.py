@@ -145,14 +145,7 @@ class Planner:
                 plain.setdefault((ks[row], _key(params[row])), []).append(row)
             else:
                 filtered.append((row, query_filter))
-        # One backend call per k and params shared: a graph widens its beam to k, so rows searched at
-        # another row's larger k would get answers Search does not give them.
-        for (k, _), rows in plain.items():
-            deadline.check()
-            labels, distances = self._nearest(queries[rows], k, params[rows[0]], threads=threads)
-            for row, found, dist in zip(rows, labels, distances, strict=True):
-                keep = found >= 0
-                answers[row] = Answer(found[keep], dist[keep], Strategy.INDEX, not keep.all())
+        self._unfiltered(queries, params, plain, threads, answers)
         per_pass = max(1, _MASK_BUDGET // max(table.size, 1))
         for start in range(0, len(filtered), per_pass):
             shared: dict[int, _Plan] = {}  # rows of a batch that share a filter share its plan
@@ -164,6 +157,24 @@ class Planner:
                 plans[row] = plan
             self._filtered(queries, ks, params, plans, table, threads, answers)
         return [a for a in answers if a is not None]
+
+    def _unfiltered(
+        self,
+        queries: Matrix,
+        params: Sequence[Mapping[str, float]],
+        groups: Mapping[tuple[int, tuple[tuple[str, float], ...]], list[int]],
+        threads: int,
+        answers: list[Answer | None],
+    ) -> None:
+        """Answer rows with nothing to filter by the backend's plain search, one call per k and params
+        shared: a graph widens its beam to k, so rows searched at another row's larger k would get
+        answers Search does not give them."""
+        for (k, _), rows in groups.items():
+            deadline.check()
+            labels, distances = self._nearest(queries[rows], k, params[rows[0]], threads=threads)
+            for row, found, dist in zip(rows, labels, distances, strict=True):
+                keep = found >= 0
+                answers[row] = Answer(found[keep], dist[keep], Strategy.INDEX, not keep.all())
 
     def _plan(self, table: Table, query_filter: Filter) -> _Plan:
         allow, deny, cap = query_filter.allow, query_filter.deny, query_filter.max_per_tag
@@ -215,8 +226,12 @@ class Planner:
         live = max(table.live_count, 1)
         fetch: dict[int, int] = {}
         pushed: dict[int, _Pushed] = {}
+        unfiltered: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
         for row, plan in plans.items():
             k = ks[row]
+            if not (plan.restricted or len(plan.excluded) or plan.cap):  # it leaves nothing out (ids not held)
+                unfiltered.setdefault((k, _key(params[row])), []).append(row)
+                continue
             cheapest = self.costs.scan(plan.count, table.size)
             way: _Pushed | int | None = None  # push-down, an over-fetch of this many, or (None) the scan
             if plan.count > k and self._native:
@@ -240,6 +255,7 @@ class Planner:
                 continue
             deadline.check()  # each scan is a step of its own: stop when the caller has given up
             answers[row] = self._scan(queries[row], plan, k, table)
+        self._unfiltered(queries, params, unfiltered, threads, answers)
         if pushed:
             self._push_down(queries, ks, params, plans, pushed, table, threads, answers)
         while fetch:

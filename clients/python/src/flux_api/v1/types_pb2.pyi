@@ -28,7 +28,9 @@ class _SearchStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Search
     SEARCH_STRATEGY_UNSPECIFIED: _SearchStrategy.ValueType  # 0
     """Never set by the server."""
     SEARCH_STRATEGY_INDEX: _SearchStrategy.ValueType  # 1
-    """The backend's index, with no filter."""
+    """The backend's index, with no filter (or one that leaves nothing out:
+    only exclude_ids the index does not hold).
+    """
     SEARCH_STRATEGY_EXACT_SCAN: _SearchStrategy.ValueType  # 2
     """An exact scan of the items that pass the filter (few items pass)."""
     SEARCH_STRATEGY_NATIVE_FILTER: _SearchStrategy.ValueType  # 3
@@ -49,7 +51,9 @@ class SearchStrategy(_SearchStrategy, metaclass=_SearchStrategyEnumTypeWrapper):
 SEARCH_STRATEGY_UNSPECIFIED: SearchStrategy.ValueType  # 0
 """Never set by the server."""
 SEARCH_STRATEGY_INDEX: SearchStrategy.ValueType  # 1
-"""The backend's index, with no filter."""
+"""The backend's index, with no filter (or one that leaves nothing out:
+only exclude_ids the index does not hold).
+"""
 SEARCH_STRATEGY_EXACT_SCAN: SearchStrategy.ValueType  # 2
 """An exact scan of the items that pass the filter (few items pass)."""
 SEARCH_STRATEGY_NATIVE_FILTER: SearchStrategy.ValueType  # 3
@@ -141,7 +145,9 @@ class Neighbors(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     FEWER_THAN_K_MATCHED_FIELD_NUMBER: _builtins.int
     strategy: Global___SearchStrategy.ValueType
-    """How the query was answered; SEARCH_STRATEGY_INDEX when it had no filter."""
+    """How the query was answered; SEARCH_STRATEGY_INDEX when it had no filter,
+    or one that leaves nothing out (only ids the index does not hold).
+    """
     fewer_than_k_matched: _builtins.bool
     """True when fewer than k items in the whole index pass the query's filter
     (with at most max_per_crowding_tag per tag), so the short answer is
