@@ -10,11 +10,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flux.cli import main
+from flux.core.query.model import MAX_EXCLUDE_IDS
 from flux_bench.filters import TARGET_EXCLUDED_RECALL, TARGET_RECALL
-from flux_bench.filters_workload import EXCLUDED_NEAREST, EXCLUDED_OF, PLAYED, SELECTIVITIES, exclusion_name
+from flux_bench.filters_workload import (
+    BUCKETS,
+    EXCLUDED_NEAREST,
+    EXCLUDED_OF,
+    MARKETS,
+    PLAYED,
+    SELECTIVITIES,
+    Items,
+    exclusion_name,
+    scenarios,
+)
 
 COUNT = 10_000
 EXCLUDED = {exclusion_name(count * COUNT // EXCLUDED_OF) for count in EXCLUDED_NEAREST} | {
@@ -62,3 +74,22 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
     assert all(t["passed"] for t in results["targets"] if t["name"].startswith("recall"))
     assert "targets (each from this one run)" in printed
     assert "PASS" in printed
+
+
+def test_a_larger_set_leaves_out_as_many_ids_not_a_larger_share() -> None:
+    """A user's history does not grow with the catalogue, and a query carries at most 10,000 ids: at
+    twice the 200,000 items the exclusion scenarios keep their counts (they scaled to 20,000 before,
+    which the server refuses)."""
+    n = 2 * EXCLUDED_OF
+    rng = np.random.default_rng(0)
+    base = rng.random((n, 2), dtype=np.float32)
+    items = Items(
+        [], rng.integers(0, BUCKETS, n), rng.random((n, MARKETS)) < 0.5, np.zeros(n, np.bool_), rng.integers(0, 50, n)
+    )
+    sizes = {s.name: max(len(f.exclude_ids) for f in s.filters) for s in scenarios(items, base, base[:2], seed=0)}
+    assert {name: sizes[name] for name in ("excl-1k", "excl-10k", "played-10k")} == {
+        "excl-1k": 1_000,
+        "excl-10k": 10_000,
+        "played-10k": 10_000,
+    }
+    assert max(sizes.values()) <= MAX_EXCLUDE_IDS

@@ -29,7 +29,8 @@ BUCKETS = 1000
 MARKETS = 10
 MIXED_EXCLUDED, MIXED_FROM, MIXED_CAP = 1000, 2000, 2
 #: The exclusion scenarios leave out each query's this many nearest items (by exact search) of 200,000;
-#: a smaller set leaves out as large a share.
+#: a smaller set leaves out as large a share, a larger one as many (a user's history does not grow with
+#: the catalogue, and a query carries at most 10,000 ids).
 EXCLUDED_NEAREST = (1000, 10_000)
 EXCLUDED_OF = 200_000
 #: The ``played`` scenario leaves out this many ids of 200,000 drawn from the whole catalogue: a
@@ -121,16 +122,21 @@ def scenarios(items: Items, base: Matrix, queries: Matrix, seed: int) -> list[Sc
 
     share = float(np.mean([mixed_mask(r).mean() for r in range(min(q, 50))]))
     out.append(Scenario("mixed", share, mixed, mixed_mask, cap=MIXED_CAP, tags=items.artist))
-    counts = [max(1, count * len(base) // EXCLUDED_OF) for count in EXCLUDED_NEAREST]
+    counts = [_scaled(count, len(base)) for count in EXCLUDED_NEAREST]
     nearest = _nearest(base, queries, max(counts))
     distances = np.stack([_squared(base[row], queries[r]) for r, row in enumerate(nearest)])
     nearest = np.take_along_axis(nearest, np.argsort(distances, axis=1, kind="stable"), axis=1)  # nearest first
     for count in counts:
         out.append(_excluding(exclusion_name(count), nearest[:, :count], len(base)))
-    played = max(1, PLAYED * len(base) // EXCLUDED_OF)
+    played = _scaled(PLAYED, len(base))
     spread = np.stack([rng.choice(len(base), played, replace=False) for _ in range(q)])
     out.append(_excluding(exclusion_name(played, "played"), spread, len(base)))
     return out
+
+
+def _scaled(count: int, n: int) -> int:
+    """``count`` ids of 200,000 for a set of ``n``: as large a share of a smaller set, no more of a larger one."""
+    return max(1, min(count, count * n // EXCLUDED_OF))
 
 
 def exclusion_name(count: int, kind: str = "excl") -> str:
