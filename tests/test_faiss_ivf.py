@@ -80,3 +80,18 @@ def test_a_filtered_search_reads_nprobe_lists_past_those_that_hold_the_depth() -
         labels, _ = index.search_filtered(query[None], 10, params, allowed, depth=excluded + 15)
         found.append(len(np.intersect1d(labels[0], order[excluded : excluded + 10])) / 10)
     assert np.mean(found) >= 0.98
+
+
+def test_a_search_for_many_neighbours_reads_past_nprobe_lists() -> None:
+    """A search for 1,500 of 20,000 (20 lists) reads nprobe lists and the 11 more that 8 x 1,500
+    items fill, not the larger of 8 and 12: its last neighbours are as well found as its first."""
+    n, k = 20_000, 1_500
+    index = _build(n, nlist=20)
+    vectors = clustered(n, 16, seed=3)
+    queries = clustered(20, 16, seed=4)
+    labels, _ = index.search(queries, k, defaults(FaissIvfBackend.search_params))
+    found = [
+        len(np.intersect1d(row, np.argpartition(((vectors - query) ** 2).sum(axis=1), k)[:k])) / k
+        for row, query in zip(labels, queries, strict=True)
+    ]
+    assert np.mean(found) >= 0.99

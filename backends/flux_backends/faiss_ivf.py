@@ -35,10 +35,10 @@ class FaissIvfBackend(FaissIndex):
     """faiss's inverted file over the vectors as given (``IndexIVFFlat``); label i is row i.
 
     k-means splits the vectors into ``nlist`` lists; a query scans the ``nprobe`` lists whose
-    centroids are nearest and ranks what it finds there exactly. A search for k scans at least as
-    many lists as hold ``COVER`` x k items on average, so that asking for hundreds of neighbours
-    (the planner's over-fetch) does not read them from 8 lists; one whose lists held fewer than k
-    items is run again over twice the lists, until it scans them all.
+    centroids are nearest and ranks what it finds there exactly. A search for k scans, past those,
+    the further lists that ``COVER`` x k items fill on average, so that asking for hundreds of
+    neighbours (the planner's over-fetch) does not read them from the lists that hold the first 10;
+    one whose lists held fewer than k items is run again over twice the lists, until it scans them all.
 
     Filterable: ``search_filtered`` scans the query's nearest lists that hold ``COVER`` x ``depth``
     items, and ``nprobe`` lists more, with an ``IDSelectorBitmap`` over the labels that faiss reads
@@ -108,9 +108,11 @@ class FaissIvfBackend(FaissIndex):
     def search(
         self, queries: Matrix, k: int, params: Mapping[str, float], *, threads: int = 1
     ) -> tuple[Labels, Matrix]:
-        # Lists that hold COVER x k items on average: a search for many candidates (the planner's
-        # over-fetch) is as thorough beyond the first k as nprobe makes it for the first k.
-        lists = max(self._probes(params), -(-COVER * k * self._nlist // max(len(self), 1)))
+        # nprobe lists, and the lists past the first that COVER x k items fill on average: a search
+        # for many candidates (the planner's over-fetch) is as thorough for its last ones as nprobe
+        # makes it for the first 10, which one list holds.
+        filled = -(-COVER * k * self._nlist // max(len(self), 1))
+        lists = self._probes(params) + max(filled - 1, 0)
         probes = np.full(len(queries), min(lists, self._nlist), np.int64)
         return self._search(stored(queries, self.metric), k, probes, None, min(k, len(self)), threads)
 
