@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flux.datasets import clustered
+from flux_backends import faiss_ivf
 from flux_backends.faiss_ivf import COVER, FaissIvfBackend, default_nprobe
 from flux_core.backend import Allowed, Metric, defaults
 
@@ -31,9 +32,12 @@ def test_a_build_makes_as_many_lists_as_the_items_can_train(count: int, asked: i
     assert _build(count, nlist=asked).stats()["nlist"] == lists
 
 
-def test_leaving_out_the_nearest_items_reads_lists_holding_cover_times_the_depth() -> None:
+def test_leaving_out_the_nearest_items_reads_lists_holding_cover_times_the_depth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """With the 600 nearest of 6,000 left out, the depth the planner would ask (600 excluded + 1.5k)
-    finds the exact answer; a search limited to the default lists finds none of it."""
+    finds the exact answer; a search asked for no depth misses it, unless it reads further because
+    its answers came from the outer lists it read."""
     n, k = 6_000, 10
     index = _build(n)
     vectors = clustered(n, 16, seed=3)
@@ -43,9 +47,12 @@ def test_leaving_out_the_nearest_items_reads_lists_holding_cover_times_the_depth
     params = defaults(FaissIvfBackend.search_params)
     labels, _ = index.search_filtered(query, k, params, allowed, depth=600 + 15)
     assert labels[0].tolist() == order[600 : 600 + k].tolist()
+    assert n > COVER * (600 + 15)  # the deep search did not simply read every list
+    shallow, _ = index.search_filtered(query, k, params, allowed, depth=k)
+    assert shallow[0].tolist() == order[600 : 600 + k].tolist()  # it read further
+    monkeypatch.setattr(faiss_ivf, "FRONTIER", float("inf"))  # answers anywhere: it stops where it is
     shallow, _ = index.search_filtered(query, k, params, allowed, depth=k)
     assert len(np.intersect1d(shallow[0], order[600 : 600 + k])) < k
-    assert n > COVER * (600 + 15)  # the deep search did not simply read every list
 
 
 @pytest.mark.parametrize(("nlist", "probes"), [(447, 8), (1_000, 13), (2_236, 19), (5_422, 29), (4, 4)])
@@ -95,3 +102,21 @@ def test_a_search_for_many_neighbours_reads_past_nprobe_lists() -> None:
         for row, query in zip(labels, queries, strict=True)
     ]
     assert np.mean(found) >= 0.99
+
+
+def test_a_filtered_search_whose_answers_reach_its_outer_lists_reads_twice_as_many() -> None:
+    """100,000 items in 50 lists, each query's 1,000 nearest left out: answers that come from the
+    outer quarter of the lists read likely have more further out; reading twice the lists then
+    finds 0.989 of the exact answer, where stopping found 0.970."""
+    n, excluded = 100_000, 1_000
+    vectors = clustered(n, 32, seed=3)
+    index = FaissIvfBackend.build(vectors, Metric.L2, {**defaults(FaissIvfBackend.build_params), "nlist": 50})
+    params = defaults(FaissIvfBackend.search_params)
+    found = []
+    for query in clustered(100, 32, seed=4):
+        near = np.argpartition(((vectors - query) ** 2).sum(axis=1), excluded + 10)[: excluded + 10]
+        near = near[np.argsort(((vectors[near] - query) ** 2).sum(axis=1), kind="stable")]
+        allowed = Allowed(excluded=np.sort(near[:excluded]))
+        labels, _ = index.search_filtered(query[None], 10, params, allowed, depth=excluded + 15)
+        found.append(len(np.intersect1d(labels[0], near[excluded:])) / 10)
+    assert np.mean(found) >= 0.98
