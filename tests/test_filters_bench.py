@@ -8,6 +8,7 @@ against exact filtered search, for every backend and filter.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ NATIVE = {"faiss", "faiss-ivf"}
 
 def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "filters.json"
+    before = sorted(os.sched_getaffinity(0))
     run = ["bench", "filters", "--preset", "quick", "--count", str(COUNT), "--queries", "60"]
     code = main([*run, "--work-dir", str(tmp_path / "work"), "--json", str(out)])
     printed = capsys.readouterr().out
@@ -74,6 +76,15 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
     assert all(t["passed"] for t in results["targets"] if t["name"].startswith("recall"))
     assert "targets (each from this one run)" in printed
     assert "PASS" in printed
+    # The server on CPUs of its own and this process, its client, on others while it called it; back after.
+    assert sorted(os.sched_getaffinity(0)) == before
+    pinning = results["pinning"]
+    if len(before) >= 2:
+        assert pinning["mode"] == "pinned"
+        assert not set(pinning["server_cpus"]) & set(pinning["client_cpus"])
+        assert {p["role"] for p in pinning["processes"]} == {"server", "client"}
+        for process in pinning["processes"]:
+            assert process["cpus"] == pinning[f"{process['role']}_cpus"], process
 
 
 def test_a_larger_set_leaves_out_as_many_ids_not_a_larger_share() -> None:

@@ -24,6 +24,11 @@ Every backend that serves the index runs every filter (hnsw and Annoy through th
 over-fetch and scans, faiss and faiss-ivf with the filter pushed into their search); the
 strategies column counts how each query was answered. Prints a table and the targets with
 PASS/FAIL, and writes JSON.
+
+With two CPUs or more, the server runs on CPUs of its own and this process, the one client,
+on others while it calls it (``--server-cpus``, ``--client-cpus``; ``--shared-cpus`` lets both
+use every CPU); the in-process rows run on the server's CPUs with numpy's BLAS on one thread,
+as ``flux serve`` keeps it: what a server could do there.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from flux.core.serving.index import ServedIndex
+from flux_bench import placement as cpu_placement
 from flux_bench.data import Synthetic, ground_truth
 from flux_bench.filters_measure import Grpc, Measure, Row, library_rows, serve
 from flux_bench.filters_workload import Items, build_index, scenarios, truth
+from flux_bench.procs import on_cpus
 from flux_bench.progress import Progress
 from flux_core.backend import Metric
 from flux_core.storage import artifact
@@ -96,10 +105,12 @@ def add_parser(modes: Any) -> None:
     parser.add_argument("--no-grpc", action="store_true", help="skip the measurements through a Flux server")
     parser.add_argument("--work-dir", type=Path, default=Path("var/bench"), help="built indexes are kept here")
     parser.add_argument("--json", type=Path, help="results file (default: WORK_DIR/filters.json)")
+    cpu_placement.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    placement = cpu_placement.from_arguments(args, "flux bench filters")
     preset = PRESETS[args.preset]
     spec = preset.data
     if args.count:
@@ -115,26 +126,31 @@ def run(args: argparse.Namespace) -> int:
     truths = {s.name: truth(base, queries, s, args.k) for s in filters}
     unfiltered_truth = ground_truth(base, queries, Metric.L2, args.k)
 
+    progress(placement.describe())
     rows: list[Row] = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         path = build_index(args.work_dir, spec, backend, preset.build.get(backend, {}), base, items, progress)
         index = ServedIndex(backend, artifact.load(path))
-        measured = Measure(index, queries, args.k, progress)
-        rows.append(measured.unfiltered(unfiltered_truth))
-        rows.extend(measured.filtered(s, truths[s.name]) for s in filters)
-        library = library_rows(
-            backend, path, spec.dimension, queries, args.k, filters, truths, unfiltered_truth, progress
-        )
-        rows.extend(library)
+        with on_cpus(placement.server), threadpool_limits(limits=1, user_api="blas"):
+            measured = Measure(index, queries, args.k, progress)
+            rows.append(measured.unfiltered(unfiltered_truth))
+            rows.extend(measured.filtered(s, truths[s.name]) for s in filters)
+            library = library_rows(
+                backend, path, spec.dimension, queries, args.k, filters, truths, unfiltered_truth, progress
+            )
+            rows.extend(library)
         if not args.no_grpc:
-            with serve(backend, path) as served:
+            with serve(backend, path, placement.server) as served, on_cpus(placement.clients):
+                placement.record("server", backend, served[1].cpu_sets())
                 grpc_rows = Grpc(served, backend, queries, args.k, progress)
                 rows.append(grpc_rows.unfiltered(unfiltered_truth))
                 rows.extend(grpc_rows.filtered(s, truths[s.name]) for s in filters)
+                placement.record("client", "this process", {os.getpid(): sorted(os.sched_getaffinity(0))})
         index.artifact.backend.close()
     targets = _targets(rows)
     command = "flux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _print(rows, targets, spec, args.k, command)
+    print(f"\n{placement.describe()}")
     out = args.json or args.work_dir / "filters.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {
@@ -142,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         "data": asdict(spec),
         "k": args.k,
         "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
+        "pinning": placement.to_json(),
         "rows": [asdict(r) for r in rows],
         "targets": [asdict(t) for t in targets],
     }

@@ -11,7 +11,7 @@ during a run, weighs on both alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,10 +275,12 @@ def _faiss_rows(
 
 
 @contextmanager
-def serve(backend: str, path: Path) -> Iterator[tuple[vector_service_pb2_grpc.VectorServiceStub, ServerProcess]]:
+def serve(
+    backend: str, path: Path, cpus: Collection[int] | None = None
+) -> Iterator[tuple[vector_service_pb2_grpc.VectorServiceStub, ServerProcess]]:
     import grpc
 
-    server = flux_server({"indexes": [{"name": backend, "path": str(path)}]})
+    server = flux_server({"indexes": [{"name": backend, "path": str(path)}]}, cpus=cpus)
     try:
         with grpc.insecure_channel(server.address) as channel:
             yield vector_service_pb2_grpc.VectorServiceStub(channel), server

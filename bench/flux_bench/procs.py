@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -78,12 +78,33 @@ class Child:
 
 
 def _pinned(conn: Connection, cpus: list[int], main: Callable[..., None], *args: Any) -> None:
-    """Pin every thread this process has so far (imports may have started some, e.g. a BLAS
-    pool), then run ``main``: whatever it starts later inherits the set."""
+    """Pin every thread this process has so far, then run ``main``: whatever it starts later
+    inherits the set."""
+    pin_threads(cpus)
+    main(conn, *args)
+
+
+def pin_threads(cpus: Collection[int]) -> None:
+    """Pin every thread this process has (imports may have started some, e.g. a BLAS pool) to
+    ``cpus``; threads started later inherit the set of the thread that starts them."""
     for task in os.listdir("/proc/self/task"):
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(task), cpus)
-    main(conn, *args)
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: Collection[int] | None) -> Iterator[None]:
+    """Run this process (every thread of it) on ``cpus`` for the block, then where it ran before;
+    None leaves it where it is."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    pin_threads(cpus)
+    try:
+        yield
+    finally:
+        pin_threads(before)
 
 
 def serve_forever(conn: Connection, handle: Callable[[Any], Any]) -> None:
