@@ -35,6 +35,7 @@ COVER = 8
 #: its k-th survivor lies past three quarters of it). At 5,000,000 x 64, each query's 1,000 nearest
 #: left out, it took recall from 0.950 to 0.980 (backends/README.md).
 FRONTIER = 0.75
+_EMPTY = np.empty(0, np.int64)  # what an empty index places: its searches never ask
 
 
 class FaissIvfBackend(FaissIndex):
@@ -84,7 +85,7 @@ class FaissIvfBackend(FaissIndex):
         if index.direct_map.type != faiss.DirectMap.Array:  # type: ignore[attr-defined]  # not in faiss's stubs
             index.set_direct_map_type(faiss.DirectMap.Array)  # type: ignore[attr-defined]
         # Each label's list number << 32 | its place there: faiss's own array, seen without a copy.
-        self._placed = faiss.rev_swig_ptr(index.direct_map.array.data(), index.ntotal) if index.ntotal else None
+        self._placed = faiss.rev_swig_ptr(index.direct_map.array.data(), index.ntotal) if index.ntotal else _EMPTY
         self._nlist = int(index.nlist)
         self._nprobe = default_nprobe(self._nlist)
         self._sizes = np.array([index.invlists.list_size(i) for i in range(self._nlist)], np.int64)
@@ -184,7 +185,7 @@ class FaissIvfBackend(FaissIndex):
                 labels[rows], distances[rows] = found, self.to_flux(found_distances)
                 if nprobe < self._nlist:
                     again = (found >= 0).sum(axis=1) < wanted
-                    if ranks is not None and self._placed is not None:
+                    if ranks is not None:
                         lists = self._placed[np.maximum(found, 0)] >> 32
                         reach = np.where(found >= 0, ranks[rows[:, None], lists], -1).max(axis=1, initial=-1)
                         again |= reach >= FRONTIER * nprobe

@@ -66,6 +66,10 @@ _MASK_BUDGET = 1 << 26
 LIST_SHARE = 16
 
 
+#: A row's search params as a key: rows that share it (and k, or depth) share a backend call.
+_ParamsKey = tuple[tuple[str, float], ...]
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What passes one query's filter: a list of labels (few pass), or a mask, or every live item
@@ -138,7 +142,7 @@ class Planner:
         """One answer per query, each with its own k, params and filter (None: no filter)."""
         table = self._store.table
         answers: list[Answer | None] = [None] * len(queries)
-        plain: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
+        plain: dict[tuple[int, _ParamsKey], list[int]] = {}
         filtered: list[tuple[int, Filter]] = []
         for row, query_filter in enumerate(filters):
             if query_filter is None:
@@ -162,7 +166,7 @@ class Planner:
         self,
         queries: Matrix,
         params: Sequence[Mapping[str, float]],
-        groups: Mapping[tuple[int, tuple[tuple[str, float], ...]], list[int]],
+        groups: Mapping[tuple[int, _ParamsKey], list[int]],
         threads: int,
         answers: list[Answer | None],
     ) -> None:
@@ -226,7 +230,7 @@ class Planner:
         live = max(table.live_count, 1)
         fetch: dict[int, int] = {}
         pushed: dict[int, _Pushed] = {}
-        unfiltered: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
+        unfiltered: dict[tuple[int, _ParamsKey], list[int]] = {}
         for row, plan in plans.items():
             k = ks[row]
             if not (plan.restricted or len(plan.excluded) or plan.cap):  # it leaves nothing out (ids not held)
@@ -274,7 +278,7 @@ class Planner:
     ) -> dict[int, int]:
         """One over-fetch for every row of ``fetch`` (row -> candidates); returns the rows to fetch again."""
         available = len(self._backend)
-        groups: dict[tuple[int, tuple[tuple[str, float], ...]], list[int]] = {}
+        groups: dict[tuple[int, _ParamsKey], list[int]] = {}
         for row, size in fetch.items():
             fetched = min(available, with_slack(size, ks[row], params[row])) if self._beam else size
             groups.setdefault((fetched, _key(params[row])), []).append(row)
@@ -321,7 +325,7 @@ class Planner:
         live = max(table.live_count, 1)
         selections: dict[int, Allowed] = {}
         while pushed:
-            groups: dict[tuple[int, int, int, tuple[tuple[str, float], ...]], list[int]] = {}
+            groups: dict[tuple[int, int, int, _ParamsKey], list[int]] = {}
             for row, state in pushed.items():
                 groups.setdefault((id(plans[row]), state.depth, state.want, _key(params[row])), []).append(row)
             again: dict[int, _Pushed] = {}
@@ -477,5 +481,5 @@ def _ascending(labels: Labels) -> Labels:
     return labels[np.concatenate(([True], labels[1:] != labels[:-1]))] if len(labels) else labels
 
 
-def _key(params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+def _key(params: Mapping[str, float]) -> _ParamsKey:
     return tuple(sorted(params.items()))
