@@ -85,6 +85,8 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
         assert {p["role"] for p in pinning["processes"]} == {"server", "client"}
         for process in pinning["processes"]:
             assert process["cpus"] == pinning[f"{process['role']}_cpus"], process
+        assert "client (this process, one call at a time) on CPUs" in printed
+    assert "over a second pass of the same calls" in printed  # how srv cpu is read here, not under load
 
 
 def test_a_larger_set_leaves_out_as_many_ids_not_a_larger_share() -> None:

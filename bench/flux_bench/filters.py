@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     truths = {s.name: truth(base, queries, s, args.k) for s in filters}
     unfiltered_truth = ground_truth(base, queries, Metric.L2, args.k)
 
-    progress(placement.describe())
+    progress(_placed(placement))
     rows: list[Row] = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         path = build_index(args.work_dir, spec, backend, preset.build.get(backend, {}), base, items, progress)
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     targets = _targets(rows)
     command = "flux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _print(rows, targets, spec, args.k, command)
-    print(f"\n{placement.describe()}")
+    print(f"\n{_placed(placement)}")
     out = args.json or args.work_dir / "filters.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {
@@ -168,6 +168,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- targets and output -----------------------------------------------------------------------
+
+
+def _placed(placement: cpu_placement.Placement) -> str:
+    return placement.describe(
+        "client (this process, one call at a time)",
+        "user + sys of the server's process tree (/proc/PID/stat) over a second pass of the same calls",
+    )
 
 
 def _targets(rows: list[Row]) -> list[Target]:

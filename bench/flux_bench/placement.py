@@ -14,6 +14,12 @@ from typing import Any
 
 from flux_bench.procs import format_cpus, parse_cpus
 
+#: How ``flux bench serving`` reads the server's CPU per call.
+LOADED_PHASE = (
+    "user + sys of the server's whole process tree (/proc/PID/stat) over the loaded phase, "
+    "over the calls answered in it"
+)
+
 
 @dataclass
 class Placement:
@@ -36,19 +42,17 @@ class Placement:
             return f"server and clients share CPUs {format_cpus(self.available)}"
         return f"server on CPUs {format_cpus(self.server)}, clients on CPUs {format_cpus(self.clients)}"
 
-    def describe(self) -> str:
-        method = (
-            "server CPU per call: user + sys of the server's whole process tree (/proc/PID/stat) over the "
-            "loaded phase, over the calls answered in it"
-        )
+    def describe(self, clients: str = "load clients", method: str = LOADED_PHASE) -> str:
+        """The placement in a sentence, naming the clients and how the server's CPU per call was read."""
         if self.server is None or self.clients is None:
             return (
-                f"shared CPUs: servers, the in-process library and the load clients all run on CPUs "
-                f"{format_cpus(self.available)}; {method}"
+                f"shared CPUs: servers, the in-process library and the {clients} all run on CPUs "
+                f"{format_cpus(self.available)}; server CPU per call: {method}"
             )
         return (
             f"pinned: servers and the in-process library on CPUs {format_cpus(self.server)} (the library shows "
-            f"what a server could reach there), load clients on CPUs {format_cpus(self.clients)}; {method}"
+            f"what a server could reach there), {clients} on CPUs {format_cpus(self.clients)}; "
+            f"server CPU per call: {method}"
         )
 
     def to_json(self) -> dict[str, Any]:
