@@ -3,6 +3,7 @@ filtered search reads when the query's nearest items are left out."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -120,3 +121,24 @@ def test_a_filtered_search_whose_answers_reach_its_outer_lists_reads_twice_as_ma
         labels, _ = index.search_filtered(query[None], 10, params, allowed, depth=excluded + 15)
         found.append(len(np.intersect1d(labels[0], near[excluded:])) / 10)
     assert np.mean(found) >= 0.98
+
+
+def test_a_row_read_again_reads_only_the_lists_it_has_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faiss counts the lists a search visits: a row read again over twice the lists reads the new
+    ones and merges their answers with those it had (it read its first lists again each time: 10 +
+    20 + 40 = 70 list reads of these 40 lists, before), and ends with the answer one read of every
+    list gives."""
+    n, k = 6_000, 10
+    index = _build(n, nlist=40)
+    vectors = clustered(n, 16, seed=3)
+    query = vectors[:1] + np.float32(0.01)
+    order = np.argsort(((vectors - query) ** 2).sum(axis=1), kind="stable")
+    allowed = Allowed(excluded=np.sort(order[:100]))
+    params = {**defaults(FaissIvfBackend.search_params), "nprobe": 8}
+    monkeypatch.setattr(faiss_ivf, "FRONTIER", 0.0)  # every answer is "outer": read again until every list is read
+    visited = faiss.cvar.indexIVF_stats
+    visited.reset()
+    labels, distances = index.search_filtered(query, k, params, allowed, depth=k)
+    assert visited.nlist == 40
+    assert labels[0].tolist() == order[100 : 100 + k].tolist()
+    assert np.all(np.diff(distances[0]) >= 0)

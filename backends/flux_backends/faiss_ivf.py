@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import faiss
@@ -54,7 +55,9 @@ class FaissIvfBackend(FaissIndex):
     query: the lists that hold the depth, then as many more as the query's own neighbours need
     (taking the larger of the two lost recall as lists grow: 0.93 of the exact answer with each
     query's 1,000 nearest left out at 1,000,000 items, now 0.995). A row whose answers came from
-    the outer quarter of the lists it read is read again over twice the lists (``FRONTIER``). Its
+    the outer quarter of the lists it read is read again over twice the lists (``FRONTIER``): faiss
+    reads the lists it has not read (``search_preassigned``, the lists named from the order the
+    depth was counted in), and their answers merge with those it had. Its
     cost grows with the depth, not with the depth squared as a graph's beam does (faiss.py), which
     is what leaving out a user's thousands of nearest items needs.
 
@@ -132,25 +135,25 @@ class FaissIvfBackend(FaissIndex):
     ) -> tuple[Labels, Matrix]:
         bits, count = self.filter_bits(allowed)
         matrix = stored(queries, self.metric)
-        probes, ranks = self._covering(matrix, COVER * depth, self._probes(params))
-        return self._search(matrix, k, probes, bits, min(k, count), threads, ranks)
+        probes, coarse = self._covering(matrix, COVER * depth, self._probes(params))
+        return self._search(matrix, k, probes, bits, min(k, count), threads, coarse)
 
     def _probes(self, params: Mapping[str, float]) -> int:
         """The ``nprobe`` asked for, or for 0 this index's default."""
         return int(params["nprobe"]) or self._nprobe
 
-    def _covering(self, matrix: Matrix, items: int, nprobe: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per query, how many of its nearest lists hold ``items`` items, plus ``nprobe``; and each
-        list's rank by nearness to the query (None for an empty index)."""
+    def _covering(self, matrix: Matrix, items: int, nprobe: int) -> tuple[np.ndarray, _Coarse | None]:
+        """Per query, how many of its nearest lists hold ``items`` items, plus ``nprobe``; and its
+        lists in order of nearness (None for an empty index)."""
         if not len(matrix) or not len(self):
             return np.ones(len(matrix), np.int64), None
-        _, nearest = self._index.quantizer.search(matrix, self._nlist)
+        distances, nearest = self._index.quantizer.search(matrix, self._nlist)
         held = np.cumsum(self._sizes[nearest], axis=1)
         needed = np.count_nonzero(held < items, axis=1) + 1
         probes: np.ndarray = np.minimum(needed + nprobe, self._nlist).astype(np.int64)
         ranks = np.empty_like(nearest)
         np.put_along_axis(ranks, nearest, np.arange(self._nlist)[None, :], axis=1)
-        return probes, ranks
+        return probes, _Coarse(nearest, distances, ranks)
 
     def _search(
         self,
@@ -160,40 +163,76 @@ class FaissIvfBackend(FaissIndex):
         bits: np.ndarray | None,
         wanted: int,
         threads: int,
-        ranks: np.ndarray | None = None,
+        coarse: _Coarse | None = None,
     ) -> tuple[Labels, Matrix]:
         """Every row with ``wanted`` results: rows whose lists held fewer are searched again over
-        twice the lists, until they scan every list; with ``ranks`` (each list's rank per row), so
-        are rows whose answers came from the outer ``1 - FRONTIER`` of the lists scanned. Rows
-        that scan as many lists share a call."""
+        twice the lists, until they scan every list. With ``coarse`` (each row's lists in order), so
+        are rows whose answers came from the outer ``1 - FRONTIER`` of the lists scanned, and a row
+        searched again reads only the lists it has not read, its answers merged with those it had.
+        Rows that scan as many lists share a call."""
         q = len(matrix)
         labels = np.full((q, k), -1, np.int64)
         distances = np.full((q, k), np.inf, np.float32)
         if not q or not len(self) or not wanted:
             return labels, distances
         faiss.omp_set_num_threads(max(1, threads))
+        read = np.zeros(q, np.int64)  # lists each row has read (their first ones, with ``coarse``)
         pending = np.arange(q)
         while len(pending):
             short = []
-            for nprobe in np.unique(probes[pending]).tolist():
-                rows = pending[probes[pending] == nprobe]
-                found_distances, found = self._index.search(
-                    matrix[rows],
-                    k,
-                    params=faiss.SearchParametersIVF(nprobe=nprobe, sel=self.selector(bits)),  # type: ignore[call-arg]
-                )
-                labels[rows], distances[rows] = found, self.to_flux(found_distances)
+            steps = read[pending] * (self._nlist + 1) + probes[pending]  # lists read so far, and to read
+            for step in np.unique(steps).tolist():
+                start, nprobe = divmod(step, self._nlist + 1)
+                rows = pending[steps == step]
+                if coarse is None:
+                    params = faiss.SearchParametersIVF(nprobe=nprobe, sel=self.selector(bits))  # type: ignore[call-arg]
+                    found_distances, found = self._index.search(matrix[rows], k, params=params)
+                    labels[rows], distances[rows] = found, self.to_flux(found_distances)
+                else:
+                    found, found_distances = self._read(matrix[rows], k, coarse, rows, start, nprobe, bits)
+                    if start:
+                        found, found_distances = _merged(labels[rows], distances[rows], found, found_distances, k)
+                    labels[rows], distances[rows] = found, found_distances
+                read[rows] = nprobe
                 if nprobe < self._nlist:
+                    found = labels[rows]
                     again = (found >= 0).sum(axis=1) < wanted
-                    if ranks is not None:
+                    if coarse is not None:
                         lists = self._placed[np.maximum(found, 0)] >> 32
-                        reach = np.where(found >= 0, ranks[rows[:, None], lists], -1).max(axis=1, initial=-1)
+                        reach = np.where(found >= 0, coarse.ranks[rows[:, None], lists], -1).max(axis=1, initial=-1)
                         again |= reach >= FRONTIER * nprobe
                     short.append(rows[again])
             pending = np.concatenate(short) if short else np.empty(0, np.int64)
             probes[pending] = np.minimum(2 * probes[pending], self._nlist)
         distances[labels < 0] = np.inf
         return labels, distances
+
+    def _read(
+        self, matrix: Matrix, k: int, coarse: _Coarse, rows: np.ndarray, start: int, stop: int, bits: np.ndarray | None
+    ) -> tuple[Labels, Matrix]:
+        """The k nearest allowed items in lists ``start`` to ``stop`` (in each row's order), as Flux
+        distances, +inf where fewer were found: faiss scans the lists named, without finding them again."""
+        n = len(rows)
+        queries = np.ascontiguousarray(matrix, np.float32)  # held here: faiss reads it through a bare pointer
+        lists = np.ascontiguousarray(coarse.lists[rows, start:stop])
+        centroid_distances = np.ascontiguousarray(coarse.distances[rows, start:stop])
+        found = np.empty((n, k), np.int64)
+        found_distances = np.empty((n, k), np.float32)
+        params = faiss.SearchParametersIVF(nprobe=stop - start, sel=self.selector(bits))  # type: ignore[call-arg]
+        self._index.search_preassigned_c(
+            n,
+            faiss.swig_ptr(queries),
+            k,
+            faiss.swig_ptr(lists),
+            faiss.swig_ptr(centroid_distances),
+            faiss.swig_ptr(found_distances),
+            faiss.swig_ptr(found),
+            False,
+            params,
+        )
+        flux_distances = self.to_flux(found_distances)
+        flux_distances[found < 0] = np.inf
+        return found, flux_distances
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -202,6 +241,23 @@ class FaissIvfBackend(FaissIndex):
             "largest_list": int(self._sizes.max(initial=0)),
             "empty_lists": int(np.count_nonzero(self._sizes == 0)),
         }
+
+
+@dataclass(frozen=True)
+class _Coarse:
+    """Each query's lists, nearest first, their centroids' distances, and each list's rank."""
+
+    lists: np.ndarray
+    distances: np.ndarray
+    ranks: np.ndarray
+
+
+def _merged(labels: Labels, distances: Matrix, found: Labels, found_distances: Matrix, k: int) -> tuple[Labels, Matrix]:
+    """The k nearest of two answers from lists apart (no item in both), nearest first."""
+    both = np.concatenate((labels, found), axis=1)
+    both_distances = np.concatenate((distances, found_distances), axis=1)
+    order = np.argsort(both_distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(both, order, axis=1), np.take_along_axis(both_distances, order, axis=1)
 
 
 def _train(index: Any, items: Matrix, *, watched: bool) -> None:
