@@ -189,7 +189,9 @@ class FaissIvfBackend(FaissIndex):
                     found_distances, found = self._index.search(matrix[rows], k, params=params)
                     labels[rows], distances[rows] = found, self.to_flux(found_distances)
                 else:
-                    found, found_distances = self._read(matrix[rows], k, coarse, rows, start, nprobe, bits)
+                    found, found_distances = self._read(
+                        matrix[rows], k, coarse.lists[rows, start:nprobe], coarse.distances[rows, start:nprobe], bits
+                    )
                     if start:
                         found, found_distances = _merged(labels[rows], distances[rows], found, found_distances, k)
                     labels[rows], distances[rows] = found, found_distances
@@ -208,17 +210,18 @@ class FaissIvfBackend(FaissIndex):
         return labels, distances
 
     def _read(
-        self, matrix: Matrix, k: int, coarse: _Coarse, rows: np.ndarray, start: int, stop: int, bits: np.ndarray | None
+        self, matrix: Matrix, k: int, lists: np.ndarray, centroid_distances: Matrix, bits: np.ndarray | None
     ) -> tuple[Labels, Matrix]:
-        """The k nearest allowed items in lists ``start`` to ``stop`` (in each row's order), as Flux
-        distances, +inf where fewer were found: faiss scans the lists named, without finding them again."""
-        n = len(rows)
-        queries = np.ascontiguousarray(matrix, np.float32)  # held here: faiss reads it through a bare pointer
-        lists = np.ascontiguousarray(coarse.lists[rows, start:stop])
-        centroid_distances = np.ascontiguousarray(coarse.distances[rows, start:stop])
+        """The k nearest allowed items of each query in the lists named for it (``lists``, with their
+        centroids' distances), as Flux distances, +inf where fewer were found: faiss scans those
+        lists without finding them again."""
+        n, named = lists.shape
+        queries = np.ascontiguousarray(matrix, np.float32)  # held here: faiss reads them through bare pointers
+        lists = np.ascontiguousarray(lists, np.int64)
+        centroid_distances = np.ascontiguousarray(centroid_distances, np.float32)
         found = np.empty((n, k), np.int64)
         found_distances = np.empty((n, k), np.float32)
-        params = faiss.SearchParametersIVF(nprobe=stop - start, sel=self.selector(bits))  # type: ignore[call-arg]
+        params = faiss.SearchParametersIVF(nprobe=named, sel=self.selector(bits))  # type: ignore[call-arg]
         self._index.search_preassigned_c(
             n,
             faiss.swig_ptr(queries),
