@@ -59,8 +59,11 @@ class Ids:
         self._next = len(by_label)  # the label the next new id gets
         self._labels: dict[str, int] | None = None  # built on first use
         self._lock = threading.Lock()  # builds the map once; held by writers
-        self._hashed: _Hashed | None = None  # built on first use, while no write has happened
-        self._released = False  # ids left the map but stay in the packed array, which no longer tells who is held
+        #: The ids as loaded, when packed: the keys of the hash table exclusions are looked up in, for good.
+        self._packed = by_label if by_label.dtype.kind == "S" else None
+        self._hashed: _Hashed | None = None  # built on first use
+        self._gone: np.ndarray | None = None  # per loaded label, whether its id has left the map since
+        self._added = False  # an id has been added since loading: the table misses it
 
     # -- reads (any thread, no lock) ---------------------------------------------------
 
@@ -79,13 +82,28 @@ class Ids:
     def labels(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds, in their order; the others are left out.
 
-        An exclusion list of thousands of ids is looked up on every query that carries it: packed
-        ids that no write has changed are found in a hash table of integers (``_Hashed``), others
-        by mapping the dict's ``get`` over them in C.
+        An exclusion list of thousands of ids is looked up on every query that carries it. Packed
+        ids are found in a hash table of integers (``_Hashed``) over the ids as loaded, writes or
+        not: a label whose id has left since is dropped, and once ids have been added, those the
+        table misses (new ones, or ones deleted and added again) are looked up in the dict. Ids
+        loaded unpacked are looked up by mapping the dict's ``get`` over them in C.
         """
-        if self._hashable:
-            return self._hashed_ids().find(ids if isinstance(ids, list | tuple) else list(ids))
-        found = np.fromiter(map(self._map().get, ids, itertools.repeat(-1)), np.int64)
+        if self._packed is None:
+            found = np.fromiter(map(self._map().get, ids, itertools.repeat(-1)), np.int64)
+            return found[found >= 0]
+        wanted = ids if isinstance(ids, list | tuple) else list(ids)
+        added = self._added  # read first: an id added after this is not looked for, as before the write
+        found = self._hashed_ids().each(wanted)
+        gone = self._gone
+        if gone is not None:
+            held = found >= 0
+            held[held] = gone[found[held]]
+            found[held] = -1
+        if added:
+            missed = np.flatnonzero(found < 0)
+            if len(missed):
+                get = self._map().get
+                found[missed] = [get(wanted[row], -1) for row in missed.tolist()]
         return found[found >= 0]
 
     @property
@@ -100,7 +118,7 @@ class Ids:
         the first query to need it, and those behind it, wait; a version loads it in advance when
         the version it replaces had built one (``flux.core.serving.manager``).
         """
-        if self._hashable:
+        if self._packed is not None:
             self._hashed_ids()
 
     def live(self) -> Labels:
@@ -119,18 +137,13 @@ class Ids:
             out[label] = item_id
         return out
 
-    @property
-    def _hashable(self) -> bool:
-        """Whether the ids are still packed and all held: an added id unpacks the array, a deleted one
-        leaves it (``_released``)."""
-        return self._by_label.dtype.kind == "S" and not self._released
-
     def _hashed_ids(self) -> _Hashed:
         hashed = self._hashed
         if hashed is None:
             with self._lock:
                 if self._hashed is None:
-                    self._hashed = _Hashed(self._by_label[: self._next])
+                    assert self._packed is not None, "a table is built over packed ids"
+                    self._hashed = _Hashed(self._packed)
                 hashed = self._hashed
         return hashed
 
@@ -159,6 +172,7 @@ class Ids:
                     new.append(item_id)
                 out[row] = label
             if new:
+                self._added = True  # before the map holds them: a lookup that sees them also asks the map
                 self._grow(new)
                 for offset, item_id in enumerate(new):
                     labels[item_id] = self._next + offset
@@ -169,9 +183,12 @@ class Ids:
         """Take ``ids`` out of the map and return their labels; ids not held are skipped."""
         labels = self._map()
         with self._lock:
-            self._released = True
-            found = [labels.pop(item_id) for item_id in ids if item_id in labels]
-        return np.array(found, np.int64)
+            found = np.array([labels.pop(item_id) for item_id in ids if item_id in labels], np.int64)
+            if self._packed is not None:
+                gone = self._gone if self._gone is not None else np.zeros(len(self._packed), np.bool_)
+                gone[found[found < len(gone)]] = True
+                self._gone = gone  # published once it marks them
+        return found
 
     def _grow(self, new: list[str]) -> None:
         needed = self._next + len(new)
@@ -220,10 +237,20 @@ class _Hashed:
         self.table[at] = (hashes[order] << self.label_bits) | (order.astype(np.uint64) + np.uint64(1))
 
     def find(self, wanted: Sequence[str]) -> Labels:
+        """The labels of those of ``wanted`` the table holds, in their order."""
+        found = self.each(wanted)
+        out: Labels = found[found >= 0]
+        return out
+
+    def each(self, wanted: Sequence[str]) -> Labels:
+        """The label of each of ``wanted``, -1 where the table holds none."""
+        out = np.full(len(wanted), -1, np.int64)
+        rows: np.ndarray | None = None
         if "\0" in "".join(wanted):  # numpy drops trailing NULs; no packed id holds one (``packed``)
-            wanted = [item_id for item_id in wanted if "\0" not in item_id]
+            rows = np.array([row for row, item_id in enumerate(wanted) if "\0" not in item_id], np.intp)
+            wanted = [wanted[row] for row in rows.tolist()]
         if not wanted or not len(self.by_label):
-            return np.empty(0, np.int64)
+            return out
         try:
             keys = np.array(wanted, dtype=f"S{self.width}")  # numpy encodes str as ASCII
         except UnicodeEncodeError:  # a lone surrogate cannot be held: its bytes are not UTF-8
@@ -231,13 +258,15 @@ class _Hashed:
         hashes = self.hash_keys(keys)
         tags = hashes << self.label_bits
         slots, labels = self._walk(tags, (hashes >> self.shift).astype(np.intp))
-        rows = np.arange(len(keys))
+        pending = np.arange(len(keys))
         # Ids whose hashes share their low bits are told apart here; a second round is all but never
         # needed with 64-bit hashes.
-        while len(rows := rows[labels[rows] >= 0]):
-            rows = rows[self.by_label[labels[rows]] != keys[rows]]
-            slots[rows], labels[rows] = self._walk(tags[rows], slots[rows] + 1)
-        out: Labels = labels[labels >= 0]
+        while len(pending := pending[labels[pending] >= 0]):
+            pending = pending[self.by_label[labels[pending]] != keys[pending]]
+            slots[pending], labels[pending] = self._walk(tags[pending], slots[pending] + 1)
+        if rows is None:
+            return labels
+        out[rows] = labels
         return out
 
     def _walk(self, tags: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, Labels]:
