@@ -236,12 +236,6 @@ class _Hashed:
         self.table = np.zeros(max(1 << bits, int(at.max(initial=0)) + 1) + 1, np.uint64)
         self.table[at] = (hashes[order] << self.label_bits) | (order.astype(np.uint64) + np.uint64(1))
 
-    def find(self, wanted: Sequence[str]) -> Labels:
-        """The labels of those of ``wanted`` the table holds, in their order."""
-        found = self.each(wanted)
-        out: Labels = found[found >= 0]
-        return out
-
     def each(self, wanted: Sequence[str]) -> Labels:
         """The label of each of ``wanted``, -1 where the table holds none."""
         out = np.full(len(wanted), -1, np.int64)
