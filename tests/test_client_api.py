@@ -32,6 +32,7 @@ from flux_client import (
     _channel,
     _codec,
     _status,
+    id_hashes,
 )
 from tests import support
 from tests.test_client_install import released_contract_version
@@ -102,10 +103,22 @@ def test_a_filter_excludes_ids_in_single_and_batch_searches(client: FluxClient, 
     assert both.ids.tolist() == plain.ids[:, 2:6].tolist()
     by_id = client.search_by_id("exact-l2", "item:000042", k=3, filter=Filter(exclude_ids=unwanted))
     assert not set(by_id.ids.tolist()) & set(unwanted)
+    hashed = Filter(exclude_id_hashes=id_hashes(unwanted))  # the same ids, by their hashes
+    assert client.batch_search("exact-l2", queries[:2], k=4, filter=hashed).ids.tolist() == both.ids.tolist()
+    as_list = Filter(exclude_ids=unwanted[:1], exclude_id_hashes=id_hashes(unwanted[1:]).tolist())
+    assert client.search("exact-l2", queries[0], k=4, filter=as_list).ids.tolist() == one.ids.tolist()
 
 
 def test_filters_that_cannot_be_encoded_are_refused_before_sending(client: FluxClient) -> None:
-    for bad in (Filter(allow={"market": "SE"}), Filter(exclude_ids="item:000001"), Filter(max_per_crowding_tag=-1)):
+    for bad in (
+        Filter(allow={"market": "SE"}),
+        Filter(exclude_ids="item:000001"),
+        Filter(max_per_crowding_tag=-1),
+        Filter(exclude_id_hashes=[-1]),
+        Filter(exclude_id_hashes=[2**64]),
+        Filter(exclude_id_hashes=np.array([1.5])),
+        Filter(exclude_id_hashes="item:000001"),  # type: ignore[arg-type]
+    ):
         with pytest.raises(InvalidArgument) as caught:
             client.search("exact-l2", np.ones(64), filter=bad)
         assert caught.value.field.startswith("filter")

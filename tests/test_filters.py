@@ -21,6 +21,7 @@ from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_client import id_hashes
 from flux_core.storage.attributes import ItemAttributes
 from tests import support
 
@@ -181,6 +182,27 @@ def test_filtered_search_finds_what_exact_filtered_search_finds(
     assert hits / wanted >= (1.0 if backend == "exact" else 0.95)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_excluded_by_their_hashes_are_left_out_as_by_their_ids(
+    stub: VectorServiceStub, catalog: Catalog, backend: str
+) -> None:
+    """The same exclusions sent as hashes, all or half of them, give the very same answer: the
+    same items left out, the same strategy, nothing else changed; a hash no id has is ignored."""
+    rng = np.random.default_rng(5)
+    for query in catalog.queries[:20]:
+        case = random_case(catalog, rng)
+        ids = list(case.message.exclude_ids)
+        as_ids = stub.Search(pb.SearchRequest(index=backend, vector=vectors(query), k=K, filter=case.message))
+        assert_obeys(catalog, labels(as_ids.neighbors), case)
+        for kept in (0, len(ids) // 2):
+            hashed = types_pb2.Filter()
+            hashed.CopyFrom(case.message)
+            del hashed.exclude_ids[kept:]
+            hashed.exclude_id_hashes.extend([*id_hashes(ids[kept:]).tolist(), 2**64 - 1])
+            as_hashes = stub.Search(pb.SearchRequest(index=backend, vector=vectors(query), k=K, filter=hashed))
+            assert as_hashes.neighbors == as_ids.neighbors
+
+
 def test_the_answer_says_how_it_was_found_and_when_fewer_than_k_pass(stub: VectorServiceStub, catalog: Catalog) -> None:
     query = vectors(catalog.queries[0])
     plain = stub.Search(pb.SearchRequest(index="hnsw", vector=query, k=K))
@@ -222,10 +244,14 @@ def test_a_filter_that_leaves_nothing_out_is_an_unfiltered_search(
     """Ids the index does not hold exclude nothing: the plain search answers (on faiss it was pushed down)."""
     query = vectors(catalog.queries[1])
     plain = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K))
-    unknown = types_pb2.Filter(exclude_ids=["no-such-item", "item:999999999"])
-    got = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K, filter=unknown))
-    assert list(got.neighbors.ids) == list(plain.neighbors.ids)
-    assert got.neighbors.strategy == types_pb2.SEARCH_STRATEGY_INDEX
+    unknown = ["no-such-item", "item:999999999"]
+    for leaves_nothing in (
+        types_pb2.Filter(exclude_ids=unknown),
+        types_pb2.Filter(exclude_id_hashes=id_hashes(unknown).tolist()),
+    ):
+        got = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K, filter=leaves_nothing))
+        assert list(got.neighbors.ids) == list(plain.neighbors.ids)
+        assert got.neighbors.strategy == types_pb2.SEARCH_STRATEGY_INDEX
     capped = types_pb2.Filter(exclude_ids=["no-such-item"], max_per_crowding_tag=1)  # a cap still filters
     got = stub.Search(pb.SearchRequest(index=backend, vector=query, k=K, filter=capped))
     assert got.neighbors.strategy != types_pb2.SEARCH_STRATEGY_INDEX
@@ -332,6 +358,21 @@ def test_bad_filters_are_invalid_argument_naming_the_field(stub: VectorServiceSt
     )
     assert field == "filter.exclude_ids"
     assert "10,001 ids; at most 10,000 per query" in message
+
+    ids = [f"item:{i:06d}" for i in range(10_001)]
+    for too_many, named, says in (
+        (types_pb2.Filter(exclude_id_hashes=id_hashes(ids).tolist()), "exclude_id_hashes", "holds 10,001 ids"),
+        (
+            types_pb2.Filter(exclude_ids=ids[:5_000], exclude_id_hashes=id_hashes(ids[5_000:]).tolist()),
+            "exclude_id_hashes",
+            "filter.exclude_ids and filter.exclude_id_hashes hold 10,001 ids together",
+        ),
+    ):
+        field, message = bad_request(
+            lambda f=too_many: stub.Search(pb.SearchRequest(index="hnsw", vector=query, k=K, filter=f))
+        )
+        assert field == f"filter.{named}"
+        assert says in message
 
     limit = types_pb2.Filter(exclude_ids=[f"item:{i:06d}" for i in range(10_000)])
     response = stub.Search(pb.SearchRequest(index="exact", vector=query, k=K, filter=limit))

@@ -21,6 +21,7 @@ from flux_bench.filters_workload import (
     BUCKETS,
     EXCLUDED_NEAREST,
     EXCLUDED_OF,
+    HASHED,
     MARKETS,
     PLAYED,
     SELECTIVITIES,
@@ -30,9 +31,10 @@ from flux_bench.filters_workload import (
 )
 
 COUNT = 10_000
-EXCLUDED = {exclusion_name(count * COUNT // EXCLUDED_OF) for count in EXCLUDED_NEAREST} | {
+BY_IDS = {exclusion_name(count * COUNT // EXCLUDED_OF) for count in EXCLUDED_NEAREST} | {
     exclusion_name(PLAYED * COUNT // EXCLUDED_OF, "played")
 }
+EXCLUDED = BY_IDS | {name + HASHED for name in BY_IDS}  # each list as ids, and as their hashes
 FILTERS = {f"{s:.1%}" for s in SELECTIVITIES} | {"mixed"} | EXCLUDED
 #: The backends that filter inside their own search (push-down).
 NATIVE = {"faiss", "faiss-ivf"}
@@ -55,8 +57,14 @@ def test_filtered_recall_holds_at_every_selectivity(tmp_path: Path, capsys: pyte
             bound = TARGET_EXCLUDED_RECALL if name in EXCLUDED else TARGET_RECALL
             assert flux[name]["recall"] >= bound, f"{backend} {name}: recall {flux[name]['recall']}"
             assert sum(flux[name]["strategies"].values()) == 60
+        for name in BY_IDS:  # the same ids left out, by hash: the same answers
+            assert flux[name + HASHED]["recall"] == flux[name]["recall"], name
+            assert flux[name + HASHED]["strategies"] == flux[name]["strategies"], name
         served = {r["scenario"]: r for r in rows if r["backend"] == backend and r["who"] == "flux-grpc"}
         assert set(served) == FILTERS | {"none"}
+        assert all(served[name + HASHED]["recall"] == served[name]["recall"] for name in BY_IDS)
+        library = {r["scenario"] for r in rows if r["backend"] == backend and r["who"].startswith("library")}
+        assert not {name for name in library if name.endswith(HASHED)}  # the library takes labels
         # What each call cost the server: read in clock ticks, so one short pass may show none.
         cpu = [r["server_cpu_ms"] for r in served.values()]
         assert all(ms >= 0 for ms in cpu), cpu
@@ -99,10 +107,10 @@ def test_a_larger_set_leaves_out_as_many_ids_not_a_larger_share() -> None:
     items = Items(
         [], rng.integers(0, BUCKETS, n), rng.random((n, MARKETS)) < 0.5, np.zeros(n, np.bool_), rng.integers(0, 50, n)
     )
-    sizes = {s.name: max(len(f.exclude_ids) for f in s.filters) for s in scenarios(items, base, base[:2], seed=0)}
-    assert {name: sizes[name] for name in ("excl-1k", "excl-10k", "played-10k")} == {
-        "excl-1k": 1_000,
-        "excl-10k": 10_000,
-        "played-10k": 10_000,
+    sizes = {
+        s.name: max(len(f.exclude_ids) + len(f.exclude_id_hashes) for f in s.filters)
+        for s in scenarios(items, base, base[:2], seed=0)
     }
+    for name, size in (("excl-1k", 1_000), ("excl-10k", 10_000), ("played-10k", 10_000)):
+        assert sizes[name] == sizes[name + HASHED] == size
     assert max(sizes.values()) <= MAX_EXCLUDE_IDS

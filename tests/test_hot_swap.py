@@ -25,6 +25,7 @@ from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.admin_service_pb2_grpc import AdminServiceStub
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_client import id_hashes
 from tests import support
 
 DIM = 16
@@ -386,3 +387,14 @@ def test_a_version_builds_its_exclusion_lookup_ahead_when_the_one_it_replaces_us
         manager.activate(3)
         with manager.acquire() as active:
             assert active.version == 3
+            assert not active.ids.hash_lookup_ready  # no query left ids out by hash yet
+        plain = list(stub.Search(pb.SearchRequest(index="tracks", vector=query(), k=10)).neighbors.ids)
+        by_hash = types_pb2.Filter(exclude_id_hashes=id_hashes(plain[:3]).tolist())
+        answer = stub.Search(pb.SearchRequest(index="tracks", vector=query(), k=7, filter=by_hash))
+        assert list(answer.neighbors.ids) == plain[3:]
+        publish(source, 4)
+        manager.load(4)
+        loaded = manager.slot(4).loaded
+        assert loaded is not None
+        assert loaded.index.ids.lookup_ready
+        assert loaded.index.ids.hash_lookup_ready

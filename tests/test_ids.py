@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+import flux_client
 from flux_api.v1 import types_pb2
-from flux_core.storage.ids import Ids, _hash, _Hashed, packed
+from flux_core.storage.ids import Ids, _hash, _Hashed, id_hashes, packed
+
+#: FNV-1a, 64 bits, as published with the algorithm (and as Go's hash/fnv New64a computes them).
+FNV1A_64 = {"": 0xCBF29CE484222325, "a": 0xAF63DC4C8601EC8C, "foobar": 0x85944171F73967E8}
 
 
 def test_ids_of_similar_length_are_packed_into_far_less_memory_than_strings() -> None:
@@ -98,6 +103,44 @@ def test_after_writes_the_table_still_finds_the_loaded_ids_and_the_map_the_rest(
     wanted = [wanted[i] for i in rng.permutation(len(wanted))]
     assert ids.labels(wanted).tolist() == [by_id[w] for w in wanted if w in by_id]
     assert ids.labels(["track:7", "track:14", "new:1"]).tolist() == [2_002, 2_000]
+
+
+def test_the_server_and_the_client_hash_ids_as_the_contract_says() -> None:
+    """``Filter.exclude_id_hashes``: FNV-1a over UTF-8, the same from the client, from strings and from packed ids."""
+    names = list(FNV1A_64)
+    assert id_hashes(names).tolist() == list(FNV1A_64.values())
+    assert flux_client.id_hashes(names).tolist() == list(FNV1A_64.values())
+    rng = np.random.default_rng(11)
+    mixed = [f"{'ü' * int(rng.integers(3))}track:{rng.integers(10 ** int(rng.integers(1, 9)))}" for _ in range(500)]
+    mixed += ["a\0", "\0", "日本", "x" * 300]
+    assert id_hashes(mixed).tolist() == flux_client.id_hashes(mixed).tolist()
+    alike = mixed[:200]
+    assert id_hashes(packed(alike)).tolist() == id_hashes(alike).tolist()
+    assert len(set(id_hashes(mixed).tolist())) == len(set(mixed))
+
+
+@pytest.mark.parametrize("built", ["before writes", "after writes"])
+@pytest.mark.parametrize("stored", [[f"track:{i}" for i in range(2_000)], [*(f"t{i}" for i in range(1_999)), None]])
+def test_ids_excluded_by_hash_are_found_as_the_map_finds_them(built: str, stored: list[str | None]) -> None:
+    """The table over the loaded ids' hashes drops ids deleted since; ids added since (new, or
+    deleted and added again) are found by their hash too, whether the table was built before
+    the writes or after them; packed ids and ids kept as strings alike."""
+    rng = np.random.default_rng(3)
+    ids = Ids(packed(stored))
+    if built == "before writes":
+        assert ids.labels_by_hash(id_hashes(["nope"])).tolist() == []
+    held = [item_id for item_id in stored if item_id is not None]
+    ids.release(held[::7])
+    ids.assign(["new:1", "new:2", held[14], held[3]])  # new ids, one deleted and added again, one upsert
+    ids.release(["new:2"])
+    by_id = {item_id: label for label, item_id in enumerate(ids.snapshot()) if item_id is not None}
+    assert by_id[held[14]] == 2_002
+    assert by_id[held[3]] == 3
+    wanted = [held[i] for i in rng.integers(len(held), size=3_000)] + ["new:1", "new:2", "nope", "a\0"]
+    wanted = [wanted[i] for i in rng.permutation(len(wanted))]
+    assert ids.labels_by_hash(id_hashes(wanted)).tolist() == [by_id[w] for w in wanted if w in by_id]
+    ids.assign(["new:3"])  # added once the table exists
+    assert ids.labels_by_hash(id_hashes(["new:3", held[7], "new:1"])).tolist() == [2_003, 2_000]
 
 
 def test_ids_that_share_a_hash_are_told_apart_by_their_bytes() -> None:

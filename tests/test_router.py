@@ -28,6 +28,7 @@ from flux.server import FluxServer
 from flux_api.v1 import types_pb2
 from flux_api.v1 import vector_service_pb2 as pb
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
+from flux_client import id_hashes
 from flux_core.backend import Metric
 from flux_core.errors import ConfigError
 from flux_core.storage import builder
@@ -146,6 +147,26 @@ def test_exact_router_equals_one_index(cluster: Cluster, spec: types_pb2.Filter 
             assert got.version == want.version
             assert not got.missing_shards
             assert got.neighbors.fewer_than_k_matched == want.neighbors.fewer_than_k_matched
+
+
+def test_a_router_passes_excluded_id_hashes_on_to_the_shards(cluster: Cluster) -> None:
+    excluded = cluster.ids[:400:2]
+    hashed = types_pb2.Filter(exclude_id_hashes=id_hashes(excluded).tolist())
+    listed = types_pb2.Filter(exclude_ids=excluded)
+    for row in cluster.queries[:10]:
+        got = cluster.stub.Search(pb.SearchRequest(index="items", vector=_query(row), k=37, filter=hashed), timeout=10)
+        want = cluster.single_stub.Search(
+            pb.SearchRequest(index="items", vector=_query(row), k=37, filter=listed), timeout=10
+        )
+        assert list(got.neighbors.ids) == list(want.neighbors.ids)
+        assert not set(got.neighbors.ids) & set(excluded)
+    item = cluster.ids[2]  # its own hash sent: still left out, and the rest as the single index leaves them
+    by_id = cluster.stub.SearchById(pb.SearchByIdRequest(index="items", id=item, k=10, filter=hashed), timeout=10)
+    want_by_id = cluster.single_stub.SearchById(
+        pb.SearchByIdRequest(index="items", id=item, k=10, filter=listed), timeout=10
+    )
+    assert list(by_id.neighbors.ids) == list(want_by_id.neighbors.ids)
+    assert item not in by_id.neighbors.ids
 
 
 def test_exact_router_equals_brute_force(cluster: Cluster) -> None:

@@ -356,4 +356,5 @@ def _message(query_filter: Filter) -> types_pb2.Filter:
         deny=[types_pb2.Restrict(namespace=ns, tokens=t) for ns, t in query_filter.deny.items()],
         exclude_ids=query_filter.exclude_ids,
         max_per_crowding_tag=query_filter.max_per_tag,
+        exclude_id_hashes=query_filter.exclude_id_hashes.tolist(),
     )

@@ -23,6 +23,7 @@ from flux_core.backend import Labels, Matrix, Metric
 from flux_core.storage import artifact, builder
 from flux_core.storage.attribute_table import Mask
 from flux_core.storage.attributes import ItemAttributes
+from flux_core.storage.ids import id_hashes
 
 SELECTIVITIES = (0.5, 0.1, 0.01, 0.001)
 BUCKETS = 1000
@@ -48,6 +49,7 @@ class Scenario:
     masks: Callable[[int], Mask]  # query -> the items its filter lets through
     cap: int = 0
     tags: np.ndarray | None = None  # each item's crowding tag, when ``cap`` is set
+    hashed: bool = False  # the excluded ids go as their hashes (``Filter.exclude_id_hashes``)
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,12 @@ def scenarios(items: Items, base: Matrix, queries: Matrix, seed: int) -> list[Sc
     nearest = _nearest(base, queries, max(counts))
     distances = np.stack([_squared(base[row], queries[r]) for r, row in enumerate(nearest)])
     nearest = np.take_along_axis(nearest, np.argsort(distances, axis=1, kind="stable"), axis=1)  # nearest first
-    for count in counts:
-        out.append(_excluding(exclusion_name(count), nearest[:, :count], len(base)))
     played = _scaled(PLAYED, len(base))
     spread = np.stack([rng.choice(len(base), played, replace=False) for _ in range(q)])
-    out.append(_excluding(exclusion_name(played, "played"), spread, len(base)))
+    excluding = [(exclusion_name(count), nearest[:, :count]) for count in counts]
+    excluding.append((exclusion_name(played, "played"), spread))
+    for hashed in (False, True):  # each list as ids, then as their hashes
+        out += [_excluding(name, labels, len(base), hashed) for name, labels in excluding]
     return out
 
 
@@ -139,9 +142,13 @@ def _scaled(count: int, n: int) -> int:
     return max(1, min(count, count * n // EXCLUDED_OF))
 
 
+#: Ends the name of an exclusion scenario whose ids go as their hashes.
+HASHED = "#"
+
+
 def exclusion_name(count: int, kind: str = "excl") -> str:
     """``excl-1k`` for the scenario that leaves out each query's 1,000 nearest items, ``played-10k``
-    for 10,000 items from anywhere."""
+    for 10,000 items from anywhere (``excl-1k#``, ``played-10k#``: the same ids as hashes)."""
     return f"{kind}-{count // 1000}k" if count % 1000 == 0 else f"{kind}-{count}"
 
 
@@ -152,26 +159,30 @@ def _squared(rows: Matrix, query: Matrix) -> np.ndarray:
 
 
 class _Excluding(Sequence[Filter]):
-    """Per query, a filter that leaves out the given labels' ids and nothing else (built when read:
-    500 lists of 10,000 ids would take about 300 MB as strings)."""
+    """Per query, a filter that leaves out the given labels' ids and nothing else, as ids or as their
+    hashes (built when read: 500 lists of 10,000 ids would take about 300 MB as strings)."""
 
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = labels
+    def __init__(self, labels: np.ndarray, hashed: bool) -> None:
+        self.labels, self.hashed = labels, hashed
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, row: int) -> Filter:  # type: ignore[override]
-        return Filter(allow={}, deny={}, exclude_ids=tuple(f"item:{i}" for i in self.labels[row].tolist()))
+        ids = [f"item:{i}" for i in self.labels[row].tolist()]
+        if self.hashed:
+            return Filter(allow={}, deny={}, exclude_id_hashes=id_hashes(ids))
+        return Filter(allow={}, deny={}, exclude_ids=tuple(ids))
 
 
-def _excluding(name: str, labels: np.ndarray, n: int) -> Scenario:
+def _excluding(name: str, labels: np.ndarray, n: int, hashed: bool) -> Scenario:
     def mask(row: int) -> Mask:
         passing: Mask = np.ones(n, np.bool_)
         passing[labels[row]] = False
         return passing
 
-    return Scenario(name, 1 - labels.shape[1] / n, _Excluding(labels), mask)
+    named = name + HASHED if hashed else name
+    return Scenario(named, 1 - labels.shape[1] / n, _Excluding(labels, hashed), mask, hashed=hashed)
 
 
 def _scores(base: Matrix, queries: Matrix) -> Iterator[tuple[int, Matrix]]:

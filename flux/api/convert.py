@@ -186,6 +186,7 @@ def _filter(message: types_pb2.Filter) -> FilterSpec:
         deny=[(r.namespace, r.tokens) for r in message.deny],
         exclude_ids=message.exclude_ids,
         max_per_tag=message.max_per_crowding_tag,
+        exclude_id_hashes=message.exclude_id_hashes,
     )
 
 

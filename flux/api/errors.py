@@ -59,6 +59,8 @@ _MAX_METADATA_VALUE = 256
 #: and once more percent-encoded), which the caller would see as RESOURCE_EXHAUSTED instead.
 _MAX_MESSAGE_BYTES = 1024
 _MAX_FIELD_BYTES = 256
+#: The fields whose INVALID_FILTER names the exclusion limit (``limit`` in its ErrorInfo).
+_EXCLUSIONS = ("exclude_ids", "exclude_id_hashes")
 
 _VECTORS = re.compile(r"^(?:messages\[\d+\]\.)?(?:vector|queries|vectors)$")
 _PARAMS = re.compile(r"(?:^|\.)(?:search_)?params$")
@@ -281,7 +283,7 @@ class ErrorInterceptor(Layer):
         reason = reason_of(error)
         metadata = {"index": request_index(request)}
         limit = self._limits.get(reason)
-        if limit is not None and (reason != Reason.INVALID_FILTER or (error.field or "").endswith("exclude_ids")):
+        if limit is not None and (reason != Reason.INVALID_FILTER or (error.field or "").endswith(_EXCLUSIONS)):
             metadata["limit"] = limit
         merged = {**metadata, **error.metadata}
         return rich_status(error.code, error.message, reason, field=error.field, metadata=merged), reason

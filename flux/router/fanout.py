@@ -192,13 +192,14 @@ class Router:
         # shard is asked for one more and the item dropped from the merge (exact without a crowding
         # cap; with one, the item would hold a place of its tag: refused, naming the limit).
         drop_item = False
+        held = len(request.filter.exclude_ids) + len(request.filter.exclude_id_hashes)
         if request.id not in request.filter.exclude_ids:
-            if len(request.filter.exclude_ids) < MAX_EXCLUDE_IDS:
+            if held < MAX_EXCLUDE_IDS:
                 query.filter.exclude_ids.append(request.id)
             elif request.filter.max_per_crowding_tag:
                 raise InvalidArgument(
-                    f"filter.exclude_ids holds {MAX_EXCLUDE_IDS:,} ids, and a router leaves the item out of a "
-                    "SearchById with a crowding cap by excluding its id too: send at most "
+                    f"filter.exclude_ids and exclude_id_hashes hold {MAX_EXCLUDE_IDS:,} ids, and a router leaves the "
+                    "item out of a SearchById with a crowding cap by excluding its id too: send at most "
                     f"{MAX_EXCLUDE_IDS - 1:,}, or the item's own id among them",
                     field="filter.exclude_ids",
                     reason=Reason.INVALID_FILTER,
@@ -215,7 +216,8 @@ class Router:
         except Forwarded as refused:
             if drop_item and dict(refused.status.trailing_metadata).get(REASON_KEY) == Reason.K_OUT_OF_RANGE:
                 raise InvalidArgument(
-                    f"k is {request.k} and filter.exclude_ids holds {MAX_EXCLUDE_IDS:,} ids, not the item's own: "
+                    f"k is {request.k} and filter.exclude_ids and exclude_id_hashes hold {MAX_EXCLUDE_IDS:,} ids, "
+                    "not the item's own: "
                     f"a router then leaves the item out by asking each shard for k + 1 = {query.k}, and the shards "
                     f"refused that ({refused.status.details}); ask for a smaller k, or send at most "
                     f"{MAX_EXCLUDE_IDS - 1:,} ids, or the item's own id among them",

@@ -17,6 +17,7 @@ from flux_api.v1 import admin_service_pb2 as apb
 from flux_api.v1 import types_pb2 as tpb
 from flux_api.v1 import vector_service_pb2 as vpb
 from flux_api.v1 import write_service_pb2 as wpb
+from flux_client import id_hashes
 
 VECTORS, ADMIN, WRITES = "flux_api.v1.VectorService", "flux_api.v1.AdminService", "flux_api.v1.WriteService"
 
@@ -76,6 +77,10 @@ def vector_cases() -> list[Case]:
         Case("search-filter-exclude-ids", "the answer of `search` without its two nearest; t99 is unknown, ignored",
              search, req(index="tracks", vector=vectors(Q1), k=5,
                          filter=tpb.Filter(exclude_ids=["t14", "t11", "t99"]))),
+        Case("search-filter-exclude-id-hashes",
+             "the same ids left out by their 64-bit FNV-1a hashes (flux_client.id_hashes): the same answer",
+             search, req(index="tracks", vector=vectors(Q1), k=5,
+                         filter=tpb.Filter(exclude_id_hashes=id_hashes(["t14", "t11", "t99"]).tolist()))),
         Case("search-filter-crowding", "at most one item per crowding tag; untagged items are never held back",
              search, req(index="tracks", vector=vectors(Q4), k=6, filter=tpb.Filter(max_per_crowding_tag=1))),
         Case("search-filter-fewer-than-k-match", "only 2 items are jazz in market DE: fewer_than_k_matched", search,

@@ -1,7 +1,7 @@
 // Command example queries a Flux server the way a consuming Go service would: health check,
-// the server's versions, the index's description, Search, BatchSearch and two errors read
-// through their google.rpc details, with a deadline on every call and retries configured on
-// the channel. Every call needs the reader role only.
+// the server's versions, the index's description, Search, BatchSearch, a Search that leaves ids
+// out by their hashes, and two errors read through their google.rpc details, with a deadline on
+// every call and retries configured on the channel. Every call needs the reader role only.
 //
 //	example TARGET INDEX QUERIES [K]
 //
@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"os"
 	"strconv"
@@ -98,6 +99,23 @@ func main() {
 	for row, neighbors := range batch.GetResults() {
 		show("batch", row, batch.GetVersion(), neighbors)
 	}
+
+	// What the user already played, left out by the ids' 64-bit FNV-1a hashes (hash/fnv's New64a):
+	// here the first query's two nearest items. Cheaper than the ids themselves for lists of thousands.
+	var played []uint64
+	for _, id := range batch.GetResults()[0].GetIds()[:2] {
+		hash := fnv.New64a()
+		hash.Write([]byte(id))
+		played = append(played, hash.Sum64())
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), deadline)
+	unplayed, err := vectors.Search(ctx, &fluxapi.SearchRequest{
+		Index: index, Vector: encode([][]float32{queries[0]}), K: k,
+		Filter: &fluxapi.Filter{ExcludeIdHashes: played},
+	})
+	cancel()
+	check(err)
+	show("unplayed", 0, unplayed.GetVersion(), unplayed.GetNeighbors())
 
 	// An index that does not exist: NOT_FOUND; the cause is in a trailer and in the status details.
 	var trailer metadata.MD

@@ -8,6 +8,7 @@ import com.google.rpc.ErrorInfo;
 import io.flux.api.v1.BatchSearchRequest;
 import io.flux.api.v1.BatchSearchResponse;
 import io.flux.api.v1.DescribeIndexRequest;
+import io.flux.api.v1.Filter;
 import io.flux.api.v1.FloatVectors;
 import io.flux.api.v1.GetServerInfoRequest;
 import io.flux.api.v1.GetServerInfoResponse;
@@ -28,6 +29,7 @@ import io.grpc.protobuf.StatusProto;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Paths;
 import java.util.ArrayList;
@@ -40,9 +42,9 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * Queries a Flux server the way a consuming Java service would: health check, the server's
- * versions, the index's description, Search, BatchSearch and two errors read through their
- * google.rpc details, with deadlines and retries configured on the channel. Every call needs
- * the reader role only.
+ * versions, the index's description, Search, BatchSearch, a Search that leaves ids out by their
+ * hashes, and two errors read through their google.rpc details, with deadlines and retries
+ * configured on the channel. Every call needs the reader role only.
  *
  * <pre>
  * java -cp "$(make -s java-classpath)" io.flux.example.FluxExample TARGET INDEX QUERIES [K]
@@ -125,6 +127,26 @@ public final class FluxExample {
       for (int row = 0; row < batch.getResultsCount(); row++) {
         print("batch", row, batch.getVersion(), batch.getResults(row));
       }
+
+      // What the user already played, left out by the ids' 64-bit hashes: here the first query's
+      // two nearest items. Cheaper than the ids themselves for lists of thousands.
+      Neighbors first = batch.getResults(0);
+      Filter played =
+          Filter.newBuilder()
+              .addExcludeIdHashes(idHash(first.getIds(0)))
+              .addExcludeIdHashes(idHash(first.getIds(1)))
+              .build();
+      SearchResponse unplayed =
+          vectors
+              .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
+              .search(
+                  SearchRequest.newBuilder()
+                      .setIndex(index)
+                      .setVector(encode(new float[][] {queries[0]}))
+                      .setK(k)
+                      .setFilter(played)
+                      .build());
+      print("unplayed", 0, unplayed.getVersion(), unplayed.getNeighbors());
 
       // An index that does not exist: NOT_FOUND; the cause is in a trailer and in the status details.
       try {
@@ -256,6 +278,16 @@ public final class FluxExample {
       data.position(data.position() + 4 * dimension);
     }
     return rows;
+  }
+
+  /** An id as Filter.exclude_id_hashes carries it: 64-bit FNV-1a over its UTF-8 bytes. */
+  static long idHash(String id) {
+    long hash = 0xcbf29ce484222325L;
+    for (byte b : id.getBytes(StandardCharsets.UTF_8)) {
+      hash ^= b & 0xff;
+      hash *= 0x100000001b3L;
+    }
+    return hash;
   }
 
   private static void print(String kind, int row, long version, Neighbors neighbors) {

@@ -31,6 +31,9 @@ from flux_core.backend import Labels
 
 #: What one id costs as a Python string beyond its characters, with its pointer in an object array.
 _STR_OVERHEAD = 57
+#: FNV-1a's 64-bit offset basis and prime (``id_hashes``).
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
 
 
 def packed(ids: Sequence[str | None]) -> np.ndarray:
@@ -62,8 +65,12 @@ class Ids:
         #: The ids as loaded, when packed: the keys of the hash table exclusions are looked up in, for good.
         self._packed = by_label if by_label.dtype.kind == "S" else None
         self._hashed: _Hashed | None = None  # built on first use
+        self._loaded = len(by_label)  # labels below this held their ids as loaded (or nothing)
         self._gone: np.ndarray | None = None  # per loaded label, whether its id has left the map since
         self._added = False  # an id has been added since loading: the table misses it
+        #: The ids as loaded by contract hash, and the ids added since (hash -> label): built on first use.
+        self._by_hash: _IdHashes | None = None
+        self._added_by_hash: dict[int, int] = {}
 
     # -- reads (any thread, no lock) ---------------------------------------------------
 
@@ -106,10 +113,42 @@ class Ids:
                 found[missed] = [get(wanted[row], -1) for row in missed.tolist()]
         return found[found >= 0]
 
+    def labels_by_hash(self, hashes: np.ndarray) -> Labels:
+        """The labels of the ids whose ``id_hashes`` are among ``hashes``, in their order; hashes no
+        held id has are left out. As ``labels``: a table over the ids as loaded (``_IdHashes``),
+        labels whose id has left since dropped, and the ids added since in a dict by hash."""
+        table = self._hashes_table()
+        found = table.each(hashes)
+        gone = self._gone
+        if gone is not None:
+            held = found >= 0
+            held[held] = gone[found[held]]
+            found[held] = -1
+        added = self._added_by_hash
+        if added:
+            missed = np.flatnonzero(found < 0)
+            if len(missed):
+                get = added.get
+                found[missed] = [get(value, -1) for value in hashes[missed].tolist()]
+        return found[found >= 0]
+
     @property
     def lookup_ready(self) -> bool:
         """Whether the table ``labels`` finds packed ids in is built: an exclusion list was looked up."""
         return self._hashed is not None
+
+    @property
+    def hash_lookup_ready(self) -> bool:
+        """Whether the table ``labels_by_hash`` looks in is built: ids were left out by hash."""
+        return self._by_hash is not None
+
+    def prepare_lookups(self, like: Ids) -> None:
+        """Build now the lookup tables ``like`` (the version this one replaces) had built, so that
+        the first queries after a swap do not wait for them (``prepare_lookup``)."""
+        if like.lookup_ready:
+            self.prepare_lookup()
+        if like.hash_lookup_ready:
+            self._hashes_table()
 
     def prepare_lookup(self) -> None:
         """Build the table ``labels`` finds packed ids in now, rather than on the first exclusion list.
@@ -147,6 +186,20 @@ class Ids:
                 hashed = self._hashed
         return hashed
 
+    def _hashes_table(self) -> _IdHashes:
+        table = self._by_hash
+        if table is None:
+            with self._lock:  # writers wait: the ids added so far are hashed into the dict, then writes keep it
+                if self._by_hash is None:
+                    if self._added and self._labels is not None:  # a write built the map before adding
+                        added = [(item_id, label) for item_id, label in self._labels.items() if label >= self._loaded]
+                        hashes = id_hashes([item_id for item_id, _ in added]).tolist()
+                        self._added_by_hash.update(zip(hashes, (label for _, label in added), strict=True))
+                    loaded = self._packed if self._packed is not None else self._by_label[: self._loaded]
+                    self._by_hash = _IdHashes(loaded)
+                table = self._by_hash
+        return table
+
     def _map(self) -> dict[str, int]:
         labels = self._labels
         if labels is None:
@@ -176,6 +229,10 @@ class Ids:
                 self._grow(new)
                 for offset, item_id in enumerate(new):
                     labels[item_id] = self._next + offset
+                if self._by_hash is not None:
+                    by_hash = self._added_by_hash
+                    for offset, value in enumerate(id_hashes(new).tolist()):
+                        by_hash[value] = self._next + offset
                 self._next += len(new)
             return out
 
@@ -183,11 +240,16 @@ class Ids:
         """Take ``ids`` out of the map and return their labels; ids not held are skipped."""
         labels = self._map()
         with self._lock:
-            found = np.array([labels.pop(item_id) for item_id in ids if item_id in labels], np.int64)
-            if self._packed is not None:
-                gone = self._gone if self._gone is not None else np.zeros(len(self._packed), np.bool_)
-                gone[found[found < len(gone)]] = True
-                self._gone = gone  # published once it marks them
+            held = [item_id for item_id in ids if item_id in labels]
+            found = np.array([labels.pop(item_id) for item_id in held], np.int64)
+            gone = self._gone if self._gone is not None else np.zeros(self._loaded, np.bool_)
+            gone[found[found < len(gone)]] = True
+            self._gone = gone  # published once it marks them
+            if self._by_hash is not None and len(found):
+                by_hash = self._added_by_hash
+                for value, label in zip(id_hashes(held).tolist(), found.tolist(), strict=True):
+                    if by_hash.get(value) == label:
+                        del by_hash[value]
         return found
 
     def _grow(self, new: list[str]) -> None:
@@ -200,23 +262,64 @@ class Ids:
         self._by_label = array  # published only now that every new label has its id
 
 
-class _Hashed:
-    """Packed ids in an open-addressing hash table of integers: a batch of ids is found by a few
-    vectorised gathers, about one random memory access per id, then checked byte for byte. For an
-    exclusion list that is faster than a binary search over sorted hashes (10,000 ids among 200,000,
-    caches cold: about 1.1 against 1.9 ms) or a dict probe per id (probes that miss the CPU's caches), and
-    needs no map of Python strings.
+class _Table:
+    """Labels by 64-bit hash in an open-addressing hash table of integers: a batch of hashes is
+    found by a few vectorised gathers, about one random memory access each. For an exclusion list
+    that is faster than a binary search over sorted hashes (10,000 ids among 200,000, caches cold:
+    about 1.1 against 1.9 ms) or a dict probe per id (probes that miss the CPU's caches), and needs
+    no map of Python strings.
 
-    Each slot holds an id's label plus one (0: empty) in its low bits, as few as the count of ids
-    needs, and the low bits of its 64-bit hash in the rest. An id lives in the first free slot from
-    the one its hash's high bits name (its home); the ids are placed in home order, so a run that
-    passes the last home spills into slots appended after it rather than wrapping round, and the
-    table ends with an empty slot at which every walk stops.
-    Memory per stored id: 8 bytes a slot at 1.5 to 3 slots an id (21 bytes for 200,000 ids; the
-    sorted hashes and their order took 16). Checking the bytes against ``by_label`` rather than a
-    copy of the ids as 64-bit words costs 0.1 ms more for 10,000 ids and saves 16 bytes an id.
-    Building it for 200,000 ids takes about 10 ms.
+    Each slot holds a label plus one (0: empty) in its low bits, as few as the largest label
+    needs, and the low bits of its 64-bit hash in the rest. A label lives in the first free slot
+    from the one its hash's high bits name (its home); labels are placed in home order, so a run
+    that passes the last home spills into slots appended after it rather than wrapping round, and
+    the table ends with an empty slot at which every walk stops. 8 bytes a slot at 1.5 to 3 slots
+    a label; building it for 200,000 labels takes about 10 ms.
     """
+
+    def __init__(self, hashes: np.ndarray, labels: Labels, count: int) -> None:
+        """``hashes[i]`` is the hash of ``labels[i]``, each label below ``count``."""
+        bits = max(len(hashes) * 3 // 2 - 1, 1).bit_length()
+        self.shift = np.uint64(64 - bits)
+        self.label_bits = np.uint64(count.bit_length())
+        self.label_mask = np.uint64((1 << count.bit_length()) - 1)
+        order = np.argsort(hashes)
+        rank = np.arange(len(hashes))
+        at = rank + np.maximum.accumulate((hashes[order] >> self.shift).astype(np.int64) - rank)
+        self.table = np.zeros(max(1 << bits, int(at.max(initial=0)) + 1) + 1, np.uint64)
+        self.table[at] = (hashes[order] << self.label_bits) | (labels[order].astype(np.uint64) + np.uint64(1))
+
+    def find(self, hashes: np.ndarray, same: Callable[[np.ndarray, Labels], np.ndarray]) -> Labels:
+        """The label of each of ``hashes``, -1 where the table holds none. Hashes that share their
+        low bits share a slot's tag: ``same(rows, labels)`` tells for those rows whether the label
+        found is truly theirs, and the walk goes on for the rest (a second round is all but never
+        needed with 64-bit hashes)."""
+        tags = hashes << self.label_bits
+        slots, labels = self._walk(tags, (hashes >> self.shift).astype(np.intp))
+        pending = np.arange(len(hashes))
+        while len(pending := pending[labels[pending] >= 0]):
+            pending = pending[~same(pending, labels[pending])]
+            if len(pending):
+                slots[pending], labels[pending] = self._walk(tags[pending], slots[pending] + 1)
+        return labels
+
+    def _walk(self, tags: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, Labels]:
+        """From each of ``slots`` on, the first slot that holds ``tags`` or nothing, and its label (or -1)."""
+        entries = self.table[slots]
+        pending = np.flatnonzero((entries != 0) & ((entries & ~self.label_mask) != tags))
+        while len(pending):
+            slots[pending] += 1
+            entries[pending] = self.table[slots[pending]]
+            pending = pending[(entries[pending] != 0) & ((entries[pending] & ~self.label_mask) != tags[pending])]
+        labels: Labels = (entries & self.label_mask).astype(np.int64) - 1
+        return slots, labels
+
+
+class _Hashed(_Table):
+    """Packed ids by a hash of their bytes, each found checked byte for byte against ``by_label``
+    (rather than against a copy of the ids as 64-bit words: 0.1 ms more for 10,000 ids, 16 bytes
+    an id less). Memory per stored id: 21 bytes for 200,000 ids (the sorted hashes and their order
+    took 16)."""
 
     def __init__(self, by_label: np.ndarray, hash_keys: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.by_label = by_label
@@ -224,17 +327,8 @@ class _Hashed:
         # At least one byte wider than any stored id (a longer id, cut to this width, still matches
         # none), and whole 64-bit words, so that the keys' bytes are hashed as they lie.
         self.width = (by_label.dtype.itemsize // 8 + 1) * 8
-        padded = by_label.astype(f"S{self.width}")
-        bits = max(len(by_label) * 3 // 2 - 1, 1).bit_length()
-        self.shift = np.uint64(64 - bits)
-        self.label_bits = np.uint64(len(by_label).bit_length())
-        self.label_mask = np.uint64((1 << len(by_label).bit_length()) - 1)
-        hashes = self.hash_keys(padded)
-        order = np.argsort(hashes)
-        rank = np.arange(len(by_label))
-        at = rank + np.maximum.accumulate((hashes[order] >> self.shift).astype(np.int64) - rank)
-        self.table = np.zeros(max(1 << bits, int(at.max(initial=0)) + 1) + 1, np.uint64)
-        self.table[at] = (hashes[order] << self.label_bits) | (order.astype(np.uint64) + np.uint64(1))
+        hashes = self.hash_keys(by_label.astype(f"S{self.width}"))
+        super().__init__(hashes, np.arange(len(by_label)), len(by_label))
 
     def each(self, wanted: Sequence[str]) -> Labels:
         """The label of each of ``wanted``, -1 where the table holds none."""
@@ -249,30 +343,38 @@ class _Hashed:
             keys = np.array(wanted, dtype=f"S{self.width}")  # numpy encodes str as ASCII
         except UnicodeEncodeError:  # a lone surrogate cannot be held: its bytes are not UTF-8
             keys = np.array([item_id.encode("utf-8", "surrogatepass") for item_id in wanted], f"S{self.width}")
-        hashes = self.hash_keys(keys)
-        tags = hashes << self.label_bits
-        slots, labels = self._walk(tags, (hashes >> self.shift).astype(np.intp))
-        pending = np.arange(len(keys))
-        # Ids whose hashes share their low bits are told apart here; a second round is all but never
-        # needed with 64-bit hashes.
-        while len(pending := pending[labels[pending] >= 0]):
-            pending = pending[self.by_label[labels[pending]] != keys[pending]]
-            slots[pending], labels[pending] = self._walk(tags[pending], slots[pending] + 1)
+        labels = self.find(self.hash_keys(keys), lambda at, found: self.by_label[found] == keys[at])
         if rows is None:
             return labels
         out[rows] = labels
         return out
 
-    def _walk(self, tags: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, Labels]:
-        """From each of ``slots`` on, the first slot that holds ``tags`` or nothing, and its label (or -1)."""
-        entries = self.table[slots]
-        pending = np.flatnonzero((entries != 0) & ((entries & ~self.label_mask) != tags))
-        while len(pending):
-            slots[pending] += 1
-            entries[pending] = self.table[slots[pending]]
-            pending = pending[(entries[pending] != 0) & ((entries[pending] & ~self.label_mask) != tags[pending])]
-        labels: Labels = (entries & self.label_mask).astype(np.int64) - 1
-        return slots, labels
+
+class _IdHashes(_Table):
+    """The ids as loaded by their contract hash (``id_hashes``), for ``Filter.exclude_id_hashes``:
+    a sent hash is found with no string built on either side. The table is keyed on the hashes
+    mixed (FNV-1a's high bits, which name a home, vary little between ids alike but for their
+    last bytes), and a label found is checked against its full hash (``keys``, 8 bytes an id), so
+    that a hash excludes exactly the ids that have it."""
+
+    def __init__(self, by_label: np.ndarray) -> None:
+        if by_label.dtype.kind == "S":
+            labels = np.arange(len(by_label))
+            hashes = id_hashes(by_label)
+        else:  # str, None where a label holds no item
+            held = [label for label, item_id in enumerate(by_label.tolist()) if item_id is not None]
+            labels = np.array(held, np.int64)
+            hashes = id_hashes(by_label[labels].tolist())
+        self.keys = np.zeros(len(by_label), np.uint64)
+        self.keys[labels] = mixed = _mix(hashes)
+        super().__init__(mixed, labels, len(by_label))
+
+    def each(self, hashes: np.ndarray) -> Labels:
+        """The label of each of ``hashes``, -1 where the table holds none."""
+        if not len(self.keys):
+            return np.full(len(hashes), -1, np.int64)
+        mixed = _mix(hashes.astype(np.uint64))
+        return self.find(mixed, lambda at, found: self.keys[found] == mixed[at])
 
 
 def _hash(keys: np.ndarray) -> np.ndarray:
@@ -281,9 +383,36 @@ def _hash(keys: np.ndarray) -> np.ndarray:
     out = np.full(len(keys), 0x9E3779B97F4A7C15, np.uint64)
     for column in words.T:  # splitmix64's finaliser after each word
         out ^= column
-        out ^= out >> np.uint64(30)
-        out *= np.uint64(0xBF58476D1CE4E5B9)
-        out ^= out >> np.uint64(27)
-        out *= np.uint64(0x94D049BB133111EB)
-        out ^= out >> np.uint64(31)
+        out = _mix(out)
+    return out
+
+
+def _mix(hashes: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every bit of each hash stirred into every other (one to one)."""
+    out: np.ndarray = hashes ^ (hashes >> np.uint64(30))
+    out *= np.uint64(0xBF58476D1CE4E5B9)
+    out ^= out >> np.uint64(27)
+    out *= np.uint64(0x94D049BB133111EB)
+    out ^= out >> np.uint64(31)
+    return out
+
+
+def id_hashes(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Each id's 64-bit FNV-1a hash over its UTF-8 bytes: what ``Filter.exclude_id_hashes`` carries.
+
+    ``ids`` as str, or packed (``packed``: fixed-width UTF-8 bytes without NULs). One pass of
+    numpy per byte position, over every id at once: about 5 ms for 200,000 ids of 13 bytes.
+    """
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        raw, lengths = ids, np.char.str_len(ids)
+    else:
+        encoded = [item_id.encode("utf-8", "surrogatepass") for item_id in ids]
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        raw = np.array(encoded, dtype=f"S{max(int(lengths.max(initial=0)), 1)}")
+    columns = raw.view(np.uint8).reshape(len(raw), raw.dtype.itemsize)
+    out = np.full(len(raw), FNV_OFFSET, np.uint64)
+    alike = bool(len(lengths)) and bool((lengths == lengths[0]).all())
+    for column in range(int(lengths.max(initial=0))):
+        mixed = (out ^ columns[:, column]) * FNV_PRIME
+        out = mixed if alike else np.where(lengths > column, mixed, out)
     return out

@@ -113,13 +113,13 @@ class Planner:
         nearest: Nearest,
         backend: Backend,
         store: AttributeStore,
-        labels_of: Callable[[Sequence[str]], Labels],
+        excluded_of: Callable[[Filter], Labels],
         vectors: Matrix | None = None,
     ) -> None:
         self._nearest = nearest
         self._backend = backend
         self._store = store
-        self._labels_of = labels_of
+        self._excluded_of = excluded_of
         self._exact = ExactScan(backend, vectors)
         self._native = type(backend).capabilities.filterable
         #: A search beam (``ef``, as the backend interface names it) takes in at least the results asked for.
@@ -182,7 +182,9 @@ class Planner:
 
     def _plan(self, table: Table, query_filter: Filter) -> _Plan:
         allow, deny, cap = query_filter.allow, query_filter.deny, query_filter.max_per_tag
-        excluded = _ascending(self._labels_of(query_filter.exclude_ids)) if query_filter.exclude_ids else None
+        excluded = None
+        if query_filter.exclude_ids or len(query_filter.exclude_id_hashes):
+            excluded = _ascending(self._excluded_of(query_filter))
         none = np.empty(0, np.int64)
         list_limit = table.size // self.list_share
         one_of = None if deny else table.one_of(allow, list_limit)

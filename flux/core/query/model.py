@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
+
+import numpy as np
 
 from flux_core.backend import Labels, Matrix
 from flux_core.errors import InvalidArgument
@@ -16,6 +18,10 @@ from flux_core.storage.attributes import parse_restricts
 
 #: Ids one query may exclude.
 MAX_EXCLUDE_IDS = 10_000
+
+
+_NO_HASHES = np.empty(0, np.uint64)
+_NO_HASHES.flags.writeable = False
 
 
 class Strategy(Enum):
@@ -35,6 +41,8 @@ class Filter:
     deny: Mapping[str, tuple[str, ...]]
     exclude_ids: tuple[str, ...] = ()
     max_per_tag: int = 0
+    #: Ids left out by their contract hash (``flux_core.storage.ids.id_hashes``), read-only uint64.
+    exclude_id_hashes: np.ndarray = field(default_factory=lambda: _NO_HASHES, compare=False)
 
     @classmethod
     def create(
@@ -44,21 +52,31 @@ class Filter:
         deny: Iterable[tuple[str, Iterable[str]]] = (),
         exclude_ids: Sequence[str] = (),
         max_per_tag: int = 0,
+        exclude_id_hashes: Sequence[int] = (),
         field: str = "filter",
     ) -> Filter | None:
         """Errors are InvalidArgument naming the field at fault, under ``field``."""
-        if len(exclude_ids) > MAX_EXCLUDE_IDS:
-            raise InvalidArgument(
-                f"{field}.exclude_ids holds {len(exclude_ids):,} ids; at most {MAX_EXCLUDE_IDS:,} per query",
-                field=f"{field}.exclude_ids",
+        excluded = len(exclude_ids) + len(exclude_id_hashes)
+        if excluded > MAX_EXCLUDE_IDS:
+            both = exclude_ids and exclude_id_hashes
+            named = "exclude_id_hashes" if exclude_id_hashes else "exclude_ids"
+            holds = (
+                f"{field}.exclude_ids and {field}.exclude_id_hashes hold {excluded:,} ids together"
+                if both
+                else f"{field}.{named} holds {excluded:,} ids"
             )
+            raise InvalidArgument(f"{holds}; at most {MAX_EXCLUDE_IDS:,} per query", field=f"{field}.{named}")
         if max_per_tag < 0:
             raise InvalidArgument(f"{field}.max_per_crowding_tag must be >= 0", field=f"{field}.max_per_crowding_tag")
         allowed = parse_restricts(allow, f"{field}.allow")
         denied = parse_restricts(deny, f"{field}.deny")
-        if not (allowed or denied or exclude_ids or max_per_tag):
+        if not (allowed or denied or excluded or max_per_tag):
             return None
-        return cls(allowed, denied, tuple(exclude_ids), max_per_tag)
+        hashes = _NO_HASHES
+        if len(exclude_id_hashes):
+            hashes = np.array(exclude_id_hashes, np.uint64)
+            hashes.flags.writeable = False
+        return cls(allowed, denied, tuple(exclude_ids), max_per_tag, hashes)
 
 
 @dataclass(frozen=True)

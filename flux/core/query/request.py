@@ -35,6 +35,7 @@ class FilterSpec:
     deny: Sequence[tuple[str, Sequence[str]]] = ()
     exclude_ids: Sequence[str] = ()
     max_per_tag: int = 0
+    exclude_id_hashes: Sequence[int] = ()
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class ServedIndex:
         #: The items' attributes, by label; the write path changes them (``set``, ``clear``).
         self.attributes = artifact.attributes or AttributeStore.empty(len(artifact.ids))
         #: Plans the filtered queries (flux.core.query.filters); its fixed cost model is public, for tools and tests.
-        self.planner = Planner(self.nearest, self.backend, self.attributes, self.labels_of, artifact.filter_vectors)
+        self.planner = Planner(self.nearest, self.backend, self.attributes, self.excluded_of, artifact.filter_vectors)
 
     @property
     def version(self) -> int:
@@ -189,6 +189,7 @@ class ServedIndex:
             deny=spec.deny,
             exclude_ids=spec.exclude_ids,
             max_per_tag=spec.max_per_tag,
+            exclude_id_hashes=spec.exclude_id_hashes,
             field=field,
         )
         if found is not None and exclude is not None:
@@ -270,6 +271,16 @@ class ServedIndex:
     def labels_of(self, ids: Iterable[str]) -> Labels:
         """The labels of those of ``ids`` the index holds; the others are left out."""
         return self.ids.labels(ids)
+
+    def excluded_of(self, query_filter: Filter) -> Labels:
+        """The labels of the items ``query_filter`` leaves out by id, by either field (unsorted, maybe twice)."""
+        hashes = query_filter.exclude_id_hashes
+        if not len(hashes):
+            return self.ids.labels(query_filter.exclude_ids)
+        by_hash = self.ids.labels_by_hash(hashes)
+        if not query_filter.exclude_ids:
+            return by_hash
+        return np.concatenate((self.ids.labels(query_filter.exclude_ids), by_hash))
 
     def label_of(self, item_id: str) -> int:
         label = self.ids.label(item_id)

@@ -325,8 +325,8 @@ class IndexManager(VersionTable):
             )
             with self.acquire() if self._active is not None else _nothing() as current:
                 report = gate.run(index, current, self.settings.gate, pacer)
-                if report.passed and current is not None and current.ids.lookup_ready:  # queries exclude ids
-                    index.ids.prepare_lookup()
+                if report.passed and current is not None:  # the tables queries excluding ids needed there
+                    index.ids.prepare_lookups(like=current.ids)
             if report.passed:
                 self.hooks.loaded(index)  # a writable index replays its log here
         except ResourceExhausted as exc:

@@ -44,6 +44,7 @@ from flux_client._errors import (
     VersionNotFound,
     WritesRefused,
 )
+from flux_client._ids import id_hashes
 from flux_client._status import DOMAIN, FieldViolation
 from flux_client._types import (
     Attributes,
@@ -106,4 +107,5 @@ __all__ = [
     "WriteResult",
     "WritesRefused",
     "__version__",
+    "id_hashes",
 ]

@@ -37,6 +37,8 @@ class Filter:
     An item passes when it is not in ``exclude_ids``, has none of the ``deny`` tokens, and,
     for every namespace in ``allow``, has at least one of its tokens (AND across namespaces,
     OR within one). ``max_per_crowding_tag`` caps results sharing a crowding tag (0: no cap).
+    ``exclude_id_hashes`` leaves ids out as ``exclude_ids`` does, each given by its hash
+    (``flux_client.id_hashes``): for a list of thousands, cheaper to send and to look up.
     The server picks how to search (exact scan or the index) from how many items pass.
     """
 
@@ -44,6 +46,7 @@ class Filter:
     deny: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exclude_ids: Sequence[str] = ()
     max_per_crowding_tag: int = 0
+    exclude_id_hashes: Sequence[int] | npt.NDArray[np.uint64] = ()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lux_api/v1/types.proto\x12\x0b\x66lux_api.v1\"/\n\x0c\x46loatVectors\x12\x11\n\tdimension\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"x\n\tNeighbors\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tdistances\x18\x02 \x03(\x02\x12-\n\x08strategy\x18\x03 \x01(\x0e\x32\x1b.flux_api.v1.SearchStrategy\x12\x1c\n\x14\x66\x65wer_than_k_matched\x18\x04 \x01(\x08\"\x90\x01\n\x0fPackedNeighbors\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tdistances\x18\x02 \x03(\x02\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\r\x12/\n\nstrategies\x18\x04 \x03(\x0e\x32\x1b.flux_api.v1.SearchStrategy\x12\x1c\n\x14\x66\x65wer_than_k_matched\x18\x05 \x03(\x08\"-\n\x08Restrict\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"P\n\x0eItemAttributes\x12(\n\trestricts\x18\x01 \x03(\x0b\x32\x15.flux_api.v1.Restrict\x12\x14\n\x0c\x63rowding_tag\x18\x02 \x01(\t\"\x86\x01\n\x06\x46ilter\x12$\n\x05\x61llow\x18\x01 \x03(\x0b\x32\x15.flux_api.v1.Restrict\x12#\n\x04\x64\x65ny\x18\x02 \x03(\x0b\x32\x15.flux_api.v1.Restrict\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\t\x12\x1c\n\x14max_per_crowding_tag\x18\x04 \x01(\r*\xae\x01\n\x0eSearchStrategy\x12\x1f\n\x1bSEARCH_STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15SEARCH_STRATEGY_INDEX\x10\x01\x12\x1e\n\x1aSEARCH_STRATEGY_EXACT_SCAN\x10\x02\x12!\n\x1dSEARCH_STRATEGY_NATIVE_FILTER\x10\x03\x12\x1d\n\x19SEARCH_STRATEGY_OVERFETCH\x10\x04*\\\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\r\n\tMETRIC_L2\x10\x01\x12\x11\n\rMETRIC_COSINE\x10\x02\x12\x18\n\x14METRIC_INNER_PRODUCT\x10\x03\x42\x46\n\x0eio.flux.api.v1B\nTypesProtoP\x01Z&flux.vectors/api/flux_api/v1;fluxapiv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lux_api/v1/types.proto\x12\x0b\x66lux_api.v1\"/\n\x0c\x46loatVectors\x12\x11\n\tdimension\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"x\n\tNeighbors\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tdistances\x18\x02 \x03(\x02\x12-\n\x08strategy\x18\x03 \x01(\x0e\x32\x1b.flux_api.v1.SearchStrategy\x12\x1c\n\x14\x66\x65wer_than_k_matched\x18\x04 \x01(\x08\"\x90\x01\n\x0fPackedNeighbors\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tdistances\x18\x02 \x03(\x02\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\r\x12/\n\nstrategies\x18\x04 \x03(\x0e\x32\x1b.flux_api.v1.SearchStrategy\x12\x1c\n\x14\x66\x65wer_than_k_matched\x18\x05 \x03(\x08\"-\n\x08Restrict\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"P\n\x0eItemAttributes\x12(\n\trestricts\x18\x01 \x03(\x0b\x32\x15.flux_api.v1.Restrict\x12\x14\n\x0c\x63rowding_tag\x18\x02 \x01(\t\"\xa1\x01\n\x06\x46ilter\x12$\n\x05\x61llow\x18\x01 \x03(\x0b\x32\x15.flux_api.v1.Restrict\x12#\n\x04\x64\x65ny\x18\x02 \x03(\x0b\x32\x15.flux_api.v1.Restrict\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\t\x12\x1c\n\x14max_per_crowding_tag\x18\x04 \x01(\r\x12\x19\n\x11\x65xclude_id_hashes\x18\x05 \x03(\x06*\xae\x01\n\x0eSearchStrategy\x12\x1f\n\x1bSEARCH_STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15SEARCH_STRATEGY_INDEX\x10\x01\x12\x1e\n\x1aSEARCH_STRATEGY_EXACT_SCAN\x10\x02\x12!\n\x1dSEARCH_STRATEGY_NATIVE_FILTER\x10\x03\x12\x1d\n\x19SEARCH_STRATEGY_OVERFETCH\x10\x04*\\\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\r\n\tMETRIC_L2\x10\x01\x12\x11\n\rMETRIC_COSINE\x10\x02\x12\x18\n\x14METRIC_INNER_PRODUCT\x10\x03\x42\x46\n\x0eio.flux.api.v1B\nTypesProtoP\x01Z&flux.vectors/api/flux_api/v1;fluxapiv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,10 +32,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flux_api.v1.types_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016io.flux.api.v1B\nTypesProtoP\001Z&flux.vectors/api/flux_api/v1;fluxapiv1'
-  _globals['_SEARCHSTRATEGY']._serialized_start=625
-  _globals['_SEARCHSTRATEGY']._serialized_end=799
-  _globals['_METRIC']._serialized_start=801
-  _globals['_METRIC']._serialized_end=893
+  _globals['_SEARCHSTRATEGY']._serialized_start=652
+  _globals['_SEARCHSTRATEGY']._serialized_end=826
+  _globals['_METRIC']._serialized_start=828
+  _globals['_METRIC']._serialized_end=920
   _globals['_FLOATVECTORS']._serialized_start=40
   _globals['_FLOATVECTORS']._serialized_end=87
   _globals['_NEIGHBORS']._serialized_start=89
@@ -47,5 +47,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMATTRIBUTES']._serialized_start=405
   _globals['_ITEMATTRIBUTES']._serialized_end=485
   _globals['_FILTER']._serialized_start=488
-  _globals['_FILTER']._serialized_end=622
+  _globals['_FILTER']._serialized_end=649
 # @@protoc_insertion_point(module_scope)

@@ -303,7 +303,7 @@ class Filter(_message.Message):
     the field (for example `filter.allow[1].namespace` or
     `overrides[3].filter.exclude_ids`): a restrict without a namespace, without
     tokens or with an empty token, a namespace twice in `allow` (or in `deny`),
-    and more than 10,000 exclude_ids.
+    and more than 10,000 ids in `exclude_ids` and `exclude_id_hashes` together.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -312,6 +312,7 @@ class Filter(_message.Message):
     DENY_FIELD_NUMBER: _builtins.int
     EXCLUDE_IDS_FIELD_NUMBER: _builtins.int
     MAX_PER_CROWDING_TAG_FIELD_NUMBER: _builtins.int
+    EXCLUDE_ID_HASHES_FIELD_NUMBER: _builtins.int
     max_per_crowding_tag: _builtins.int
     """When non-zero, at most this many results share a crowding tag. Items
     without a tag are never held back.
@@ -332,6 +333,21 @@ class Filter(_message.Message):
         10,000. Ids the index does not hold are ignored.
         """
 
+    @_builtins.property
+    def exclude_id_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ids never to return, as `exclude_ids` but each given by its 64-bit FNV-1a
+        hash: 8 bytes an id on the wire and no string for either side to build,
+        which is what a long "already played" list wants (keep the hashes where
+        the list is stored). FNV-1a over the id's UTF-8 bytes: start from
+        14695981039346656037 (0xcbf29ce484222325); for each byte, XOR it in, then
+        multiply by 1099511628211 (0x100000001b3) modulo 2^64. Go's hash/fnv
+        New64a computes it; the Python client's `flux_client.id_hashes` too.
+        Counts toward the same 10,000 as `exclude_ids`; either field, or both, may
+        be set. Hashes of ids the index does not hold are ignored. Two different
+        ids share a hash with a chance of about 1 in 2^64: an item whose id has a
+        hash that was sent is left out.
+        """
+
     def __init__(
         self,
         *,
@@ -339,10 +355,11 @@ class Filter(_message.Message):
         deny: _abc.Iterable[Global___Restrict] | None = ...,
         exclude_ids: _abc.Iterable[_builtins.str] | None = ...,
         max_per_crowding_tag: _builtins.int = ...,
+        exclude_id_hashes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "deny", b"deny", "exclude_ids", b"exclude_ids", "max_per_crowding_tag", b"max_per_crowding_tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "deny", b"deny", "exclude_id_hashes", b"exclude_id_hashes", "exclude_ids", b"exclude_ids", "max_per_crowding_tag", b"max_per_crowding_tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

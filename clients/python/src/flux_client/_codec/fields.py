@@ -76,7 +76,22 @@ def _filter(spec: Filter) -> types_pb2.Filter:
         deny=restricts("deny", spec.deny),
         exclude_ids=list(spec.exclude_ids),
         max_per_crowding_tag=_count(spec.max_per_crowding_tag, "filter.max_per_crowding_tag", "INVALID_FILTER"),
+        exclude_id_hashes=_hashes(spec.exclude_id_hashes),
     )
+
+
+def _hashes(hashes: Sequence[int] | npt.NDArray[np.uint64]) -> list[int]:
+    """``filter.exclude_id_hashes`` as whole numbers in [0, 2^64), from any sequence or array of them."""
+    field = "filter.exclude_id_hashes"
+    if isinstance(hashes, np.ndarray) and hashes.dtype.kind == "u" and hashes.ndim == 1:
+        return hashes.astype(np.uint64).tolist()  # type: ignore[no-any-return]
+    values = hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
+    if isinstance(values, str | bytes) or not all(
+        isinstance(v, _INTEGERS) and not isinstance(v, bool | np.bool_) and 0 <= v < 2**64 for v in values
+    ):
+        raise invalid(f"{field} must be a list of whole numbers in [0, 2^64), as flux_client.id_hashes gives",
+                      field, "INVALID_FILTER")  # fmt: skip
+    return [int(v) for v in values]
 
 
 def _count(value: int, field: str, reason: str = "INVALID_ARGUMENT") -> int:
