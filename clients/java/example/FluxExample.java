@@ -106,12 +106,7 @@ public final class FluxExample {
         SearchResponse response =
             vectors
                 .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
-                .search(
-                    SearchRequest.newBuilder()
-                        .setIndex(index)
-                        .setVector(encode(new float[][] {queries[row]}))
-                        .setK(k)
-                        .build());
+                .search(query(index, queries[row], k).build());
         print("search", row, response.getVersion(), response.getNeighbors());
       }
 
@@ -139,25 +134,14 @@ public final class FluxExample {
       SearchResponse unplayed =
           vectors
               .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
-              .search(
-                  SearchRequest.newBuilder()
-                      .setIndex(index)
-                      .setVector(encode(new float[][] {queries[0]}))
-                      .setK(k)
-                      .setFilter(played)
-                      .build());
+              .search(query(index, queries[0], k).setFilter(played).build());
       print("unplayed", 0, unplayed.getVersion(), unplayed.getNeighbors());
 
       // An index that does not exist: NOT_FOUND; the cause is in a trailer and in the status details.
       try {
         vectors
             .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
-            .search(
-                SearchRequest.newBuilder()
-                    .setIndex(index + "-missing")
-                    .setVector(encode(new float[][] {queries[0]}))
-                    .setK(k)
-                    .build());
+            .search(query(index + "-missing", queries[0], k).build());
         System.out.println("error\tnone");
       } catch (StatusRuntimeException e) {
         Status status = e.getStatus();
@@ -174,12 +158,7 @@ public final class FluxExample {
       try {
         vectors
             .withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS)
-            .search(
-                SearchRequest.newBuilder()
-                    .setIndex(index)
-                    .setVector(encode(new float[][] {tooLong}))
-                    .setK(k)
-                    .build());
+            .search(query(index, tooLong, k).build());
         System.out.println("invalid\tnone");
       } catch (StatusRuntimeException e) {
         ErrorInfo why = errorInfo(e);
@@ -278,6 +257,14 @@ public final class FluxExample {
       data.position(data.position() + 4 * dimension);
     }
     return rows;
+  }
+
+  /** A Search for the k nearest neighbours of one vector, to add options to (a filter) and build. */
+  private static SearchRequest.Builder query(String index, float[] vector, int k) {
+    return SearchRequest.newBuilder()
+        .setIndex(index)
+        .setVector(encode(new float[][] {vector}))
+        .setK(k);
   }
 
   /** An id as Filter.exclude_id_hashes carries it: 64-bit FNV-1a over its UTF-8 bytes. */
