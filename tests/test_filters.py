@@ -461,24 +461,29 @@ def _served_with_free_fetching(catalog: Catalog, backend: str, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("backend", ["faiss", "faiss-ivf"])
-def test_a_filterable_backend_over_fetches_only_when_nothing_is_excluded(
+def test_a_filterable_backend_over_fetches_unless_excluded_items_lie_near_the_query(
     catalog: Catalog, backend: str, tmp_path: Path
 ) -> None:
-    """With over-fetching made the cheaper way, a restrict alone is over-fetched, and the same
-    restrict with the query's nearest items excluded is still pushed down: an over-fetch would
-    have to read past them."""
+    """With over-fetching made the cheaper way, a restrict alone is over-fetched; the same restrict
+    with the query's nearest items excluded is pushed down (an over-fetch would have to read past
+    them); and with as many items excluded far from the query, the first over-fetch, which tells
+    the two apart, finds k passing ones and is the answer."""
     from flux.core.query.filters import Filter, Strategy
 
     index, ids = _served_with_free_fetching(catalog, backend, tmp_path)
     query = catalog.queries[3]
-    nearest = np.argsort(((catalog.base - query) ** 2).sum(axis=1))[:100]
+    order = np.argsort(((catalog.base - query) ** 2).sum(axis=1))
     half = [("genre", [f"g{g}" for g in range(GENRES // 2)])]
-    for excluded, strategy in (((), Strategy.OVERFETCH), ([ids[i] for i in nearest], Strategy.NATIVE_FILTER)):
-        query_filter = Filter.create(allow=half, exclude_ids=excluded)
+    for excluded, strategy in (
+        (order[:0], Strategy.OVERFETCH),
+        (order[:100], Strategy.NATIVE_FILTER),
+        (order[-100:], Strategy.OVERFETCH),
+    ):
+        query_filter = Filter.create(allow=half, exclude_ids=[ids[i] for i in excluded])
         answer = index.planner.search(query[None], [K], [index.default_params], [query_filter])[0]
         assert answer.strategy == strategy
         passes = catalog.genre < GENRES // 2
-        passes[nearest[: len(excluded)]] = False
+        passes[excluded] = False
         truth, _ = exact(catalog, query, Case(types_pb2.Filter(), passes, 0))
         assert len(set(answer.labels.tolist()) & set(truth)) >= K - 1
 

@@ -14,7 +14,10 @@ looks up only its candidates):
   backend that declares ``filterable``), given the mask (or, for a filter that only leaves ids
   out, their labels alone) and a depth: how many of the nearest items it must take in, from the
   share that passes; when its answer lies beyond excluded items (counted from their distances),
-  it is asked again as deep as they reach.
+  it is asked again as deep as they reach. A query that leaves out more items than that depth
+  is over-fetched once first: when k pass there (the items left out lie away from the query, as
+  a listening history spread over the catalogue does) that is its answer, and when none passes
+  (they fill its neighbourhood) the push-down reaches past all of them at once.
 * ``OVERFETCH``: ask the index for k' = 2 k / selectivity neighbours, keep those that pass
   (and the crowding cap), and ask again, deeper, until k pass within the first three quarters
   of what it returned (the tail of an approximate list is where it misses most).
@@ -31,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +92,13 @@ class _Plan:
         """Whether allow or deny restricts narrow the items (listed, masked or asked per label);
         without them, ``excluded`` alone tells what passes, and no mask over every label is built."""
         return self.labels is not None or self.mask is not None or self.one_of is not None
+
+
+class _Probe(NamedTuple):
+    """What a query's first over-fetch found: its answer, or whether no candidate passed."""
+
+    answer: Answer | None
+    crowded_out: bool
 
 
 @dataclass
@@ -243,8 +253,13 @@ class Planner:
             if plan.count > k and self._native:
                 want = k if not plan.cap else min(available, GROWTH * k)
                 depth = _depth(want, plan, live, available)
-                if len(plan.excluded) > depth and self._crowded_out(queries[row], k, params[row], plan, table):
-                    depth = _depth(want, plan, live, available, len(plan.excluded))  # reach past them all
+                if len(plan.excluded) > depth:
+                    probed = self._probe(queries[row], k, params[row], plan, table)
+                    if probed.answer is not None:  # the excluded items lie elsewhere: the over-fetch found k
+                        answers[row] = probed.answer
+                        continue
+                    if probed.crowded_out:
+                        depth = _depth(want, plan, live, available, len(plan.excluded))  # reach past them all
                 if (cost := self.costs.native(depth, table.size, masked=plan.restricted)) < cheapest:
                     cheapest, way = cost, _Pushed(depth, want)
             # A filterable backend over-fetches too when nothing is excluded and that is cheaper (no
@@ -292,9 +307,9 @@ class Planner:
                 plan, k, size = plans[row], ks[row], fetch[row]
                 found, dist = found[:size], dist[:size]
                 positions = _passing(found, plan, table)
-                if len(positions) >= k and (size >= available or positions[k - 1] < DEEP * size):
-                    kept = positions[:k]
-                    answers[row] = Answer(found[kept], dist[kept], Strategy.OVERFETCH, False)
+                taken = _taken(found, dist, positions, k, size, available)
+                if taken is not None:
+                    answers[row] = taken
                     continue
                 if len(positions) >= k:  # enough pass, but far down the list: ask as deep again as the k-th
                     wider = min(available, max(size + 1, math.ceil(MARGIN * (positions[k - 1] + 1))))
@@ -376,17 +391,22 @@ class Planner:
                         again[row] = state
             pushed = again
 
-    def _crowded_out(self, query: Matrix, k: int, params: Mapping[str, float], plan: _Plan, table: Table) -> bool:
-        """Whether none of the query's nearest candidates passes: its excluded items fill the neighbourhood.
+    def _probe(self, query: Matrix, k: int, params: Mapping[str, float], plan: _Plan, table: Table) -> _Probe:
+        """The first over-fetch of a query that excludes more items than a push-down would take in:
+        its answer when k candidates pass (the excluded items lie away from the query, as a history
+        spread over the catalogue does), else whether none passes (they fill its neighbourhood).
 
         A shallow filtered search would then find no passing item near the query, and a library
         that widens its beam until k pass (faiss.py does) would pay for every width on the way.
         One unfiltered search of the first over-fetch's size tells, for about its cost."""
-        live = max(table.live_count, 1)
-        size = min(len(self._backend), max(k, math.ceil(MARGIN * k * live / max(plan.count, 1))))
+        available = len(self._backend)
+        size = min(available, max(k, math.ceil(MARGIN * k * max(table.live_count, 1) / max(plan.count, 1))))
+        fetched = min(available, with_slack(size, k, params)) if self._beam else size
         deadline.check()
-        labels, _ = self._nearest(query[None], size, params)
-        return not len(_passing(labels[0], plan, table))
+        labels, distances = self._nearest(query[None], fetched, params)
+        found, dist = labels[0][:size], distances[0][:size]
+        positions = _passing(found, plan, table)
+        return _Probe(_taken(found, dist, positions, k, size, available), not len(positions))
 
     def _excluded_within(self, query: Matrix, plan: _Plan, state: _Pushed, radius: float, table: Table) -> int:
         """How many excluded items (that would pass otherwise) lie nearer the query than ``radius``."""
@@ -464,6 +484,17 @@ def _passing(labels: Labels, plan: _Plan, table: Table) -> npt.NDArray[np.intp]:
     if plan.cap:
         positions = positions[ranking.crowd(tags_of(table, labels[positions]), plan.cap)]
     return positions
+
+
+def _taken(
+    found: Labels, distances: Matrix, positions: npt.NDArray[np.intp], k: int, size: int, available: int
+) -> Answer | None:
+    """An over-fetch's answer: its first k passing candidates (``positions``), kept when they lie
+    within ``DEEP`` of the ``size`` asked for (or it asked for every item); else None."""
+    if len(positions) >= k and (size >= available or positions[k - 1] < DEEP * size):
+        kept = positions[:k]
+        return Answer(found[kept], distances[kept], Strategy.OVERFETCH, False)
+    return None
 
 
 def with_slack(size: int, k: int, params: Mapping[str, float]) -> int:
