@@ -17,6 +17,11 @@ A loaded artifact's ids are kept as one fixed-width array of UTF-8 bytes (``pack
 that is smaller than one Python string each, which it is for ids of similar length: 200,000
 ids like ``"123456"`` take 1.2 MB instead of about 13 MB. Answers take them as they are
 (protobuf accepts UTF-8 bytes for string fields); the first write turns them into strings.
+
+Exclusion lists come by id (``labels``) or by each id's 64-bit FNV-1a hash, the contract's
+``Filter.exclude_id_hashes`` (``labels_by_hash``, ``id_hashes``); each is looked up in an
+open-addressing table over the ids as loaded (``_Table``), built on first use, with the writes
+since laid over it.
 """
 
 from __future__ import annotations
