@@ -201,6 +201,26 @@ def test_ids_excluded_by_their_hashes_are_left_out_as_by_their_ids(
             hashed.exclude_id_hashes.extend([*id_hashes(ids[kept:]).tolist(), 2**64 - 1])
             as_hashes = stub.Search(pb.SearchRequest(index=backend, vector=vectors(query), k=K, filter=hashed))
             assert as_hashes.neighbors == as_ids.neighbors
+    # In a batch too, as the batch's filter and as one row's own.
+    rows = catalog.queries[20:24]
+    case = random_case(catalog, rng)
+    hashed = types_pb2.Filter(exclude_id_hashes=id_hashes(list(case.message.exclude_ids)).tolist())
+    listed = types_pb2.Filter(exclude_ids=case.message.exclude_ids)
+    answers = [
+        stub.BatchSearch(
+            pb.BatchSearchRequest(
+                index=backend,
+                queries=vectors(rows),
+                k=K,
+                filter=shared,
+                overrides=[pb.QueryOverride(), pb.QueryOverride(filter=own), pb.QueryOverride(), pb.QueryOverride()],
+            )
+        ).results
+        for shared, own in ((listed, listed), (hashed, hashed), (types_pb2.Filter(), hashed))
+    ]
+    assert list(answers[1]) == list(answers[0])
+    assert answers[2][1] == answers[0][1]  # the row's own filter, under a batch with none
+    assert answers[2][0] != answers[0][0]  # and the batch's filter left something out
 
 
 def test_the_answer_says_how_it_was_found_and_when_fewer_than_k_pass(stub: VectorServiceStub, catalog: Catalog) -> None:
