@@ -288,11 +288,22 @@ class _Table:
         self.shift = np.uint64(64 - bits)
         self.label_bits = np.uint64(count.bit_length())
         self.label_mask = np.uint64((1 << count.bit_length()) - 1)
+        # In place where it can be: at 5 million labels each array of them is 40 MB.
         order = np.argsort(hashes)
-        rank = np.arange(len(hashes))
-        at = rank + np.maximum.accumulate((hashes[order] >> self.shift).astype(np.int64) - rank)
+        entries = hashes[order]  # sorted: their homes ascend
+        at = (entries >> self.shift).view(np.int64)  # each home, then the slot it gets: the first
+        rank = np.arange(len(hashes))  # free one at or past it, given those placed before it
+        at -= rank
+        np.maximum.accumulate(at, out=at)
+        at += rank
+        del rank
         self.table = np.zeros(max(1 << bits, int(at.max(initial=0)) + 1) + 1, np.uint64)
-        self.table[at] = (hashes[order] << self.label_bits) | (labels[order].astype(np.uint64) + np.uint64(1))
+        entries <<= self.label_bits
+        placed = np.asarray(labels[order], np.int64).view(np.uint64)
+        del order
+        placed += np.uint64(1)
+        entries |= placed
+        self.table[at] = entries
 
     def find(self, hashes: np.ndarray, same: Callable[[np.ndarray, Labels], np.ndarray]) -> Labels:
         """The label of each of ``hashes``, -1 where the table holds none. Hashes that share their
@@ -370,15 +381,19 @@ class _IdHashes(_Table):
             held = [label for label, item_id in enumerate(by_label.tolist()) if item_id is not None]
             labels = np.array(held, np.int64)
             hashes = id_hashes(by_label[labels].tolist())
-        self.keys = np.zeros(len(by_label), np.uint64)
-        self.keys[labels] = mixed = _mix(hashes)
+        mixed = _mix(hashes)  # in place: the hashes are this table's own
+        if len(labels) == len(by_label):  # every label holds an id: its keys are the mixed hashes as they are
+            self.keys = mixed
+        else:
+            self.keys = np.zeros(len(by_label), np.uint64)
+            self.keys[labels] = mixed
         super().__init__(mixed, labels, len(by_label))
 
     def each(self, hashes: np.ndarray) -> Labels:
         """The label of each of ``hashes``, -1 where the table holds none."""
         if not len(self.keys):
             return np.full(len(hashes), -1, np.int64)
-        mixed = _mix(hashes.astype(np.uint64))
+        mixed = _mix(hashes.astype(np.uint64))  # a copy: the caller's hashes stay as sent
         return self.find(mixed, lambda at, found: self.keys[found] == mixed[at])
 
 
@@ -388,18 +403,18 @@ def _hash(keys: np.ndarray) -> np.ndarray:
     out = np.full(len(keys), 0x9E3779B97F4A7C15, np.uint64)
     for column in words.T:  # splitmix64's finaliser after each word
         out ^= column
-        out = _mix(out)
+        _mix(out)
     return out
 
 
 def _mix(hashes: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every bit of each hash stirred into every other (one to one)."""
-    out: np.ndarray = hashes ^ (hashes >> np.uint64(30))
-    out *= np.uint64(0xBF58476D1CE4E5B9)
-    out ^= out >> np.uint64(27)
-    out *= np.uint64(0x94D049BB133111EB)
-    out ^= out >> np.uint64(31)
-    return out
+    """splitmix64's finaliser, in place: every bit of each hash stirred into every other (one to one)."""
+    hashes ^= hashes >> np.uint64(30)
+    hashes *= np.uint64(0xBF58476D1CE4E5B9)
+    hashes ^= hashes >> np.uint64(27)
+    hashes *= np.uint64(0x94D049BB133111EB)
+    hashes ^= hashes >> np.uint64(31)
+    return hashes
 
 
 def id_hashes(ids: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -418,6 +433,9 @@ def id_hashes(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     out = np.full(len(raw), FNV_OFFSET, np.uint64)
     alike = bool(len(lengths)) and bool((lengths == lengths[0]).all())
     for column in range(int(lengths.max(initial=0))):
-        mixed = (out ^ columns[:, column]) * FNV_PRIME
-        out = mixed if alike else np.where(lengths > column, mixed, out)
+        if alike:
+            out ^= columns[:, column]
+            out *= FNV_PRIME
+        else:
+            out = np.where(lengths > column, (out ^ columns[:, column]) * FNV_PRIME, out)
     return out
