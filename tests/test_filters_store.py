@@ -154,6 +154,15 @@ def test_attribute_and_filter_validation_names_the_field() -> None:
     assert "10,001" in caught.value.message
     assert Filter.create() is None
     assert Filter.create(exclude_ids=["a"] * 10_000) is not None
+    hashes = np.arange(9_001, dtype=np.uint64)  # as an in-process caller holds them: a numpy array
+    with pytest.raises(InvalidArgument) as caught:
+        Filter.create(exclude_ids=["a"] * 1_000, exclude_id_hashes=hashes, field="overrides[1].filter")
+    assert caught.value.field == "overrides[1].filter.exclude_id_hashes"
+    assert "hold 10,001 ids together" in caught.value.message
+    made = Filter.create(exclude_id_hashes=hashes)
+    assert made is not None
+    assert made.exclude_id_hashes.tolist() == hashes.tolist()
+    assert not made.exclude_id_hashes.flags.writeable  # the filter's own copy, read-only
 
 
 def test_artifact_keeps_attributes_and_vectors_and_old_artifacts_load_without(tmp_path: Path) -> None:

@@ -58,8 +58,8 @@ class Filter:
         """Errors are InvalidArgument naming the field at fault, under ``field``."""
         excluded = len(exclude_ids) + len(exclude_id_hashes)
         if excluded > MAX_EXCLUDE_IDS:
-            both = exclude_ids and exclude_id_hashes
-            named = "exclude_id_hashes" if exclude_id_hashes else "exclude_ids"
+            both = len(exclude_ids) and len(exclude_id_hashes)
+            named = "exclude_id_hashes" if len(exclude_id_hashes) else "exclude_ids"
             holds = (
                 f"{field}.exclude_ids and {field}.exclude_id_hashes hold {excluded:,} ids together"
                 if both
