@@ -107,6 +107,8 @@ def test_a_filter_excludes_ids_in_single_and_batch_searches(client: FluxClient, 
     assert client.batch_search("exact-l2", queries[:2], k=4, filter=hashed).ids.tolist() == both.ids.tolist()
     as_list = Filter(exclude_ids=unwanted[:1], exclude_id_hashes=id_hashes(unwanted[1:]).tolist())
     assert client.search("exact-l2", queries[0], k=4, filter=as_list).ids.tolist() == one.ids.tolist()
+    as_tuple = Filter(exclude_id_hashes=tuple(int(h) for h in id_hashes(unwanted)))
+    assert client.search("exact-l2", queries[0], k=4, filter=as_tuple).ids.tolist() == one.ids.tolist()
 
 
 def test_filters_that_cannot_be_encoded_are_refused_before_sending(client: FluxClient) -> None:

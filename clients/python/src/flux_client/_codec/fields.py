@@ -81,14 +81,16 @@ def _filter(spec: Filter) -> types_pb2.Filter:
 
 
 def _hashes(hashes: Sequence[int] | npt.NDArray[np.uint64]) -> list[int]:
-    """``filter.exclude_id_hashes`` as whole numbers in [0, 2^64), from any sequence or array of them."""
-    field = "filter.exclude_id_hashes"
+    """``filter.exclude_id_hashes`` as whole numbers in [0, 2^64), from a sequence or array of them."""
     if isinstance(hashes, np.ndarray) and hashes.dtype.kind == "u" and hashes.ndim == 1:
         return hashes.astype(np.uint64).tolist()  # type: ignore[no-any-return]
-    values = hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
-    if isinstance(values, str | bytes) or not all(
+    values = None
+    if not isinstance(hashes, str | bytes):
+        values = hashes.tolist() if isinstance(hashes, np.ndarray) else list(hashes)
+    if values is None or not all(
         isinstance(v, _INTEGERS) and not isinstance(v, bool | np.bool_) and 0 <= v < 2**64 for v in values
     ):
+        field = "filter.exclude_id_hashes"
         raise invalid(f"{field} must be a list of whole numbers in [0, 2^64), as flux_client.id_hashes gives",
                       field, "INVALID_FILTER")  # fmt: skip
     return [int(v) for v in values]
