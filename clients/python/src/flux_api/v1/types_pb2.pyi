@@ -345,7 +345,9 @@ class Filter(_message.Message):
         Counts toward the same 10,000 as `exclude_ids`; either field, or both, may
         be set. Hashes of ids the index does not hold are ignored. Two different
         ids share a hash with a chance of about 1 in 2^64: an item whose id has a
-        hash that was sent is left out.
+        hash that was sent is left out. A server of a contract release before this
+        field skips it and leaves nothing out: check GetServerInfo's
+        contract_version (protos/CHANGELOG.md names the release).
         """
 
     def __init__(
