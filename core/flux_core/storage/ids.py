@@ -106,11 +106,7 @@ class Ids:
         wanted = ids if isinstance(ids, list | tuple) else list(ids)
         added = self._added  # read first: an id added after this is not looked for, as before the write
         found = self._hashed_ids().each(wanted)
-        gone = self._gone
-        if gone is not None:
-            held = found >= 0
-            held[held] = gone[found[held]]
-            found[held] = -1
+        self._drop_gone(found)
         if added:
             missed = np.flatnonzero(found < 0)
             if len(missed):
@@ -124,11 +120,7 @@ class Ids:
         labels whose id has left since dropped, and the ids added since in a dict by hash."""
         table = self._hashes_table()
         found = table.each(hashes)
-        gone = self._gone
-        if gone is not None:
-            held = found >= 0
-            held[held] = gone[found[held]]
-            found[held] = -1
+        self._drop_gone(found)
         added = self._added_by_hash
         if added:
             missed = np.flatnonzero(found < 0)
@@ -136,6 +128,14 @@ class Ids:
                 get = added.get
                 found[missed] = [get(value, -1) for value in hashes[missed].tolist()]
         return found[found >= 0]
+
+    def _drop_gone(self, found: Labels) -> None:
+        """Set to -1, in place, the labels a table over the ids as loaded found whose id has left since."""
+        gone = self._gone
+        if gone is not None:
+            held = found >= 0
+            held[held] = gone[found[held]]
+            found[held] = -1
 
     @property
     def lookup_ready(self) -> bool:
