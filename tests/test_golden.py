@@ -40,6 +40,8 @@ ALTERED = {
     ("vector_service.json", "batch-search"): "16",  # another distance
     ("admin_service.json", "get-index-unknown"): "k_out_of_range",  # another field violation
     ("write_service.json", "upsert"): "log_seq",  # an ignored field that does not exist
+    ("vector_service.json", "stream-search"): "2 answers",  # a stream's last answer missing from the example
+    ("vector_service.json", "stream-search-message-errors"): "INDEX_GONE",  # another reason of a failed message
 }
 
 
@@ -58,6 +60,10 @@ def altered(into: Path) -> Path:
                 case["error"]["reason"] = "WRONG_DIMENSION"
             elif change == ("vector_service.json", "batch-search"):
                 case["response"]["results"][1]["distances"][0] = 16.0
+            elif change == ("vector_service.json", "stream-search"):
+                case["responses"].pop()
+            elif change == ("vector_service.json", "stream-search-message-errors"):
+                case["responses"][2]["error"]["reason"] = "INDEX_GONE"
             elif change == ("admin_service.json", "get-index-unknown"):
                 case["error"]["field_violations"] = ["k_out_of_range"]
             elif change == ("write_service.json", "upsert"):

@@ -24,6 +24,7 @@ class Method:
     request: type[Message]
     response: type[Message]
     client_streaming: bool
+    server_streaming: bool = False
 
     @classmethod
     def named(cls, name: str) -> Method:
@@ -40,11 +41,14 @@ class Method:
             message_factory.GetMessageClass(method.input_type),
             message_factory.GetMessageClass(method.output_type),
             bool(method.client_streaming),
+            bool(method.server_streaming),
         )
 
     def call(self, channel: grpc.Channel, requests: Sequence[Message]) -> Message:
         """Call the method: with the one request, or with the stream of them (client streaming)."""
         path = f"/{self.name}"
+        if self.server_streaming:
+            raise ValueError(f"{self.name} answers with a stream: use answers()")
         if self.client_streaming:
             stream = channel.stream_unary(
                 path, request_serializer=_serialize, response_deserializer=self.response.FromString
@@ -55,6 +59,28 @@ class Method:
         unary = channel.unary_unary(path, request_serializer=_serialize, response_deserializer=self.response.FromString)
         answer = unary(request, timeout=TIMEOUT_SECONDS)
         return answer
+
+    def answers(self, channel: grpc.Channel, requests: Sequence[Message]) -> tuple[list[Message], grpc.RpcError | None]:
+        """Call a method that answers with a stream (StreamSearch): every request sent, then half-closed;
+        the answers in order, and the error the stream ended with (None when it ended OK)."""
+        path = f"/{self.name}"
+        received: list[Message] = []
+        if self.client_streaming:
+            call = channel.stream_stream(
+                path, request_serializer=_serialize, response_deserializer=self.response.FromString
+            )
+            stream = call(iter(requests), timeout=TIMEOUT_SECONDS)
+        else:
+            [request] = requests
+            call = channel.unary_stream(
+                path, request_serializer=_serialize, response_deserializer=self.response.FromString
+            )
+            stream = call(request, timeout=TIMEOUT_SECONDS)
+        try:
+            received.extend(stream)
+        except grpc.RpcError as failure:
+            return received, failure
+        return received, None
 
 
 def _serialize(message: Message) -> bytes:
@@ -68,7 +94,26 @@ def error_of(failure: grpc.RpcError) -> dict[str, Any]:
     replay checks what its users get."""
     from flux_client._errors import from_rpc_error
 
-    error = from_rpc_error(failure)
+    return _as_written(from_rpc_error(failure))
+
+
+def failed_message(answer: Message) -> bool:
+    """Whether a stream's answer is a failed message's status (StreamSearchResponse's ``error``)."""
+    return "result" in answer.DESCRIPTOR.oneofs_by_name and answer.WhichOneof("result") == "error"
+
+
+def message_error_of(answer: Message) -> dict[str, Any]:
+    """A failed message's answer as the examples write it: its request id, and its status as ``error_of``
+    writes the same failure of a unary call (never its text)."""
+    from flux_client._errors import from_status
+
+    typed = cast(Any, answer)  # a StreamSearchResponse, read as any message here
+    status = typed.error
+    error = from_status(status.code, status.message, status.SerializeToString())
+    return {"requestId": str(typed.request_id), "error": _as_written(error)}
+
+
+def _as_written(error: Any) -> dict[str, Any]:
     said: dict[str, Any] = {"code": error.code.name, "reason": error.reason}
     if error.domain != DOMAIN:
         said["domain"] = error.domain  # never in an example: every Flux error names its domain

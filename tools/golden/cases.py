@@ -61,7 +61,8 @@ NAN = math.nan
 def vector_cases() -> list[Case]:
     search, batch, by_id = f"{VECTORS}/Search", f"{VECTORS}/BatchSearch", f"{VECTORS}/SearchById"
     describe, info = f"{VECTORS}/DescribeIndex", f"{VECTORS}/GetServerInfo"
-    req, breq, ireq = vpb.SearchRequest, vpb.BatchSearchRequest, vpb.SearchByIdRequest
+    stream, items = f"{VECTORS}/StreamSearch", f"{VECTORS}/GetItems"
+    req, breq, ireq, sreq = vpb.SearchRequest, vpb.BatchSearchRequest, vpb.SearchByIdRequest, vpb.StreamSearchRequest
     return [
         Case("search", f"the 5 items of tracks nearest to {list(Q1)}", search,
              req(index="tracks", vector=vectors(Q1), k=5)),
@@ -152,6 +153,24 @@ def vector_cases() -> list[Case]:
              ireq(index="tracks", id="t05", k=3, filter=tpb.Filter(allow=[restrict("market", "SE")]))),
         Case("search-by-id-unknown-item", "tracks holds no t99", by_id, ireq(index="tracks", id="t99", k=3)),
         Case("search-by-id-k-zero", "k must be at least 1", by_id, ireq(index="tracks", id="t05", k=0)),
+        Case("stream-search", "three queries on one stream, answered in order under their request ids", stream,
+             [sreq(request_id=1, index="tracks", vector=vectors(Q1), k=3),
+              sreq(request_id=2, index="tracks", vector=vectors(Q2), k=2,
+                   filter=tpb.Filter(deny=[restrict("market", "US")])),
+              sreq(request_id=3, index="tracks-hnsw", vector=vectors(Q3), k=2, params={"ef": 32})]),
+        Case("stream-search-message-errors",
+             "a failed message is answered with its error under its request id, and the stream goes on",
+             stream,
+             [sreq(request_id=10, index="tracks", vector=vectors(Q4), k=2),
+              sreq(request_id=11, index="tracks", vector=vectors((1, 2, 3, 4, 5)), k=2),
+              sreq(request_id=12, index="nope", vector=vectors(Q1), k=2),
+              sreq(request_id=13, index="tracks", vector=vectors(Q1), k=17),
+              sreq(request_id=14, index="tracks", vector=vectors(Q2), k=2)]),
+        Case("stream-search-empty", "a stream with no message: no answers, and it ends OK", stream, []),
+        Case("get-items", "stored vectors by id, in request order; t99 is not held: found false, no error", items,
+             vpb.GetItemsRequest(index="tracks", ids=["t05", "t99", "t01"])),
+        Case("get-items-unknown-index", "no index or alias is named nope", items,
+             vpb.GetItemsRequest(index="nope", ids=["t05"])),
         Case("describe-index", "what a reader needs to query tracks", describe,
              vpb.DescribeIndexRequest(index="tracks")),
         Case("describe-index-params", "an hnsw index and its default search params", describe,

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from flux_api.v1 import vector_service_pb2 as vpb
 
-from .calls import DOMAIN, Method, clear, error_of
+from .calls import DOMAIN, Method, clear, error_of, failed_message, message_error_of
 from .cases import CASES, Case
 from .fixture import EXAMPLES, FIXTURE, load_fixture, serve
 
@@ -45,6 +45,8 @@ def record_case(channel: grpc.Channel, case: Case) -> dict[str, Any]:
         entry["requests"] = as_json
     else:
         entry["request"] = as_json[0]
+    if method.server_streaming:
+        return _record_stream(channel, method, requests, case, entry)
     try:
         answer = method.call(channel, requests)
     except grpc.RpcError as failure:
@@ -59,6 +61,30 @@ def record_case(channel: grpc.Channel, case: Case) -> dict[str, Any]:
     for path in case.ignore:
         clear(answer, path)
     entry["response"] = as_dict(answer)
+    return entry
+
+
+def _record_stream(
+    channel: grpc.Channel, method: Method, requests: Sequence[Message], case: Case, entry: dict[str, Any]
+) -> dict[str, Any]:
+    """A stream's answers, in order, and the error it ended with, if any."""
+    answers, failure = method.answers(channel, requests)
+    if case.ignore:
+        entry["ignore"] = list(case.ignore)
+    entry["responses"] = []
+    for answer in answers:
+        if failed_message(answer):
+            entry["responses"].append(message_error_of(answer))
+            continue
+        _check_no_ties(case.name, answer)
+        for path in case.ignore:
+            clear(answer, path)
+        entry["responses"].append(as_dict(answer))
+    if failure is not None:
+        said = error_of(failure)
+        if "domain" in said:
+            raise ValueError(f"{case.name}: the error names the domain {said['domain']!r}, not {DOMAIN!r}")
+        entry["error"] = said
     return entry
 
 
@@ -90,6 +116,8 @@ def _sort_maps(value: Any, kind: Any) -> Any:
 def _check_no_ties(name: str, answer: Message) -> None:
     """Equal distances in one answer would make it depend on how ties are broken: pick other data."""
     answers: list[list[float]] = []
+    if isinstance(answer, vpb.StreamSearchResponse):
+        answer = answer.search
     if isinstance(answer, vpb.SearchResponse | vpb.SearchByIdResponse):
         answers = [list(answer.neighbors.distances)]
     elif isinstance(answer, vpb.BatchSearchResponse):

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from .calls import DOMAIN, Method, clear, error_of
+from .calls import DOMAIN, Method, clear, error_of, failed_message, message_error_of
 from .fixture import EXAMPLES, example_files
 
 
@@ -58,6 +58,8 @@ def replay_case(channel: grpc.Channel, case: Mapping[str, Any]) -> str | None:
         method = Method.named(case["method"])
         raw_requests = case["requests"] if method.client_streaming else [case["request"]]
         requests = [json_format.ParseDict(r, method.request()) for r in raw_requests]
+        if method.server_streaming:
+            return replay_stream(channel, method, requests, case)
         expected: Message | None = None
         if "response" in case:
             expected = json_format.ParseDict(case["response"], method.response())
@@ -83,6 +85,51 @@ def replay_case(channel: grpc.Channel, case: Mapping[str, Any]) -> str | None:
     if answer != expected:
         return f"expected {_json(expected)}, got {_json(answer)}"
     return None
+
+
+def replay_stream(
+    channel: grpc.Channel, method: Method, requests: list[Message], case: Mapping[str, Any]
+) -> str | None:
+    """A stream's answers compared one by one, in order, then the error it ended with (or that it ended OK)."""
+    try:
+        written = list(case["responses"])
+        expected = [None if "error" in r else json_format.ParseDict(r, method.response()) for r in written]
+    except (KeyError, TypeError, json_format.ParseError) as exc:
+        return f"the example does not read as the contract's messages: {exc}"
+    answers, failure = method.answers(channel, requests)
+    for position, (wanted, got) in enumerate(zip(expected, answers, strict=False)):  # counts compared below
+        what = _compare_answer(written[position], wanted, got, case.get("ignore", []))
+        if what is not None:
+            return f"answer {position}: {what}"
+    if len(answers) != len(expected):
+        return f"expected {len(expected)} answers, got {len(answers)}"
+    if failure is None:
+        return f"expected the stream to end with the error {json.dumps(case['error'])}" if "error" in case else None
+    said = error_of(failure)
+    if "error" not in case:
+        return f"expected the stream to end OK, it ended with the error {json.dumps(said)}"
+    return compare_errors(case["error"], said)
+
+
+def _compare_answer(written: Mapping[str, Any], wanted: Message | None, got: Message, ignore: list[str]) -> str | None:
+    """One answer of a stream against the example's: a failed message's by its request id and error (as
+    a unary call's error is compared), any other message by its fields, those ``ignore`` names cleared."""
+    if wanted is None:
+        if not failed_message(got):
+            return f"expected the error {json.dumps(written['error'])}, got {_json(got)}"
+        said = message_error_of(got)
+        if said["requestId"] != written.get("requestId", "0"):
+            return f"expected request id {written.get('requestId')}, got {said['requestId']}"
+        return compare_errors(written["error"], said["error"])
+    if failed_message(got):
+        return f"expected {_json(wanted)}, got the error {json.dumps(message_error_of(got))}"
+    try:
+        for path in ignore:
+            clear(wanted, path)
+            clear(got, path)
+    except ValueError as exc:
+        return str(exc)
+    return None if wanted == got else f"expected {_json(wanted)}, got {_json(got)}"
 
 
 def compare_errors(expected: Mapping[str, Any], said: Mapping[str, Any]) -> str | None:

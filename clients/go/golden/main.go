@@ -3,7 +3,9 @@
 // read from its protobuf JSON with protojson into the method's request type, sent, and the answer
 // compared with the expected response read into the method's response type, after clearing the
 // fields the case ignores; an error is compared by status code, ErrorInfo reason and metadata,
-// and the fields of its BadRequest violations, never by its message.
+// and the fields of its BadRequest violations, never by its message. A method that answers with a
+// stream (StreamSearch) is compared answer by answer, a failed message's answer (its error) as an
+// error is, then by how the stream ended.
 //
 //	golden TARGET EXAMPLES
 //
@@ -25,8 +27,10 @@ import (
 	"time"
 
 	_ "flux.vectors/api/flux_api/v1" // registers the contract's messages and services
+	protov1 "github.com/golang/protobuf/proto"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -54,8 +58,10 @@ type example struct {
 	Request  json.RawMessage    `json:"request"`
 	Requests *[]json.RawMessage `json:"requests"`
 	Response json.RawMessage    `json:"response"`
-	Error    *failure           `json:"error"`
-	Ignore   []string           `json:"ignore"`
+	// Responses are the answers of a method that answers with a stream, in order.
+	Responses *[]json.RawMessage `json:"responses"`
+	Error     *failure           `json:"error"`
+	Ignore    []string           `json:"ignore"`
 }
 
 // failure is an error as the examples write it.
@@ -123,6 +129,9 @@ func replay(conn *grpc.ClientConn, c example) string {
 		}
 		requests = append(requests, request)
 	}
+	if method.IsStreamingServer() {
+		return replayStream(conn, method, requests, c)
+	}
 	var expected proto.Message
 	if c.Response != nil {
 		if expected, err = parse(c.Response, method.Output()); err != nil {
@@ -155,6 +164,137 @@ func replay(conn *grpc.ClientConn, c example) string {
 		return "expected " + compact(expected) + ", got " + compact(answer)
 	}
 	return ""
+}
+
+// failedMessage is one answer of a stream that carries a failed message's status, as the examples write it.
+type failedMessage struct {
+	RequestID string   `json:"requestId"`
+	Error     *failure `json:"error"`
+}
+
+// replayStream compares a stream's answers with the example's, one by one, then how it ended.
+func replayStream(conn *grpc.ClientConn, method protoreflect.MethodDescriptor, requests []proto.Message, c example) string {
+	if c.Responses == nil {
+		return "a case of a method that answers with a stream needs \"responses\""
+	}
+	answers, err := callStream(conn, method, requests)
+	written := *c.Responses
+	for i := 0; i < len(written) && i < len(answers); i++ {
+		if difference := compareAnswer(written[i], method, answers[i], c.Ignore); difference != "" {
+			return fmt.Sprintf("answer %d: %s", i, difference)
+		}
+	}
+	if len(answers) != len(written) {
+		return fmt.Sprintf("expected %d answers, got %d", len(written), len(answers))
+	}
+	if err != nil {
+		said := errorOf(err)
+		if c.Error == nil {
+			return "expected the stream to end OK, it ended with the error " + show(said)
+		}
+		return compareErrors(*c.Error, said)
+	}
+	if c.Error != nil {
+		return "expected the stream to end with the error " + show(*c.Error)
+	}
+	return ""
+}
+
+// compareAnswer compares one answer of a stream: a failed message's by its request id and error,
+// any other by its fields, those the case ignores cleared.
+func compareAnswer(raw json.RawMessage, method protoreflect.MethodDescriptor, got proto.Message, ignore []string) string {
+	var written failedMessage
+	if err := json.Unmarshal(raw, &written); err == nil && written.Error != nil {
+		id, said, failed := messageErrorOf(got)
+		if !failed {
+			return "expected the error " + show(*written.Error) + ", got " + compact(got)
+		}
+		if written.RequestID != id {
+			return fmt.Sprintf("expected request id %s, got %s", written.RequestID, id)
+		}
+		return compareErrors(*written.Error, said)
+	}
+	want, err := parse(raw, method.Output())
+	if err != nil {
+		return "the example does not read as the contract's messages: " + err.Error()
+	}
+	if _, said, failed := messageErrorOf(got); failed {
+		return "expected " + compact(want) + ", got the error " + show(said)
+	}
+	for _, path := range ignore {
+		if err := clear(want.ProtoReflect(), path, path); err != nil {
+			return err.Error()
+		}
+		if err := clear(got.ProtoReflect(), path, path); err != nil {
+			return err.Error()
+		}
+	}
+	if !proto.Equal(want, got) {
+		return "expected " + compact(want) + ", got " + compact(got)
+	}
+	return ""
+}
+
+// messageErrorOf reads an answer whose "result" is its "error" (StreamSearchResponse): its request
+// id and that error (a google.rpc.Status field for field) as the examples write errors.
+func messageErrorOf(answer proto.Message) (string, failure, bool) {
+	m := answer.ProtoReflect()
+	result := m.Descriptor().Oneofs().ByName("result")
+	if result == nil {
+		return "", failure{}, false
+	}
+	set := m.WhichOneof(result)
+	if set == nil || set.Name() != "error" {
+		return "", failure{}, false
+	}
+	data, err := proto.Marshal(m.Get(set).Message().Interface())
+	if err != nil {
+		return "", failure{}, false
+	}
+	st := &spb.Status{}
+	if err := protov1.Unmarshal(data, st); err != nil { // genproto's Status is a message of the older API
+		return "", failure{}, false
+	}
+	id := m.Get(m.Descriptor().Fields().ByName("request_id")).Uint()
+	return fmt.Sprint(id), failureOf(status.FromProto(st)), true
+}
+
+// callStream sends every request, half-closes, and reads the answers until the stream ends.
+func callStream(conn *grpc.ClientConn, method protoreflect.MethodDescriptor, requests []proto.Message) ([]proto.Message, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	path := fmt.Sprintf("/%s/%s", method.Parent().FullName(), method.Name())
+	answerType, err := protoregistry.GlobalTypes.FindMessageByName(method.Output().FullName())
+	if err != nil {
+		return nil, err
+	}
+	desc := &grpc.StreamDesc{StreamName: string(method.Name()), ClientStreams: method.IsStreamingClient(), ServerStreams: true}
+	stream, err := conn.NewStream(ctx, desc, path)
+	if err != nil {
+		return nil, err
+	}
+	for _, request := range requests {
+		if err := stream.SendMsg(request); err != nil {
+			if errors.Is(err, io.EOF) {
+				break // the server ended the stream: RecvMsg has its status
+			}
+			return nil, err
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		return nil, err
+	}
+	var answers []proto.Message
+	for {
+		answer := answerType.New().Interface()
+		if err := stream.RecvMsg(answer); err != nil {
+			if errors.Is(err, io.EOF) {
+				return answers, nil
+			}
+			return answers, err
+		}
+		answers = append(answers, answer)
+	}
 }
 
 // lookup finds a method of the contract by its full name, e.g. flux_api.v1.VectorService/Search.
@@ -226,7 +366,11 @@ func call(conn *grpc.ClientConn, method protoreflect.MethodDescriptor, requests 
 
 // errorOf is a failed call as the examples write it, with the domain only when it is not Flux's.
 func errorOf(err error) failure {
-	st := status.Convert(err)
+	return failureOf(status.Convert(err))
+}
+
+// failureOf is a status as the examples write errors.
+func failureOf(st *status.Status) failure {
 	said := failure{Code: code.Code(st.Code()).String(), Metadata: map[string]string{}, FieldViolations: []string{}}
 	for _, detail := range st.Details() {
 		switch d := detail.(type) {

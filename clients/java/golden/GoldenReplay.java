@@ -6,6 +6,7 @@ import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
 import com.google.protobuf.Any;
 import com.google.protobuf.Descriptors.FieldDescriptor;
+import com.google.protobuf.Descriptors.OneofDescriptor;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.protobuf.Message;
 import com.google.protobuf.util.JsonFormat;
@@ -31,6 +32,7 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -46,7 +48,9 @@ import java.util.concurrent.TimeoutException;
  * protobuf JSON with JsonFormat into the method's request type, sent, and the answer compared
  * with the expected response read into the method's response type, after clearing the fields the
  * case ignores; an error is compared by status code, ErrorInfo reason and metadata, and the fields
- * of its BadRequest violations, never by its message.
+ * of its BadRequest violations, never by its message. A method that answers with a stream
+ * (StreamSearch) is compared answer by answer, a failed message's answer (its error) as an error
+ * is, then by how the stream ended.
  *
  * <pre>
  * java -cp "$(make -s java-golden-classpath)" io.flux.golden.GoldenReplay TARGET EXAMPLES
@@ -123,7 +127,13 @@ public final class GoldenReplay {
     }
     Message requestType = prototype(method.getRequestMarshaller());
     Message responseType = prototype(method.getResponseMarshaller());
-    boolean streaming = method.getType() == MethodDescriptor.MethodType.CLIENT_STREAMING;
+    MethodDescriptor.MethodType type = method.getType();
+    boolean streaming =
+        type == MethodDescriptor.MethodType.CLIENT_STREAMING
+            || type == MethodDescriptor.MethodType.BIDI_STREAMING;
+    boolean answersStream =
+        type == MethodDescriptor.MethodType.SERVER_STREAMING
+            || type == MethodDescriptor.MethodType.BIDI_STREAMING;
     List<Message> requests = new ArrayList<>();
     Message expected = null;
     try {
@@ -135,6 +145,9 @@ public final class GoldenReplay {
       }
       for (JsonElement request : raw) {
         requests.add(parse(request, requestType));
+      }
+      if (answersStream) {
+        return checkStream(example, method, requests, responseType);
       }
       if (example.has("response")) {
         expected = parse(example.get("response"), responseType);
@@ -173,6 +186,91 @@ public final class GoldenReplay {
       return "expected " + json(want.build()) + ", got " + json(got.build());
     }
     return null;
+  }
+
+  /** A stream's answers compared one by one with the example's, then how the stream ended. */
+  private String checkStream(
+      JsonObject example, MethodDescriptor<?, ?> method, List<Message> requests, Message responseType)
+      throws InterruptedException, InvalidProtocolBufferException {
+    if (!example.has("responses")) {
+      return "a case of a method that answers with a stream needs \"responses\"";
+    }
+    JsonArray written = example.getAsJsonArray("responses");
+    List<Message> answers = new ArrayList<>();
+    StatusRuntimeException ended = callAnswers(method, requests, answers);
+    JsonArray ignore = example.has("ignore") ? example.getAsJsonArray("ignore") : new JsonArray();
+    for (int i = 0; i < Math.min(written.size(), answers.size()); i++) {
+      String difference = compareAnswer(written.get(i).getAsJsonObject(), responseType, answers.get(i), ignore);
+      if (difference != null) {
+        return "answer " + i + ": " + difference;
+      }
+    }
+    if (written.size() != answers.size()) {
+      return "expected " + written.size() + " answers, got " + answers.size();
+    }
+    if (ended != null) {
+      JsonObject said = errorOf(ended);
+      if (!example.has("error")) {
+        return "expected the stream to end OK, it ended with the error " + said;
+      }
+      return compareErrors(example.getAsJsonObject("error"), said);
+    }
+    return example.has("error") ? "expected the stream to end with the error " + example.get("error") : null;
+  }
+
+  /** One answer of a stream: a failed message's by its request id and error, any other by its fields. */
+  private static String compareAnswer(JsonObject written, Message responseType, Message got, JsonArray ignore)
+      throws InvalidProtocolBufferException {
+    JsonObject said = messageErrorOf(got);
+    if (written.has("error")) {
+      if (said == null) {
+        return "expected the error " + written.get("error") + ", got " + json(got);
+      }
+      JsonElement id = written.has("requestId") ? written.get("requestId") : new com.google.gson.JsonPrimitive("0");
+      if (!id.getAsString().equals(said.get("requestId").getAsString())) {
+        return "expected request id " + id + ", got " + said.get("requestId");
+      }
+      return compareErrors(written.getAsJsonObject("error"), said.getAsJsonObject("error"));
+    }
+    Message wanted = parse(written, responseType);
+    if (said != null) {
+      return "expected " + json(wanted) + ", got the error " + said;
+    }
+    Message.Builder want = wanted.toBuilder();
+    Message.Builder have = got.toBuilder();
+    for (JsonElement path : ignore) {
+      try {
+        clear(want, path.getAsString(), path.getAsString());
+        clear(have, path.getAsString(), path.getAsString());
+      } catch (IllegalArgumentException e) {
+        return e.getMessage();
+      }
+    }
+    return want.build().equals(have.build()) ? null : "expected " + json(want.build()) + ", got " + json(have.build());
+  }
+
+  /**
+   * An answer whose "result" is its "error" (StreamSearchResponse, a google.rpc.Status field for
+   * field) as the examples write it: its request id and that error; null for any other answer.
+   */
+  private static JsonObject messageErrorOf(Message answer) throws InvalidProtocolBufferException {
+    OneofDescriptor result = null;
+    for (OneofDescriptor oneof : answer.getDescriptorForType().getOneofs()) {
+      if (oneof.getName().equals("result")) {
+        result = oneof;
+      }
+    }
+    FieldDescriptor set = result == null ? null : answer.getOneofFieldDescriptor(result);
+    if (set == null || !set.getName().equals("error")) {
+      return null;
+    }
+    com.google.rpc.Status status =
+        com.google.rpc.Status.parseFrom(((Message) answer.getField(set)).toByteString());
+    JsonObject said = new JsonObject();
+    FieldDescriptor id = answer.getDescriptorForType().findFieldByName("request_id");
+    said.addProperty("requestId", Long.toUnsignedString((Long) answer.getField(id)));
+    said.add("error", errorOf(io.grpc.Status.fromCodeValue(status.getCode()).getCode().name(), status));
+    return said;
   }
 
   private static Message prototype(MethodDescriptor.Marshaller<?> marshaller) {
@@ -236,17 +334,72 @@ public final class GoldenReplay {
     }
   }
 
+  /**
+   * Sends every request, half-closes and collects the answers into {@code answers}, in order;
+   * returns the error the stream ended with, or null when it ended OK.
+   */
+  @SuppressWarnings("unchecked")
+  private StatusRuntimeException callAnswers(
+      MethodDescriptor<?, ?> method, List<Message> requests, List<Message> answers)
+      throws InterruptedException {
+    MethodDescriptor<Message, Message> typed = (MethodDescriptor<Message, Message>) method;
+    List<Message> received = Collections.synchronizedList(new ArrayList<>());
+    CompletableFuture<Throwable> ended = new CompletableFuture<>();
+    StreamObserver<Message> observer =
+        new StreamObserver<Message>() {
+          @Override
+          public void onNext(Message value) {
+            received.add(value);
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            ended.complete(t);
+          }
+
+          @Override
+          public void onCompleted() {
+            ended.complete(null);
+          }
+        };
+    if (method.getType() == MethodDescriptor.MethodType.BIDI_STREAMING) {
+      StreamObserver<Message> upload =
+          ClientCalls.asyncBidiStreamingCall(channel.newCall(typed, options()), observer);
+      for (Message request : requests) {
+        upload.onNext(request);
+      }
+      upload.onCompleted();
+    } else {
+      ClientCalls.asyncServerStreamingCall(channel.newCall(typed, options()), requests.get(0), observer);
+    }
+    Throwable failure;
+    try {
+      failure = ended.get(DEADLINE_SECONDS + 5, TimeUnit.SECONDS);
+    } catch (ExecutionException | TimeoutException e) {
+      throw new IllegalStateException("the stream did not end", e);
+    }
+    answers.addAll(received);
+    if (failure == null || failure instanceof StatusRuntimeException) {
+      return (StatusRuntimeException) failure;
+    }
+    throw new IllegalStateException(failure);
+  }
+
   private static CallOptions options() {
     return CallOptions.DEFAULT.withDeadlineAfter(DEADLINE_SECONDS, TimeUnit.SECONDS);
   }
 
   /** A failed call as the examples write it: code, reason, metadata, violated fields (and a wrong domain). */
   private static JsonObject errorOf(StatusRuntimeException e) {
+    return errorOf(e.getStatus().getCode().name(), StatusProto.fromThrowable(e));
+  }
+
+  /** A status (its code's name, and its details when it has them) as the examples write errors. */
+  private static JsonObject errorOf(String code, com.google.rpc.Status status) {
     JsonObject said = new JsonObject();
-    said.addProperty("code", e.getStatus().getCode().name());
+    said.addProperty("code", code);
     ErrorInfo info = ErrorInfo.getDefaultInstance();
     JsonArray fields = new JsonArray();
-    com.google.rpc.Status status = StatusProto.fromThrowable(e);
     if (status != null) {
       for (Any detail : status.getDetailsList()) {
         try {

@@ -1,4 +1,4 @@
 """Generated from protos/ by tools/protogen.py; do not edit."""
 
 #: The release of the wire contract this code was generated from (protos/CHANGELOG.md).
-CONTRACT_VERSION = "1.1.0"
+CONTRACT_VERSION = "1.2.0"

@@ -345,9 +345,9 @@ class Filter(_message.Message):
         Counts toward the same 10,000 as `exclude_ids`; either field, or both, may
         be set. Hashes of ids the index does not hold are ignored. Two different
         ids share a hash with a chance of about 1 in 2^64: an item whose id has a
-        hash that was sent is left out. A server of a contract release before this
-        field skips it and leaves nothing out: check GetServerInfo's
-        contract_version (protos/CHANGELOG.md names the release).
+        hash that was sent is left out. Added in contract release 1.2.0: a server
+        of an earlier release skips it and leaves nothing out, so check that
+        GetServerInfo's contract_version is 1.2.0 or later before sending it.
         """
 
     def __init__(
