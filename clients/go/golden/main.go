@@ -152,16 +152,21 @@ func replay(conn *grpc.ClientConn, c example) string {
 	if expected == nil {
 		return "expected the error " + show(*c.Error) + ", got a response: " + protojson.Format(answer)
 	}
-	for _, path := range c.Ignore {
-		if err := clear(expected.ProtoReflect(), path, path); err != nil {
+	return compareMessages(expected, answer, c.Ignore)
+}
+
+// compareMessages is "" when want and got are equal once the fields ignore names are cleared in both.
+func compareMessages(want, got proto.Message, ignore []string) string {
+	for _, path := range ignore {
+		if err := clear(want.ProtoReflect(), path, path); err != nil {
 			return err.Error()
 		}
-		if err := clear(answer.ProtoReflect(), path, path); err != nil {
+		if err := clear(got.ProtoReflect(), path, path); err != nil {
 			return err.Error()
 		}
 	}
-	if !proto.Equal(expected, answer) {
-		return "expected " + compact(expected) + ", got " + compact(answer)
+	if !proto.Equal(want, got) {
+		return "expected " + compact(want) + ", got " + compact(got)
 	}
 	return ""
 }
@@ -221,18 +226,7 @@ func compareAnswer(raw json.RawMessage, method protoreflect.MethodDescriptor, go
 	if _, said, failed := messageErrorOf(got); failed {
 		return "expected " + compact(want) + ", got the error " + show(said)
 	}
-	for _, path := range ignore {
-		if err := clear(want.ProtoReflect(), path, path); err != nil {
-			return err.Error()
-		}
-		if err := clear(got.ProtoReflect(), path, path); err != nil {
-			return err.Error()
-		}
-	}
-	if !proto.Equal(want, got) {
-		return "expected " + compact(want) + ", got " + compact(got)
-	}
-	return ""
+	return compareMessages(want, got, ignore)
 }
 
 // messageErrorOf reads an answer whose "result" is its "error" (StreamSearchResponse): its request
@@ -263,25 +257,8 @@ func messageErrorOf(answer proto.Message) (string, failure, bool) {
 func callStream(conn *grpc.ClientConn, method protoreflect.MethodDescriptor, requests []proto.Message) ([]proto.Message, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	path := fmt.Sprintf("/%s/%s", method.Parent().FullName(), method.Name())
-	answerType, err := protoregistry.GlobalTypes.FindMessageByName(method.Output().FullName())
+	stream, answerType, err := sendAll(ctx, conn, method, requests)
 	if err != nil {
-		return nil, err
-	}
-	desc := &grpc.StreamDesc{StreamName: string(method.Name()), ClientStreams: method.IsStreamingClient(), ServerStreams: true}
-	stream, err := conn.NewStream(ctx, desc, path)
-	if err != nil {
-		return nil, err
-	}
-	for _, request := range requests {
-		if err := stream.SendMsg(request); err != nil {
-			if errors.Is(err, io.EOF) {
-				break // the server ended the stream: RecvMsg has its status
-			}
-			return nil, err
-		}
-	}
-	if err := stream.CloseSend(); err != nil {
 		return nil, err
 	}
 	var answers []proto.Message
@@ -337,31 +314,49 @@ func parse(raw json.RawMessage, kind protoreflect.MessageDescriptor) (proto.Mess
 func call(conn *grpc.ClientConn, method protoreflect.MethodDescriptor, requests []proto.Message) (proto.Message, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	path := fmt.Sprintf("/%s/%s", method.Parent().FullName(), method.Name())
-	answerType, err := protoregistry.GlobalTypes.FindMessageByName(method.Output().FullName())
+	if !method.IsStreamingClient() {
+		answerType, err := protoregistry.GlobalTypes.FindMessageByName(method.Output().FullName())
+		if err != nil {
+			return nil, err
+		}
+		answer := answerType.New().Interface()
+		return answer, conn.Invoke(ctx, methodPath(method), requests[0], answer)
+	}
+	stream, answerType, err := sendAll(ctx, conn, method, requests)
 	if err != nil {
 		return nil, err
 	}
 	answer := answerType.New().Interface()
-	if !method.IsStreamingClient() {
-		return answer, conn.Invoke(ctx, path, requests[0], answer)
-	}
-	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{StreamName: string(method.Name()), ClientStreams: true}, path)
+	return answer, stream.RecvMsg(answer)
+}
+
+// sendAll opens a stream of method, sends every request and half-closes it; the answers' type.
+func sendAll(ctx context.Context, conn *grpc.ClientConn, method protoreflect.MethodDescriptor, requests []proto.Message) (grpc.ClientStream, protoreflect.MessageType, error) {
+	answerType, err := protoregistry.GlobalTypes.FindMessageByName(method.Output().FullName())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	desc := &grpc.StreamDesc{StreamName: string(method.Name()), ClientStreams: method.IsStreamingClient(), ServerStreams: method.IsStreamingServer()}
+	stream, err := conn.NewStream(ctx, desc, methodPath(method))
+	if err != nil {
+		return nil, nil, err
 	}
 	for _, request := range requests {
 		if err := stream.SendMsg(request); err != nil {
 			if errors.Is(err, io.EOF) {
-				break // the server answered already: RecvMsg has its status
+				break // the server ended the stream: RecvMsg has its status
 			}
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := stream.CloseSend(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return answer, stream.RecvMsg(answer)
+	return stream, answerType, nil
+}
+
+func methodPath(method protoreflect.MethodDescriptor) string {
+	return fmt.Sprintf("/%s/%s", method.Parent().FullName(), method.Name())
 }
 
 // errorOf is a failed call as the examples write it, with the domain only when it is not Flux's.
