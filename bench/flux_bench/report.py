@@ -55,13 +55,17 @@ class Row:
     #: server's whole process tree, or the library's process. Per call, and per query (batches).
     cpu_us_per_call: float | None = None
     cpu_us_per_query: float | None = None
+    #: Queries each client keeps in flight (streams): its latency is mostly their queueing, about
+    #: load x in_flight / QPS, not what one query costs.
+    in_flight: int = 0
 
     @property
     def label(self) -> str:
         unit = "threads" if self.mode.startswith("library") else "clients"
         shape = f"batch {self.batch}, " if self.batch > 1 else ""
+        ahead = f", {self.in_flight} in flight each" if self.in_flight else ""
         processes = f", {self.workers} workers" if self.workers > 1 else ""
-        return f"{self.mode} ({shape}{self.load} {unit if self.load > 1 else unit[:-1]}{processes})"
+        return f"{self.mode} ({shape}{self.load} {unit if self.load > 1 else unit[:-1]}{ahead}{processes})"
 
 
 def row(
@@ -81,6 +85,7 @@ def row(
     same_as_library: float | None = None,
     workers: int = 1,
     cpu_seconds: float | None = None,
+    in_flight: int = 0,
 ) -> Row:
     """``cpu_seconds``: what the answering side spent over the ``queries`` (in calls of ``batch``)."""
     per_query = None if cpu_seconds is None or queries <= 0 else cpu_seconds / queries * 1e6
@@ -105,6 +110,7 @@ def row(
         workers,
         None if per_query is None else round(per_query * batch, 2),
         None if per_query is None else round(per_query, 3),
+        in_flight,
     )
 
 

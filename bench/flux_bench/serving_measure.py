@@ -207,7 +207,7 @@ class Bench:
 
     def _add(self, mode: str, load: int, batch: int, value: float | None, queries: int, seconds: float,
              latencies: np.ndarray, found: np.ndarray | None, workers: int = 1,
-             cpu_seconds: float | None = None) -> report.Row:  # fmt: skip
+             cpu_seconds: float | None = None, in_flight: int = 0) -> report.Row:  # fmt: skip
         quality = same = None
         if found is not None:
             answered = found[:, 0] >= 0
@@ -218,7 +218,8 @@ class Bench:
                 same = agreement(found, self.library_found[value])
         r = report.row(self.data.name, self.backend, mode, load=load, batch=batch, param=self.param, value=value,
                        queries=queries, seconds=seconds, latencies_ms=latencies, recall=quality,
-                       same_as_library=same, workers=workers, cpu_seconds=cpu_seconds)  # fmt: skip
+                       same_as_library=same, workers=workers, cpu_seconds=cpu_seconds,
+                       in_flight=in_flight)  # fmt: skip
         self.rows.append(r)
         self.progress(
             f"{self.data.name}/{self.backend}: {r.label} {self.param}={report.format_value(value)}: "
@@ -285,7 +286,7 @@ class Bench:
                 compared, same = identical(result.responses, self.unary_answers.get(value, {}))
                 self.compared = (self.compared[0] + compared, self.compared[1] + same)
             self._add(mode, self.clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers,
-                      result.server_cpu_seconds)  # fmt: skip
+                      result.server_cpu_seconds, in_flight=job.window)  # fmt: skip
 
     def _config(self, path: Path, workers: int, threads: int = 0) -> dict[str, Any]:
         threads = threads or self.args.server_threads
