@@ -74,7 +74,10 @@ def _record_stream(
     entry["responses"] = []
     for answer in answers:
         if failed_message(answer):
-            entry["responses"].append(message_error_of(answer))
+            written = message_error_of(answer)
+            if "domain" in written["error"]:
+                raise ValueError(f"{case.name}: an answer's error names the domain {written['error']['domain']!r}")
+            entry["responses"].append(written)
             continue
         _check_no_ties(case.name, answer)
         for path in case.ignore:
