@@ -142,3 +142,16 @@ def test_a_row_read_again_reads_only_the_lists_it_has_not_read(monkeypatch: pyte
     assert visited.nlist == 40
     assert labels[0].tolist() == order[100 : 100 + k].tolist()
     assert np.all(np.diff(distances[0]) >= 0)
+
+
+@pytest.mark.parametrize("excluded", [10, 1_000])  # bits cleared one by one / a flag per label packed
+def test_the_exclusion_bitmap_lets_faiss_skip_exactly_the_excluded_labels(excluded: int) -> None:
+    backend = _build(2_000)
+    left_out = np.sort(np.random.default_rng(excluded).choice(2_000, excluded, replace=False))
+    bits, count = backend.filter_bits(Allowed(excluded=np.concatenate((left_out, [2_000, 5_000]))))  # past the end
+    selector = backend.selector(bits)
+    members = np.array([selector.is_member(label) for label in range(2_000)])
+    expected = np.ones(2_000, np.bool_)
+    expected[left_out] = False
+    assert (members == expected).all()
+    assert count == 2_000 - excluded

@@ -22,6 +22,8 @@ METRICS = {
 }
 #: Builds with progress add the vectors in this many parts (each part runs on every thread).
 _PARTS = 20
+#: filter_bits packs a flag per label when the index holds fewer than this many labels per excluded one.
+_PACKED_BELOW = 64
 _FILE = "index.faiss"
 
 
@@ -66,13 +68,19 @@ class FaissIndex(Backend):
         """``allowed`` as the bitmap faiss's ``IDSelectorBitmap`` reads, and how many labels it allows.
 
         faiss reads bit (label & 7) of byte (label >> 3). Without a mask every bit starts set and
-        the excluded labels' bits are cleared: a byte per 8 labels to fill (0.1 ms at 30 million)
-        instead of a flag per label to pack (20 ms)."""
+        the excluded labels' bits are cleared one by one: a byte per 8 labels to fill (0.1 ms at 30
+        million) instead of a flag per label to pack (20 ms). Clearing costs about 80 times as much
+        per label as packing does, so where the excluded labels are more than a 64th of the index
+        (10,000 of 200,000: 0.05 against 0.19 ms) a flag per label is packed instead."""
         n = len(self)
         if allowed.mask is not None:
             flags = allowed.flags(n)
             return np.packbits(flags, bitorder="little"), int(np.count_nonzero(flags))
         excluded = allowed.excluded[allowed.excluded < n]
+        if n < _PACKED_BELOW * len(excluded):
+            flags = np.ones(n, np.bool_)
+            flags[excluded] = False
+            return np.packbits(flags, bitorder="little"), n - len(excluded)
         bits = np.full(-(-n // 8), 0xFF, np.uint8)
         np.bitwise_and.at(bits, excluded >> 3, ~np.left_shift(np.uint8(1), (excluded & 7).astype(np.uint8)))
         return bits, n - len(excluded)
