@@ -170,22 +170,26 @@ public final class GoldenReplay {
     if (expected == null) {
       return "expected the error " + example.get("error") + ", got a response: " + json(answer);
     }
-    Message.Builder want = expected.toBuilder();
-    Message.Builder got = answer.toBuilder();
-    if (example.has("ignore")) {
-      for (JsonElement path : example.getAsJsonArray("ignore")) {
-        try {
-          clear(want, path.getAsString(), path.getAsString());
-          clear(got, path.getAsString(), path.getAsString());
-        } catch (IllegalArgumentException e) {
-          return e.getMessage();
-        }
+    return compareMessages(expected, answer, ignored(example));
+  }
+
+  private static JsonArray ignored(JsonObject example) {
+    return example.has("ignore") ? example.getAsJsonArray("ignore") : new JsonArray();
+  }
+
+  /** Null when the messages are equal once the fields {@code ignore} names are cleared in both. */
+  private static String compareMessages(Message wanted, Message got, JsonArray ignore) {
+    Message.Builder want = wanted.toBuilder();
+    Message.Builder have = got.toBuilder();
+    for (JsonElement path : ignore) {
+      try {
+        clear(want, path.getAsString(), path.getAsString());
+        clear(have, path.getAsString(), path.getAsString());
+      } catch (IllegalArgumentException e) {
+        return e.getMessage();
       }
     }
-    if (!want.build().equals(got.build())) {
-      return "expected " + json(want.build()) + ", got " + json(got.build());
-    }
-    return null;
+    return want.build().equals(have.build()) ? null : "expected " + json(want.build()) + ", got " + json(have.build());
   }
 
   /** A stream's answers compared one by one with the example's, then how the stream ended. */
@@ -198,7 +202,7 @@ public final class GoldenReplay {
     JsonArray written = example.getAsJsonArray("responses");
     List<Message> answers = new ArrayList<>();
     StatusRuntimeException ended = callAnswers(method, requests, answers);
-    JsonArray ignore = example.has("ignore") ? example.getAsJsonArray("ignore") : new JsonArray();
+    JsonArray ignore = ignored(example);
     for (int i = 0; i < Math.min(written.size(), answers.size()); i++) {
       String difference = compareAnswer(written.get(i).getAsJsonObject(), responseType, answers.get(i), ignore);
       if (difference != null) {
@@ -236,17 +240,7 @@ public final class GoldenReplay {
     if (said != null) {
       return "expected " + json(wanted) + ", got the error " + said;
     }
-    Message.Builder want = wanted.toBuilder();
-    Message.Builder have = got.toBuilder();
-    for (JsonElement path : ignore) {
-      try {
-        clear(want, path.getAsString(), path.getAsString());
-        clear(have, path.getAsString(), path.getAsString());
-      } catch (IllegalArgumentException e) {
-        return e.getMessage();
-      }
-    }
-    return want.build().equals(have.build()) ? null : "expected " + json(want.build()) + ", got " + json(have.build());
+    return compareMessages(wanted, got, ignore);
   }
 
   /**
