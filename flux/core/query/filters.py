@@ -265,7 +265,7 @@ class Planner:
             # A filterable backend over-fetches too when nothing is excluded and that is cheaper (no
             # mask over every label to build); past excluded items only push-down reaches cheaply.
             if plan.count > k and not (self._native and len(plan.excluded)):
-                size = min(available, max(k, math.ceil(MARGIN * k * live / max(plan.count, 1))))
+                size = _first_fetch(k, plan, live, available)
                 if self.costs.fetch(size, table.size) < cheapest:
                     way = size
             if isinstance(way, _Pushed):
@@ -400,7 +400,7 @@ class Planner:
         that widens its beam until k pass (faiss.py does) would pay for every width on the way.
         One unfiltered search of the first over-fetch's size tells, for about its cost."""
         available = len(self._backend)
-        size = min(available, max(k, math.ceil(MARGIN * k * max(table.live_count, 1) / max(plan.count, 1))))
+        size = _first_fetch(k, plan, max(table.live_count, 1), available)
         fetched = min(available, with_slack(size, k, params)) if self._beam else size
         deadline.check()
         labels, distances = self._nearest(query[None], fetched, params)
@@ -484,6 +484,11 @@ def _passing(labels: Labels, plan: _Plan, table: Table) -> npt.NDArray[np.intp]:
     if plan.cap:
         positions = positions[ranking.crowd(tags_of(table, labels[positions]), plan.cap)]
     return positions
+
+
+def _first_fetch(k: int, plan: _Plan, live: int, available: int) -> int:
+    """How many candidates a query's first over-fetch asks for: MARGIN x k over the share that passes."""
+    return min(available, max(k, math.ceil(MARGIN * k * live / max(plan.count, 1))))
 
 
 def _taken(
