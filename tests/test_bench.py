@@ -28,6 +28,7 @@ from flux_bench import data
 from flux_bench.placement import Placement, from_arguments
 from flux_bench.procs import Child, cpu_seconds, cpu_set, format_cpus, parse_cpus
 from flux_bench.report import Row, merge, operating_value
+from flux_bench.serving import PRESETS
 from flux_bench.serving_stream import WINDOW
 from flux_core.backend import Metric
 from flux_core.errors import InvalidArgument
@@ -46,6 +47,7 @@ MODES = {
     "flux-stream",
 }
 CPUS = sorted(os.sched_getaffinity(0))
+QUICK_QUERIES = PRESETS["quick"].settings[0].data.queries
 
 
 def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
@@ -68,6 +70,7 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert {r["workers"] for r in mine if r["mode"] == "flux-unary"} == {1, 2}
         assert {(r["load"], r["workers"]) for r in mine if r["mode"].endswith("-stream")} == {(2, 2)}  # beside unary
         searched = [r for r in mine if not r["mode"].startswith("echo")]
+        assert all(r["queries"] >= QUICK_QUERIES for r in searched)  # each recall is over every query
         assert all(0.0 <= r["recall"] <= 1.0 for r in searched)
         assert {r["value"] for r in searched} == ({32.0} if backend == "hnsw" else {100.0})
         assert all(r["same_as_library"] == 1.0 for r in mine if r["mode"].startswith("flux"))

@@ -147,6 +147,8 @@ def _single(
     for i in range(min(20, n)):  # warm-up, as the server clients do
         search(matrices[i], k, value, 1, None)
 
+    cover = -(-n // threads)  # past the deadline until the threads have searched every query once
+
     def worker(offset: int) -> tuple[float, float, np.ndarray]:
         latencies = []
         clock = time.perf_counter_ns
@@ -155,7 +157,7 @@ def _single(
         calls = 0
         while True:
             before = clock()
-            if before >= deadline:
+            if before >= deadline and calls >= cover:
                 break
             i = (offset + calls) % n
             found = search(matrices[i], k, value, 1, None)
@@ -191,7 +193,7 @@ def _batch(
     calls = 0
     while True:
         before = clock()
-        if before >= deadline:
+        if before >= deadline and calls >= len(groups):  # every query searched once, whatever the clock
             break
         rows = groups[calls % len(groups)]
         found = search(queries[rows], k, value, threads, pool)

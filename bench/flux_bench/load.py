@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,7 +26,12 @@ Run = Callable[[Connection, Any, Any, int], tuple[float, float, np.ndarray, dict
 
 @dataclass(frozen=True)
 class Job:
-    """What every client sends: ``requests[i]`` asks query group ``i``; clients start at different offsets."""
+    """What every client sends: ``requests[i]`` asks query group ``i``; clients start at different offsets.
+
+    A client runs for ``seconds``, and longer if it has not yet made ``cover`` calls: ``LoadClients.run``
+    sets it so that together they ask every request once, and a row's recall is over every query, not
+    over those a slow server reached in time.
+    """
 
     target: str
     method: str
@@ -34,6 +39,7 @@ class Job:
     seconds: float
     max_calls: int
     warmup: int = 20
+    cover: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class LoadClients:
         if not 1 <= clients <= len(self._clients):
             raise ValueError(f"clients must be between 1 and {len(self._clients)}, got {clients}")
         active = self._clients[:clients]
+        job = replace(job, cover=min(job.max_calls, -(-len(job.requests) // clients)))
         for number, client in enumerate(active):
             client.send((job, number * len(job.requests) // clients))
         for client in active:
@@ -131,7 +138,7 @@ def _run(conn: Connection, call: Any, job: Job, offset: int) -> tuple[float, flo
     while calls < job.max_calls:
         index = (offset + calls) % n
         before = clock()
-        if before >= deadline:
+        if before >= deadline and calls >= job.cover:
             break
         response = call(requests[index], timeout=60)
         latencies[calls] = clock() - before

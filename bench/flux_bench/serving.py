@@ -108,7 +108,7 @@ def add_parser(modes: Any) -> None:
         "--sweep", action="append", default=[], metavar="BACKEND=V1,V2", help="search values, e.g. hnsw=32,64"
     )
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
-    parser.add_argument("--seconds", type=float, help="length of each measurement")
+    parser.add_argument("--seconds", type=float, help="length of each measurement (longer until every query is asked)")
     parser.add_argument(
         "--repeat", type=int, help="measure each configuration this many times, alternating, and keep the medians"
     )

@@ -264,7 +264,7 @@ def _run(conn: Connection, call: Any, job: StreamJob, offset: int) -> tuple[floa
         if index not in responses:
             responses[index] = response
         count += 1
-        if now >= deadline:
+        if now >= deadline and count >= job.cover:
             sender.stop()  # the answers still in flight are read, then the stream ends OK
         sender.answered()
     return started, time.perf_counter(), latencies[:count], responses
