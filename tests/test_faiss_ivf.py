@@ -90,6 +90,37 @@ def test_a_filtered_search_reads_nprobe_lists_past_those_that_hold_the_depth() -
     assert np.mean(found) >= 0.98
 
 
+def test_past_the_nearest_lists_a_search_reads_those_at_the_edge_of_the_excluded_items(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each query's 2,000 nearest of 20,000 left out: of the lists that hold 8 x the depth, those
+    past the nearest that hold 4 x it are read only where excluded items lie beside others. faiss
+    counts the items of the lists it reads: fewer are read, and the answers are found as well."""
+    n, excluded = 20_000, 2_000
+    index = _build(n)
+    vectors = clustered(n, 16, seed=3)
+    params = defaults(FaissIvfBackend.search_params)
+    visited = faiss.cvar.indexIVF_stats
+
+    def run() -> tuple[float, int]:
+        found, read = [], 0
+        for query in clustered(30, 16, seed=4):
+            order = np.argsort(((vectors - query) ** 2).sum(axis=1), kind="stable")
+            allowed = Allowed(excluded=np.sort(order[:excluded]))
+            visited.reset()
+            labels, _ = index.search_filtered(query[None], 10, params, allowed, depth=excluded + 15)
+            read += visited.ndis
+            found.append(len(np.intersect1d(labels[0], order[excluded : excluded + 10])) / 10)
+        return float(np.mean(found)), read
+
+    edge_recall, edge_read = run()
+    monkeypatch.setattr(faiss_ivf, "NEAR", float("inf"))  # every list that holds 8 x the depth
+    all_recall, all_read = run()
+    assert edge_read < 0.8 * all_read
+    assert edge_recall >= 0.98
+    assert edge_recall >= all_recall - 0.01
+
+
 def test_a_search_for_many_neighbours_reads_past_nprobe_lists() -> None:
     """A search for 1,500 of 20,000 (20 lists) reads nprobe lists and the 11 more that 8 x 1,500
     items fill, not the larger of 8 and 12: its last neighbours are as well found as its first."""
