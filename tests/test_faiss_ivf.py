@@ -95,7 +95,9 @@ def test_past_the_nearest_lists_a_search_reads_those_at_the_edge_of_the_excluded
 ) -> None:
     """Each query's 2,000 nearest of 20,000 left out: of the lists that hold 8 x the depth, those
     past the nearest that hold 4 x it are read only where excluded items lie beside others. faiss
-    counts the items of the lists it reads: fewer are read, and the answers are found as well."""
+    counts the items of the lists it reads: 8,400 a query against 15,400, and the answers are found
+    as well (0.997 against 1.000). A row is read again when its answers reach the outer quarter of
+    the lists read in nearness, not in the order read (9,600: the edge lists come last)."""
     n, excluded = 20_000, 2_000
     index = _build(n)
     vectors = clustered(n, 16, seed=3)
@@ -116,7 +118,7 @@ def test_past_the_nearest_lists_a_search_reads_those_at_the_edge_of_the_excluded
     edge_recall, edge_read = run()
     monkeypatch.setattr(faiss_ivf, "NEAR", float("inf"))  # every list that holds 8 x the depth
     all_recall, all_read = run()
-    assert edge_read < 0.8 * all_read
+    assert edge_read < 0.6 * all_read
     assert edge_recall >= 0.98
     assert edge_recall >= all_recall - 0.01
 

@@ -38,8 +38,9 @@ COVER = 8
 #: 41,000 items not left out against 74,000 (medians); the 1,000 nearest: 0.998 in 5,800 against
 #: 11,900. At 1 and 5 million items recall is unchanged and time the same or lower (docs/filters.md).
 NEAR = 4
-#: A filtered search whose answers came from the outer quarter of the lists it scanned is run again
-#: over twice the lists: the answers lie past items it looks beyond, and a query whose answers reach
+#: A filtered search whose answers came from the outer quarter of the lists it scanned (in nearness to
+#: the query: lists read out of that order reach as far as the farthest of them) is run again over
+#: twice the lists: the answers lie past items it looks beyond, and a query whose answers reach
 #: that far likely has more of them further out (as the planner asks an over-fetch again deeper when
 #: its k-th survivor lies past three quarters of it). At 5,000,000 x 64, each query's 1,000 nearest
 #: left out, it took recall from 0.950 to 0.980 (backends/README.md).
@@ -165,12 +166,15 @@ class FaissIvfBackend(FaissIndex):
         distances, nearest = self._index.quantizer.search(matrix, self._nlist)
         held = np.cumsum(self._sizes[nearest], axis=1)
         probes: np.ndarray = np.minimum(np.count_nonzero(held < COVER * depth, axis=1) + 1 + nprobe, self._nlist)
+        ranks = np.empty_like(nearest)
+        np.put_along_axis(ranks, nearest, np.arange(self._nlist)[None, :], axis=1)
         if excluded is not None and len(excluded):
             near = np.count_nonzero(held < NEAR * depth, axis=1) + 1 + nprobe
             nearest, distances, probes = self._edge(nearest, distances, probes, near, excluded)
-        ranks = np.empty_like(nearest)
-        np.put_along_axis(ranks, nearest, np.arange(self._nlist)[None, :], axis=1)
-        return probes.astype(np.int64), _Coarse(nearest, distances, ranks)
+        # How far, in nearness, the lists read so far reach: as many lists as are read when they are
+        # read nearest first; the nearest list past the ones read, when some were passed over.
+        reach = np.maximum.accumulate(np.take_along_axis(ranks, nearest, axis=1), axis=1) + 1
+        return probes.astype(np.int64), _Coarse(nearest, distances, ranks, reach)
 
     def _edge(
         self, nearest: np.ndarray, distances: Matrix, probes: np.ndarray, near: np.ndarray, excluded: Labels
@@ -237,7 +241,7 @@ class FaissIvfBackend(FaissIndex):
                     if coarse is not None:
                         lists = self._placed[np.maximum(found, 0)] >> 32
                         reach = np.where(found >= 0, coarse.ranks[rows[:, None], lists], -1).max(axis=1, initial=-1)
-                        again |= reach >= FRONTIER * nprobe
+                        again |= reach >= FRONTIER * coarse.reach[rows, nprobe - 1]
                     short.append(rows[again])
             pending = np.concatenate(short) if short else np.empty(0, np.int64)
             probes[pending] = np.minimum(2 * probes[pending], self._nlist)
@@ -283,11 +287,13 @@ class FaissIvfBackend(FaissIndex):
 
 @dataclass(frozen=True)
 class _Coarse:
-    """Each query's lists, nearest first, their centroids' distances, and each list's rank."""
+    """Each query's lists in the order to read them, their centroids' distances, each list's rank in
+    nearness, and how far in nearness the lists up to each place reach (the largest rank, + 1)."""
 
     lists: np.ndarray
     distances: np.ndarray
     ranks: np.ndarray
+    reach: np.ndarray
 
 
 def _merged(labels: Labels, distances: Matrix, found: Labels, found_distances: Matrix, k: int) -> tuple[Labels, Matrix]:
