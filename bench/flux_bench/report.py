@@ -19,6 +19,10 @@ TARGET_RECALL = 0.95
 CPU_OVER_BARE = 1.15  # Flux's server CPU per unary call, over the bare search server's
 P50_OVER_BARE_MS = 0.03  # one client: Flux's p50 at most the bare server's plus this
 BATCH_SHARE = 0.9  # BatchSearch QPS, over the library's batch QPS with the same threads
+#: BatchSearch calls in flight for that target: the library answers batches back to back, and a
+#: server does so only when the next call waits while it answers one. With one call in flight it
+#: idles while the client sends, receives and decodes (printed beside it).
+BATCH_CLIENTS = 2
 UNARY_SHARE = 0.80  # many clients: Flux QPS over min(echo, library with the same threads)
 P50_SLACK_MS = 0.05  # one client: Flux's p50 at most library + echo plus this
 MEMORY_RATIO = 1.25  # one worker's RSS over the library process's
@@ -220,8 +224,9 @@ def targets(
     out: list[Target] = []
     lib1, lib_n, lib_batch = pick("library", 1), pick("library", threads), pick("library-batch", threads)
     echo1, echo_n = pick("echo", 1), pick("echo", clients)  # measured alongside, at the same value
-    bare1, bare_n, bare_batch = pick("bare", 1), pick("bare", clients), pick("bare-batch", 1)
-    flux1, flux_n, flux_batch = pick("flux-unary", 1), pick("flux-unary", clients), pick("flux-batch", 1)
+    bare1, bare_n, bare_batch = pick("bare", 1), pick("bare", clients), pick("bare-batch", BATCH_CLIENTS)
+    flux1, flux_n, flux_batch = pick("flux-unary", 1), pick("flux-unary", clients), pick("flux-batch", BATCH_CLIENTS)
+    bare_batch1, flux_batch1 = pick("bare-batch", 1), pick("flux-batch", 1)
     where = f"at {lib1.param}={format_value(value)} (recall {lib1.recall})" if lib1 else ""
 
     if lib1 is not None:
@@ -264,11 +269,17 @@ def targets(
         if flux_batch.cpu_us_per_query and lib_batch.cpu_us_per_query:
             cpu = (f"; CPU per query: Flux server {flux_batch.cpu_us_per_query:,.1f}, library "
                    f"{lib_batch.cpu_us_per_query:,.1f} µs")  # fmt: skip
+        one = ""
+        if flux_batch1:
+            bare = f", the bare server {bare_batch1.qps / lib_batch.qps:.2f}" if bare_batch1 else ""
+            one = f"; 1 call in flight: Flux {flux_batch1.qps / lib_batch.qps:.2f}{bare}"
         out.append(
             Target(setting, backend, f"batch {flux_batch.batch} QPS", flux_batch.qps, lib_batch.qps, ratio,
                    f">= {BATCH_SHARE}", ratio >= BATCH_SHARE,
-                   f"Flux {flux_batch.qps:,.0f} vs library {lib_batch.qps:,.0f} QPS, {lib_batch.load} threads"
-                   + (f"; the bare search server {bare_batch.qps / lib_batch.qps:.2f}" if bare_batch else "") + cpu)
+                   f"Flux {flux_batch.qps:,.0f} vs library {lib_batch.qps:,.0f} QPS, {lib_batch.load} threads, "
+                   f"{flux_batch.load} calls in flight"
+                   + (f"; the bare search server {bare_batch.qps / lib_batch.qps:.2f}" if bare_batch else "") + cpu
+                   + one)
         )  # fmt: skip
     if flux_n and echo_n and lib_n:
         ceiling = min(echo_n.qps, lib_n.qps)

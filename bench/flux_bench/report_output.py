@@ -59,7 +59,7 @@ def print_cpu(rows: Sequence[Row], out: TextIO) -> None:
         for flux in (r for r in at if r.mode == "flux-batch"):
             library = next((r for r in at if r.mode == "library-batch"), None)
             load = f"BatchSearch, {flux.label.removeprefix('flux-batch (').removesuffix(')')}"
-            lines.append((load, library, None, find("bare-batch", 1), flux))
+            lines.append((load, library, None, find("bare-batch", flux.load), flux))
         if not lines:
             continue
         param = next((r.param for r in mine), "")

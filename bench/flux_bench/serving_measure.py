@@ -44,6 +44,10 @@ from flux_core.storage import artifact, builder
 SEARCH = SEARCH_METHOD
 BATCH_SEARCH = "/flux_api.v1.VectorService/BatchSearch"
 INDEX = "bench"
+#: Each batch measurement runs in this many turns, alternating with the others (``Bench._batch_phases``).
+BATCH_SLICES = 4
+#: Warm-up calls per client before each turn: the first turn has warmed the server and the connection.
+BATCH_WARMUP = 2
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,7 @@ class Bench:
                         self._unary(bare, "bare", value, clients, 1)
                         self._unary(flux, "flux-unary", value, clients, 1)
                     self._streamed(streaming, value, 1)
-                    # The library's batches right beside the servers': the machine's speed moves by
-                    # half within a minute here, and the unary runs above take longer than that.
-                    self._library_batch(library, value)
-                    self._batches(bare, value, "bare-batch")
-                    self._batches(flux, value, "flux-batch")
+                    self._batch_phases(library, bare, flux, value)
             self._rss(library.rss(), "library")
             self._rss(flux.rss(), "flux-batch")
             self._placed("library", "library", library.cpu_sets())
@@ -238,8 +238,20 @@ class Bench:
             self._add("library", threads, 1, value, t.calls, t.seconds, t.latencies_ms, t.labels,
                       cpu_seconds=t.cpu_seconds)  # fmt: skip
 
-    def _library_batch(self, library: Library, value: float) -> None:
-        t = library.batch(value, self.k, self.seconds, self.batch, self.threads)
+    def _batch_phases(self, library: Library, bare: ServerProcess, flux: ServerProcess, value: float) -> None:
+        """The library's batches, the bare server's and Flux's, in BATCH_SLICES short turns each: the
+        machine's speed moves by half within a minute here (the library's CPU per batch of 256 went
+        from 11.7 to 20.7 ms in three minutes), so each batch ratio compares runs made under the same
+        load. The target's load (``report.BATCH_CLIENTS`` calls in flight) runs nearest the library."""
+        seconds = self.seconds / BATCH_SLICES
+        for _ in range(BATCH_SLICES):
+            self._library_batch(library, value, seconds)
+            for calls in dict.fromkeys((min(report.BATCH_CLIENTS, self.clients), 1)):
+                self._batches(bare, value, "bare-batch", calls, seconds)
+                self._batches(flux, value, "flux-batch", calls, seconds)
+
+    def _library_batch(self, library: Library, value: float, seconds: float) -> None:
+        t = library.batch(value, self.k, seconds, self.batch, self.threads)
         self._add("library-batch", self.threads, self.batch, value, t.calls, t.seconds, t.latencies_ms, t.labels,
                   cpu_seconds=t.cpu_seconds)  # fmt: skip
 
@@ -317,7 +329,7 @@ class Bench:
         self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers,
                   result.server_cpu_seconds)  # fmt: skip
 
-    def _batches(self, server: ServerProcess, value: float, mode: str) -> None:
+    def _batches(self, server: ServerProcess, value: float, mode: str, clients: int, seconds: float) -> None:
         groups = batches(len(self.data.queries), self.batch)
         params = {} if value < 0 else {self.param: value}
         requests = [
@@ -326,9 +338,10 @@ class Bench:
             ).SerializeToString()
             for rows in groups
         ]
-        result = self.pool.run(self._job(server.address, BATCH_SEARCH, requests), 1, server.cpu_seconds)
+        job = replace(self._job(server.address, BATCH_SEARCH, requests), seconds=seconds, warmup=BATCH_WARMUP)
+        result = self.pool.run(job, clients, server.cpu_seconds)
         found = self._found_batches(result.responses, groups)
-        self._add(mode, 1, self.batch, value, result.calls * self.batch, result.seconds,
+        self._add(mode, clients, self.batch, value, result.calls * self.batch, result.seconds,
                   result.latencies_ms, found, cpu_seconds=result.server_cpu_seconds)  # fmt: skip
 
     def _rss(self, rss: int, mode: str) -> None:
