@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -88,12 +89,14 @@ class Table:
         single = self._singles[namespace]
         if single is None:
             return None
-        numbers = np.fromiter({n for n in map(single.numbers.get, tokens) if n is not None}, np.int64)
-        count = int(single.counts[numbers].sum())
-        if count <= list_limit:
-            return None
+        # Each token's number, -1 for a token no item holds: that marks the last entry, which stays False.
+        numbers = np.fromiter(map(single.numbers.get, tokens, repeat(-1)), np.intp, len(tokens))
         allowed = np.zeros(len(single.counts) + 1, np.bool_)  # the last entry: items without a token
         allowed[numbers] = True
+        allowed[-1] = False
+        count = int(single.counts[allowed[:-1]].sum())  # from the mask: a token given twice counts once
+        if count <= list_limit:
+            return None
         return OneOf(allowed, single.token_of, count)
 
     def _mask(self, lists: Mapping[str, list[Postings]], deny: Mapping[str, Collection[str]]) -> Mask:
