@@ -69,6 +69,8 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert all(0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in mine)
         assert {r["workers"] for r in mine if r["mode"] == "flux-unary"} == {1, 2}
         assert {(r["load"], r["workers"]) for r in mine if r["mode"].endswith("-stream")} == {(2, 2)}  # beside unary
+        for batches in ("bare-batch", "flux-batch"):  # the target's 2 calls in flight, and 1 beside it
+            assert sorted(r["load"] for r in mine if r["mode"] == batches) == [1, 2]
         searched = [r for r in mine if not r["mode"].startswith("echo")]
         assert all(r["queries"] >= QUICK_QUERIES for r in searched)  # each recall is over every query
         assert all(0.0 <= r["recall"] <= 1.0 for r in searched)
@@ -98,6 +100,9 @@ def test_serving_quick_run_prints_table_targets_and_writes_json_and_plot(
         assert identical["passed"], identical  # every answer of a stream is the one Search gave
         workers = next(t for t in results["targets"] if t["backend"] == backend and t["name"].endswith("2 workers"))
         assert 0 < workers["ceiling"] < workers["measured"] < 2 * workers["ceiling"]  # shared, not twice one
+        batch = next(t for t in results["targets"] if t["backend"] == backend and t["name"] == "batch 16 QPS")
+        in_flight = next(r for r in mine if r["mode"] == "flux-batch" and r["load"] == 2)
+        assert batch["measured"] == pytest.approx(in_flight["qps"], rel=0.01)  # judged with 2 calls in flight
         cpu_target = next(t for t in results["targets"] if t["backend"] == backend and "CPU" in t["name"])
         assert cpu_target["ratio"] == pytest.approx(cpu_target["measured"] / cpu_target["ceiling"])
     assert max(r["recall"] for r in rows if r["backend"] == "hnsw" and r["mode"] == "library") > 0.9
