@@ -27,7 +27,7 @@ from flux.cli import main
 from flux_bench import data
 from flux_bench.placement import Placement, from_arguments
 from flux_bench.procs import Child, cpu_seconds, cpu_set, format_cpus, parse_cpus
-from flux_bench.report import Row, merge, operating_value
+from flux_bench.report import Row, merge, operating_value, targets
 from flux_bench.serving import PRESETS
 from flux_bench.serving_stream import WINDOW
 from flux_core.backend import Metric
@@ -208,6 +208,20 @@ def test_operating_point_is_the_cheapest_value_reaching_the_recall_target() -> N
 
     assert operating_value([lib(64, 0.99), lib(16, 0.90), lib(32, 0.96)]) == 32
     assert operating_value([lib(16, 0.80), lib(32, 0.90)]) == 32  # never reached: the best there is
+
+
+def test_the_batch_target_takes_two_calls_in_flight_or_one_with_one_client() -> None:
+    def at(mode: str, load: int, qps: float, recall: float = 0.96) -> Row:
+        return Row("s", "hnsw", mode, load, 256 if "batch" in mode else 1, "ef", 24, 1000, 1.0, qps, 1.0, 1.0, 1.0,
+                   recall)  # fmt: skip
+
+    rows = [at("library", 1, 10_000.0), at("library-batch", 1, 10_000.0), at("flux-batch", 1, 8_000.0)]
+    two = [*rows, at("flux-batch", 2, 9_500.0)]
+    [batch] = [t for t in targets(two, "s", "hnsw", clients=8, threads=1) if t.name == "batch 256 QPS"]
+    assert (batch.ratio, batch.passed) == (0.95, True)
+    assert "1 call in flight: Flux 0.80" in batch.detail
+    [alone] = [t for t in targets(rows, "s", "hnsw", clients=1, threads=1) if t.name == "batch 256 QPS"]
+    assert (alone.ratio, alone.passed) == (0.8, False)  # one client process: one call in flight is all there is
 
 
 def test_serve_with_two_workers_answers_on_one_port_and_stops_cleanly(tmp_path: Path) -> None:

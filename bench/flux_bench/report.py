@@ -224,8 +224,9 @@ def targets(
     out: list[Target] = []
     lib1, lib_n, lib_batch = pick("library", 1), pick("library", threads), pick("library-batch", threads)
     echo1, echo_n = pick("echo", 1), pick("echo", clients)  # measured alongside, at the same value
-    bare1, bare_n, bare_batch = pick("bare", 1), pick("bare", clients), pick("bare-batch", BATCH_CLIENTS)
-    flux1, flux_n, flux_batch = pick("flux-unary", 1), pick("flux-unary", clients), pick("flux-batch", BATCH_CLIENTS)
+    in_flight = min(BATCH_CLIENTS, clients)  # a run with one client process has one call in flight
+    bare1, bare_n, bare_batch = pick("bare", 1), pick("bare", clients), pick("bare-batch", in_flight)
+    flux1, flux_n, flux_batch = pick("flux-unary", 1), pick("flux-unary", clients), pick("flux-batch", in_flight)
     bare_batch1, flux_batch1 = pick("bare-batch", 1), pick("flux-batch", 1)
     where = f"at {lib1.param}={format_value(value)} (recall {lib1.recall})" if lib1 else ""
 
@@ -270,7 +271,7 @@ def targets(
             cpu = (f"; CPU per query: Flux server {flux_batch.cpu_us_per_query:,.1f}, library "
                    f"{lib_batch.cpu_us_per_query:,.1f} µs")  # fmt: skip
         one = ""
-        if flux_batch1:
+        if flux_batch1 and in_flight > 1:
             bare = f", the bare server {bare_batch1.qps / lib_batch.qps:.2f}" if bare_batch1 else ""
             one = f"; 1 call in flight: Flux {flux_batch1.qps / lib_batch.qps:.2f}{bare}"
         out.append(
