@@ -52,7 +52,8 @@ def item_attributes(draw: st.DrawFn) -> ItemAttributes:
 def filters(draw: st.DrawFn, n: int) -> Filter:
     def restricts() -> list[tuple[str, list[str]]]:
         chosen = draw(st.lists(st.sampled_from(sorted(NAMESPACES)), max_size=2, unique=True))
-        return [(ns, draw(st.lists(st.sampled_from(NAMESPACES[ns]), min_size=1, unique=True))) for ns in chosen]
+        # Tokens may repeat, as a caller may send them: the filter keeps them, the table reads each once.
+        return [(ns, draw(st.lists(st.sampled_from(NAMESPACES[ns]), min_size=1, max_size=6))) for ns in chosen]
 
     excluded = draw(st.lists(st.integers(0, n + 5), max_size=n))  # some ids the index does not hold
     made = Filter.create(

@@ -153,6 +153,10 @@ def test_attribute_and_filter_validation_names_the_field() -> None:
     assert caught.value.field == "filter.exclude_ids"
     assert "10,001" in caught.value.message
     assert Filter.create() is None
+    repeated = Filter.create(allow=[("market", ["US", "SE", "US"])])
+    assert repeated is not None
+    assert repeated.allow == {"market": ("US", "SE", "US")}  # as sent: none dropped
+    assert ItemAttributes.create({"market": ["US", "SE", "US"]}).restricts == {"market": ("US", "SE")}
     assert Filter.create(exclude_ids=["a"] * 10_000) is not None
     hashes = np.arange(9_001, dtype=np.uint64)  # as an in-process caller holds them: a numpy array
     with pytest.raises(InvalidArgument) as caught:

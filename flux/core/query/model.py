@@ -37,6 +37,7 @@ class Strategy(Enum):
 class Filter:
     """One query's filter, validated; ``create`` returns None for a filter that keeps everything."""
 
+    #: Namespace -> tokens as sent: a repeated token stays (the attribute table reads it once).
     allow: Mapping[str, tuple[str, ...]]
     deny: Mapping[str, tuple[str, ...]]
     exclude_ids: tuple[str, ...] = ()
@@ -68,8 +69,8 @@ class Filter:
             raise InvalidArgument(f"{holds}; at most {MAX_EXCLUDE_IDS:,} per query", field=f"{field}.{named}")
         if max_per_tag < 0:
             raise InvalidArgument(f"{field}.max_per_crowding_tag must be >= 0", field=f"{field}.max_per_crowding_tag")
-        allowed = parse_restricts(allow, f"{field}.allow")
-        denied = parse_restricts(deny, f"{field}.deny")
+        allowed = parse_restricts(allow, f"{field}.allow", unique=False)
+        denied = parse_restricts(deny, f"{field}.deny", unique=False)
         if not (allowed or denied or excluded or max_per_tag):
             return None
         hashes = _NO_HASHES
