@@ -23,10 +23,12 @@ def check_vectors(matrix: Matrix, field: str) -> None:
     squared norms are computed in float32, where NaN stays NaN and an overflow becomes Inf,
     so the one comparison also catches the values that are not finite.
     """
-    squared = np.einsum("ij,ij->i", matrix, matrix)  # einsum does not warn on overflow; NaN stays NaN
-    # The usual case is one comparison (False for NaN too); one row needs no reduction.
-    largest = squared[0] if len(squared) == 1 else squared.max(initial=0.0)
-    if largest <= MAX_SQUARED_NORM:
+    # Neither warns on overflow, and NaN stays NaN. One row (every Search) by vdot: einsum parses
+    # its subscripts on each call, 4 µs against 1.3 for a 128-d query.
+    if len(matrix) == 1 and np.vdot(matrix, matrix) <= MAX_SQUARED_NORM:  # one comparison, False for NaN too
+        return
+    squared = np.einsum("ij,ij->i", matrix, matrix)
+    if squared.max(initial=0.0) <= MAX_SQUARED_NORM:
         return
     fine = squared <= MAX_SQUARED_NORM
     row = int(np.argmin(fine))
