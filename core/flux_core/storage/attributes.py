@@ -67,7 +67,7 @@ def parse_restricts(
 
     ``unique`` drops a repeated token (an item's attributes, whose labels go into posting lists
     once). A query's filter keeps them: the table reads a repeated token once, and making 500
-    tokens unique cost about 50 µs a query, most of what the filter's tokens cost."""
+    tokens unique cost about 50 µs a query, of the 130 that reading and looking them up took."""
     pairs = restricts.items() if isinstance(restricts, Mapping) else restricts
     out: dict[str, tuple[str, ...]] = {}
     for position, (namespace, tokens) in enumerate(pairs):
