@@ -244,11 +244,13 @@ class Bench:
         from 11.7 to 20.7 ms in three minutes), so each batch ratio compares runs made under the same
         load. The target's load (``report.BATCH_CLIENTS`` calls in flight) runs nearest the library."""
         seconds = self.seconds / BATCH_SLICES
+        groups = batches(len(self.data.queries), self.batch)
+        requests = self._batch_requests(value, groups)  # encoded once for every turn
         for _ in range(BATCH_SLICES):
             self._library_batch(library, value, seconds)
             for calls in dict.fromkeys((min(report.BATCH_CLIENTS, self.clients), 1)):
-                self._batches(bare, value, "bare-batch", calls, seconds)
-                self._batches(flux, value, "flux-batch", calls, seconds)
+                self._batches(bare, value, "bare-batch", calls, seconds, groups, requests)
+                self._batches(flux, value, "flux-batch", calls, seconds, groups, requests)
 
     def _library_batch(self, library: Library, value: float, seconds: float) -> None:
         t = library.batch(value, self.k, seconds, self.batch, self.threads)
@@ -329,15 +331,25 @@ class Bench:
         self._add(mode, clients, 1, value, result.calls, result.seconds, result.latencies_ms, found, workers,
                   result.server_cpu_seconds)  # fmt: skip
 
-    def _batches(self, server: ServerProcess, value: float, mode: str, clients: int, seconds: float) -> None:
-        groups = batches(len(self.data.queries), self.batch)
+    def _batch_requests(self, value: float, groups: list[np.ndarray]) -> list[bytes]:
         params = {} if value < 0 else {self.param: value}
-        requests = [
+        return [
             pb.BatchSearchRequest(
                 index=INDEX, queries=_vectors(self.data.queries[rows]), k=self.k, params=params, packed=True
             ).SerializeToString()
             for rows in groups
         ]
+
+    def _batches(
+        self,
+        server: ServerProcess,
+        value: float,
+        mode: str,
+        clients: int,
+        seconds: float,
+        groups: list[np.ndarray],
+        requests: list[bytes],
+    ) -> None:
         job = replace(self._job(server.address, BATCH_SEARCH, requests), seconds=seconds, warmup=BATCH_WARMUP)
         result = self.pool.run(job, clients, server.cpu_seconds)
         found = self._found_batches(result.responses, groups)
