@@ -96,7 +96,7 @@ class FaissIvfBackend(FaissIndex):
 
     def __init__(self, dimension: int, metric: Metric, index: Any) -> None:
         super().__init__(dimension, metric, index)
-        # get_vectors reads items by label, a filtered search the list each of its answers came from.
+        # get_vectors reads items by label through faiss's direct map; the list numbers below come from it.
         if index.direct_map.type != faiss.DirectMap.Array:  # type: ignore[attr-defined]  # not in faiss's stubs
             index.set_direct_map_type(faiss.DirectMap.Array)  # type: ignore[attr-defined]
         self._nlist = int(index.nlist)
