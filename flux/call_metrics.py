@@ -6,7 +6,8 @@ Python: about 8 us of a ~240 us unary Search on a server pinned to one CPU (meas
 them off, 20 alternating rounds). Here each thread writes only its own tally, so a call takes no
 lock; a scrape reads every thread's numbers (which only grow) and adds them up into the same
 families prometheus_client would export: ``flux_requests_total``, ``flux_request_seconds`` and
-``flux_requests_in_flight``.
+``flux_requests_in_flight`` (``CallMetrics``), and ``flux_query_rows_total``, the query rows
+answered per index and strategy (``RowMetrics``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,42 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from flux.core.query.model import Strategy
+
+T = TypeVar("T")
+_STRATEGIES = tuple(Strategy)
+
+
+class _PerThread(Generic[T]):
+    """Each thread's own ``T``, made on its first use and kept, with every other thread's (also
+    once the thread ends: counters never go back), for a scrape to add up."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._local = threading.local()
+        self._every: list[T] = []
+        self._joining = threading.Lock()  # taken once per thread, on its first use, and by scrapes
+
+    def mine(self) -> T:
+        try:
+            value: T = self._local.value
+        except AttributeError:
+            value = self._local.value = self._make()
+            with self._joining:
+                self._every.append(value)
+        return value
+
+    def every(self) -> list[T]:
+        with self._joining:
+            return list(self._every)
 
 
 class _Series:
@@ -52,15 +83,13 @@ class CallMetrics(Collector):
     def __init__(self, buckets: Sequence[float]) -> None:
         self._bounds = [*sorted(buckets), float("inf")]
         self._les: list[str] = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
-        self._local = threading.local()
-        self._tallies: list[_Tally] = []  # every thread's, kept when the thread ends: counters never go back
-        self._joining = threading.Lock()  # taken once per thread, when it counts its first call
+        self._tallies = _PerThread(_Tally)
 
     def started(self) -> None:
-        self._tally().started += 1
+        self._tallies.mine().started += 1
 
     def finished(self, method: str, index: str, code: str, seconds: float) -> None:
-        tally = self._tally()
+        tally = self._tallies.mine()
         tally.finished += 1
         series = tally.series.get((method, index))
         if series is None:
@@ -69,18 +98,8 @@ class CallMetrics(Collector):
         series.seconds += seconds
         series.codes[code] = series.codes.get(code, 0) + 1
 
-    def _tally(self) -> _Tally:
-        try:
-            tally: _Tally = self._local.tally
-        except AttributeError:
-            tally = self._local.tally = _Tally()
-            with self._joining:
-                self._tallies.append(tally)
-        return tally
-
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
-        with self._joining:
-            tallies = list(self._tallies)
+        tallies = self._tallies.every()
         in_flight = GaugeMetricFamily("flux_requests_in_flight", "Calls being handled now.")
         # Finished first, then started: a call that starts or ends between the two readings counts as in flight.
         finished = sum(t.finished for t in tallies)
@@ -117,3 +136,33 @@ class CallMetrics(Collector):
         for series_key, (count, first) in codes.items():
             requests.add_metric(list(series_key), count, created=first)
         yield from (in_flight, histogram, requests)
+
+
+class RowMetrics(Collector):
+    """Query rows answered, per index and strategy (``flux.core.query.model.Strategy``): how many
+    filtered rows each way answers, the exact scans above all, which cost the most as an index
+    grows. A BatchSearch counts each of its rows."""
+
+    def __init__(self) -> None:
+        self._counts: _PerThread[dict[tuple[str, Strategy], int]] = _PerThread(dict)
+
+    def answered(self, index: str, strategies: Sequence[Strategy]) -> None:
+        counts = self._counts.mine()
+        for strategy in _STRATEGIES:  # a count per strategy compares in C; hashing each row's enum runs Python
+            if rows := strategies.count(strategy):
+                key = (index, strategy)
+                counts[key] = counts.get(key, 0) + rows
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        totals: dict[tuple[str, Strategy], int] = {}
+        for counts in self._counts.every():
+            for key, count in list(counts.items()):
+                totals[key] = totals.get(key, 0) + count
+        rows = CounterMetricFamily(
+            "flux_query_rows",
+            "Query rows answered, per index and strategy: index (no filter), overfetch, native_filter, exact_scan.",
+            labels=["index", "strategy"],
+        )
+        for (index, strategy), count in sorted(totals.items(), key=lambda item: (item[0][0], item[0][1].value)):
+            rows.add_metric([index, strategy.value], count)
+        yield rows

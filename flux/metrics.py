@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from flux.call_metrics import CallMetrics
+from flux.call_metrics import CallMetrics, RowMetrics
 
 #: Latency buckets for queries: 0.1 ms to 10 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -61,6 +61,10 @@ VERSION_SWAP_SECONDS = Histogram(
 # "unknown"; index: a configured index or alias, else "".
 CALLS = CallMetrics(LATENCY_BUCKETS)
 REGISTRY.register(CALLS)
+# Query rows answered, recorded by flux.core.serving.catalog: flux_query_rows_total. index: the
+# configured index that answered (an alias's arm, not the alias); strategy: one of four.
+ROWS = RowMetrics()
+REGISTRY.register(ROWS)
 # The router (flux.router.metrics). index: a logical index of the router's config; shard: the shard's
 # name in answers and errors (shard-00002-of-00004); code: a status code name. All bounded by the config.
 ROUTER_SHARD_SECONDS = Histogram(

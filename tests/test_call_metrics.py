@@ -8,7 +8,8 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from flux.call_metrics import CallMetrics
+from flux.call_metrics import CallMetrics, RowMetrics
+from flux.core.query.model import Strategy
 from flux.metrics import LATENCY_BUCKETS
 
 HELP_SECONDS = "Time from the first interceptor to the answer, per method and index."
@@ -83,3 +84,35 @@ def test_each_series_has_its_created_time() -> None:
     assert registry.get_sample_value("flux_request_seconds_created", labels)
     assert registry.get_sample_value("flux_requests_created", {**labels, "code": "OK"})
     assert registry.get_sample_value("flux_requests_in_flight") == 0
+
+
+def test_the_rows_tallied_by_several_threads_add_up_to_a_counters_figures() -> None:
+    rng = random.Random(11)
+    answers = [
+        (rng.choice(["tracks", "podcasts"]), [rng.choice(list(Strategy)) for _ in range(rng.randint(1, 5))])
+        for _ in range(2000)
+    ]
+    reference = CollectorRegistry()
+    rows = Counter(
+        "flux_query_rows",
+        "Query rows answered, per index and strategy: index (no filter), overfetch, native_filter, exact_scan.",
+        ["index", "strategy"],
+        registry=reference,
+    )
+    for index, strategies in answers:
+        for strategy in strategies:
+            rows.labels(index, strategy.value).inc()
+
+    tallied = RowMetrics()
+    registry = CollectorRegistry()
+    registry.register(tallied)
+    threads = [
+        threading.Thread(target=lambda part: [tallied.answered(*answer) for answer in part], args=(answers[n::4],))
+        for n in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _samples(registry) == _samples(reference)
+    assert registry.get_sample_value("flux_query_rows_total", {"index": "tracks", "strategy": "exact_scan"})

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
+from flux.core.query.model import Strategy
 from flux.core.serving.versions import State
 from flux_api.v1 import admin_service_pb2, types_pb2, vector_service_pb2, write_service_pb2
 from flux_api.v1.vector_service_pb2_grpc import VectorServiceStub
@@ -213,6 +214,7 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_one_flux_exports(scrape
     assert {name for name in defined if name.startswith("flux_router_")} <= set(scraped)  # every one, live
     assert scraped["flux_router_shard_calls_total"] == {"index", "shard", "code"}
     assert "flux_version_transitions_created" in scraped  # the version alerts read it
+    assert scraped["flux_query_rows_total"] == {"index", "strategy"}  # the dashboard's strategy panels read it
     exported = defined | set(scraped)  # the scrape adds prometheus_client's process_* series
 
     used = {name for expr in _expressions() for name in metric_names(expr)}
@@ -241,9 +243,10 @@ def test_label_values_in_the_rules_and_the_dashboard_are_ones_flux_records() -> 
     states = {state.value for state in State}
     reasons = _failure_reasons()
     assert reasons == {"artifact", "memory", "error", "gate"}
+    strategies = {strategy.value for strategy in Strategy}
     methods = _methods()
     for expr in _expressions():
-        for label, known in (("code", codes), ("state", states), ("reason", reasons)):
+        for label, known in (("code", codes), ("state", states), ("reason", reasons), ("strategy", strategies)):
             for _, value in matchers(expr, label):
                 assert set(value.split("|")) <= known, f"{label}={value!r} in {expr}"
         for _, value in matchers(expr, "method"):

@@ -105,6 +105,35 @@ def test_metrics_count_calls_by_method_index_and_code(server: FluxServer) -> Non
     assert _sample(after, "flux_max_concurrent_calls") == 64
 
 
+def test_metrics_count_query_rows_by_how_they_were_answered(server: FluxServer) -> None:
+    override = vector_service_pb2.QueryOverride
+    excluded = types_pb2.Filter(exclude_ids=support.ids_for(500)[:498])  # 2 items pass, under k: an exact scan
+    batch = vector_service_pb2.BatchSearchRequest(
+        index="small",
+        queries=types_pb2.FloatVectors(dimension=8, data=np.ones((3, 8), "<f4").tobytes()),
+        k=3,
+        overrides=[override(), override(filter=excluded), override()],
+    )
+    before = _scrape(server)
+    with support.channel_to(server) as channel:
+        stub = VectorServiceStub(channel)
+        answered = [stub.Search(_search_request(), timeout=10).neighbors.strategy for _ in range(2)]
+        filtered = _search_request()
+        filtered.filter.CopyFrom(excluded)
+        answered.append(stub.Search(filtered, timeout=10).neighbors.strategy)
+        answered.extend(row.strategy for row in stub.BatchSearch(batch, timeout=10).results)
+    after = _scrape(server)
+    strategies = [types_pb2.SearchStrategy.Name(s).lower().removeprefix("search_strategy_") for s in answered]
+    # Search answers one row a call, the batch three: its middle row and the filtered Search scan.
+    assert strategies.count("index") == 4
+    assert strategies.count("exact_scan") == 2
+    for strategy in ("index", "exact_scan", "overfetch", "native_filter"):
+        grew = _sample(after, "flux_query_rows_total", index="small", strategy=strategy) - _sample(
+            before, "flux_query_rows_total", index="small", strategy=strategy
+        )
+        assert grew == strategies.count(strategy), strategy
+
+
 def test_the_metrics_endpoint_answers_on_metrics_only(server: FluxServer) -> None:
     assert server.metrics is not None
     port = server.metrics.port

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
+from flux import metrics
 from flux.core.query.request import Query, Result
 from flux.core.serving.aliases import Alias
 from flux.core.serving.budget import MemoryBudget
@@ -134,17 +135,20 @@ class Catalog:
                 alias.record(arm_number, time.perf_counter() - started)
 
     def search(self, query: Query) -> Result:
-        """Answer ``query`` on the version it names (through its alias, if it names one), held throughout."""
+        """Answer ``query`` on the version it names (through its alias, if it names one), held
+        throughout; its rows are counted per strategy (``flux_query_rows_total``)."""
         if query.index not in self._aliases:  # the usual case, without a context manager's cost per call
             manager = self.manager(query.index)
             loaded = manager.hold(query.version)
             try:
-                return loaded.index.answer(query)
+                result = loaded.index.answer(query)
             finally:
                 manager.release(loaded)
-        with self.acquire(query.index, query.version, query.routing_key) as resolved:
-            result = resolved.index.answer(query)
-        result.alias = resolved.alias
+        else:
+            with self.acquire(query.index, query.version, query.routing_key) as resolved:
+                result = resolved.index.answer(query)
+            result.alias = resolved.alias
+        metrics.ROWS.answered(result.index, result.strategies)
         return result
 
     def get(self, name: str) -> ServedIndex:
