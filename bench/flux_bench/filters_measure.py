@@ -3,9 +3,10 @@
 Three searchers answer the same queries: Flux's search path in-process (``Measure``), a Flux
 server in another process through its Search RPC (``Grpc``), and the library in-process
 (``library_rows``; for hnswlib also with its own ``filter`` callable, for faiss with its own
-``IDSelectorBitmap`` at the default beam). A query's filter is built untimed before its call. Each filtered query is
-timed right after the same query unfiltered, so that the load of a shared machine, which drifts
-during a run, weighs on both alike.
+``IDSelectorBitmap`` at the default beam, and where that misses the recall target, at the smallest
+beam or list count, doubling, that meets it). A query's filter is built untimed before its call.
+Each filtered query is timed right after the same query unfiltered, so that the load of a shared
+machine, which drifts during a run, weighs on both alike.
 """
 
 from __future__ import annotations
@@ -30,13 +31,21 @@ from flux_core.storage import registry
 WARMUP = 20
 #: hnswlib's own filter takes ~0.1 s a query at 0.1% of 200,000 items: it is measured on this many.
 LIBRARY_FILTER_QUERIES = 100
+#: The library's own filter, where it misses the recall target at the backend's default beam or
+#: lists, runs again with them doubled until it meets it (``library-tuned``): what the library
+#: alone pays for the answer Flux gives. The beam (hnswlib's ``ef``, faiss's ``efSearch``) stops
+#: here: faiss's HNSW needed 16,384 (about 70 ms a query) for 0.997 with each query's 10,000 nearest left out.
+DEEPEST_BEAM = 16_384
+
+#: The recall a filter's answers must reach on a backend (backend, filter name) -> bound.
+RecallTarget = Callable[[str, str], float]
 
 
 @dataclass
 class Row:
     backend: str
     scenario: str
-    who: str  # flux | flux-grpc | library | library-filter
+    who: str  # flux | flux-grpc | library | library-filter | library-tuned
     selectivity: float
     queries: int
     recall: float
@@ -159,18 +168,22 @@ def library_rows(
     scenarios: list[Scenario],
     truths: dict[str, list[Labels]],
     unfiltered_truth: Labels,
+    recall_target: RecallTarget,
     progress: Callable[[str], None],
 ) -> list[Row]:
-    """The library in-process on the artifact's own index file; for hnswlib also its filter callable."""
+    """The library in-process on the artifact's own index file; for hnswlib also its filter callable,
+    and for hnswlib and faiss their own filter at the smallest beam or lists that meet ``recall_target``."""
     progress(f"{backend}: the library in-process")
     if backend == "hnsw":
         import hnswlib
 
         index = hnswlib.Index(space="l2", dim=dimension)
         index.load_index(str(path / "index.hnsw"))
-        index.set_ef(64)  # the hnsw backend's default ef, as Flux used
+        default_ef = int(registry.get(backend).search_params["ef"].default)  # as Flux uses it
+        filter_ef = [default_ef]
 
         def search(row: int) -> tuple[Labels, str]:
+            index.set_ef(default_ef)  # the beam is the index's state: each call sets its own
             labels, _ = index.knn_query(queries[row : row + 1], k=k, num_threads=1)
             return np.asarray(labels[0], np.int64), "index"
 
@@ -182,19 +195,22 @@ def library_rows(
             allowed[0] = set(np.flatnonzero(current[0].masks(row)).tolist())  # the caller's work, not timed
 
         def filtered(row: int) -> tuple[Labels, str]:
+            index.set_ef(filter_ef[0])
             try:
                 labels, _ = index.knn_query(queries[row : row + 1], k=k, num_threads=1, filter=allowed[0].__contains__)
             except RuntimeError:  # hnswlib raises when fewer than k pass among what it visits
                 return np.empty(0, np.int64), "failed"
             return np.asarray(labels[0], np.int64), "filter"
 
+        def hnsw_at(ef: int) -> Timed:
+            filter_ef[0] = ef
+            return _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
+
         for scenario in scenarios:
             progress(f"{backend}: hnswlib's own filter, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
             current[:] = [scenario]
-            timed = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
-            rows.append(
-                _row(backend, scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name])
-            )
+            tuning = _Tuning(backend, scenario, truths[scenario.name], recall_target(backend, scenario.name))
+            rows.extend(tuning.rows(hnsw_at, "ef", default_ef, DEEPEST_BEAM, progress))
         return rows
     if backend == "annoy":
         from annoy import AnnoyIndex
@@ -210,7 +226,7 @@ def library_rows(
         annoy.unload()
         return [_row(backend, "none", "library", 1.0, timed, list(unfiltered_truth))]
     if backend in FAISS_PARAMS:
-        return _faiss_rows(backend, path, queries, k, scenarios, truths, unfiltered_truth, progress)
+        return _faiss_rows(backend, path, queries, k, scenarios, truths, unfiltered_truth, recall_target, progress)
     return []
 
 
@@ -230,11 +246,13 @@ def _faiss_rows(
     scenarios: list[Scenario],
     truths: dict[str, list[Labels]],
     unfiltered_truth: Labels,
+    recall_target: RecallTarget,
     progress: Callable[[str], None],
 ) -> list[Row]:
     """faiss in-process on the artifact's index file: unfiltered, and with its own IDSelectorBitmap
     at the backend's default search parameters (its `ef` or `nprobe`): the filter pushed down
-    without a depth."""
+    without a depth; then, where that misses ``recall_target``, with the parameter doubled until
+    it meets it (every list, or ``DEEPEST_BEAM``, at most)."""
     import faiss
 
     from flux_backends.faiss_ivf import default_nprobe
@@ -260,18 +278,56 @@ def _faiss_rows(
     def prepare(row: int) -> None:  # the caller's work, not timed
         bits[:] = [np.packbits(current[0].masks(row), bitorder="little")]
 
+    setting = [default]  # the filtered search's, which ``faiss_at`` sets
+
     def filtered(row: int) -> tuple[Labels, str]:
         selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bits[0]))
-        _, labels = index.search(queries[row : row + 1], k, params=parameters(**defaults, sel=selector))
+        _, labels = index.search(queries[row : row + 1], k, params=parameters(**{field_name: setting[0]}, sel=selector))
         found = np.asarray(labels[0], np.int64)
         return found[found >= 0], "filter"
 
+    def faiss_at(value: int) -> Timed:
+        setting[0] = value
+        return _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
+
+    deepest = int(index.nlist) if param == "nprobe" else DEEPEST_BEAM  # type: ignore[attr-defined]
     for scenario in scenarios:
         progress(f"{backend}: its own IDSelectorBitmap, {scenario.name}, {LIBRARY_FILTER_QUERIES} queries")
         current[:] = [scenario]
-        timed = _timed(min(len(queries), LIBRARY_FILTER_QUERIES), filtered, prepare, paired=search)
-        rows.append(_row(backend, scenario.name, "library-filter", scenario.selectivity, timed, truths[scenario.name]))
+        tuning = _Tuning(backend, scenario, truths[scenario.name], recall_target(backend, scenario.name))
+        rows.extend(tuning.rows(faiss_at, field_name, default, deepest, progress))
     return rows
+
+
+@dataclass(frozen=True)
+class _Tuning:
+    """One filter run by the library's own filter: at the default setting (``library-filter``) and,
+    if that misses the recall target, at the default doubled until it meets it or reaches the
+    deepest setting (``library-tuned``; its strategies column names the setting). A filter with a
+    crowding cap is not tuned: the library has no cap, so recall against the capped answer cannot rise."""
+
+    backend: str
+    scenario: Scenario
+    truth: list[Labels]
+    target: float
+
+    def rows(
+        self, run_at: Callable[[int], Timed], setting: str, default: int, deepest: int, progress: Callable[[str], None]
+    ) -> list[Row]:
+        first = self._row("library-filter", run_at(default))
+        if first.recall >= self.target or self.scenario.cap or default >= deepest:
+            return [first]
+        value, tuned = default, first
+        while tuned.recall < self.target and value < deepest:
+            value = min(2 * value, deepest)
+            progress(f"{self.backend}: its own filter at {setting} {value}, {self.scenario.name}")
+            tuned = self._row("library-tuned", run_at(value))
+        named = f"{setting} {value}"  # in place of "filter"; a library that gave up stays counted ("failed")
+        tuned.strategies = {named if name == "filter" else name: count for name, count in tuned.strategies.items()}
+        return [first, tuned]
+
+    def _row(self, who: str, timed: Timed) -> Row:
+        return _row(self.backend, self.scenario.name, who, self.scenario.selectivity, timed, self.truth)
 
 
 @contextmanager
