@@ -263,9 +263,8 @@ def _faiss_rows(
     default = int(registry.get(backend).search_params[param].default)
     if param == "nprobe" and not default:  # 0: the lists faiss-ivf scans by default for this index
         default = default_nprobe(index.nlist)  # type: ignore[attr-defined]  # read_index gives the IndexIVF
-    defaults = {field_name: default}
     parameters = getattr(faiss, kind)
-    plain = parameters(**defaults)
+    plain = parameters(**{field_name: default})
 
     def search(row: int) -> tuple[Labels, str]:
         _, labels = index.search(queries[row : row + 1], k, params=plain)
