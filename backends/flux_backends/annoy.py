@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,11 @@ _METRICS: dict[Metric, _AnnoyMetric] = {Metric.L2: "euclidean", Metric.COSINE: "
 # dimensions; ten times that keeps recall@10 above 0.95 on the kit's data at modest cost.
 _AUTO_SEARCH_K = 10
 _MAX_SEARCH_K = 2**31 - 1  # Annoy takes a C int
+
+_FILE = "index.ann"
+# Annoy finds its roots by scanning back from the end of the file, so a file cut just after one
+# tree's root still loads, as a one-tree index of every item. What was saved is recorded beside it.
+_SHAPE = "annoy.json"
 
 
 class AnnoyBackend(Backend):
@@ -85,15 +91,24 @@ class AnnoyBackend(Backend):
         return cls(dimension, metric, index)
 
     def save(self, directory: Path) -> list[str]:
-        self._index.save(str(directory / "index.ann"))
-        return ["index.ann"]
+        path = directory / _FILE
+        self._index.save(str(path))
+        shape = {"bytes": path.stat().st_size, "n_trees": self._index.get_n_trees()}
+        (directory / _SHAPE).write_text(json.dumps(shape))
+        return [_FILE, _SHAPE]
 
     @classmethod
     def load(cls, directory: Path, dimension: int, metric: Metric, count: int) -> AnnoyBackend:
+        path = directory / _FILE
+        shape = _saved_shape(directory)
+        if shape and path.stat().st_size != shape["bytes"]:
+            raise ValueError(f"{_FILE} is {path.stat().st_size:,} bytes, {_SHAPE} says {shape['bytes']:,}")
         index = AnnoyIndex(dimension, _METRICS[metric])
-        index.load(str(directory / "index.ann"), prefault=False)
+        index.load(str(path), prefault=False)
         if index.get_n_items() != count:
-            raise ValueError(f"index.ann holds {index.get_n_items()} items, expected {count}")
+            raise ValueError(f"{_FILE} holds {index.get_n_items()} items, expected {count}")
+        if shape and index.get_n_trees() != shape["n_trees"]:
+            raise ValueError(f"{_FILE} holds {index.get_n_trees()} trees, {_SHAPE} says {shape['n_trees']}")
         return cls(dimension, metric, index)
 
     def search(
@@ -142,3 +157,14 @@ class AnnoyBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         return {"n_trees": int(self._index.get_n_trees())}
+
+
+def _saved_shape(directory: Path) -> dict[str, int] | None:
+    """What ``save`` recorded of the file, or None for artifacts saved before it did (checksums guard those)."""
+    path = directory / _SHAPE
+    if not path.exists():
+        return None
+    shape = json.loads(path.read_text())
+    if not isinstance(shape, dict) or not all(isinstance(shape.get(key), int) for key in ("bytes", "n_trees")):
+        raise ValueError(f"{_SHAPE} holds {shape!r}, not the bytes and n_trees of {_FILE}")
+    return shape
