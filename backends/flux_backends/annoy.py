@@ -102,7 +102,9 @@ class AnnoyBackend(Backend):
         path = directory / _FILE
         shape = _saved_shape(directory)
         if shape and path.stat().st_size != shape["bytes"]:
-            raise ValueError(f"{_FILE} is {path.stat().st_size:,} bytes, {_SHAPE} says {shape['bytes']:,}")
+            raise ValueError(
+                f"{_FILE} is {path.stat().st_size:,} bytes, {_SHAPE} says {shape['bytes']:,}: cut short or replaced"
+            )
         index = AnnoyIndex(dimension, _METRICS[metric])
         index.load(str(path), prefault=False)
         if index.get_n_items() != count:
